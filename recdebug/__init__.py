@@ -1,0 +1,15 @@
+"""recdebug: write recurrent loops with Loop/State, run them on RETURNN, and step through them."""
+from .dims import Dim, batch_dim
+from .errors import DimError, LoopError, RecDebugError, RunError
+from .graph import Graph
+from .loop import Loop
+from .module import Embedding, Linear, Module, Parameter
+from .ops import cast, concat, constant, exp, relu, reduce_max, reduce_sum, sigmoid, split, tanh, zeros
+from .state import State
+from .tensor import Input, Tensor
+
+__all__ = [
+    "Dim", "batch_dim", "Graph", "Input", "Tensor", "Module", "Linear", "Embedding", "Parameter", "State", "Loop",
+    "tanh", "sigmoid", "relu", "exp", "split", "concat", "zeros", "constant", "reduce_sum", "reduce_max", "cast",
+    "RecDebugError", "LoopError", "DimError", "RunError",
+]

@@ -1,0 +1,78 @@
+"""Named dimensions. A Dim is identified by the object, never by its name or size."""
+from __future__ import annotations
+
+import itertools
+
+_counter = itertools.count()
+
+
+class Dim:
+    """A named dimension; ``size=None`` means dynamic (per-sequence lengths)."""
+
+    def __init__(self, name: str, size: int | None = None, *, base: "Dim | None" = None, factor: int = 1):
+        if size is not None and (not isinstance(size, int) or size <= 0):
+            raise ValueError(f"Dim {name!r}: size must be a positive int or None, got {size!r}")
+        self.name = name
+        self.size = size
+        self.base = base  # for ``dim * k``: the dim it was multiplied from
+        self.factor = factor
+        self.order = next(_counter)  # creation order: the default axis order of arrays
+        self._derived: dict = {}
+
+    @property
+    def is_dynamic(self) -> bool:
+        return self.size is None and not self.is_batch
+
+    @property
+    def is_batch(self) -> bool:
+        return self is batch_dim
+
+    def __mul__(self, k: int) -> "Dim":
+        if not isinstance(k, int) or k <= 0:
+            return NotImplemented
+        if self.size is None:
+            raise ValueError(f"{self!r} * {k}: only static dims can be multiplied")
+        if k == 1:
+            return self
+        key = ("mul", k)
+        if key not in self._derived:
+            self._derived[key] = Dim(f"{self.name}*{k}", self.size * k, base=self, factor=k)
+        return self._derived[key]
+
+    __rmul__ = __mul__
+
+    def divided(self, n: int) -> "Dim":
+        """The dim of one of ``n`` equal parts of this dim (``(dim * 4).divided(4) is dim``)."""
+        if self.base is not None and self.factor == n:
+            return self.base
+        if self.size is None or self.size % n:
+            raise ValueError(f"{self!r} cannot be split into {n} equal parts")
+        key = ("div", n)
+        if key not in self._derived:
+            self._derived[key] = Dim(f"{self.name}/{n}", self.size // n)
+        return self._derived[key]
+
+    def derived(self, tag: str) -> "Dim":
+        """A distinct dim of the same size (e.g. the input side of a square weight)."""
+        key = ("tag", tag)
+        if key not in self._derived:
+            self._derived[key] = Dim(f"{self.name}_{tag}", self.size)
+        return self._derived[key]
+
+    def short(self) -> str:
+        return self.name if self.size is None else f"{self.name}:{self.size}"
+
+    def __repr__(self):
+        return f"Dim({self.name!r})" if self.size is None else f"Dim({self.name!r}, {self.size})"
+
+
+batch_dim = Dim("batch")
+
+
+def sorted_dims(dims) -> tuple:
+    """Canonical axis order: batch first, then dims in the order they were created."""
+    return tuple(sorted(dims, key=lambda d: d.order))
+
+
+def dims_str(dims) -> str:
+    return "{" + ", ".join(d.short() for d in sorted_dims(dims)) + "}"

@@ -1,0 +1,166 @@
+"""The build context: a graph of ops in nested scopes (the top level and each Loop)."""
+from __future__ import annotations
+
+import re
+
+from .errors import LoopError, RecDebugError, SourceLine, user_line
+
+_graph_stack: list["Graph"] = []
+
+
+def current_graph(what: str = "this") -> "Graph":
+    if not _graph_stack:
+        raise RecDebugError(f"{what} needs an open graph: put it inside `with rd.Graph() as g:`")
+    return _graph_stack[-1]
+
+
+class Scope:
+    """A place ops live in: the graph's top level, or the body of one Loop."""
+
+    def __init__(self, graph: "Graph", parent: "Scope | None"):
+        self.graph = graph
+        self.parent = parent
+        self.depth = 0 if parent is None else parent.depth + 1
+        self.ops: list[Op] = []
+        self.children: list = []  # loops directly inside, in order
+        self.state_values: dict = {}  # State -> Tensor: its current value in this scope
+        self.entries: dict = {}  # State -> Tensor: its value at the start of this scope (lazy)
+        self.assigned: dict = {}  # State -> Tensor assigned in this scope (loops: carried over)
+        self.assign_lines: dict = {}
+        self.names: set[str] = set()
+
+    @property
+    def is_loop(self) -> bool:
+        return False
+
+    def ancestors(self):
+        s = self
+        while s is not None:
+            yield s
+            s = s.parent
+
+    def contains(self, other: "Scope") -> bool:
+        """Whether ``other`` is this scope or nested inside it."""
+        return any(s is self for s in other.ancestors())
+
+    def unique_name(self, hint: str) -> str:
+        base = re.sub(r"[^A-Za-z0-9_.\-]", "_", hint) or "layer"
+        if base in ("output", "end", "data") or base.startswith("data"):
+            base = base + "_"
+        name, i = base, 1
+        while name in self.names:
+            i += 1
+            name = f"{base}_{i}"
+        self.names.add(name)
+        return name
+
+    def describe(self) -> str:
+        return "the top level"
+
+
+class Op:
+    """One operation of the user's graph; becomes one (or a few) RETURNN layers."""
+
+    def __init__(self, kind: str, inputs, scope: Scope, attrs: dict, line: SourceLine | None, name: str):
+        self.kind = kind
+        self.inputs = tuple(inputs)
+        self.scope = scope
+        self.attrs = attrs
+        self.line = line
+        self.name = name
+        self.out = None  # the Tensor it produces
+
+    def __repr__(self):
+        return f"Op({self.kind!r}, {self.name!r})"
+
+
+class Graph:
+    """The build context (``with rd.Graph() as g:``); runs what was built on RETURNN."""
+
+    def __init__(self):
+        self.top = Scope(self, None)
+        self.scope = self.top
+        self.ops: list[Op] = []
+        self.inputs: dict = {}  # name -> Input tensor
+        self.loops: list = []
+        self.module_paths: dict = {}  # id(module) -> path
+        self._module_keep: list = []  # keep modules alive so ids stay unique
+        self.module_stack: list[str] = []
+        self.params: dict = {}  # path -> Parameter (filled on use)
+        self.states: list = []
+        self._engines: dict = {}
+
+    def __enter__(self):
+        _graph_stack.append(self)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.scope = self.top  # an error inside a loop body leaves no loop open
+        _graph_stack.remove(self)
+        return False
+
+    # --- building ---
+    def add_op(self, kind: str, inputs, dims, dtype="float32", sparse_dim=None, attrs=None, name=None,
+               scope: Scope | None = None, line: SourceLine | None = None):
+        from .tensor import Tensor
+
+        scope = scope or self.scope
+        line = line or user_line()
+        for t in inputs:
+            check_usable(t, scope, line)
+        hint = name or kind
+        if self.module_stack and not name:
+            hint = self.module_stack[-1].replace("/", ".") + "." + hint
+        op = Op(kind, inputs, scope, dict(attrs or {}), line, scope.unique_name(hint))
+        scope.ops.append(op)
+        self.ops.append(op)
+        op.out = Tensor(op, set(dims), dtype=dtype, sparse_dim=sparse_dim)
+        return op.out
+
+    def module_path(self, module) -> str:
+        return self.module_paths[id(module)]
+
+    # --- emitting and running ---
+    def net_dict(self, optimize: bool = True) -> dict:
+        """The RETURNN net dict this graph becomes."""
+        from .netdict import emit
+
+        return emit(self, optimize=optimize).net
+
+    def emitted(self, optimize: bool = True):
+        """The net dict with its maps (tensor -> layer name, layer -> user line)."""
+        from .netdict import emit
+
+        return emit(self, optimize=optimize)
+
+    def run(self, inputs=None, seq_lens=None, device=None, optimize=True, seed=0, params=None):
+        """Run the graph on RETURNN; returns an ``rd.Result``."""
+        from .engine import run_graph
+
+        return run_graph(self, inputs or {}, seq_lens or {}, device=device, optimize=optimize, seed=seed,
+                         params=params)
+
+    def close(self):
+        """Free the TensorFlow sessions this graph holds."""
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()
+
+    def __repr__(self):
+        return f"Graph({len(self.ops)} ops, {len(self.loops)} loops)"
+
+
+def check_usable(t, scope: Scope, line) -> None:
+    """A value can be used in its own scope and in scopes nested inside it, nowhere else."""
+    after = t.op.attrs.get("after_loop")
+    if after is not None and after.contains(scope):
+        raise LoopError(f"{t!r} is the result of {after.describe()} and is only known after that loop",
+                        line=line, hint="use the in-loop value inside the loop, the stacked one after it")
+    if not t.scope.contains(scope):
+        where = t.op.line
+        raise LoopError(
+            f"{t!r} was computed inside {t.scope.describe()} (line {where.lineno if where else '?'}) "
+            f"and is used outside it",
+            line=line,
+            hint="use loop.stack(value) or loop.last(value) inside that loop, and use what it returns",
+        )

@@ -1,0 +1,207 @@
+"""Loop: ``with rd.Loop() as loop:`` runs its body once per step; becomes one RETURNN rec layer."""
+from __future__ import annotations
+
+from .dims import Dim, dims_str
+from .errors import DimError, LoopError, user_line
+from .graph import Scope, check_usable, current_graph
+from .state import value_in
+from .tensor import Tensor
+
+
+class Loop(Scope):
+    """A recurrent loop over an unstacked axis (``unstack``) or until a condition (``end``)."""
+
+    def __init__(self, include_eos: bool = False, max_seq_len: int | None = None, name: str | None = None):
+        self.include_eos = include_eos
+        self.max_seq_len = max_seq_len
+        self._name_hint = name or "loop"
+        self.name = None
+        self.entered = False
+        self.closed = False
+        self.line = user_line()
+        self.unstacked: list[Tensor] = []  # unstack results, in order
+        self._axis: Dim | None = None
+        self._axis_from_unstack = False
+        self.end_cond: Tensor | None = None
+        self.end_line = None
+        self._index: Tensor | None = None
+        self.init: dict = {}  # carried State -> its value before the loop (a Tensor of the parent scope)
+        self.entry_source: dict = {}  # State read but not assigned here -> value in the parent scope
+        self.state_layers: dict = {}  # carried State -> layer name in the unit
+        self.exports: dict = {}  # in-loop Tensor -> True (stacked or last: is_output_layer)
+        self.len_name = self.last_index_name = None
+
+    @property
+    def is_loop(self) -> bool:
+        return True
+
+    def describe(self) -> str:
+        where = f" (line {self.line.lineno})" if self.line else ""
+        return f"loop {self.name!r}{where}"
+
+    def __repr__(self):
+        return f"Loop({self.name!r}, axis={self._axis!r})"
+
+    # --- the with-block ---
+    def __enter__(self):
+        if self.entered:
+            raise LoopError("a Loop can be entered only once; create a new rd.Loop()", line=user_line())
+        g = current_graph("rd.Loop")
+        self.line = user_line()
+        Scope.__init__(self, g, g.scope)
+        self.entered = True
+        self.name = self.parent.unique_name(self._name_hint)
+        self.parent.children.append(self)
+        g.loops.append(self)
+        g.scope = self
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.graph.scope = self.parent
+        self.closed = True
+        if exc_type is not None:
+            return False
+        self._finish()
+        return False
+
+    def _finish(self):
+        g, parent = self.graph, self.parent
+        if not self.unstacked and self.end_cond is None:
+            raise LoopError(f"{self.describe()} has neither loop.unstack(...) nor loop.end(...): it would never stop",
+                            line=self.line, hint="iterate over an input with loop.unstack(x), or stop with loop.end(cond)")
+        if not self.unstacked and self.max_seq_len is None:
+            raise LoopError(f"{self.describe()} is a while loop (loop.end) without max_seq_len",
+                            line=self.line, hint="give rd.Loop(max_seq_len=N) as a bound on the number of steps")
+        if self.unstacked and self.end_cond is not None:
+            raise LoopError(f"{self.describe()} has both unstack and end; this is not supported",
+                            line=self.end_line, hint="use a while loop with end and index the input with loop.index")
+        if not self.ops:
+            raise LoopError(f"{self.describe()} computes nothing", line=self.line)
+        for state in self.assigned:
+            self.init[state] = value_in(g, parent, state)
+        for state in self.entries:
+            if state not in self.assigned:
+                self.entry_source[state] = value_in(g, parent, state)
+        for state in self.assigned:
+            self.state_layers[state] = self.unique_name(state.path(g).replace("/", "."))
+        self.len_name = parent.unique_name(f"{self.name}.len")
+        self.last_index_name = parent.unique_name(f"{self.name}.last_index")
+        for state in self.assigned:
+            final = g.add_op("state_final", [], state.dims, dtype=state.dtype, sparse_dim=state.sparse_dim,
+                             attrs={"state": state, "loop": self, "after_loop": self}, scope=parent,
+                             name=state.path(g).replace("/", ".") + ".final", line=self.line)
+            parent.state_values[state] = final
+        self.exports.update({v: True for v in self.assigned.values() if v.scope is self})
+
+    # --- in-loop API ---
+    def _check_open(self, what: str, line):
+        g = current_graph(f"loop.{what}")
+        if g.scope is self:
+            return g
+        if g.scope is g.top:
+            raise LoopError(f"loop.{what} called outside any loop", line=line,
+                            hint=f"call loop.{what}(...) inside the `with rd.Loop() as loop:` block")
+        raise LoopError(f"loop.{what} of {self.describe()} called inside {g.scope.describe()}", line=line,
+                        hint=f"call loop.{what}(...) directly in the block of the loop it belongs to")
+
+    @property
+    def axis(self) -> Dim:
+        """The loop's time dim: the unstacked dim, or a new dynamic dim for a while loop."""
+        if self._axis is None:
+            self._axis = Dim(f"{self._name_hint}_time" if self.name is None else f"{self.name}_time")
+        return self._axis
+
+    @property
+    def index(self) -> Tensor:
+        """The step counter t (int32, no dims)."""
+        g = self._check_open("index", user_line())
+        if self._index is None:
+            self._index = g.add_op("index", [], set(), dtype="int32", name="index")
+        return self._index
+
+    def set_include_eos(self, include_eos: bool) -> None:
+        self.include_eos = include_eos
+
+    def unstack(self, x: Tensor, axis: Dim | None = None) -> Tensor:
+        """The frame of ``x`` at the current step; all unstacks of a loop share one axis."""
+        line = user_line()
+        g = self._check_open("unstack", line)
+        if not isinstance(x, Tensor):
+            raise LoopError(f"loop.unstack expects an rd.Tensor, got {type(x).__name__}", line=line)
+        if self.contains(x.scope):
+            raise LoopError(f"loop.unstack of {x!r}, which is computed inside the same loop", line=line,
+                            hint="unstack an input or a value computed before the loop")
+        check_usable(x, self, line)
+        if axis is None:
+            dynamic = [d for d in x.dims if d.is_dynamic]
+            if self._axis_from_unstack and self._axis in x.dims:
+                axis = self._axis
+            elif len(dynamic) == 1:
+                axis = dynamic[0]
+            else:
+                raise DimError(f"loop.unstack({x!r}): cannot tell which dim to iterate over", line=line,
+                               hint="pass it: loop.unstack(x, axis=time)")
+        if axis not in x.dims:
+            raise DimError(f"loop.unstack: {x!r} has no dim {axis!r}", line=line)
+        if not axis.is_dynamic:
+            raise DimError(f"loop.unstack over {axis!r}: iterating over a static dim is not supported", line=line,
+                           hint=f"declare it as a dynamic dim (rd.Dim({axis.name!r})) and feed its lengths")
+        if self._axis is not None and self._axis is not axis:
+            raise LoopError(f"loop.unstack over {axis!r}, but this loop iterates over {self._axis!r}", line=line,
+                            hint="all unstacks of one loop share its axis; use another loop for another axis")
+        self._axis, self._axis_from_unstack = axis, True
+        t = g.add_op("unstack", [x], x.dims - {axis}, dtype=x.dtype, sparse_dim=x.sparse_dim,
+                     attrs={"axis": axis, "first": not self.unstacked}, line=line)
+        self.unstacked.append(t)
+        return t
+
+    def _own_value(self, v, what: str, line) -> Tensor:
+        if not isinstance(v, Tensor):
+            raise LoopError(f"loop.{what} expects an rd.Tensor, got {type(v).__name__}", line=line)
+        if v.scope is self:
+            return v
+        if v.scope.contains(self):  # from outside: constant over the loop, copy it in
+            return self.graph.add_op("copy", [v], v.dims, dtype=v.dtype, sparse_dim=v.sparse_dim, line=line)
+        raise LoopError(f"loop.{what} of {v!r}, a value from {v.scope.describe()}", line=line,
+                        hint=f"call {what} in the loop that computes the value; "
+                             f"use that loop's stack/last result here")
+
+    def stack(self, v: Tensor) -> Tensor:
+        """``v`` at every step, with the loop's axis as one more dim (frames past a sequence's length: padding)."""
+        line = user_line()
+        self._check_open("stack", line)
+        v = self._own_value(v, "stack", line)
+        self.exports[v] = True
+        return self.graph.add_op("stack", [], v.dims | {self.axis}, dtype=v.dtype, sparse_dim=v.sparse_dim,
+                                 attrs={"value": v, "loop": self, "after_loop": self}, scope=self.parent,
+                                 line=line)
+
+    def last(self, v: Tensor) -> Tensor:
+        """``v`` at each sequence's last step (t = len[b] - 1)."""
+        line = user_line()
+        self._check_open("last", line)
+        v = self._own_value(v, "last", line)
+        self.exports[v] = True
+        return self.graph.add_op("last", [], v.dims, dtype=v.dtype, sparse_dim=v.sparse_dim,
+                                 attrs={"value": v, "loop": self, "after_loop": self}, scope=self.parent,
+                                 line=line)
+
+    def end(self, cond: Tensor, include_eos: bool | None = None) -> None:
+        """Stop each sequence at the first step where ``cond`` (bool, {batch}) is true."""
+        line = user_line()
+        self._check_open("end", line)
+        if self.end_cond is not None:
+            raise LoopError(f"loop.end called twice in {self.describe()} (first at line "
+                            f"{self.end_line.lineno if self.end_line else '?'})", line=line,
+                            hint="combine the conditions: loop.end(a | b)")
+        if not isinstance(cond, Tensor) or cond.dtype != "bool":
+            raise DimError(f"loop.end expects a bool rd.Tensor (a comparison), got {cond!r}", line=line)
+        if any(not d.is_batch for d in cond.dims):
+            raise DimError(f"loop.end condition must have dims {{batch}}, got {dims_str(cond.dims)}", line=line,
+                           hint="reduce the other dims first, e.g. rd.reduce_max")
+        check_usable(cond, self, line)
+        if cond.scope is not self:
+            cond = self.graph.add_op("copy", [cond], cond.dims, dtype="bool", line=line)
+        self.end_cond, self.end_line = cond, line
+        if include_eos is not None:
+            self.include_eos = include_eos

@@ -1,0 +1,210 @@
+"""Emission: the graph of ops -> a RETURNN net dict, plus the maps the debugger and errors need."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from returnn.tensor import Dim as ReturnnDim
+from returnn.tensor import batch_dim as returnn_batch_dim
+
+from .dims import Dim
+from .graph import Graph, Scope
+
+_ARITH = ("add", "sub", "mul", "truediv")
+_COMPARE = ("equal", "not_equal", "less", "less_equal", "greater", "greater_equal")
+_EVAL_SYMBOL = {"add": "+", "sub": "-", "mul": "*", "truediv": "/"}
+
+
+@dataclass
+class Emitted:
+    """A net dict and its maps; one per build, since RETURNN attaches run-time sizes to its Dim objects."""
+
+    net: dict
+    extern_data: dict
+    dims: dict  # rd.Dim -> RETURNN Dim
+    layer_of: dict = field(default_factory=dict)  # Tensor -> layer path ("loop/h")
+    lines: dict = field(default_factory=dict)  # layer path -> SourceLine of the user's code
+    fetch: dict = field(default_factory=dict)  # top-level Tensor -> layer name
+    rec_paths: dict = field(default_factory=dict)  # Loop -> path of its rec layer
+
+    def rd_dim(self, returnn_dim) -> Dim | None:
+        if returnn_dim.is_batch_dim():
+            from .dims import batch_dim
+
+            return batch_dim
+        for d, rdim in self.dims.items():
+            if rdim == returnn_dim:
+                return d
+        return None
+
+
+class _Emitter:
+    def __init__(self, g: Graph, optimize: bool):
+        self.g = g
+        self.optimize = optimize
+        self.dims: dict = {}
+        self.out = Emitted(net={}, extern_data={}, dims=self.dims)
+
+    def dim(self, d: Dim):
+        if d.is_batch:
+            return returnn_batch_dim
+        if d not in self.dims:
+            kind = ReturnnDim.Types.Spatial if d.size is None else ReturnnDim.Types.Feature
+            self.dims[d] = ReturnnDim(d.size, name=d.name, kind=kind)
+        return self.dims[d]
+
+    def ref(self, t, frm: Scope) -> str:
+        """How a layer in scope ``frm`` names the layer of tensor ``t`` (``base:`` per level up)."""
+        assert t.scope.contains(frm), (t, frm)
+        base = f"data:{t.op.name}" if t.op.kind == "input" else t.op.name
+        return "base:" * (frm.depth - t.scope.depth) + base
+
+    def path(self, scope: Scope, name: str) -> str:
+        parts = [s.name for s in reversed(list(scope.ancestors())) if s.is_loop]
+        return "/".join(parts + [name])
+
+    def emit_scope(self, scope: Scope, layers: dict):
+        for op in scope.ops:
+            if op.kind == "input":
+                inp = op.out
+                ed = {"dim_tags": [self.dim(d) for d in inp.order], "dtype": inp.dtype,
+                      "available_for_inference": True}
+                if inp.sparse_dim is not None:
+                    ed["sparse_dim"] = self.dim(inp.sparse_dim)
+                self.out.extern_data[op.name] = ed
+                self.out.layer_of[op.out] = f"data:{op.name}"
+                continue
+            layer = self.layer(op, scope)
+            if scope.parent is None:
+                layer["is_output_layer"] = True
+                self.out.fetch[op.out] = op.name
+            layers[op.name] = layer
+            self.out.layer_of[op.out] = self.path(scope, op.name)
+            if op.line is not None:
+                self.out.lines[self.path(scope, op.name)] = op.line
+        for loop in scope.children:
+            self.emit_loop(loop, layers)
+
+    def emit_loop(self, loop, layers: dict):
+        unit: dict = {}
+        self.emit_scope(loop, unit)
+        for state, name in loop.state_layers.items():
+            v = loop.assigned[state]
+            layer = {"class": "copy", "from": self.ref(v, loop), "is_output_layer": True,
+                     "initial_output": self.initial_output(loop.init[state], loop)}
+            unit[name] = layer
+            self.out.lines[self.path(loop, name)] = loop.assign_lines[state]
+        for v in loop.exports:
+            unit[v.op.name]["is_output_layer"] = True
+        if loop.end_cond is not None:
+            unit["end"] = {"class": "copy", "from": self.ref(loop.end_cond, loop)}
+        output_source = next(iter(loop.state_layers.values()), None) or next(
+            (v.op.name for v in loop.exports), loop.ops[-1].name)
+        unit["output"] = {"class": "copy", "from": output_source}
+        rec = {"class": "rec", "from": [], "axis": self.dim(loop.axis), "unit": unit,
+               "optimize_move_layers_out": self.optimize}
+        if loop.unstacked:
+            first = loop.unstacked[0].op.inputs[0]
+            rec["from"] = self.ref(first, loop.parent)
+        else:
+            rec["max_seq_len"] = loop.max_seq_len
+            rec["include_eos"] = bool(loop.include_eos)
+        layers[loop.name] = rec
+        self.out.rec_paths[loop] = self.path(loop.parent, loop.name)
+        self.out.lines[self.path(loop.parent, loop.name)] = loop.line
+        layers[loop.len_name] = {"class": "length", "from": loop.name, "axis": self.dim(loop.axis)}
+        layers[loop.last_index_name] = {"class": "eval", "from": loop.len_name, "eval": "source(0) - 1"}
+
+    def initial_output(self, init, loop):
+        if init.op.kind == "state_entry" and init.scope.parent is None:
+            state = init.op.attrs["state"]
+            if not hasattr(state.initial, "op"):
+                return state.initial
+        return self.ref(init, loop)
+
+    def gather_last(self, loop, layer_name: str) -> dict:
+        return {"class": "gather", "from": f"{loop.name}/{layer_name}", "axis": self.dim(loop.axis),
+                "position": loop.last_index_name, "clip_to_valid": True}
+
+    def layer(self, op, scope: Scope) -> dict:
+        k, a = op.kind, op.attrs
+        src = [self.ref(t, scope) for t in op.inputs]
+        if k in _ARITH and len(src) == 2:
+            return {"class": "combine", "kind": k, "from": src}
+        if k in _ARITH:
+            expr = f"{a['scalar']!r} {_EVAL_SYMBOL[k]} source(0)" if a["scalar_first"] else \
+                f"source(0) {_EVAL_SYMBOL[k]} {a['scalar']!r}"
+            return {"class": "eval", "from": src, "eval": expr}
+        if k in _COMPARE:
+            if len(src) == 2:
+                return {"class": "compare", "kind": k, "from": src}
+            return {"class": "compare", "kind": k, "from": src, "value": a["scalar"]}
+        if k in ("logical_and", "logical_or"):
+            return {"class": "combine", "kind": k, "from": src}
+        if k == "activation":
+            return {"class": "activation", "activation": a["activation"], "from": src}
+        if k == "param":
+            param = a["param"]
+            module_path = param.path(self.g).rsplit("/", 1)[0]
+            return {"class": "variable", "shape": [self.dim(d) for d in param.dims], "dtype": param.dtype,
+                    "name_scope": "/" + module_path, "param_name": param.attr}
+        if k == "dot":
+            red_x, red_w = a["reduce"]
+            return {"class": "dot", "from": src, "red1": self.dim(red_x), "red2": self.dim(red_w),
+                    "var1": "auto", "var2": "auto"}
+        if k == "split":
+            return {"class": "split", "from": src, "axis": self.dim(a["dim"]),
+                    "out_dims": [self.dim(a["part"])] * a["n"]}
+        if k == "split_part":
+            return {"class": "copy", "from": f"{src[0]}/{a['index']}"}
+        if k == "concat":
+            return {"class": "concat", "from": [(s, self.dim(d)) for s, d in zip(src, a["dims"])],
+                    "out_dim": self.dim(a["out_dim"])}
+        if k == "constant":
+            dims = op.out.dims
+            shape = [self.dim(d) for d in sorted(dims, key=lambda d: d.order)]
+            return {"class": "constant", "value": a["value"], "shape": shape, "dtype": op.out.dtype,
+                    "with_batch_dim": any(d.is_batch for d in dims)}
+        if k == "reduce":
+            return {"class": "reduce", "mode": a["mode"], "from": src, "axis": self.dim(a["dim"])}
+        if k == "cast":
+            return {"class": "cast", "from": src, "dtype": a["dtype"]}
+        if k == "copy":
+            return {"class": "copy", "from": src}
+        if k == "embed":
+            return {"class": "gather", "from": src[0], "position": src[1], "axis": self.dim(a["vocab"])}
+        if k == "index":
+            return {"class": "copy", "from": ":i"}
+        if k == "unstack":
+            if a["first"]:
+                return {"class": "copy", "from": "data:source"}
+            return {"class": "gather", "from": src[0], "axis": self.dim(a["axis"]), "position": ":i"}
+        if k == "state_entry":
+            return self.state_entry(op, scope)
+        if k == "state_final":
+            loop = a["loop"]
+            return self.gather_last(loop, loop.state_layers[a["state"]])
+        if k == "stack":
+            loop = a["loop"]
+            return {"class": "copy", "from": f"{loop.name}/{a['value'].op.name}"}
+        if k == "last":
+            return self.gather_last(a["loop"], a["value"].op.name)
+        raise NotImplementedError(f"no RETURNN layer for op kind {k!r}")
+
+    def state_entry(self, op, scope: Scope) -> dict:
+        state = op.attrs["state"]
+        if scope.parent is None:  # the top level starts at the initial value
+            if hasattr(state.initial, "op"):
+                return {"class": "copy", "from": self.ref(state.initial, scope)}
+            dims = sorted(state.dims, key=lambda d: d.order)
+            return {"class": "constant", "value": state.initial, "dtype": state.dtype,
+                    "shape": [self.dim(d) for d in dims], "with_batch_dim": any(d.is_batch for d in dims)}
+        if state in scope.assigned:  # carried by this loop: the previous iteration's value
+            return {"class": "copy", "from": "prev:" + scope.state_layers[state]}
+        return {"class": "copy", "from": self.ref(scope.entry_source[state], scope)}
+
+
+def emit(g: Graph, optimize: bool = True) -> Emitted:
+    """The RETURNN net dict of ``g`` (``optimize``: let RETURNN move layers out of loops)."""
+    e = _Emitter(g, optimize)
+    e.emit_scope(g.top, e.out.net)
+    return e.out

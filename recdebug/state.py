@@ -1,0 +1,101 @@
+"""State: a variable with one value per sequence, carried over iterations by the loop that assigns it."""
+from __future__ import annotations
+
+import sys
+
+from .dims import Dim, dims_str
+from .errors import DimError, LoopError, user_line, _PACKAGE_DIR
+from .graph import Graph, Scope, check_usable, current_graph
+from .tensor import Tensor
+
+
+class State:
+    """``State({batch, hid}, initial=0)``: ``get()`` reads, ``assign(v)`` sets the value for the next iteration."""
+
+    def __init__(self, dims, initial=0, dtype: str = "float32", sparse_dim: Dim | None = None,
+                 name: str | None = None):
+        self.dims = frozenset(dims)
+        self.initial = initial
+        self.dtype = dtype
+        self.sparse_dim = sparse_dim
+        self.line = user_line()
+        self._name = name
+        self._paths: dict = {}  # id(graph) -> path
+        if isinstance(initial, Tensor) and not initial.dims <= self.dims:
+            raise DimError(f"State{dims_str(self.dims)}: initial value {initial!r} has other dims", line=self.line)
+
+    def set_path(self, g: Graph, path: str) -> None:
+        self._paths.setdefault(id(g), path)
+
+    def path(self, g: Graph) -> str:
+        if id(g) not in self._paths:
+            base = self._name or _variable_name(self) or "state"
+            taken = {s.path(g) for s in g.states if s is not self and id(g) in s._paths}
+            path, i = base, 2
+            while path in taken:
+                path, i = f"{base}_{i}", i + 1
+            self._paths[id(g)] = path
+        return self._paths[id(g)]
+
+    def _register(self, g: Graph) -> None:
+        if not any(s is self for s in g.states):
+            g.states.append(self)
+            self.path(g)
+
+    def get(self) -> Tensor:
+        """The current value: inside a loop before ``assign``, the previous iteration's value."""
+        g = current_graph("State.get()")
+        self._register(g)
+        return value_in(g, g.scope, self)
+
+    def assign(self, value: Tensor) -> None:
+        """Set the value; inside a loop, the value the next iteration's ``get()`` returns."""
+        g = current_graph("State.assign()")
+        line = user_line()
+        self._register(g)
+        scope = g.scope
+        if not isinstance(value, Tensor):
+            raise DimError(f"State {self.path(g)!r}: assign expects an rd.Tensor, got {type(value).__name__}",
+                           line=line)
+        if value.dims != self.dims:
+            raise DimError(f"State {self.path(g)!r} has dims {dims_str(self.dims)}, assigned a value with dims "
+                           f"{dims_str(value.dims)}", line=line,
+                           hint="assign a value with exactly the State's dims (reduce or broadcast first)")
+        if value.dtype != self.dtype:
+            raise DimError(f"State {self.path(g)!r} has dtype {self.dtype}, assigned {value.dtype}", line=line)
+        check_usable(value, scope, line)
+        if scope.is_loop and self in scope.assigned:
+            first = scope.assign_lines[self]
+            raise LoopError(f"State {self.path(g)!r} is assigned twice in one iteration of {scope.describe()} "
+                            f"(first at line {first.lineno if first else '?'})", line=line,
+                            hint="compute the new value fully, then assign once per iteration")
+        scope.assigned[self] = value
+        scope.assign_lines[self] = line
+        scope.state_values[self] = value
+
+    def __repr__(self):
+        return f"State({dims_str(self.dims)}, initial={self.initial!r})"
+
+
+def value_in(g: Graph, scope: Scope, state: State) -> Tensor:
+    """The state's current value in ``scope``; before anything set it there, its value at the scope's start."""
+    if state not in scope.state_values:
+        entry = g.add_op("state_entry", [], state.dims, dtype=state.dtype, sparse_dim=state.sparse_dim,
+                         attrs={"state": state},
+                         name=state.path(g).replace("/", ".") + (".initial" if scope.parent is None else ".prev"),
+                         scope=scope, line=state.line if scope.parent is None else None)
+        scope.entries[state] = entry
+        scope.state_values[state] = entry
+    return scope.state_values[state]
+
+
+def _variable_name(obj) -> str | None:
+    """The name the user's code binds ``obj`` to, if any (for States made outside a module)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+    for ns in (frame.f_locals, frame.f_globals) if frame is not None else ():
+        for k, v in ns.items():
+            if v is obj and not k.startswith("_"):
+                return k
+    return None
