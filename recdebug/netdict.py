@@ -43,6 +43,7 @@ class _Emitter:
         self.optimize = optimize
         self.dims: dict = {}
         self.out = Emitted(net={}, extern_data={}, dims=self.dims)
+        self.collocate: dict = {}  # (id(loop), layer name) -> names of inner rec layers that use it
 
     def dim(self, d: Dim):
         if d.is_batch:
@@ -56,6 +57,11 @@ class _Emitter:
         """How a layer in scope ``frm`` names the layer of tensor ``t`` (``base:`` per level up)."""
         assert t.scope.contains(frm), (t, frm)
         base = f"data:{t.op.name}" if t.op.kind == "input" else t.op.name
+        if t.scope.is_loop and frm is not t.scope:
+            # An enclosing loop's layer used by an inner loop must stay in that enclosing loop: RETURNN's nested
+            # rec layer looks it up there, and would not find it if it had been moved out.
+            child = next(s for s in frm.ancestors() if s.parent is t.scope)
+            self.collocate.setdefault((id(t.scope), t.op.name), set()).add(child.name)
         return "base:" * (frm.depth - t.scope.depth) + base
 
     def path(self, scope: Scope, name: str) -> str:
@@ -87,10 +93,17 @@ class _Emitter:
     def emit_loop(self, loop, layers: dict):
         unit: dict = {}
         self.emit_scope(loop, unit)
+        for (scope_id, name), recs in self.collocate.items():
+            if scope_id == id(loop):
+                unit[name]["collocate_with"] = sorted(recs)
         for state, name in loop.state_layers.items():
             v = loop.assigned[state]
-            layer = {"class": "copy", "from": self.ref(v, loop), "is_output_layer": True,
-                     "initial_output": self.initial_output(loop.init[state], loop)}
+            layer = {"class": "copy", "from": self.ref(v, loop), "is_output_layer": True}
+            how, init = self.initial(loop, state)
+            if how != "switch":
+                layer["initial_output"] = init
+            else:
+                unit[loop.first_step_name] = {"class": "compare", "kind": "equal", "from": ":i", "value": 0}
             unit[name] = layer
             self.out.lines[self.path(loop, name)] = loop.assign_lines[state]
         for v in loop.exports:
@@ -114,12 +127,18 @@ class _Emitter:
         layers[loop.len_name] = {"class": "length", "from": loop.name, "axis": self.dim(loop.axis)}
         layers[loop.last_index_name] = {"class": "eval", "from": loop.len_name, "eval": "source(0) - 1"}
 
-    def initial_output(self, init, loop):
-        if init.op.kind == "state_entry" and init.scope.parent is None:
-            state = init.op.attrs["state"]
-            if not hasattr(state.initial, "op"):
-                return state.initial
-        return self.ref(init, loop)
+    def initial(self, loop, state):
+        """How a carried State gets its first value: ("number", v), ("layer", ref) or ("switch", ref).
+
+        A layer of an enclosing loop's unit cannot be RETURNN's ``initial_output`` (once RETURNN moves it out of
+        that loop, the inner loop no longer finds it), so there the first step switches to it explicitly.
+        """
+        init = loop.init[state]
+        if init.op.kind == "state_entry" and init.scope.parent is None and not hasattr(state.initial, "op"):
+            return "number", state.initial
+        if loop.parent.parent is None:
+            return "layer", self.ref(init, loop)
+        return "switch", self.ref(init, loop)
 
     def gather_last(self, loop, layer_name: str) -> dict:
         return {"class": "gather", "from": f"{loop.name}/{layer_name}", "axis": self.dim(loop.axis),
@@ -199,7 +218,11 @@ class _Emitter:
             return {"class": "constant", "value": state.initial, "dtype": state.dtype,
                     "shape": [self.dim(d) for d in dims], "with_batch_dim": any(d.is_batch for d in dims)}
         if state in scope.assigned:  # carried by this loop: the previous iteration's value
-            return {"class": "copy", "from": "prev:" + scope.state_layers[state]}
+            prev = "prev:" + scope.state_layers[state]
+            how, init = self.initial(scope, state)
+            if how == "switch":
+                return {"class": "switch", "condition": scope.first_step_name, "true_from": init, "false_from": prev}
+            return {"class": "copy", "from": prev}
         return {"class": "copy", "from": self.ref(scope.entry_source[state], scope)}
 
 
