@@ -126,6 +126,10 @@ class _Emitter:
         self.out.lines[self.path(loop.parent, loop.name)] = loop.line
         layers[loop.len_name] = {"class": "length", "from": loop.name, "axis": self.dim(loop.axis)}
         layers[loop.last_index_name] = {"class": "eval", "from": loop.len_name, "eval": "source(0) - 1"}
+        if loop.state_finals:
+            layers[loop.nonempty_name] = {"class": "compare", "kind": "greater", "from": loop.len_name, "value": 0}
+        for state, name in loop.state_finals.items():
+            layers[name] = self.gather_last(loop, loop.state_layers[state])
 
     def initial(self, loop, state):
         """How a carried State gets its first value: ("number", v), ("layer", ref) or ("switch", ref).
@@ -199,9 +203,10 @@ class _Emitter:
             return {"class": "gather", "from": src[0], "axis": self.dim(a["axis"]), "position": ":i"}
         if k == "state_entry":
             return self.state_entry(op, scope)
-        if k == "state_final":
-            loop = a["loop"]
-            return self.gather_last(loop, loop.state_layers[a["state"]])
+        if k == "state_final":  # the last frame, or for an empty sequence the value before the loop
+            loop, state = a["loop"], a["state"]
+            return {"class": "switch", "condition": loop.nonempty_name, "true_from": loop.state_finals[state],
+                    "false_from": self.ref(loop.init[state], scope)}
         if k == "stack":
             loop = a["loop"]
             return {"class": "copy", "from": f"{loop.name}/{a['value'].op.name}"}
