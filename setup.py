@@ -8,7 +8,7 @@ setup(
     version="0.1.0",
     description="Write recurrent loops with Loop/State, run them on RETURNN, and step through them",
     packages=find_packages(include=["recdebug", "recdebug.*"]),
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.10",
     install_requires=[
         f"tensorflow-cpu=={TF_VERSION}",
         "returnn==1.20261022.211313",

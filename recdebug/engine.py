@@ -1,11 +1,13 @@
 """Running an emitted net on RETURNN/TensorFlow: one tf.Graph and Session per build, on the chosen device."""
 from __future__ import annotations
 
+import io
 import os
 import zlib
 
 import numpy as np
 
+from . import _tf_env  # noqa: F401  (before TensorFlow is imported)
 from .dims import Dim, sorted_dims
 from .errors import DimError, RecDebugError, RunError
 from .netdict import Emitted, emit
@@ -19,7 +21,6 @@ def _setup():
     global _ready
     if _ready:
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
@@ -37,6 +38,11 @@ def _setup():
     from . import returnn_ext
 
     returnn_ext.install()
+    from returnn.tf.util import basic as tf_util
+
+    # RETURNN sets up TF's thread pools and device list on first use and prints about it; do it quietly here.
+    tf_util.setup_tf_thread_pools(log_file=None)
+    tf_util.get_tf_list_local_devices(file=io.StringIO())
     _ready = True
 
 

@@ -159,8 +159,8 @@ def check_usable(t, scope: Scope, line) -> None:
     if not t.scope.contains(scope):
         where = t.op.line
         raise LoopError(
-            f"{t!r} was computed inside {t.scope.describe()} (line {where.lineno if where else '?'}) "
-            f"and is used outside it",
+            f"{t!r}, computed at line {where.lineno if where else '?'} inside {t.scope.describe()}, "
+            f"is used outside that loop",
             line=line,
             hint="use loop.stack(value) or loop.last(value) inside that loop, and use what it returns",
         )

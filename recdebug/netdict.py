@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import _tf_env  # noqa: F401  (before TensorFlow is imported)
+
 from returnn.tensor import Dim as ReturnnDim
 from returnn.tensor import batch_dim as returnn_batch_dim
 
