@@ -101,15 +101,18 @@ class Graph:
 
     # --- building ---
     def add_op(self, kind: str, inputs, dims, dtype="float32", sparse_dim=None, attrs=None, name=None,
-               scope: Scope | None = None, line: SourceLine | None = None):
+               scope: Scope | None = None, line: SourceLine | None = None, hint: str | None = None):
+        """Add one op; ``name`` is used as given, ``hint`` (default: the kind) gets the module path in front."""
         from .tensor import Tensor
 
         scope = scope or self.scope
         line = line or user_line()
         for t in inputs:
             check_usable(t, scope, line)
-        hint = name or kind
-        if self.module_stack and not name:
+        hint = hint or kind
+        if name:
+            hint = name
+        elif self.module_stack:
             hint = self.module_stack[-1].replace("/", ".") + "." + hint
         op = Op(kind, inputs, scope, dict(attrs or {}), line, scope.unique_name(hint))
         scope.ops.append(op)

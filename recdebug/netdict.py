@@ -140,8 +140,11 @@ class _Emitter:
         that loop, the inner loop no longer finds it), so there the first step switches to it explicitly.
         """
         init = loop.init[state]
+        while init.op.kind == "state_entry" and init.scope.is_loop and state not in init.scope.assigned:
+            init = init.scope.entry_source[state]  # an enclosing loop that only passes the value through
         if init.op.kind == "state_entry" and init.scope.parent is None and not hasattr(state.initial, "op"):
             return "number", state.initial
+        init = loop.init[state]
         if loop.parent.parent is None:
             return "layer", self.ref(init, loop)
         return "switch", self.ref(init, loop)

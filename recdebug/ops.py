@@ -15,7 +15,7 @@ def _check_tensor(x, what):
 
 def _activation(x: Tensor, fn: str) -> Tensor:
     _check_tensor(x, f"rd.{fn}")
-    return x.graph.add_op("activation", [x], x.dims, attrs={"activation": fn}, name=None)
+    return x.graph.add_op("activation", [x], x.dims, attrs={"activation": fn}, hint=fn)
 
 
 def tanh(x: Tensor) -> Tensor:
