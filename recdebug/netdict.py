@@ -27,6 +27,7 @@ class Emitted:
     lines: dict = field(default_factory=dict)  # layer path -> SourceLine of the user's code
     fetch: dict = field(default_factory=dict)  # top-level Tensor -> layer name
     rec_paths: dict = field(default_factory=dict)  # Loop -> path of its rec layer
+    state_layers: dict = field(default_factory=dict)  # State -> paths of its state layers (one per owning loop)
 
     def rd_dim(self, returnn_dim) -> Dim | None:
         if returnn_dim.is_batch_dim():
@@ -108,10 +109,16 @@ class _Emitter:
                 unit[loop.first_step_name] = {"class": "compare", "kind": "equal", "from": ":i", "value": 0}
             unit[name] = layer
             self.out.lines[self.path(loop, name)] = loop.assign_lines[state]
+            self.out.state_layers.setdefault(state, []).append(self.path(loop, name))
         for v in loop.exports:
             unit[v.op.name]["is_output_layer"] = True
         if loop.end_cond is not None:
             unit["end"] = {"class": "copy", "from": self.ref(loop.end_cond, loop)}
+            if not loop.end_cond.dims:  # RETURNN needs one end flag per sequence
+                unit["end.batch"] = {"class": "constant", "value": False, "dtype": "bool",
+                                     "shape": [returnn_batch_dim], "with_batch_dim": True}
+                unit["end"] = {"class": "combine", "kind": "logical_or",
+                               "from": [self.ref(loop.end_cond, loop), "end.batch"]}
         output_source = next(iter(loop.state_layers.values()), None) or next(
             (v.op.name for v in loop.exports), loop.ops[-1].name)
         unit["output"] = {"class": "copy", "from": output_source}

@@ -74,6 +74,32 @@ def test_loop_index_counts_steps():
     assert_frames_close(res.numpy(out), np.broadcast_to(np.arange(5.0)[None, :, None], (2, 5, 2)), [5, 3])
 
 
+@pytest.mark.parametrize("optimize", [True, False])
+def test_while_loop_ending_on_the_step_counter(optimize):
+    hid = rd.Dim("hid", 2)
+    with rd.Graph() as g:
+        start = rd.Input("start", {batch, hid})
+        h = rd.State({batch, hid}, initial=start)
+        with rd.Loop(max_seq_len=10) as loop:
+            h.assign(h.get() * 2.0)
+            loop.end(loop.index >= 2, include_eos=True)
+            out = loop.stack(h.get())
+    start_np = np.array([[1.0, 2.0], [3.0, -1.0]], np.float32)
+    res = g.run({"start": start_np}, optimize=optimize)
+    np.testing.assert_array_equal(res.lens(loop.axis), [3, 3])
+    np.testing.assert_allclose(res.numpy(out, order=(batch, loop.axis, hid)), start_np[:, None] * np.array([2.0, 4.0, 8.0])[None, :, None])
+
+
+def test_state_layers_are_mapped():
+    time, hid = rd.Dim("time"), rd.Dim("hid", 2)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, hid})
+        h = rd.State({batch, hid})
+        with rd.Loop() as loop:
+            h.assign(h.get() + loop.unstack(x))
+    assert g.emitted().state_layers[h] == ["loop/h"]
+
+
 def test_sequential_loops_continue_from_each_other(rng):
     time, hid = rd.Dim("time"), rd.Dim("hid", 3)
     with rd.Graph() as g:
