@@ -7,9 +7,10 @@ from .module import Embedding, Linear, Module, Parameter
 from .ops import cast, concat, constant, exp, relu, reduce_max, reduce_sum, sigmoid, split, tanh, zeros
 from .state import State
 from .tensor import Input, Tensor
+from .trace import Trace, TraceDiff
 
 __all__ = [
     "Dim", "batch_dim", "Graph", "Input", "Tensor", "Module", "Linear", "Embedding", "Parameter", "State", "Loop",
     "tanh", "sigmoid", "relu", "exp", "split", "concat", "zeros", "constant", "reduce_sum", "reduce_max", "cast",
-    "RecDebugError", "LoopError", "DimError", "RunError",
+    "Trace", "TraceDiff", "RecDebugError", "LoopError", "DimError", "RunError",
 ]

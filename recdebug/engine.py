@@ -79,7 +79,7 @@ def init_value(path: str, dims, init, seed: int) -> np.ndarray:
 class Engine:
     """One build of a graph: RETURNN TFNetwork in its own tf.Graph and Session."""
 
-    def __init__(self, g, optimize: bool, device: str, seed: int):
+    def __init__(self, g, optimize: bool, device: str, seed: int, capture=None):
         _setup()
         import tensorflow as tf
         from returnn.config import Config
@@ -88,7 +88,8 @@ class Engine:
         self.graph = g
         self.optimize = optimize
         self.device = device
-        self.emitted: Emitted = emit(g, optimize=optimize)
+        self.capture = capture
+        self.emitted: Emitted = emit(g, optimize=optimize, capture=capture)
         config = Config({"extern_data": self.emitted.extern_data, "debug_print_layer_output_template": False,
                          "optimize_move_layers_out": optimize})
         self.tf_graph = tf.Graph()
@@ -183,25 +184,150 @@ class Engine:
                 raise RunError(f"seq_lens: {d!r} is not a dynamic dim of any input")
         return fd, lens, arrays
 
-    def run(self, inputs: dict, seq_lens: dict) -> "Result":
-        fd, lens, arrays = self.feed_dict(inputs, seq_lens)
-        fetch, dims_of = {}, {}
-        length_fetch = {}
-        for t, name in self.emitted.fetch.items():
+    def _fetches(self, layer_names: dict, lens: dict):
+        """Placeholders and rd dims of top-level layers, plus the lengths of dynamic dims not fed."""
+        fetch, dims_of, length_fetch = {}, {}, {}
+        for key, name in layer_names.items():
             out = self.network.get_layer(name).output
             dims = tuple(self.emitted.rd_dim(d) for d in out.dim_tags)
-            fetch[t] = out.placeholder
-            dims_of[t] = dims
+            fetch[key] = out.placeholder
+            dims_of[key] = dims
             for d, rd in zip(out.dim_tags, dims):
                 if rd is not None and rd.is_dynamic and rd not in lens and rd not in length_fetch:
-                    length_fetch[rd] = d.dyn_size_ext.placeholder
-        values, fetched_lens = self.session.run((fetch, length_fetch), feed_dict=fd)
+                    size = d.dyn_size_ext
+                    length_fetch[rd] = (size.placeholder, tuple(self.emitted.rd_dim(s) for s in size.dim_tags))
+        return fetch, dims_of, length_fetch
+
+    def run(self, inputs: dict, seq_lens: dict) -> "Result":
+        fd, lens, arrays = self.feed_dict(inputs, seq_lens)
+        fetch, dims_of, length_fetch = self._fetches(self.emitted.fetch, lens)
+        values, fetched_lens = self.session.run(
+            (fetch, {d: p for d, (p, _) in length_fetch.items()}), feed_dict=fd)
         lens.update(fetched_lens)
         return Result(self.graph, {t: (values[t], dims_of[t]) for t in fetch}, lens, self.params(), arrays,
                       device=self.device)
 
+    def trace(self, inputs: dict, seq_lens: dict, max_bytes: int | None) -> "Trace":
+        from .trace import DimInfo, Entry, Trace
+
+        em = self.emitted
+        fd, lens, arrays = self.feed_dict(inputs, seq_lens)
+        check_trace_budget(em, fd, lens, arrays, max_bytes)
+        fetch, dims_of, length_fetch = self._fetches(em.trace_fetch, lens)
+        top, top_dims, top_lens = self._fetches({t: n for t, n in em.fetch.items()}, lens)
+        length_fetch.update(top_lens)
+        values, top_values, fetched_lens = self.session.run(
+            (fetch, top, {d: p for d, (p, _) in length_fetch.items()}), feed_dict=fd)
+        labels: dict = {}
+
+        def label(d):
+            if id(d) not in labels:
+                base, i = d.name, 2
+                taken = {lab for lab, _ in labels.values()}
+                lab = base
+                while lab in taken:
+                    lab, i = f"{base}_{i}", i + 1
+                labels[id(d)] = (lab, d)
+            return labels[id(d)][0]
+
+        entries, lookup = {}, {}
+        axis_of = {loop: loop.axis for loop in em.rec_paths}
+        for key, arr in values.items():
+            kind, _, loops = em.trace_info[key]
+            dims = dims_of[key]
+            if None in dims:
+                raise RecDebugError(f"trace: RETURNN returned a dim that recdebug does not know for {key!r}")
+            entries[key] = Entry(key, arr, tuple(label(d) for d in dims), kind,
+                                 tuple(label(axis_of[lp]) for lp in loops), _line(em.lines.get(key)))
+        for t, arr in top_values.items():
+            key = em.fetch[t]
+            entries[key] = Entry(key, arr, tuple(label(d) for d in top_dims[t]), "value", (), _line(em.lines.get(key)))
+            lookup[id(t)] = key
+        for t, path in em.layer_of.items():
+            if path in entries:
+                lookup[id(t)] = path
+        for state, paths in em.state_layers.items():
+            if paths[-1] in entries:
+                lookup[id(state)] = paths[-1]
+        loop_lens = {}
+        for loop in em.rec_paths:
+            if id(loop.axis) in labels:
+                arr = fetched_lens.get(loop.axis, lens.get(loop.axis))
+                lens_dims = length_fetch[loop.axis][1] if loop.axis in length_fetch else (_batch(),)
+                loop_lens[label(loop.axis)] = (arr, tuple(label(d) for d in lens_dims))
+        dims = {lab: DimInfo(lab, d.name, d.size, d.is_batch, d.order) for lab, d in labels.values()}
+        moved_out, in_loop = self.moved_out()
+        return Trace(entries, dims, loop_lens, moved_out, in_loop, device=self.device, lookup=lookup,
+                     dim_labels={i: lab for i, (lab, _) in labels.items()})
+
+    def rec_layers(self) -> dict:
+        """Rec layer path -> the constructed RETURNN RecLayer (nested ones from their enclosing loop's cell)."""
+        from returnn.tf.layers.rec import RecLayer
+
+        found = {}
+
+        def visit(layers: dict, prefix: str):
+            for name, layer in layers.items():
+                if isinstance(layer, RecLayer) and prefix + name not in found:
+                    found[prefix + name] = layer
+                    cell = layer.cell
+                    for net in (cell.net, cell.input_layers_net, cell.output_layers_net):
+                        if net is not None:
+                            visit(net.layers, prefix + name + "/")
+
+        visit(self.network.layers, "")
+        return found
+
+    def moved_out(self) -> tuple[list, list]:
+        """(in-loop layers RETURNN moved out of their loop, layers it kept inside), as layer paths."""
+        ours = set(self.emitted.lines) | set(self.emitted.trace_info)
+        moved, kept = [], []
+        for path, rec in self.rec_layers().items():
+            cell = rec.cell
+            for name in list(cell.input_layers_moved_out or []) + list(cell.output_layers_moved_out or []):
+                if f"{path}/{name}" in ours:
+                    moved.append(f"{path}/{name}")
+            for name in cell.layers_in_loop or []:
+                if f"{path}/{name}" in ours:
+                    kept.append(f"{path}/{name}")
+        return sorted(set(moved)), sorted(set(kept) - set(moved))
+
     def close(self):
         self.session.close()
+
+
+def _line(line) -> str | None:
+    return None if line is None else str(line)
+
+
+def check_trace_budget(em, fd, lens, arrays, max_bytes):
+    """Refuse a trace whose capture would exceed ``max_bytes``, saying how much it needs and how to narrow it."""
+    if max_bytes is None:
+        return
+    batch = next((arr.shape[order.index(_batch())] for arr, order in arrays.values() if _batch() in order), 1)
+    sizes = {d: int(v.max()) if len(v) else 0 for d, v in lens.items()}
+    per_key = {}
+    for key, (kind, dims, loops) in em.trace_info.items():
+        n = 1
+        for d in set(dims) | {lp.axis for lp in loops}:
+            if d.is_batch:
+                n *= batch
+            elif d.size is not None:
+                n *= d.size
+            elif d in sizes:
+                n *= sizes[d]
+            else:
+                loop = next(lp for lp in loops if lp.axis is d)
+                n *= loop.max_seq_len or 1
+        per_key[key] = 4 * n
+    total = sum(per_key.values())
+    if total > max_bytes:
+        biggest = sorted(per_key, key=per_key.get, reverse=True)[:3]
+        raise RecDebugError(
+            f"trace needs about {total / 1e6:.1f} MB for {len(per_key)} in-loop values, over the budget of "
+            f"{max_bytes / 1e6:.1f} MB (largest: " + ", ".join(f"{k} {per_key[k] / 1e6:.1f} MB" for k in biggest)
+            + ")",
+            hint="record fewer layers with capture=['h', 'lstm.*'], or allow more with max_bytes=")
 
 
 def _batch():
@@ -264,14 +390,28 @@ class Result:
         return f"Result({len(self._values)} values, device={self.device!r})"
 
 
-def get_engine(g, optimize: bool, device: str | None, seed: int) -> Engine:
+def get_engine(g, optimize: bool, device: str | None, seed: int, capture=None) -> Engine:
     if g.scope is not g.top:
         raise RunError("the graph still has an open loop: run it after the `with rd.Loop()` block")
     device = resolve_device(device)
-    key = (bool(optimize), device, seed, len(g.ops))
+    capture_key = capture if capture in (None, "all") else tuple(capture)
+    key = (bool(optimize), device, seed, len(g.ops), capture_key)
     if key not in g._engines:
-        g._engines[key] = Engine(g, optimize=bool(optimize), device=device, seed=seed)
+        g._engines[key] = Engine(g, optimize=bool(optimize), device=device, seed=seed, capture=capture_key)
     return g._engines[key]
+
+
+DEFAULT_TRACE_BYTES = 2 * 1024**3
+
+
+def trace_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, seed=0, params=None, capture=None,
+                max_bytes=DEFAULT_TRACE_BYTES):
+    """One run of the real RecLayer that records every step of the captured in-loop layers (default: all)."""
+    if isinstance(capture, str) and capture != "all":
+        capture = [capture]
+    engine = get_engine(g, optimize, device, seed, capture="all" if capture is None else capture)
+    engine.set_params(params or {}, seed)
+    return engine.trace(inputs, seq_lens, max_bytes)
 
 
 def run_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, seed=0, params=None) -> Result:

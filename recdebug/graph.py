@@ -143,6 +143,19 @@ class Graph:
         return run_graph(self, inputs or {}, seq_lens or {}, device=device, optimize=optimize, seed=seed,
                          params=params)
 
+    def trace(self, inputs=None, seq_lens=None, device=None, optimize=True, seed=0, params=None, capture=None,
+              max_bytes=None):
+        """Run once on RETURNN and record every step of every in-loop layer and State; returns an ``rd.Trace``.
+
+        ``capture``: name patterns (fnmatch, on the layer name or its path like ``loop/h``) to record fewer
+        layers. ``max_bytes``: refuse (with a clear error) a trace that would need more memory (default 2 GiB).
+        """
+        from .engine import DEFAULT_TRACE_BYTES, trace_graph
+
+        return trace_graph(self, inputs or {}, seq_lens or {}, device=device, optimize=optimize, seed=seed,
+                           params=params, capture=capture,
+                           max_bytes=DEFAULT_TRACE_BYTES if max_bytes is None else max_bytes)
+
     def close(self):
         """Free the TensorFlow sessions this graph holds."""
         for engine in self._engines.values():

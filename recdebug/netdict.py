@@ -1,6 +1,7 @@
 """Emission: the graph of ops -> a RETURNN net dict, plus the maps the debugger and errors need."""
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 
 from . import _tf_env  # noqa: F401  (before TensorFlow is imported)
@@ -28,6 +29,8 @@ class Emitted:
     fetch: dict = field(default_factory=dict)  # top-level Tensor -> layer name
     rec_paths: dict = field(default_factory=dict)  # Loop -> path of its rec layer
     state_layers: dict = field(default_factory=dict)  # State -> paths of its state layers (one per owning loop)
+    trace_fetch: dict = field(default_factory=dict)  # in-loop layer path -> top-level layer with all its steps
+    trace_info: dict = field(default_factory=dict)  # in-loop layer path -> (kind, dims, loops outermost first)
 
     def rd_dim(self, returnn_dim) -> Dim | None:
         if returnn_dim.is_batch_dim():
@@ -41,9 +44,11 @@ class Emitted:
 
 
 class _Emitter:
-    def __init__(self, g: Graph, optimize: bool):
+    def __init__(self, g: Graph, optimize: bool, capture=None):
         self.g = g
         self.optimize = optimize
+        self.capture = capture
+        self.taken: dict = {}  # id(scope) -> layer names in use (trace exports are named against it)
         self.dims: dict = {}
         self.out = Emitted(net={}, extern_data={}, dims=self.dims)
         self.collocate: dict = {}  # (id(loop), layer name) -> names of inner rec layers that use it
@@ -90,12 +95,38 @@ class _Emitter:
             self.out.layer_of[op.out] = self.path(scope, op.name)
             if op.line is not None:
                 self.out.lines[self.path(scope, op.name)] = op.line
+        captured = []
         for loop in scope.children:
-            self.emit_loop(loop, layers)
+            for key, name in self.emit_loop(loop, layers):
+                export = self.fresh_name(scope, "trace." + key.replace("/", "."))
+                layers[export] = {"class": "copy", "from": f"{loop.name}/{name}", "is_output_layer": True}
+                if scope.parent is None:
+                    self.out.trace_fetch[key] = export
+                else:  # keep it next to the inner loop: RETURNN cannot stack it after moving it out
+                    layers[export]["collocate_with"] = [loop.name]
+                    captured.append((key, export))
+        return captured
 
-    def emit_loop(self, loop, layers: dict):
+    def fresh_name(self, scope: Scope, base: str) -> str:
+        taken = self.taken.setdefault(id(scope), set(scope.names))
+        name, i = base, 2
+        while name in taken:
+            name, i = f"{base}_{i}", i + 1
+        taken.add(name)
+        return name
+
+    def captures(self, path: str) -> bool:
+        if self.capture is None:
+            return False
+        if self.capture == "all":
+            return True
+        name = path.rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(name, p) for p in self.capture)
+
+    def emit_loop(self, loop, layers: dict) -> list:
+        """Emit the rec layer of ``loop`` into ``layers``; returns the (path, unit layer) pairs to trace."""
         unit: dict = {}
-        self.emit_scope(loop, unit)
+        exported = self.emit_scope(loop, unit)
         for (scope_id, name), recs in self.collocate.items():
             if scope_id == id(loop):
                 unit[name]["collocate_with"] = sorted(recs)
@@ -122,8 +153,10 @@ class _Emitter:
         output_source = next(iter(loop.state_layers.values()), None) or next(
             (v.op.name for v in loop.exports), loop.ops[-1].name)
         unit["output"] = {"class": "copy", "from": output_source}
+        # A loop with loops inside stays unoptimized itself (its inner loops are still optimized): when RETURNN
+        # moves an outer layer out, it may need to stack an inner loop's sub-layer, which it cannot do reliably.
         rec = {"class": "rec", "from": [], "axis": self.dim(loop.axis), "unit": unit,
-               "optimize_move_layers_out": self.optimize}
+               "optimize_move_layers_out": self.optimize and not loop.children}
         if loop.unstacked:
             first = loop.unstacked[0].op.inputs[0]
             rec["from"] = self.ref(first, loop.parent)
@@ -139,6 +172,18 @@ class _Emitter:
             layers[loop.nonempty_name] = {"class": "compare", "kind": "greater", "from": loop.len_name, "value": 0}
         for state, name in loop.state_finals.items():
             layers[name] = self.gather_last(loop, loop.state_layers[state])
+        loops = tuple(reversed([s for s in loop.ancestors() if s.is_loop]))
+        own = [(op.name, "layer", op.out.dims) for op in loop.ops]
+        own += [(name, "state", state.dims) for state, name in loop.state_layers.items()]
+        captured = []
+        for name, kind, dims in own:
+            path = self.path(loop, name)
+            if self.captures(path):
+                captured.append((path, name))
+                self.out.trace_info[path] = (kind, dims, loops)
+        for _, name in captured:
+            unit[name]["is_output_layer"] = True
+        return captured + exported
 
     def initial(self, loop, state):
         """How a carried State gets its first value: ("number", v), ("layer", ref) or ("switch", ref).
@@ -243,8 +288,11 @@ class _Emitter:
         return {"class": "copy", "from": self.ref(scope.entry_source[state], scope)}
 
 
-def emit(g: Graph, optimize: bool = True) -> Emitted:
-    """The RETURNN net dict of ``g`` (``optimize``: let RETURNN move layers out of loops)."""
-    e = _Emitter(g, optimize)
+def emit(g: Graph, optimize: bool = True, capture=None) -> Emitted:
+    """The RETURNN net dict of ``g`` (``optimize``: let RETURNN move layers out of loops).
+
+    ``capture``: None, "all", or name patterns of in-loop layers whose every step is exposed at the top level.
+    """
+    e = _Emitter(g, optimize, capture)
     e.emit_scope(g.top, e.out.net)
     return e.out

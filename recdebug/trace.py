@@ -1,0 +1,243 @@
+"""Trace: every in-loop value at every step, as numpy arrays with named dims; save/load without pickle; diff."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import DimError, RecDebugError
+
+
+@dataclass(frozen=True)
+class DimInfo:
+    """A dim of a trace: ``label`` is unique in the trace; ``size`` None for dynamic dims."""
+
+    label: str
+    name: str
+    size: int | None
+    is_batch: bool = False
+    order: int = 0  # creation order of the Dim: the default axis order, as in Result.numpy
+
+
+@dataclass
+class Entry:
+    """One recorded value: an array, its dims (labels, in the array's axis order), and what it is."""
+
+    key: str
+    array: np.ndarray
+    dims: tuple
+    kind: str  # "layer" (in a loop, per step), "state" (a State's assigned value per step), "value" (top level)
+    loop_axes: tuple = ()  # labels of the loop axes, outermost first
+    line: str | None = None
+
+
+class Trace:
+    """What one run of the real RecLayer recorded. Values are addressed by Tensor, State or layer path."""
+
+    def __init__(self, entries: dict, dims: dict, lens: dict, moved_out=(), in_loop=(), device: str = "cpu",
+                 lookup=None, dim_labels=None):
+        self.entries = entries  # key -> Entry
+        self.dims = dims  # label -> DimInfo
+        self._lens = lens  # loop axis label -> (array, dims labels)
+        self.moved_out = list(moved_out)
+        self.in_loop = list(in_loop)
+        self.device = device
+        self._lookup = lookup or {}  # id(Tensor or State) -> key (only in the process that traced)
+        self._dim_labels = dim_labels or {}  # id(Dim) -> label
+
+    # --- addressing ---
+    def key(self, x) -> str:
+        if isinstance(x, str):
+            if x not in self.entries:
+                raise RecDebugError(f"the trace has no value {x!r}; it has {sorted(self.entries)}")
+            return x
+        key = self._lookup.get(id(x))
+        if key is None:
+            raise RecDebugError(f"{x!r} was not recorded by this trace",
+                                hint="trace it: g.trace(..., capture=None) records every in-loop layer")
+        return key
+
+    def label(self, d) -> str:
+        if isinstance(d, str):
+            if d not in self.dims:
+                raise DimError(f"the trace has no dim {d!r}; it has {sorted(self.dims)}")
+            return d
+        label = self._dim_labels.get(id(d))
+        if label is None:
+            raise DimError(f"{d!r} is not a dim of this trace")
+        return label
+
+    @property
+    def states(self) -> dict:
+        """State name -> key of its per-step values."""
+        return {e.key.rsplit("/", 1)[-1]: e.key for e in self.entries.values() if e.kind == "state"}
+
+    def keys(self):
+        return list(self.entries)
+
+    def dims_of(self, x) -> tuple:
+        return self.entries[self.key(x)].dims
+
+    # --- values ---
+    def numpy(self, x, order=None) -> np.ndarray:
+        """The recorded value of ``x`` (the loop axes are dims of it), axes in ``order`` (dims or labels)."""
+        e = self.entries[self.key(x)]
+        return e.array.transpose(self._perm(e, order))
+
+    def _perm(self, e: Entry, order) -> list:
+        if order is None:  # as Result.numpy: batch first, then dims by creation
+            return sorted(range(len(e.dims)), key=lambda i: self.dims[e.dims[i]].order)
+        labels = [self.label(d) for d in order]
+        if sorted(labels) != sorted(e.dims):
+            raise DimError(f"order {labels} is not a permutation of the dims {list(e.dims)} of {e.key!r}")
+        return [e.dims.index(lab) for lab in labels]
+
+    def lens(self, axis) -> np.ndarray:
+        """Per-sequence lengths of a loop axis (for an inner loop: one per outer step and sequence)."""
+        label = self.label(axis)
+        if label not in self._lens:
+            raise RecDebugError(f"{label!r} is not a loop axis of this trace")
+        return self._lens[label][0]
+
+    def mask(self, x, order=None) -> np.ndarray:
+        """True on the valid frames of ``x``, False on padding (t >= the sequence's length on any loop axis)."""
+        e = self.entries[self.key(x)]
+        valid = np.ones(e.array.shape, dtype=bool)
+        for axis in e.loop_axes:
+            lens, lens_dims = self._lens[axis]
+            if any(lab not in e.dims for lab in lens_dims):
+                continue
+            steps = np.arange(e.array.shape[e.dims.index(axis)])
+            shape = [1] * len(e.dims)
+            shape[e.dims.index(axis)] = len(steps)
+            lens_b = _broadcast_to_dims(lens, lens_dims, e.dims)
+            valid &= steps.reshape(shape) < lens_b
+        return valid.transpose(self._perm(e, order))
+
+    def at(self, step: int, axis=None) -> dict:
+        """Every value recorded for one step of a loop axis (default: the first top-level loop's): key -> array."""
+        label = self.label(axis) if axis is not None else self._default_axis()
+        out = {}
+        for e in self.entries.values():
+            if label in e.dims:
+                i = e.dims.index(label)
+                if step >= e.array.shape[i]:
+                    raise RecDebugError(f"step {step} is past the end ({e.array.shape[i]} steps) of {label!r}")
+                out[e.key] = np.take(e.array, step, axis=i)
+        return out
+
+    def _default_axis(self) -> str:
+        for e in self.entries.values():
+            if e.loop_axes:
+                return e.loop_axes[0]
+        raise RecDebugError("this trace has no loop values")
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.array.nbytes for e in self.entries.values())
+
+    def __repr__(self):
+        axes = sorted({e.loop_axes[0] for e in self.entries.values() if e.loop_axes})
+        return (f"Trace({len(self.entries)} values, loop axes {axes}, {self.nbytes / 1e6:.2f} MB, "
+                f"device={self.device!r})")
+
+    # --- files ---
+    def save(self, path) -> None:
+        """Write an .npz file that ``Trace.load`` reads back without pickle."""
+        arrays, meta_entries = {}, []
+        for i, e in enumerate(self.entries.values()):
+            arrays[f"v{i}"] = e.array
+            meta_entries.append({"key": e.key, "array": f"v{i}", "dims": list(e.dims), "kind": e.kind,
+                                 "loop_axes": list(e.loop_axes), "line": e.line})
+        meta_lens = []
+        for i, (label, (arr, lens_dims)) in enumerate(self._lens.items()):
+            arrays[f"len{i}"] = arr
+            meta_lens.append({"axis": label, "array": f"len{i}", "dims": list(lens_dims)})
+        meta = {"format": "recdebug-trace-1", "entries": meta_entries, "lens": meta_lens,
+                "dims": [vars(d) for d in self.dims.values()], "moved_out": self.moved_out,
+                "in_loop": self.in_loop, "device": self.device}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path) -> "Trace":
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            if meta.get("format") != "recdebug-trace-1":
+                raise RecDebugError(f"{path}: not a recdebug trace file")
+            entries = {m["key"]: Entry(m["key"], z[m["array"]], tuple(m["dims"]), m["kind"], tuple(m["loop_axes"]),
+                                       m["line"]) for m in meta["entries"]}
+            lens = {m["axis"]: (z[m["array"]], tuple(m["dims"])) for m in meta["lens"]}
+        dims = {d["label"]: DimInfo(**d) for d in meta["dims"]}
+        return cls(entries, dims, lens, meta["moved_out"], meta["in_loop"], meta["device"])
+
+    # --- comparing ---
+    def diff(self, other: "Trace", atol: float = 1e-5) -> "TraceDiff":
+        """Where two traces of the same graph differ by more than ``atol`` on valid frames."""
+        found = {}
+        for key, e in self.entries.items():
+            o = other.entries.get(key)
+            if o is None or not e.loop_axes or e.array.dtype.kind not in "fiu":
+                continue
+            a = e.array.astype(np.float64)
+            b = o.array.transpose([o.dims.index(d) for d in e.dims]).astype(np.float64)
+            if a.shape != b.shape:
+                found[key] = DiffAt(key, None, None, float("inf"), "shapes differ")
+                continue
+            bad = self.mask(key) & ~(np.abs(a - b) <= atol)  # NaN on one side only counts as different
+            bad &= ~(np.isnan(a) & np.isnan(b))
+            if bad.any():
+                axis = e.dims.index(e.loop_axes[0])
+                steps = np.nonzero(bad.any(axis=tuple(i for i in range(bad.ndim) if i != axis)))[0]
+                first = int(steps[0])
+                at_step = np.take(bad, first, axis=axis)
+                units = [tuple(int(i) for i in idx) for idx in np.argwhere(at_step)]
+                worst = float(np.nanmax(np.where(bad, np.abs(a - b), 0.0)))
+                found[key] = DiffAt(key, first, units, worst, None)
+        return TraceDiff(found, atol)
+
+
+@dataclass
+class DiffAt:
+    key: str
+    step: int | None  # the first step (on the outermost loop axis) that differs
+    units: list | None  # indices (in the remaining axes, trace order) that differ at that step
+    max_abs: float
+    note: str | None = None
+
+
+class TraceDiff:
+    """The result of ``Trace.diff``: per key, the first differing step and units."""
+
+    def __init__(self, entries: dict, atol: float):
+        self.entries = entries
+        self.atol = atol
+
+    @property
+    def first(self) -> DiffAt | None:
+        """The earliest difference over all keys (None when the traces agree)."""
+        with_step = [d for d in self.entries.values() if d.step is not None]
+        if not with_step:
+            return next(iter(self.entries.values()), None)
+        return min(with_step, key=lambda d: (d.step, d.key))
+
+    def __bool__(self):
+        return bool(self.entries)
+
+    def __repr__(self):
+        if not self.entries:
+            return f"TraceDiff(equal within {self.atol})"
+        f = self.first
+        return f"TraceDiff({len(self.entries)} values differ; first: {f.key!r} at step {f.step})"
+
+
+def _broadcast_to_dims(arr: np.ndarray, arr_dims: tuple, target_dims: tuple) -> np.ndarray:
+    """Reshape ``arr`` (dims ``arr_dims``) so that it broadcasts against an array with ``target_dims``."""
+    order = sorted(range(len(arr_dims)), key=lambda i: target_dims.index(arr_dims[i]))
+    arr = arr.transpose(order)
+    shape = [1] * len(target_dims)
+    for i in order:
+        shape[target_dims.index(arr_dims[i])] = arr.shape[order.index(i)]
+    return arr.reshape(shape)
