@@ -186,7 +186,7 @@ class Trace:
             if a.shape != b.shape:
                 found[key] = DiffAt(key, None, None, float("inf"), "shapes differ")
                 continue
-            bad = self.mask(key) & ~(np.abs(a - b) <= atol)  # NaN on one side only counts as different
+            bad = self.mask(key, order=e.dims) & ~(np.abs(a - b) <= atol)  # NaN on one side counts as different
             bad &= ~(np.isnan(a) & np.isnan(b))
             if bad.any():
                 axis = e.dims.index(e.loop_axes[0])
@@ -195,7 +195,8 @@ class Trace:
                 at_step = np.take(bad, first, axis=axis)
                 units = [tuple(int(i) for i in idx) for idx in np.argwhere(at_step)]
                 worst = float(np.nanmax(np.where(bad, np.abs(a - b), 0.0)))
-                found[key] = DiffAt(key, first, units, worst, None)
+                found[key] = DiffAt(key, first, units, worst, None,
+                                    tuple(d for d in e.dims if d != e.loop_axes[0]))
         return TraceDiff(found, atol)
 
 
@@ -206,6 +207,7 @@ class DiffAt:
     units: list | None  # indices (in the remaining axes, trace order) that differ at that step
     max_abs: float
     note: str | None = None
+    unit_dims: tuple = ()  # the dims (labels) that ``units`` index, in order
 
 
 class TraceDiff:
