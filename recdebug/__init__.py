@@ -7,10 +7,11 @@ from .module import Embedding, Linear, Module, Parameter
 from .ops import cast, concat, constant, exp, relu, reduce_max, reduce_sum, sigmoid, split, tanh, zeros
 from .state import State
 from .tensor import Input, Tensor
+from .stepper import Stepper, on_nan, on_nonfinite, on_state
 from .trace import Trace, TraceDiff
 
 __all__ = [
     "Dim", "batch_dim", "Graph", "Input", "Tensor", "Module", "Linear", "Embedding", "Parameter", "State", "Loop",
     "tanh", "sigmoid", "relu", "exp", "split", "concat", "zeros", "constant", "reduce_sum", "reduce_max", "cast",
-    "Trace", "TraceDiff", "RecDebugError", "LoopError", "DimError", "RunError",
+    "Trace", "TraceDiff", "Stepper", "on_nan", "on_nonfinite", "on_state", "RecDebugError", "LoopError", "DimError", "RunError",
 ]

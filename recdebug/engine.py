@@ -94,17 +94,30 @@ class Engine:
                          "optimize_move_layers_out": optimize})
         self.tf_graph = tf.Graph()
         with self.tf_graph.as_default(), tf.device("/gpu:0" if device == "gpu" else "/cpu:0"):
+            net = self.prepare()
             self.network = TFNetwork(config=config, train_flag=False, eval_flag=False, search_flag=False)
-            self.network.construct_from_dict(self.emitted.net)
+            self.network.construct_from_dict(net)
+            self.finish()
+            init_extra = tf.compat.v1.variables_initializer(self.extra_variables)
             self.session = tf.compat.v1.Session(
                 graph=self.tf_graph, config=tf.compat.v1.ConfigProto(allow_soft_placement=True))
             self.network.initialize_params(self.session)
+            self.session.run(init_extra)
         self.param_vars = {}  # path -> tf.Variable
         for op in g.top.ops:
             if op.kind == "param":
                 param = op.attrs["param"]
                 self.param_vars[param.path(g)] = (param, self.network.get_layer(op.name).var)
         self.set_params({}, seed)
+
+    extra_variables: list = []  # TF variables of a subclass, initialized with the network's
+
+    def prepare(self) -> dict:
+        """The net dict to build (subclasses add TF objects to the graph first)."""
+        return self.emitted.net
+
+    def finish(self) -> None:
+        """Called after the network is built, inside its graph and device scope."""
 
     def set_params(self, values: dict, seed: int):
         """Load parameter values: given ones by path or Parameter, the rest from the seeded initializer."""

@@ -156,6 +156,12 @@ class Graph:
                            params=params, capture=capture,
                            max_bytes=DEFAULT_TRACE_BYTES if max_bytes is None else max_bytes)
 
+    def stepper(self, inputs=None, seq_lens=None, device=None, seed=0, params=None, loop=None):
+        """Live stepping of a top-level loop (default: the first); returns an ``rd.Stepper`` at t=0."""
+        from .stepper import Stepper
+
+        return Stepper(self, inputs or {}, seq_lens, device=device, seed=seed, params=params, loop=loop)
+
     def close(self):
         """Free the TensorFlow sessions this graph holds."""
         for engine in self._engines.values():

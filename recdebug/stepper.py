@@ -1,0 +1,409 @@
+"""Stepper: live execution of one loop, one iteration per call, its States kept in buffers on the device.
+
+Each State has a buffer [T+1, batch, ...] on the execution device; entry t is its value after t steps. A step
+runs the loop's unit once as a plain RETURNN net (``stepnet``) reading entry t and writes entry t+1, so
+``step_back`` is exact (nothing is recomputed) and ``set_state`` edits entry t before continuing. Only what is
+shown is fetched: per step a few flags (which sequences are active, whether a State went NaN/Inf).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .dims import sorted_dims
+from .engine import Engine, resolve_device
+from .errors import DimError, LoopError, RecDebugError, RunError
+from .state import State
+from .stepnet import build_step_net
+from .tensor import Tensor
+
+_DEVICE_TENSORS: dict = {}  # key -> tf.Tensor read by "recdebug_tensor" layers while a step net is built
+_layer_registered = False
+
+
+def _register_layer_class():
+    """A RETURNN layer whose output is a given TensorFlow tensor (a State buffer entry, the step index)."""
+    global _layer_registered
+    if _layer_registered:
+        return
+    import tensorflow as tf
+    from returnn.tf.layers.base import LayerBase
+    from returnn.tf.layers.basic import ConstantLayer, register_layer_class
+
+    class DeviceTensorLayer(LayerBase):
+        layer_class = "recdebug_tensor"
+
+        def __init__(self, key, shape, dtype, **kwargs):
+            super().__init__(**kwargs)
+            value = _DEVICE_TENSORS[key]
+            perm = [_index_of(shape, tag) for tag in self.output.dim_tags]
+            self.output.placeholder = tf.transpose(value, perm) if perm != sorted(perm) else value
+
+        @classmethod
+        def transform_config_dict(cls, d, network, get_layer):
+            d.setdefault("from", [])
+            super().transform_config_dict(d, network=network, get_layer=get_layer)
+
+        @classmethod
+        def get_out_data_from_opts(cls, name, shape, dtype, **kwargs):
+            return ConstantLayer.get_out_data_from_opts(
+                name=name, value=0, shape=shape, dtype=dtype, with_batch_dim=any(d.is_batch_dim() for d in shape))
+
+    register_layer_class(DeviceTensorLayer)
+    _layer_registered = True
+
+
+def _index_of(tags, tag) -> int:
+    for i, t in enumerate(tags):
+        if t == tag or (t.is_batch_dim() and tag.is_batch_dim()):
+            return i
+    raise RecDebugError(f"internal: dim {tag} not among {tags}")
+
+
+def _to_order(data, em, dims_wanted) -> "tf.Tensor":
+    """A RETURNN Data's placeholder with axes in the order of the rd dims ``dims_wanted``."""
+    import tensorflow as tf
+
+    have = [em.rd_dim(t) for t in data.dim_tags]
+    perm = [have.index(d) for d in dims_wanted]
+    return tf.transpose(data.placeholder, perm) if perm != sorted(perm) else data.placeholder
+
+
+class StepEngine(Engine):
+    """The single-step build of one top-level loop, with State buffers and the step/init ops."""
+
+    def __init__(self, g, loop, device: str, seed: int, batch: int, max_steps: int):
+        self.loop, self.batch, self.max_steps = loop, batch, max_steps
+        self.extra_variables = []
+        _register_layer_class()
+        super().__init__(g, optimize=False, device=device, seed=seed)
+
+    def prepare(self) -> dict:
+        import tensorflow as tf
+
+        em, loop = self.emitted, self.loop
+        self.t_ph = tf.compat.v1.placeholder(tf.int32, [], name="recdebug_step")
+        self.buffers = {}  # State -> (variable, rd dims in buffer order, unit layer name)
+        states = {}
+        for state, name in loop.state_layers.items():
+            dims = sorted_dims(state.dims)
+            dynamic = [d for d in dims if d.is_dynamic]
+            if dynamic:
+                raise RunError(f"stepping: State {state.path(self.graph)!r} has the dynamic dim {dynamic[0]!r}; "
+                               f"the stepper keeps States with static dims only", hint="use g.trace() instead")
+            shape = [self.max_steps + 1] + [self.batch if d.is_batch else d.size for d in dims]
+            var = tf.Variable(tf.zeros(shape, dtype=state.dtype), trainable=False, name=f"buffer_{len(states)}")
+            self.extra_variables.append(var)
+            key = f"{id(self)}/{name}"
+            _DEVICE_TENSORS[key] = tf.gather(var, self.t_ph)
+            states[name] = ([em.dims.get(d) if not d.is_batch else _returnn_batch() for d in dims], state.dtype, key)
+            self.buffers[state] = (var, dims, name)
+        if loop.end_cond is not None:
+            self.ended = tf.Variable(tf.zeros([self.max_steps + 1, self.batch], dtype=tf.bool), trainable=False,
+                                     name="ended")
+            self.extra_variables.append(self.ended)
+        index_key = f"{id(self)}/index"
+        _DEVICE_TENSORS[index_key] = self.t_ph
+        self.step_net = build_step_net(em, loop, states, index_key)
+        for state in loop.state_layers:
+            self.step_net.net[loop.init[state].op.name]["is_output_layer"] = True
+        return self.step_net.net
+
+    def finish(self) -> None:
+        import tensorflow as tf
+
+        em, loop, net, t = self.emitted, self.loop, self.network, self.t_ph
+        flat = self.step_net.layer_names
+        if loop.unstacked:
+            lens = em.dims[loop.axis].dyn_size_ext.placeholder
+            active = tf.less(t, lens)
+            end = None
+        else:
+            end = self._end_flags()
+            ended_t = tf.gather(self.ended, t)
+            active = tf.logical_not(ended_t)
+            if not loop.include_eos:
+                active = tf.logical_and(active, tf.logical_not(end))
+        updates, nonfinite, self.init_ops = [], {}, []
+        self.state_at, self.set_ops = {}, {}
+        for state, (var, dims, name) in self.buffers.items():
+            new = _to_order(net.get_layer(flat[name]).output, em, dims)
+            old = tf.gather(var, t)
+            mask = tf.reshape(active, [-1] + [1] * (len(dims) - 1))
+            frozen = tf.where(tf.broadcast_to(mask, tf.shape(new)), new, old)
+            updates.append(tf.compat.v1.scatter_update(var, tf.expand_dims(t + 1, 0), tf.expand_dims(frozen, 0)))
+            if state.dtype.startswith("float"):
+                bad = tf.logical_and(tf.logical_not(tf.math.is_finite(frozen)), tf.broadcast_to(mask, tf.shape(new)))
+                nonfinite[state] = tf.reduce_any(bad)
+            init = _to_order(net.get_layer(loop.init[state].op.name).output, em, dims)
+            init = tf.broadcast_to(init, tf.shape(old))
+            self.init_ops.append(tf.compat.v1.scatter_update(var, [0], tf.expand_dims(init, 0)))
+            self.state_at[state] = old
+            value_ph = tf.compat.v1.placeholder(state.dtype, [self.batch] + [d.size for d in dims[1:]])
+            self.set_ops[state] = (value_ph, tf.compat.v1.scatter_update(var, tf.expand_dims(t, 0),
+                                                                          tf.expand_dims(value_ph, 0)))
+        fetch = {"active": active, "nonfinite": nonfinite}
+        if end is not None:
+            ended_t = tf.gather(self.ended, t)
+            updates.append(tf.compat.v1.scatter_update(self.ended, tf.expand_dims(t + 1, 0),
+                                                       tf.expand_dims(tf.logical_or(ended_t, end), 0)))
+            self.init_ops.append(tf.compat.v1.scatter_update(self.ended, [0], tf.zeros([1, self.batch], tf.bool)))
+            fetch["end"] = end
+        with tf.control_dependencies([v for v in fetch.values() if not isinstance(v, dict)] +
+                                     list(nonfinite.values())):
+            self.step_op = tf.group(*updates)
+        self.step_fetch = fetch
+
+    def _end_flags(self):
+        import tensorflow as tf
+
+        out = self.network.get_layer(self.step_net.layer_names["end"]).output
+        flags = _to_order(out, self.emitted, tuple(self.emitted.rd_dim(tg) for tg in out.dim_tags))
+        return tf.reshape(tf.broadcast_to(flags, [self.batch]) if out.batch_ndim == 0 else flags, [self.batch])
+
+
+def _returnn_batch():
+    from returnn.tensor import batch_dim
+
+    return batch_dim
+
+
+def _batch_and_steps(g, loop, inputs: dict, seq_lens: dict) -> tuple[int, int]:
+    """The batch size and the most steps the loop can take, from the feeds (before anything is built)."""
+    from .dims import batch_dim
+
+    batch, axis_size = None, None
+    for name, inp in g.inputs.items():
+        if name not in inputs:
+            raise RunError(f"missing input {name!r}: pass it as stepper({{name: array}})")
+        value, order = inputs[name], inp.order
+        if isinstance(value, tuple) and len(value) == 2:
+            value, order = value
+        shape = np.shape(value)
+        if batch_dim in order and len(shape) == len(order):
+            batch = shape[list(order).index(batch_dim)]
+        if loop.unstacked and loop.axis in order and len(shape) == len(order):
+            axis_size = shape[list(order).index(loop.axis)]
+    if batch is None:
+        raise RunError("stepping needs an input with the batch dim")
+    steps = axis_size if loop.unstacked else loop.max_seq_len
+    return batch, steps
+
+
+class Stepper:
+    """Live stepping of one top-level loop (default: the first): ``step``, ``step_back``, ``run_until``..."""
+
+    def __init__(self, g, inputs: dict, seq_lens: dict | None = None, device=None, seed: int = 0, params=None,
+                 loop=None):
+        if g.scope is not g.top:
+            raise RunError("the graph still has an open loop: create the stepper after the `with rd.Loop()` block")
+        top_loops = g.top.children
+        if not top_loops:
+            raise LoopError("the graph has no loop to step through")
+        loop = loop or top_loops[0]
+        if loop not in top_loops:
+            raise LoopError(f"{loop.describe()} is nested: step its enclosing loop and use stepper.descend()")
+        self.graph, self.loop = g, loop
+        seq_lens = seq_lens or {}
+        batch, steps = _batch_and_steps(g, loop, inputs, seq_lens)
+        self.device = resolve_device(device)
+        self.engine = StepEngine(g, loop, self.device, seed, batch, steps)
+        g._engines[("stepper", id(self))] = self.engine
+        self.engine.set_params(params or {}, seed)
+        self._feed, self._lens, _ = self.engine.feed_dict(inputs, seq_lens)
+        self.batch, self.max_steps = batch, steps
+        self.breakpoint: str | None = None  # why the last run_until stopped
+        self.reset()
+
+    # --- state of the stepper ---
+    @property
+    def T(self) -> int:
+        """The number of steps of the longest sequence (unstack loops), or the bound max_seq_len (while loops)."""
+        if self.loop.unstacked:
+            return int(self._lens[self.loop.axis].max()) if self.loop.axis in self._lens else self.max_steps
+        return self.max_steps
+
+    @property
+    def finished(self) -> bool:
+        return self.t >= self.T or bool(self._active) and not self._active[-1].any() and \
+            self.loop.end_cond is not None and self._ended_now().all()
+
+    def _ended_now(self) -> np.ndarray:
+        ended = np.zeros(self.batch, dtype=bool)
+        for flags in self._end[:self.t]:
+            ended |= flags
+        return ended
+
+    @property
+    def ended(self) -> dict:
+        """Sequence index -> its length (the step at which it ended), for the sequences that ended by now."""
+        if self.loop.unstacked:
+            lens = self._lens.get(self.loop.axis, np.full(self.batch, self.max_steps))
+            return {b: int(n) for b, n in enumerate(lens) if n <= self.t}
+        out = {}
+        for b in range(self.batch):
+            for step, flags in enumerate(self._end[:self.t]):
+                if flags[b]:
+                    out[b] = step + 1 if self.loop.include_eos else step
+                    break
+        return out
+
+    @property
+    def status(self) -> str:
+        parts = [f"step {self.t} of {self.T}", self.device]
+        parts += [f"sequence {b} ended at t={n}" for b, n in sorted(self.ended.items())]
+        if self.breakpoint:
+            parts.append(f"breakpoint: {self.breakpoint}")
+        return " · ".join(parts)
+
+    def __repr__(self):
+        return f"Stepper({self.loop.name!r}, {self.status})"
+
+    # --- moving ---
+    def reset(self) -> "Stepper":
+        """Back to t=0 with every State at its initial value (undoes set_state at t=0 too)."""
+        self.engine.session.run(self.engine.init_ops, feed_dict=self._feed)
+        self.t = 0
+        self._active, self._end, self._nonfinite = [], [], []
+        self.breakpoint = None
+        return self
+
+    def step(self, n: int = 1) -> "Stepper":
+        """Run ``n`` iterations (stops at the end of the loop)."""
+        e = self.engine
+        for _ in range(n):
+            if self.finished:
+                break
+            fd = dict(self._feed)
+            fd[e.t_ph] = self.t
+            _, out = e.session.run((e.step_op, e.step_fetch), feed_dict=fd)
+            del self._active[self.t:], self._end[self.t:], self._nonfinite[self.t:]
+            self._active.append(out["active"])
+            self._end.append(out.get("end", np.zeros(self.batch, dtype=bool)))
+            self._nonfinite.append({s: bool(v) for s, v in out["nonfinite"].items()})
+            self.t += 1
+        return self
+
+    def step_back(self, n: int = 1) -> "Stepper":
+        """Go back ``n`` iterations; the States are exactly what they were then."""
+        self.t = max(0, self.t - n)
+        self.breakpoint = None
+        return self
+
+    def run_to(self, t: int) -> "Stepper":
+        if t < self.t:
+            return self.step_back(self.t - t)
+        return self.step(t - self.t)
+
+    def run_until(self, predicate, max_steps: int | None = None) -> bool:
+        """Step until ``predicate(stepper)`` is true (True) or the loop ends (False)."""
+        self.breakpoint = None
+        for _ in range(max_steps if max_steps is not None else self.T + 1):
+            if self.finished:
+                return False
+            self.step()
+            if predicate(self):
+                describe = getattr(predicate, "describe", None)
+                self.breakpoint = describe(self) if describe else f"condition met at t={self.t - 1}"
+                return True
+        return False
+
+    # --- values ---
+    def _state(self, state) -> State:
+        if isinstance(state, str):
+            for s in self.engine.buffers:
+                if s.path(self.graph) == state or s.path(self.graph).replace("/", ".") == state:
+                    return s
+            raise RecDebugError(f"no State {state!r} in {self.loop.describe()}; it has "
+                                f"{sorted(s.path(self.graph) for s in self.engine.buffers)}")
+        if state not in self.engine.buffers:
+            raise RecDebugError(f"{state!r} is not carried by {self.loop.describe()}")
+        return state
+
+    @property
+    def states(self) -> list:
+        return list(self.engine.buffers)
+
+    def value(self, x, order=None) -> np.ndarray:
+        """After k steps: a State's value after iteration k-1 (before any step: its initial value), or an
+        in-loop tensor's value in iteration k-1."""
+        e = self.engine
+        fd = dict(self._feed)
+        if isinstance(x, (State, str)):
+            state = self._state(x)
+            fd[e.t_ph] = self.t
+            arr = e.session.run(e.state_at[state], feed_dict=fd)
+            dims = e.buffers[state][1]
+        elif isinstance(x, Tensor):
+            if x.scope is not self.loop:
+                raise RecDebugError(f"{x!r} is not computed in {self.loop.describe()}",
+                                    hint="for an inner loop's values use stepper.descend()")
+            if self.t == 0:
+                raise RecDebugError(f"{x!r}: no iteration has run yet; call step() first")
+            fd[e.t_ph] = self.t - 1
+            out = e.network.get_layer(e.step_net.layer_names[x.op.name]).output
+            arr = e.session.run(out.placeholder, feed_dict=fd)
+            dims = tuple(e.emitted.rd_dim(tg) for tg in out.dim_tags)
+        else:
+            raise RecDebugError(f"Stepper.value expects a State or an rd.Tensor, got {type(x).__name__}")
+        order = tuple(order) if order is not None else sorted_dims(dims)
+        if sorted(order, key=id) != sorted(dims, key=id):
+            raise DimError(f"order {order} is not a permutation of the dims of {x!r}")
+        return arr.transpose([list(dims).index(d) for d in order])
+
+    def set_state(self, state, value, order=None) -> "Stepper":
+        """Replace a State's current value (entry t); the next step continues from it."""
+        state = self._state(state)
+        e = self.engine
+        dims = e.buffers[state][1]
+        value = np.asarray(value)
+        if order is not None:
+            value = value.transpose([list(order).index(d) for d in dims])
+        expected = (self.batch,) + tuple(d.size for d in dims[1:])
+        if value.shape != expected:
+            raise RunError(f"set_state({state.path(self.graph)!r}): shape {value.shape}, expected {expected} "
+                           f"(order {tuple(d.name for d in dims)})")
+        ph, op = e.set_ops[state]
+        e.session.run(op, feed_dict={ph: value.astype(state.dtype), e.t_ph: self.t})
+        self.breakpoint = None
+        return self
+
+    def nonfinite_at(self, step: int) -> list:
+        """The States that held NaN/Inf (in an active sequence) after iteration ``step``."""
+        return [s for s, bad in self._nonfinite[step].items() if bad]
+
+    def close(self):
+        self.graph._engines.pop(("stepper", id(self)), None)
+        self.engine.close()
+
+
+class on_nonfinite:
+    """Breakpoint: stop at the first step after which a State (or the given one) holds NaN or Inf."""
+
+    def __init__(self, state=None):
+        self.state = state
+
+    def __call__(self, st: Stepper) -> bool:
+        bad = st.nonfinite_at(st.t - 1)
+        return bool(bad) if self.state is None else st._state(self.state) in bad
+
+    def describe(self, st: Stepper) -> str:
+        bad = st.nonfinite_at(st.t - 1)
+        names = ", ".join(s.path(st.graph).replace("/", ".") for s in bad)
+        return f"NaN/Inf in {names} at t={st.t - 1}"
+
+
+on_nan = on_nonfinite
+
+
+class on_state:
+    """Breakpoint: stop when ``predicate(values)`` is true for a State's values (numpy, canonical order)."""
+
+    def __init__(self, state, predicate, text: str | None = None):
+        self.state, self.predicate, self.text = state, predicate, text
+
+    def __call__(self, st: Stepper) -> bool:
+        return bool(self.predicate(st.value(self.state)))
+
+    def describe(self, st: Stepper) -> str:
+        name = self.state if isinstance(self.state, str) else st._state(self.state).path(st.graph)
+        return f"{self.text or 'condition'} on {name} at t={st.t - 1}"
