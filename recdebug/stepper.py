@@ -224,14 +224,8 @@ class Stepper:
 
     @property
     def finished(self) -> bool:
-        return self.t >= self.T or bool(self._active) and not self._active[-1].any() and \
-            self.loop.end_cond is not None and self._ended_now().all()
-
-    def _ended_now(self) -> np.ndarray:
-        ended = np.zeros(self.batch, dtype=bool)
-        for flags in self._end[:self.t]:
-            ended |= flags
-        return ended
+        """At the end of the loop: T steps done, or (while loop) every sequence has ended."""
+        return self.t >= self.T or (self.loop.end_cond is not None and len(self.ended) == self.batch)
 
     @property
     def ended(self) -> dict:
@@ -245,6 +239,9 @@ class Stepper:
                 if flags[b]:
                     out[b] = step + 1 if self.loop.include_eos else step
                     break
+            else:
+                if self.t >= self.T:  # stopped by max_seq_len
+                    out[b] = self.T
         return out
 
     @property
@@ -367,6 +364,33 @@ class Stepper:
         self.breakpoint = None
         return self
 
+    def descend(self, inner=None) -> "InnerSteps":
+        """The inner loop (default: the first) of the iteration that ran last, to step through its iterations."""
+        children = self.loop.children
+        if not children:
+            raise LoopError(f"{self.loop.describe()} has no inner loop")
+        inner = inner or children[0]
+        if inner not in children:
+            raise LoopError(f"{inner.describe()} is not directly inside {self.loop.describe()}")
+        if self.t == 0:
+            raise RecDebugError("no outer iteration has run yet; call step() first")
+        e = self.engine
+        fd = dict(self._feed)
+        fd[e.t_ph] = self.t - 1
+        exports = {sub: name for key, name in e.step_net.inner_exports.items()
+                   for rec, _, sub in [key.partition("/")] if rec == inner.name}
+        outs = {sub: e.network.get_layer(name).output for sub, name in exports.items()}
+        init_names = {s: e.step_net.layer_names[inner.init[s].op.name] for s in inner.state_layers}
+        inits = {s: e.network.get_layer(n).output for s, n in init_names.items()}
+        any_out = next(iter(outs.values()))
+        axis_tag = next(tg for tg in any_out.dim_tags if e.emitted.rd_dim(tg) is inner.axis)
+        fetch = ({k: o.placeholder for k, o in outs.items()}, {s: o.placeholder for s, o in inits.items()},
+                 axis_tag.dyn_size_ext.placeholder)
+        values, init_values, lens = e.session.run(fetch, feed_dict=fd)
+        dims = {k: tuple(e.emitted.rd_dim(tg) for tg in o.dim_tags) for k, o in outs.items()}
+        init_dims = {s: tuple(e.emitted.rd_dim(tg) for tg in o.dim_tags) for s, o in inits.items()}
+        return InnerSteps(self, inner, self.t - 1, values, dims, init_values, init_dims, np.asarray(lens))
+
     def nonfinite_at(self, step: int) -> list:
         """The States that held NaN/Inf (in an active sequence) after iteration ``step``."""
         return [s for s, bad in self._nonfinite[step].items() if bad]
@@ -374,6 +398,76 @@ class Stepper:
     def close(self):
         self.graph._engines.pop(("stepper", id(self)), None)
         self.engine.close()
+
+
+class InnerSteps:
+    """The iterations of an inner loop within one outer iteration (already run on the device; values fetched)."""
+
+    def __init__(self, outer: Stepper, loop, outer_step: int, values, dims, init_values, init_dims, lens):
+        self.outer, self.loop, self.outer_step = outer, loop, outer_step
+        self._values, self._dims = values, dims
+        self._init, self._init_dims = init_values, init_dims
+        self.lens = lens  # per sequence: how many inner iterations it ran
+        self.t = 0
+
+    @property
+    def T(self) -> int:
+        return int(self.lens.max()) if self.lens.size else 0
+
+    @property
+    def finished(self) -> bool:
+        return self.t >= self.T
+
+    @property
+    def ended(self) -> dict:
+        return {b: int(n) for b, n in enumerate(self.lens) if n <= self.t}
+
+    @property
+    def status(self) -> str:
+        parts = [f"outer step {self.outer_step}", f"inner step {self.t} of {self.T}"]
+        return " · ".join(parts + [f"sequence {b} ended at t={n}" for b, n in sorted(self.ended.items())])
+
+    def __repr__(self):
+        return f"InnerSteps({self.loop.name!r}, {self.status})"
+
+    def step(self, n: int = 1) -> "InnerSteps":
+        self.t = min(self.T, self.t + n)
+        return self
+
+    def step_back(self, n: int = 1) -> "InnerSteps":
+        self.t = max(0, self.t - n)
+        return self
+
+    def run_to(self, t: int) -> "InnerSteps":
+        self.t = max(0, min(self.T, t))
+        return self
+
+    def value(self, x, order=None) -> np.ndarray:
+        """As Stepper.value, for the inner loop's States and tensors."""
+        if isinstance(x, State):
+            if x not in self.loop.state_layers:
+                raise RecDebugError(f"{x!r} is not carried by {self.loop.describe()}")
+            if self.t == 0:
+                arr, dims = self._init[x], self._init_dims[x]
+                return _ordered(arr, dims, order, x)
+            key = self.loop.state_layers[x]
+        elif isinstance(x, Tensor) and x.scope is self.loop:
+            if self.t == 0:
+                raise RecDebugError(f"{x!r}: no inner iteration has run yet; call step() first")
+            key = x.op.name
+        else:
+            raise RecDebugError(f"{x!r} is not a State or tensor of {self.loop.describe()}")
+        arr, dims = self._values[key], self._dims[key]
+        axis = dims.index(self.loop.axis)
+        arr = np.take(arr, self.t - 1, axis=axis)
+        return _ordered(arr, dims[:axis] + dims[axis + 1:], order, x)
+
+
+def _ordered(arr, dims, order, what):
+    order = tuple(order) if order is not None else sorted_dims(dims)
+    if sorted(order, key=id) != sorted(dims, key=id):
+        raise DimError(f"order {order} is not a permutation of the dims of {what!r}")
+    return arr.transpose([list(dims).index(d) for d in order])
 
 
 class on_nonfinite:
