@@ -256,6 +256,26 @@ class Engine:
             key = em.fetch[t]
             entries[key] = Entry(key, arr, tuple(label(d) for d in top_dims[t]), "value", (), _line(em.lines.get(key)))
             lookup[id(t)] = key
+        for key, how in sorted(em.trace_derived.items(), key=lambda kv: (kv[1][0] != "same", kv[1][0] == "shifted")):
+            kind, _, loops = em.trace_info[key]
+            axes = tuple(label(axis_of[lp]) for lp in loops)
+            line = _line(em.lines.get(key))
+            if how[0] == "same":
+                src = entries[how[1]]
+                entries[key] = Entry(key, src.array, src.dims, kind, axes, line)
+            elif how[0] == "input":
+                arr, order = arrays[how[1]]
+                entries[key] = Entry(key, arr, tuple(label(d) for d in order), kind, axes, line)
+            elif how[0] == "part":
+                src, dim, i, n = entries[how[1]], label(how[2]), how[3], how[4]
+                size = how[2].size // n
+                index = [slice(None)] * len(src.dims)
+                index[src.dims.index(dim)] = slice(i * size, (i + 1) * size)
+                part_dim = label(how[2].divided(n))
+                dims = tuple(part_dim if d == dim else d for d in src.dims)
+                entries[key] = Entry(key, src.array[tuple(index)], dims, kind, axes, line)
+            else:
+                entries[key] = _shifted_entry(key, entries[how[1]], how, entries, kind, line)
         for t, path in em.layer_of.items():
             if path in entries:
                 lookup[id(t)] = path
@@ -307,6 +327,27 @@ class Engine:
 
     def close(self):
         self.session.close()
+
+
+def _shifted_entry(key, state, how, entries, kind, line):
+    """A State's value read before its assign: its value one step earlier, the initial value at step 0."""
+    from .trace import Entry, _broadcast_to_dims
+
+    _, _, init_how, init = how
+    axis = state.dims.index(state.loop_axes[0])
+
+    def derive():
+        values = state.array
+        first = np.take(values, [0], axis=axis)
+        if init_how == "number":
+            first = np.full_like(first, init)
+        else:
+            top = entries[init]
+            first = np.broadcast_to(_broadcast_to_dims(top.array, top.dims, state.dims), first.shape)
+        rest = np.take(values, np.arange(values.shape[axis] - 1), axis=axis)
+        return np.concatenate([first.astype(values.dtype), rest], axis=axis)
+
+    return Entry(key, None, state.dims, kind, state.loop_axes, line, derive=derive)
 
 
 def _line(line) -> str | None:

@@ -31,6 +31,8 @@ class Emitted:
     state_layers: dict = field(default_factory=dict)  # State -> paths of its state layers (one per owning loop)
     trace_fetch: dict = field(default_factory=dict)  # in-loop layer path -> top-level layer with all its steps
     trace_info: dict = field(default_factory=dict)  # in-loop layer path -> (kind, dims, loops outermost first)
+    # Values a trace derives instead of recording them again (path -> how), see _Emitter.derived():
+    trace_derived: dict = field(default_factory=dict)
 
     def rd_dim(self, returnn_dim) -> Dim | None:
         if returnn_dim.is_batch_dim():
@@ -179,11 +181,49 @@ class _Emitter:
         for name, kind, dims in own:
             path = self.path(loop, name)
             if self.captures(path):
-                captured.append((path, name))
                 self.out.trace_info[path] = (kind, dims, loops)
+                how = self.derived(loop, name)
+                if how is None:
+                    captured.append((path, name))
+                else:
+                    self.out.trace_derived[path] = how
         for _, name in captured:
             unit[name]["is_output_layer"] = True
         return captured + exported
+
+    def derived(self, loop, name: str):
+        """How a trace gets a layer's steps from other recorded values without recording it (None: record it).
+
+        ("same", path): a State's layer holds exactly the value assigned to it;
+        ("shifted", state path, initial): a State read before its assign is the previous step's value;
+        ("input", name): the first unstacked frame of a top-level input is that input;
+        ("part", path, dim, i, n): part i of n of a split along dim is a slice (a view) of the split value.
+        Only within a top-level loop, where the initial values and the inputs are known at the top level.
+        """
+        if loop.parent.parent is not None:
+            return None
+        for state, state_name in loop.state_layers.items():
+            v = loop.assigned[state]
+            if name == state_name and v.scope is loop and self.captures(self.path(loop, v.op.name)):
+                return ("same", self.path(loop, v.op.name))
+            entry = loop.entries.get(state)
+            if entry is not None and entry.op.name == name and self.captures(self.path(loop, state_name)):
+                how, init = self.initial(loop, state)
+                if how == "layer":
+                    init = loop.init[state].op.name
+                return ("shifted", self.path(loop, state_name), how, init)
+        op = next((o for o in loop.ops if o.name == name), None)
+        if op is None:
+            return None
+        if op.kind == "unstack" and op.attrs["first"] and op.inputs[0].op.kind == "input":
+            return ("input", op.inputs[0].op.name)
+        src = op.inputs[0] if op.inputs else None
+        if op.kind in ("split", "copy") and src.scope is loop and self.captures(self.path(loop, src.op.name)):
+            return ("same", self.path(loop, src.op.name))
+        if op.kind == "split_part" and self.captures(self.path(loop, src.op.name)):
+            whole = src.op
+            return ("part", self.path(loop, whole.name), whole.attrs["dim"], op.attrs["index"], whole.attrs["n"])
+        return None
 
     def initial(self, loop, state):
         """How a carried State gets its first value: ("number", v), ("layer", ref) or ("switch", ref).

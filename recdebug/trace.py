@@ -20,16 +20,33 @@ class DimInfo:
     order: int = 0  # creation order of the Dim: the default axis order, as in Result.numpy
 
 
-@dataclass
 class Entry:
-    """One recorded value: an array, its dims (labels, in the array's axis order), and what it is."""
+    """One recorded value: an array, its dims (labels, in the array's axis order), and what it is.
 
-    key: str
-    array: np.ndarray
-    dims: tuple
-    kind: str  # "layer" (in a loop, per step), "state" (a State's assigned value per step), "value" (top level)
-    loop_axes: tuple = ()  # labels of the loop axes, outermost first
-    line: str | None = None
+    ``kind``: "layer" (in a loop, per step), "state" (a State's assigned value per step), "value" (top level).
+    ``loop_axes``: labels of the loop axes, outermost first. A derived entry computes its array when asked
+    (e.g. a State read before its assign: the previous step's value), so it takes no memory of its own.
+    """
+
+    def __init__(self, key: str, array, dims: tuple, kind: str, loop_axes: tuple = (), line: str | None = None,
+                 derive=None):
+        self.key, self.dims, self.kind, self.loop_axes, self.line = key, tuple(dims), kind, tuple(loop_axes), line
+        self._array, self._derive = array, derive
+
+    @property
+    def array(self) -> np.ndarray:
+        return self._array if self._derive is None else self._derive()
+
+    @array.setter
+    def array(self, value: np.ndarray):
+        self._array, self._derive = value, None
+
+    @property
+    def is_derived(self) -> bool:
+        return self._derive is not None
+
+    def __repr__(self):
+        return f"Entry({self.key!r}, dims={self.dims}, kind={self.kind!r})"
 
 
 class Trace:
@@ -135,7 +152,9 @@ class Trace:
 
     @property
     def nbytes(self) -> int:
-        return sum(e.array.nbytes for e in self.entries.values())
+        """Memory held by the recorded arrays (shared and derived values counted once, or not at all)."""
+        held = {id(e._array): e._array.nbytes for e in self.entries.values() if not e.is_derived}
+        return sum(held.values())
 
     def __repr__(self):
         axes = sorted({e.loop_axes[0] for e in self.entries.values() if e.loop_axes})

@@ -139,3 +139,30 @@ def test_save_load_at_and_diff(lstm_graph, rng, tmp_path):
     arr2[tuple(index)] += 9.0
     back.entries["loop/lstm.c"].array = arr2
     assert not tr.diff(back)
+
+
+def test_derived_values_equal_recorded_ones(rng):
+    """A State's layer, its read before the assign and the input frame are derived, not recorded twice."""
+    time, feat, dim = rd.Dim("time"), rd.Dim("feat", 3), rd.Dim("dim", 4)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        h0 = rd.Input("h0", {batch, dim})
+        lstm = Lstm(dim)
+        lstm.h.initial = h0  # a tensor initial value, per sequence
+        with rd.Loop() as loop:
+            out = loop.stack(lstm(loop.unstack(x)))
+    feed = {"x": rng.standard_normal((4, 6, 3)), "h0": rng.standard_normal((4, 4))}
+    full = g.trace(feed, seq_lens={time: LENS})
+    derived = [k for k, e in full.entries.items() if e.is_derived]
+    assert sorted(derived) == ["loop/lstm.c.prev", "loop/lstm.h.prev"]
+    assigned = "loop/" + loop.assigned[lstm.h].op.name
+    assert full.entries["loop/lstm.h"].array is full.entries[assigned].array
+    recorded = g.trace(feed, seq_lens={time: LENS}, capture=["lstm.h.prev", "lstm.c.prev", "unstack"])
+    assert not any(e.is_derived for e in recorded.entries.values())
+    for key in ("loop/lstm.h.prev", "loop/lstm.c.prev", "loop/unstack"):
+        order = ("batch", "time") + tuple(d for d in full.dims_of(key) if d not in ("batch", "time"))
+        a, b = full.numpy(key, order=order), recorded.numpy(key, order=order)
+        for s, n in enumerate(LENS):
+            np.testing.assert_allclose(a[s, :n], b[s, :n], atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(full.numpy("loop/lstm.h.prev", order=("time", "batch", "dim"))[0], feed["h0"],
+                               atol=1e-6)

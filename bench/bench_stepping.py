@@ -1,0 +1,122 @@
+"""Benchmark for step-by-step execution: run() vs trace() vs a full Stepper pass, measured side by side.
+
+The bench LSTM (input 64, hidden 256, batch 8, T=500) written with the recdebug API. Prints times and ratios to
+run(), and the trace's memory against the raw size of the floats it captured. Usage: python bench/bench_stepping.py
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time as clock
+
+import numpy as np
+
+import recdebug as rd
+
+batch = rd.batch_dim
+
+
+class Lstm(rd.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.h = rd.State({batch, dim})
+        self.c = rd.State({batch, dim})
+        self.ff_linear = rd.Linear(dim * 4)
+        self.rec_linear = rd.Linear(dim * 4)
+
+    def forward(self, x):
+        x_in, g_in, g_forget, g_out = rd.split(self.ff_linear(x) + self.rec_linear(self.h.get()), 4)
+        c = self.c.get() * rd.sigmoid(g_forget) + rd.tanh(x_in) * rd.sigmoid(g_in)
+        self.c.assign(c)
+        h = rd.tanh(c) * rd.sigmoid(g_out)
+        self.h.assign(h)
+        return h
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def timed(fn, repeats):
+    """(median, best) seconds over ``repeats`` calls."""
+    times = []
+    for _ in range(repeats):
+        t0 = clock.perf_counter()
+        fn()
+        times.append(clock.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args()
+    time, feat, hid = rd.Dim("time"), rd.Dim("feat", 64), rd.Dim("hidden", 256)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        lstm = Lstm(hid)
+        with rd.Loop() as loop:
+            out = loop.stack(lstm(loop.unstack(x)))
+    rng = np.random.default_rng(0)
+    x_np = rng.standard_normal((8, args.steps, 64)).astype(np.float32)
+    feed, lens = {"x": x_np}, {time: np.full(8, args.steps, np.int32)}
+
+    t0 = clock.perf_counter()
+    g.run(feed, seq_lens=lens, device=args.device)
+    build_run = clock.perf_counter() - t0
+    t0 = clock.perf_counter()
+    tr = g.trace(feed, seq_lens=lens, device=args.device)
+    build_trace = clock.perf_counter() - t0
+    t0 = clock.perf_counter()
+    st = g.stepper(feed, seq_lens=lens, device=args.device)
+    build_step = clock.perf_counter() - t0
+
+    def full_pass():
+        st.reset()
+        st.step(args.steps)
+        assert st.finished
+
+    g.trace(feed, seq_lens=lens, device=args.device, capture=["lstm.h", "lstm.c"])
+    t_run = timed(lambda: g.run(feed, seq_lens=lens, device=args.device), args.repeats)
+    t_trace = timed(lambda: g.trace(feed, seq_lens=lens, device=args.device), args.repeats)
+    t_states = timed(lambda: g.trace(feed, seq_lens=lens, device=args.device, capture=["lstm.h", "lstm.c"]),
+                     args.repeats)
+    t_step = timed(full_pass, max(1, args.repeats // 2))
+
+    del tr
+    gc.collect()
+    before = rss_bytes()
+    tr = g.trace(feed, seq_lens=lens, device=args.device)
+    gc.collect()
+    grown = rss_bytes() - before
+    captured = sum(e.array.nbytes for e in tr.entries.values() if e.loop_axes)  # every in-loop value, raw
+    held = tr.nbytes  # what the trace keeps (values shared or derived are not stored twice)
+    np.testing.assert_allclose(tr.numpy(out), g.run(feed, seq_lens=lens, device=args.device).numpy(out), atol=1e-5)
+
+    print(f"bench LSTM: input 64, hidden 256, batch 8, T={args.steps}, device {tr.device}, "
+          f"median of {args.repeats} (stepper: {max(1, args.repeats // 2)})")
+    print(f"{'what':36s} {'median s':>9s} {'best s':>8s} {'median/run':>11s} {'best/run':>9s} {'target':>7s}")
+    for what, (med, best), target in [("run()", t_run, ""), ("trace() of all in-loop layers", t_trace, "<= 1.3"),
+                                      ("trace(capture=['lstm.h', 'lstm.c'])", t_states, ""),
+                                      ("full stepper pass (reset + T steps)", t_step, "<= 10")]:
+        print(f"{what:36s} {med:9.4f} {best:8.4f} {med / t_run[0]:11.2f} {best / t_run[1]:9.2f} {target:>7s}")
+    print(f"{'first call incl. build: run()':36s} {build_run:9.4f}")
+    print(f"{'first call incl. build: trace()':36s} {build_trace:9.4f}")
+    print(f"{'stepper build':36s} {build_step:9.4f}")
+    derived = sum(e.is_derived or any(e.array is o.array for o in tr.entries.values() if o is not e)
+                  for e in tr.entries.values())
+    print(f"trace memory: {len(tr.entries)} values ({derived} shared or derived), captured in-loop floats "
+          f"{captured / 1e6:.1f} MB, arrays held {held / 1e6:.1f} MB, RSS growth {grown / 1e6:.1f} MB")
+    print(f"{'trace arrays held / captured floats':36s} {held / captured:9.3f} {'<= 1.1':>7s}")
+    print(f"{'RSS growth / captured floats':36s} {grown / captured:9.3f} {'<= 1.1':>7s}")
+
+
+if __name__ == "__main__":
+    main()
