@@ -10,8 +10,17 @@ from .tensor import Input, Tensor
 from .stepper import Stepper, on_nan, on_nonfinite, on_state
 from .trace import Trace, TraceDiff
 
+
+
+def debugger(source, other=None, layers=()):
+    """The debugger widget for an ``rd.Trace`` or an ``rd.Stepper`` (imports ipywidgets on first use)."""
+    from .widgets import debugger as make
+
+    return make(source, other=other, layers=layers)
+
+
 __all__ = [
     "Dim", "batch_dim", "Graph", "Input", "Tensor", "Module", "Linear", "Embedding", "Parameter", "State", "Loop",
     "tanh", "sigmoid", "relu", "exp", "split", "concat", "zeros", "constant", "reduce_sum", "reduce_max", "cast",
-    "Trace", "TraceDiff", "Stepper", "on_nan", "on_nonfinite", "on_state", "RecDebugError", "LoopError", "DimError", "RunError",
+    "Trace", "TraceDiff", "Stepper", "on_nan", "on_nonfinite", "on_state", "debugger", "RecDebugError", "LoopError", "DimError", "RunError",
 ]

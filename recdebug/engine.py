@@ -290,8 +290,10 @@ class Engine:
                 loop_lens[label(loop.axis)] = (arr, tuple(label(d) for d in lens_dims))
         dims = {lab: DimInfo(lab, d.name, d.size, d.is_batch, d.order) for lab, d in labels.values()}
         moved_out, in_loop = self.moved_out()
-        return Trace(entries, dims, loop_lens, moved_out, in_loop, device=self.device, lookup=lookup,
-                     dim_labels={i: lab for i, (lab, _) in labels.items()})
+        trace = Trace(entries, dims, loop_lens, moved_out, in_loop, device=self.device, lookup=lookup,
+                      dim_labels={i: lab for i, (lab, _) in labels.items()})
+        trace.emitted = em
+        return trace
 
     def rec_layers(self) -> dict:
         """Rec layer path -> the constructed RETURNN RecLayer (nested ones from their enclosing loop's cell)."""

@@ -320,23 +320,26 @@ class Stepper:
     def states(self) -> list:
         return list(self.engine.buffers)
 
-    def value(self, x, order=None) -> np.ndarray:
+    def value(self, x, order=None, at: int | None = None) -> np.ndarray:
         """After k steps: a State's value after iteration k-1 (before any step: its initial value), or an
-        in-loop tensor's value in iteration k-1."""
+        in-loop tensor's value in iteration k-1. ``at``: that k for an earlier step (default: now, ``t``)."""
         e = self.engine
         fd = dict(self._feed)
+        k = self.t if at is None else at
+        if not 0 <= k <= self.t:
+            raise RecDebugError(f"value at step {k}: only steps 0..{self.t} have run")
         if isinstance(x, (State, str)):
             state = self._state(x)
-            fd[e.t_ph] = self.t
+            fd[e.t_ph] = k
             arr = e.session.run(e.state_at[state], feed_dict=fd)
             dims = e.buffers[state][1]
         elif isinstance(x, Tensor):
             if x.scope is not self.loop:
                 raise RecDebugError(f"{x!r} is not computed in {self.loop.describe()}",
                                     hint="for an inner loop's values use stepper.descend()")
-            if self.t == 0:
+            if k == 0:
                 raise RecDebugError(f"{x!r}: no iteration has run yet; call step() first")
-            fd[e.t_ph] = self.t - 1
+            fd[e.t_ph] = k - 1
             out = e.network.get_layer(e.step_net.layer_names[x.op.name]).output
             arr = e.session.run(out.placeholder, feed_dict=fd)
             dims = tuple(e.emitted.rd_dim(tg) for tg in out.dim_tags)

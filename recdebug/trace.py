@@ -61,6 +61,7 @@ class Trace:
         self.in_loop = list(in_loop)
         self.device = device
         self._lookup = lookup or {}  # id(Tensor or State) -> key (only in the process that traced)
+        self.emitted = None  # the net dict and its maps (only in the process that traced; not saved)
         self._dim_labels = dim_labels or {}  # id(Dim) -> label
 
     # --- addressing ---
@@ -89,6 +90,12 @@ class Trace:
     def states(self) -> dict:
         """State name -> key of its per-step values."""
         return {e.key.rsplit("/", 1)[-1]: e.key for e in self.entries.values() if e.kind == "state"}
+
+    def plot(self, sequence: int = 0, keys=None, t: int | None = None, **kwargs):
+        """A static matplotlib rendering (where widgets cannot run): heatmap and norm per State."""
+        from .plot import plot_trace
+
+        return plot_trace(self, sequence=sequence, keys=keys, t=t, **kwargs)
 
     def keys(self):
         return list(self.entries)

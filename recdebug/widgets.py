@@ -1,0 +1,452 @@
+"""The debugger widget: step controls, per-State heatmaps, the emitted RecLayer hierarchy, diffs.
+
+State lives in traitlets on the Python side; the browser only draws it. Every control is a method here
+(``step``, ``seek``, ``select_sequence``, ``select_layer``, ``show_diff``...) that a test can call and then
+assert on traitlet values. The canvas views are anywidget modules in ``extension/`` (loaded by path, no CDN);
+their arrays cross once as float32 buffers, after that a step only moves the cursor.
+"""
+from __future__ import annotations
+
+import pathlib
+import pprint
+
+import anywidget
+import ipywidgets as w
+import numpy as np
+import traitlets as tl
+
+from .errors import RecDebugError
+
+EXTENSION = pathlib.Path(__file__).resolve().parent.parent / "extension"
+if not (EXTENSION / "heatmap.js").exists():  # installed as a package: the modules ship inside it
+    EXTENSION = pathlib.Path(__file__).resolve().parent / "extension"
+
+
+class HeatmapView(anywidget.AnyWidget):
+    """One state view: heatmap units x time for one sequence, cursor, hover, readout, norm over time."""
+
+    _esm = EXTENSION / "heatmap.js"
+    title = tl.Unicode("").tag(sync=True)
+    values = tl.Bytes(b"").tag(sync=True)  # float32 [T][U], time-major
+    shape = tl.List(tl.Int(), [0, 0]).tag(sync=True)
+    length = tl.Int(0).tag(sync=True)  # valid steps of this sequence; later ones are padding
+    known = tl.Int(0).tag(sync=True)  # steps computed so far (a live stepper fills rows as it goes)
+    cursor = tl.Int(-1).tag(sync=True)  # the step shown (-1: before the first step)
+    diff = tl.Bytes(b"").tag(sync=True)  # uint8 [T][U]: 1 where another run differs
+    diff_first = tl.Int(-1).tag(sync=True)
+    patch = tl.Bytes(b"").tag(sync=True)  # one new row (float32 [U]) for step patch_t
+    patch_t = tl.Int(-1).tag(sync=True)
+
+    def __init__(self, key: str, **kwargs):
+        super().__init__(**kwargs)
+        self.key = key
+        self._array = np.zeros((0, 0), np.float32)
+
+    def show(self, array: np.ndarray, length: int, known: int, title: str | None = None):
+        """Send a whole [T, U] array (once per sequence or layer)."""
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        self._array = array
+        with self.hold_sync():
+            if title is not None:
+                self.title = title
+            self.shape = list(array.shape)
+            self.values = array.tobytes()
+            self.length = int(length)
+            self.known = int(known)
+            self.diff, self.diff_first = b"", -1
+
+    def set_row(self, t: int, row: np.ndarray, known: int):
+        """Send one new row (a live step): a few hundred bytes instead of the whole array."""
+        row = np.ascontiguousarray(row, dtype=np.float32).reshape(-1)
+        self._array[t] = row
+        with self.hold_sync():
+            self.patch_t = t
+            self.patch = row.tobytes()
+            self.known = known
+
+    def value_at(self, t: int, unit: int) -> float:
+        """The exact value the hover shows at (t, unit)."""
+        return float(self._array[t, unit])
+
+    def readout(self) -> np.ndarray | None:
+        """The values at the cursor (what the readout shows)."""
+        return None if self.cursor < 0 else self._array[self.cursor].copy()
+
+
+class HierarchyView(anywidget.AnyWidget):
+    """The emitted net dict as a tree; clicking a layer sets ``selected``."""
+
+    _esm = EXTENSION / "tree.js"
+    nodes = tl.List(tl.Dict()).tag(sync=True)
+    selected = tl.Unicode("").tag(sync=True)
+
+
+def _dims_text(dims) -> str:
+    from .dims import dims_str
+
+    return dims_str(dims)
+
+
+def hierarchy_nodes(em, moved_out=(), in_loop=()) -> list:
+    """Tree nodes for the net dict: rec layers with their units, each layer's class, from, dims, params, line."""
+    dims_of = {path: t.dims for t, path in em.layer_of.items()}
+    for state, paths in em.state_layers.items():
+        for p in paths:
+            dims_of[p] = state.dims
+    params = {}
+    for name, layer in em.net.items():
+        if layer.get("class") == "variable":
+            params[name] = "(" + ", ".join(f"{d.dimension}" for d in layer["shape"]) + ")"
+    nodes = []
+
+    def refs(layer):
+        src = layer.get("from", [])
+        src = [src] if isinstance(src, str) else [s[0] if isinstance(s, tuple) else s for s in src]
+        return [s for s in src if isinstance(s, str)]
+
+    def visit(layers: dict, prefix: str, parent: str):
+        for name, layer in layers.items():
+            if name.startswith("trace.") or name in ("output",):
+                continue
+            path = prefix + name
+            used = [r.split(":")[-1] for r in refs(layer) if r.split(":")[-1] in params]
+            node = {"path": path, "name": name, "cls": layer.get("class", ""), "parent": parent,
+                    "from": ", ".join(refs(layer)), "dims": _dims_text(dims_of[path]) if path in dims_of else "",
+                    "params": ", ".join(f"{p} {params[p]}" for p in used) or (params.get(name, "")),
+                    "moved_out": path in moved_out, "in_loop": path in in_loop,
+                    "line": str(em.lines[path]) if path in em.lines else "", "children": "unit" in layer}
+            nodes.append(node)
+            if "unit" in layer:
+                visit(layer["unit"], path + "/", path)
+
+    visit(em.net, "", "")
+    return nodes
+
+
+class Debugger(w.VBox):
+    """``rd.debugger(trace_or_stepper)``: step through a loop's hidden states."""
+
+    t = tl.Int(0)  # steps done: the cursor shows step t-1
+    T = tl.Int(0)
+    sequence = tl.Int(0)
+    selected_layer = tl.Unicode("")
+    status = tl.Unicode("")
+    breakpoint = tl.Unicode("")
+    diff_summary = tl.Unicode("")
+
+    def __init__(self, source, other=None, layers=()):
+        from .stepper import Stepper
+        from .trace import Trace
+
+        if isinstance(source, Stepper):
+            self.stepper, self.trace = source, None
+        elif isinstance(source, Trace):
+            self.stepper, self.trace = None, source
+        else:
+            raise RecDebugError(f"rd.debugger expects an rd.Trace or an rd.Stepper, got {type(source).__name__}")
+        self._updating = False
+        self._rows: dict = {}  # stepper mode: key -> [T, batch, U] values of the steps computed so far
+        self.views: dict = {}  # key -> HeatmapView
+        self._build_views()
+        self.picked = HeatmapView("", title="(select a layer in the hierarchy to see its values)")
+        self.hierarchy = HierarchyView(nodes=self._nodes())
+        self.hierarchy.observe(lambda ch: self.select_layer(ch["new"]), "selected")
+        self.net_text = w.Textarea(value=pprint.pformat(self._emitted().net, width=100), disabled=True,
+                                   layout=w.Layout(width="100%", height="300px"))
+        raw = w.Accordion(children=[self.net_text], titles=("raw net dict",))
+        raw.selected_index = None
+        self._controls()
+        super().__init__(children=[
+            w.HBox([self.b_reset, self.b_back, self.b_step, self.b_run, self.play, self.speed]),
+            w.HBox([self.slider, self.seq]), self.status_html,
+            w.HBox([w.VBox(list(self.views.values()) + [self.picked], layout=w.Layout(width="65%")),
+                    w.VBox([w.HTML("<b>RecLayer hierarchy</b>"), self.hierarchy, raw],
+                           layout=w.Layout(width="35%"))]),
+        ])
+        self.observe(self._on_t, "t")
+        self.observe(self._on_sequence, "sequence")
+        for layer in layers:
+            self.select_layer(layer)
+        self.T = self._max_steps()
+        self.slider.max = self.T
+        self.play.max = self.T
+        self._refresh_all()
+        if other is not None:
+            self.show_diff(other)
+        if self.stepper is not None:
+            self.t = self.stepper.t
+
+    # --- sources ---
+    def _emitted(self):
+        if self.trace is not None:
+            return self.trace.emitted if hasattr(self.trace, "emitted") else None
+        return self.stepper.engine.emitted
+
+    def _nodes(self):
+        em = self._emitted()
+        if em is None:
+            return []
+        if self.trace is not None:
+            return hierarchy_nodes(em, set(self.trace.moved_out), set(self.trace.in_loop))
+        return hierarchy_nodes(em)
+
+    def _main_axis(self):
+        if self.trace is not None:
+            return self.trace._default_axis()
+        return None
+
+    def _state_keys(self) -> list:
+        if self.trace is not None:
+            axis = self._main_axis()
+            return [e.key for e in self.trace.entries.values()
+                    if e.kind == "state" and e.loop_axes == (axis,)]
+        return [s.path(self.stepper.graph) for s in self.stepper.states]
+
+    def _build_views(self):
+        for key in self._state_keys():
+            self.views[key] = HeatmapView(key, title=f"State {key}")
+
+    def _max_steps(self) -> int:
+        if self.trace is not None:
+            return int(self.trace.lens(self._main_axis()).max())
+        return self.stepper.T
+
+    @property
+    def batch(self) -> int:
+        if self.trace is not None:
+            return int(self.trace.lens(self._main_axis()).shape[-1])
+        return self.stepper.batch
+
+    def _length(self, b: int) -> int:
+        if self.trace is not None:
+            return int(self.trace.lens(self._main_axis())[b])
+        ended = self.stepper.ended
+        return ended.get(b, self.T)
+
+    def _array(self, key: str, b: int) -> np.ndarray:
+        """[T, U] float32 values of ``key`` for sequence ``b``."""
+        if self.trace is not None:
+            tr = self.trace
+            e = tr.entries[key]
+            axis = self._main_axis()
+            rest = [d for d in e.dims if d not in (axis, "batch")]
+            arr = tr.numpy(key, order=[axis, "batch"] + rest) if "batch" in e.dims else \
+                tr.numpy(key, order=[axis] + rest)[:, None]
+            return arr[:, b].reshape(arr.shape[0], -1).astype(np.float32)
+        rows = self._stepper_rows(key)
+        return rows[:, b].reshape(rows.shape[0], -1)
+
+    def _stepper_rows(self, key: str) -> np.ndarray:
+        st = self.stepper
+        if key not in self._rows:
+            sample = self._stepper_value(key)
+            self._rows[key] = np.zeros((st.T,) + sample.reshape(st.batch, -1).shape, np.float32)
+            self._rows[key + "#known"] = 0
+        known = self._rows[key + "#known"]
+        for k in range(known, st.t):  # the steps computed since: one fetch per step, only for what is shown
+            self._rows[key][k] = self._stepper_value(key, k + 1).reshape(st.batch, -1)
+        self._rows[key + "#known"] = max(known, st.t)
+        return self._rows[key]
+
+    def _stepper_value(self, key: str, at: int | None = None) -> np.ndarray:
+        st = self.stepper
+        for s in st.states:
+            if s.path(st.graph) == key:
+                return st.value(s, at=at)
+        tensor = next(op.out for op in st.loop.ops if f"{st.loop.name}/{op.name}" == key)
+        return st.value(tensor, at=max(1, at or st.t))
+
+    # --- controls ---
+    def _controls(self):
+        self.b_reset = w.Button(description="reset", tooltip="back to t=0", layout=w.Layout(width="70px"))
+        self.b_back = w.Button(description="◀ back", tooltip="step back", layout=w.Layout(width="80px"))
+        self.b_step = w.Button(description="step ▶", tooltip="one step", layout=w.Layout(width="80px"))
+        self.b_run = w.Button(description="run ⏭", tooltip="to the end or the next breakpoint",
+                              layout=w.Layout(width="80px"))
+        self.b_reset.on_click(lambda _: self.reset())
+        self.b_back.on_click(lambda _: self.step_back())
+        self.b_step.on_click(lambda _: self.step())
+        self.b_run.on_click(lambda _: self.run())
+        self.play = w.Play(value=0, min=0, max=1, interval=200, description="play")
+        self.speed = w.IntSlider(value=5, min=1, max=50, description="steps/s", layout=w.Layout(width="260px"))
+        self.speed.observe(lambda ch: setattr(self.play, "interval", int(1000 / ch["new"])), "value")
+        self.play.interval = int(1000 / self.speed.value)
+        self.play.observe(lambda ch: self.seek(ch["new"]), "value")
+        self.slider = w.IntSlider(value=0, min=0, max=1, description="t", continuous_update=False,
+                                  layout=w.Layout(width="60%"))
+        self.slider.observe(lambda ch: self.seek(ch["new"]), "value")
+        self.seq = w.BoundedIntText(value=0, min=0, max=max(0, self.batch - 1), description="sequence",
+                                    layout=w.Layout(width="180px"))
+        self.seq.observe(lambda ch: self.select_sequence(ch["new"]), "value")
+        self.status_html = w.HTML()
+
+    def step(self, n: int = 1):
+        self.seek(self.t + n)
+
+    def step_back(self, n: int = 1):
+        self.seek(self.t - n)
+
+    def reset(self):
+        if self.stepper is not None:
+            self.stepper.reset()
+        self.breakpoint = ""
+        self.seek(0)
+
+    def seek(self, t: int):
+        """Move to ``t`` steps done (the time slider; a stepper computes the steps it has not run yet)."""
+        t = max(0, min(int(t), self.T))
+        if self.stepper is not None:
+            self.stepper.run_to(t)
+            t = self.stepper.t
+        self.t = t
+
+    def run(self, predicate=None):
+        """Run to the end, or to the first later step where a breakpoint holds (default: NaN/Inf in a State)."""
+        if self.stepper is not None:
+            from .stepper import on_nonfinite
+
+            hit = self.stepper.run_until(predicate or on_nonfinite())
+            self.breakpoint = self.stepper.breakpoint or "" if hit else ""
+            self.t = self.stepper.t
+            self._refresh_status()
+            return hit
+        for t in range(self.t, self.T):
+            bad = self._nonfinite_at(t) if predicate is None else (predicate(self, t) and "condition")
+            if bad:
+                self.breakpoint = f"NaN/Inf in {bad} at t={t}" if predicate is None else f"condition at t={t}"
+                self.t = t + 1
+                self._refresh_status()
+                return True
+        self.breakpoint = ""
+        self.t = self.T
+        return False
+
+    def _nonfinite_at(self, t: int) -> str:
+        tr = self.trace
+        axis = self._main_axis()
+        for key in self.views:
+            e = tr.entries[key]
+            valid = np.take(tr.mask(key, order=e.dims), t, axis=e.dims.index(axis))
+            values = np.take(e.array, t, axis=e.dims.index(axis))
+            if (~np.isfinite(values) & valid).any():
+                return key
+        return ""
+
+    def select_sequence(self, b: int):
+        if not 0 <= b < self.batch:
+            raise RecDebugError(f"sequence {b} is out of range (batch of {self.batch})")
+        self.sequence = b
+
+    def select_layer(self, path: str):
+        """Show a layer's values per step in the extra view (a layer inside the loop, or one with its axis)."""
+        if not path:
+            return
+        ok = self._layer_has_steps(path)
+        self.selected_layer = path
+        if self.hierarchy.selected != path:
+            self.hierarchy.selected = path
+        if not ok:
+            self.picked.show(np.zeros((0, 0), np.float32), 0, 0, title=f"{path}: no per-step values to show")
+            return
+        self.picked.key = path
+        self._send(self.picked, title=f"layer {path}")
+        self.picked.cursor = self.t - 1
+
+    def _layer_has_steps(self, path: str) -> bool:
+        if self.trace is not None:
+            e = self.trace.entries.get(path)
+            axis = self._main_axis()
+            return e is not None and (e.loop_axes == (axis,) or (e.kind == "value" and axis in e.dims))
+        st = self.stepper
+        return any(f"{st.loop.name}/{op.name}" == path for op in st.loop.ops)
+
+    def show_diff(self, other):
+        """Mark where ``other`` (a Trace of the same graph) differs: first step and units, per view."""
+        if self.trace is None:
+            raise RecDebugError("show_diff compares two traces: open the debugger on a Trace")
+        self.other = other
+        self._diff = self.trace.diff(other)
+        first = self._diff.first
+        self.diff_summary = "no differences" if first is None else \
+            f"first difference: {first.key} at t={first.step}, units {first.units[:5]} (max |diff| " \
+            f"{first.max_abs:.3g})"
+        self._send_diffs()
+        self._refresh_status()
+
+    def _send_diffs(self):
+        if getattr(self, "other", None) is None:
+            return
+        b = self.sequence
+        for view in list(self.views.values()) + [self.picked]:
+            found = self._diff.entries.get(view.key)
+            if found is None or view.key not in self.other.entries:
+                continue
+            a = self._array(view.key, b)
+            o_entry = self.other.entries[view.key]
+            axis = self._main_axis()
+            rest = [d for d in o_entry.dims if d not in (axis, "batch")]
+            o = self.other.numpy(view.key, order=[axis, "batch"] + rest)[:, b].reshape(a.shape[0], -1)
+            valid = np.arange(a.shape[0])[:, None] < self._length(b)
+            mask = (~(np.abs(a - o) <= 1e-5) & ~(np.isnan(a) & np.isnan(o)) & valid).astype(np.uint8)
+            steps = np.nonzero(mask.any(axis=1))[0]
+            with view.hold_sync():
+                view.diff = mask.tobytes()
+                view.diff_first = int(steps[0]) if len(steps) else -1
+
+    # --- syncing ---
+    def _send(self, view: HeatmapView, title=None):
+        b = self.sequence
+        arr = self._array(view.key, b)
+        view.show(arr, self._length(b), self.T if self.trace is not None else self.stepper.t, title)
+
+    def _refresh_all(self):
+        for view in self.views.values():
+            self._send(view)
+        if self.selected_layer and self._layer_has_steps(self.selected_layer):
+            self._send(self.picked)
+        self._send_diffs()
+        self._on_t({"new": self.t})
+
+    def _on_sequence(self, change):
+        if self.seq.value != change["new"]:
+            self.seq.value = change["new"]
+        self._refresh_all()
+
+    def _on_t(self, change):
+        t = change["new"]
+        if self.stepper is not None:  # a live step: send only the new rows
+            for view in self._active_views():
+                rows = self._stepper_rows(view.key)
+                if view.known < t:
+                    for k in range(view.known, t):
+                        view.set_row(k, rows[k, self.sequence], known=k + 1)
+        for view in self._active_views():
+            view.cursor = t - 1
+        if self.slider.value != t:
+            self.slider.value = t
+        if self.play.value != t:
+            self.play.value = t
+        self._refresh_status()
+
+    def _active_views(self):
+        return list(self.views.values()) + ([self.picked] if self.selected_layer and
+                                            self._layer_has_steps(self.selected_layer) else [])
+
+    def _refresh_status(self):
+        parts = [f"step {self.t} of {self.T}"]
+        parts.append(self.trace.device if self.trace is not None else self.stepper.device)
+        b = self.sequence
+        n = self._length(b)
+        if n <= self.t:
+            parts.append(f"sequence {b} ended at t={n}")
+        if self.breakpoint:
+            parts.append(f"breakpoint: {self.breakpoint}")
+        if self.diff_summary:
+            parts.append(f"diff: {self.diff_summary}")
+        self.status = " · ".join(parts)
+        self.status_html.value = f"<span class='rd-status'>{self.status}</span>"
+
+
+def debugger(source, other=None, layers=()) -> Debugger:
+    """The debugger widget for a Trace (browse every step) or a Stepper (step live on the device)."""
+    return Debugger(source, other=other, layers=layers)
