@@ -15,6 +15,7 @@ demo: $(STAMP)
 	$(PY) -m recdebug.demo
 
 test: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(PY) -m pytest -q tests
 
 clean:

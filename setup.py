@@ -15,9 +15,22 @@ setup(
         "dm-tree==0.1.10",
         "h5py==3.14.0",
         "numpy==2.4.6",
+        "ipywidgets==8.1.9",
+        "anywidget==0.11.0",
+        "matplotlib==3.11.2",
     ],
     extras_require={
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
-        "test": ["pytest==9.2.0"],
+        "test": [
+            "pytest==9.2.0",
+            "jupyterlab==4.6.6",
+            "notebook==7.6.5",
+            "ipykernel==7.4.0",
+            "nbclient==0.11.0",
+            "nbformat==5.11.1",
+            "playwright==1.65.2",
+        ],
     },
+    # the widgets' browser modules, found here when recdebug is installed without its source tree
+    data_files=[("share/recdebug/extension", ["extension/heatmap.js", "extension/tree.js"])],
 )

@@ -8,8 +8,6 @@ def plot_trace(trace, sequence: int = 0, keys=None, t: int | None = None, figsiz
     """One row per value (default: the States): heatmap units x time with padding grey and NaN/Inf marked,
     and the norm over time; a line at step ``t`` when given."""
     import matplotlib
-
-    matplotlib.use(matplotlib.get_backend())
     import matplotlib.pyplot as plt
 
     axis = trace._default_axis()
@@ -28,8 +26,7 @@ def plot_trace(trace, sequence: int = 0, keys=None, t: int | None = None, figsiz
         steps = arr.shape[0]
         shown = np.ma.masked_invalid(arr.T)
         scale = np.nanmax(np.abs(np.where(np.isfinite(arr[:length]), arr[:length], np.nan))) if length else 1.0
-        cmap = matplotlib.colormaps["bwr"].copy()
-        cmap.set_bad("#00c85a")  # NaN/Inf: green
+        cmap = matplotlib.colormaps["bwr"].with_extremes(bad="#00c85a")  # NaN/Inf: green
         row[0].imshow(shown, aspect="auto", cmap=cmap, vmin=-scale, vmax=scale, interpolation="nearest")
         if length < steps:
             row[0].axvspan(length - 0.5, steps - 0.5, color="#cdcdcd")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pathlib
 import pprint
+import sys
 
 import anywidget
 import ipywidgets as w
@@ -18,8 +19,8 @@ import traitlets as tl
 from .errors import RecDebugError
 
 EXTENSION = pathlib.Path(__file__).resolve().parent.parent / "extension"
-if not (EXTENSION / "heatmap.js").exists():  # installed as a package: the modules ship inside it
-    EXTENSION = pathlib.Path(__file__).resolve().parent / "extension"
+if not (EXTENSION / "heatmap.js").exists():  # installed without the source tree: setup.py's data_files
+    EXTENSION = pathlib.Path(sys.prefix) / "share" / "recdebug" / "extension"
 
 
 class HeatmapView(anywidget.AnyWidget):

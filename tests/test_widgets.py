@@ -1,0 +1,141 @@
+"""The debugger widget driven through its Python methods and traitlets, on real traces from RETURNN."""
+import numpy as np
+import pytest
+
+import recdebug as rd
+from test_design_examples import Lstm
+
+batch = rd.batch_dim
+LENS = np.array([6, 3, 1, 5], dtype=np.int32)
+
+
+@pytest.fixture
+def case(rng):
+    time, feat, dim = rd.Dim("time"), rd.Dim("feat", 3), rd.Dim("dim", 4)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        lstm = Lstm(dim)
+        with rd.Loop() as loop:
+            out = loop.stack(lstm(loop.unstack(x)))
+    x_np = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    tr = g.trace({"x": x_np}, seq_lens={time: LENS})
+    return g, time, dim, lstm, loop, x_np, tr
+
+
+def test_controls_move_the_step_and_every_view_follows(case):
+    g, time, dim, lstm, loop, x_np, tr = case
+    d = rd.debugger(tr)
+    assert set(d.views) == {"loop/lstm.h", "loop/lstm.c"} and d.T == 6 and d.t == 0
+    assert d.status == "step 0 of 6 · cpu"
+    d.step()
+    d.step()
+    assert d.t == 2 and d.slider.value == 2 and d.play.value == 2
+    assert all(v.cursor == 1 for v in d.views.values())
+    h = tr.numpy(lstm.h, order=(batch, time, dim))
+    np.testing.assert_array_equal(d.views["loop/lstm.h"].readout(), h[0, 1])
+    d.step_back()
+    assert d.t == 1 and d.views["loop/lstm.c"].cursor == 0
+    d.slider.value = 5  # the time slider
+    assert d.t == 5 and d.views["loop/lstm.h"].cursor == 4
+    d.play.value = 3  # what the play widget does on each tick
+    assert d.t == 3
+    d.run()
+    assert d.t == 6 and d.breakpoint == "" and d.status.startswith("step 6 of 6 · cpu · sequence 0 ended at t=6")
+    d.reset()
+    assert d.t == 0 and all(v.cursor == -1 for v in d.views.values())
+    d.b_step.click()
+    assert d.t == 1
+    d.b_run.click()
+    d.b_back.click()
+    assert d.t == 5
+    d.b_reset.click()
+    assert d.t == 0
+
+
+def test_sequence_selection_sends_that_sequences_values(case):
+    g, time, dim, lstm, loop, x_np, tr = case
+    d = rd.debugger(tr)
+    c = tr.numpy(lstm.c, order=(batch, time, dim))
+    d.seq.value = 1
+    view = d.views["loop/lstm.c"]
+    assert d.sequence == 1 and view.length == 3 and view.shape == [6, 4]
+    np.testing.assert_array_equal(np.frombuffer(view.values, np.float32).reshape(6, 4), c[1])
+    assert len(view.values) == 6 * 4 * 4  # one float32 buffer, exactly the raw bytes
+    d.seek(4)
+    assert "sequence 1 ended at t=3" in d.status
+    assert view.value_at(2, 3) == pytest.approx(float(c[1, 2, 3]))  # what hovering shows
+    with pytest.raises(rd.RecDebugError):
+        d.select_sequence(4)
+
+
+def test_selecting_a_layer_in_the_hierarchy_shows_its_values(case):
+    g, time, dim, lstm, loop, x_np, tr = case
+    d = rd.debugger(tr)
+    paths = {n["path"]: n for n in d.hierarchy.nodes}
+    assert paths["loop"]["cls"] == "rec" and paths["loop"]["children"]
+    unit = [n for n in d.hierarchy.nodes if n["parent"] == "loop"]
+    assert {n["path"] for n in unit} >= {"loop/lstm.h", "loop/lstm.c", "loop/lstm.rec_linear", "loop/unstack"}
+    assert paths["loop/lstm.ff_linear"]["moved_out"] and not paths["loop/lstm.rec_linear"]["moved_out"]
+    assert paths["loop/lstm.rec_linear"]["params"] == "lstm.rec_linear.bias (16)"
+    assert "self.rec_linear(self.h.get())" in paths["loop/lstm.rec_linear"]["line"]
+    assert paths["loop/lstm.rec_linear"]["dims"] == "{batch, dim*4:16}"
+    d.hierarchy.selected = "loop/lstm.sigmoid"  # a click in the tree
+    assert d.selected_layer == "loop/lstm.sigmoid"
+    assert d.picked.shape == [6, 4] and d.picked.title == "layer loop/lstm.sigmoid"
+    sig = tr.numpy("loop/lstm.sigmoid", order=(batch, time, dim))
+    np.testing.assert_array_equal(np.frombuffer(d.picked.values, np.float32).reshape(6, 4), sig[0])
+    d.step(2)
+    assert d.picked.cursor == 1
+    d.select_layer("lstm.ff_linear.weight")
+    assert "no per-step values" in d.picked.title
+    assert "'class': 'rec'" in d.net_text.value
+
+
+def test_breakpoint_status_on_a_nan(case):
+    g, time, dim, lstm, loop, x_np, tr = case
+    x_bad = x_np.copy()
+    x_bad[1, 2, 0] = np.nan
+    d = rd.debugger(g.trace({"x": x_bad}, seq_lens={time: LENS}))
+    assert d.run() is True
+    assert d.t == 3 and d.breakpoint == "NaN/Inf in loop/lstm.c at t=2"
+    assert "breakpoint: NaN/Inf in loop/lstm.c at t=2" in d.status
+
+
+def test_diff_marks_the_first_step_and_units(case):
+    g, time, dim, lstm, loop, x_np, tr = case
+    x2 = x_np.copy()
+    x2[0, 3, 1] += 1.0
+    d = rd.debugger(tr, other=g.trace({"x": x2}, seq_lens={time: LENS}))
+    view = d.views["loop/lstm.c"]
+    mask = np.frombuffer(view.diff, np.uint8).reshape(6, 4)
+    assert view.diff_first == 3 and not mask[:3].any() and mask[3].all()
+    assert "first difference: loop/lstm.add at t=3" in d.diff_summary
+    d.select_sequence(1)  # another sequence: no difference there
+    assert d.views["loop/lstm.c"].diff_first == -1
+
+
+def test_live_stepper_debugger_sends_one_row_per_step(case):
+    g, time, dim, lstm, loop, x_np, tr = case
+    st = g.stepper({"x": x_np}, seq_lens={time: LENS})
+    d = rd.debugger(st)
+    view = d.views["lstm/c"]
+    assert view.known == 0 and d.T == 6
+    d.step()
+    d.step()
+    assert st.t == 2 and view.known == 2 and view.cursor == 1
+    np.testing.assert_allclose(view.readout(), st.value(lstm.c)[0], atol=1e-6)
+    assert len(view.patch) == 4 * 4  # the new row only
+    d.step_back()
+    assert st.t == 1 and view.cursor == 0
+    c = tr.numpy(lstm.c, order=(batch, time, dim))
+    d.run()
+    assert st.t == 6
+    np.testing.assert_allclose(view._array, c[0], atol=1e-5)  # the rows the browser got, one patch per step
+    d.select_layer("loop/lstm.tanh")
+    assert d.picked.shape == [6, 4]
+
+
+def test_static_plot(case):
+    g, time, dim, lstm, loop, x_np, tr = case
+    fig = tr.plot(sequence=1, t=2)
+    assert len(fig.axes) == 4 and "loop/lstm.c" in fig.axes[0].get_title()
