@@ -32,6 +32,14 @@ function fmt(v) {
   return v.toPrecision(6);
 }
 
+function fit(canvas) {
+  // draw lines at the size shown, not at the (downsampled) data resolution
+  const r = window.devicePixelRatio || 1;
+  canvas.width = Math.max(1, Math.round((canvas.clientWidth || 600) * r));
+  canvas.height = Math.max(1, Math.round((canvas.clientHeight || 40) * r));
+  return canvas;
+}
+
 function el(tag, cls, parent) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
@@ -104,7 +112,7 @@ function render({ model, el: root }) {
 
   function drawHeat() {
     const W = Math.max(1, Math.min(T, MAX_W)), H = Math.max(1, Math.min(U, MAX_H));
-    heat.width = W; heat.height = H; overlay.width = W; overlay.height = H;
+    heat.width = W; heat.height = H;
     const ctx = heat.getContext("2d");
     const img = ctx.createImageData(W, H);
     const length = model.get("length"), known = model.get("known");
@@ -132,23 +140,26 @@ function render({ model, el: root }) {
   }
 
   function drawOverlay() {
+    fit(overlay);
     const ctx = overlay.getContext("2d");
     ctx.clearRect(0, 0, overlay.width, overlay.height);
     const cursor = model.get("cursor");
-    const W = overlay.width;
+    const W = overlay.width, H = overlay.height;
     if (diff.length === T * U && model.get("diff_first") >= 0) {
-      ctx.fillStyle = "rgba(0,0,0,0.85)";
+      // differing cells: a dot in the middle of each (downsampled to the shown size)
+      ctx.fillStyle = "rgba(0,0,0,0.8)";
+      const cw = W / T, ch = H / U, r = Math.max(1, Math.min(cw, ch) / 4);
       for (let t = 0; t < T; t++) for (let u = 0; u < U; u++) {
-        if (diff[t * U + u]) ctx.fillRect(Math.floor(t * W / T), Math.floor(u * overlay.height / U), 1, 1);
+        if (diff[t * U + u]) ctx.fillRect((t + 0.5) * cw - r, (u + 0.5) * ch - r, 2 * r, 2 * r);
       }
-      const x = (model.get("diff_first") + 0.5) * W / T;
-      ctx.strokeStyle = "orange"; ctx.lineWidth = Math.max(1, W / 400);
-      ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, overlay.height); ctx.stroke();
+      const x = (model.get("diff_first") + 0.5) * cw;
+      ctx.strokeStyle = "orange"; ctx.lineWidth = 2;
+      ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, H); ctx.stroke();
     }
     if (cursor >= 0 && T > 0) {
       const x = (cursor + 0.5) * W / T;
-      ctx.strokeStyle = "black"; ctx.lineWidth = Math.max(1, W / 300);
-      ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, overlay.height); ctx.stroke();
+      ctx.strokeStyle = "black"; ctx.lineWidth = 2;
+      ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, H); ctx.stroke();
       root.dataset.cursorX = x.toFixed(2);
     } else {
       root.dataset.cursorX = "";
@@ -157,28 +168,28 @@ function render({ model, el: root }) {
   }
 
   function drawNorm() {
-    const W = Math.max(1, Math.min(T, MAX_W)), H = 40;
-    norm.width = W; norm.height = H;
+    fit(norm);
+    const W = norm.width, H = norm.height;
     const ctx = norm.getContext("2d");
     ctx.clearRect(0, 0, W, H);
     const length = Math.min(model.get("length"), model.get("known"));
     let m = 0;
     for (let t = 0; t < length; t++) if (Number.isFinite(norms[t]) && norms[t] > m) m = norms[t];
-    ctx.strokeStyle = "#3060c0"; ctx.beginPath();
+    ctx.strokeStyle = "#3060c0"; ctx.lineWidth = 1.5; ctx.beginPath();
     for (let t = 0; t < length; t++) {
       const x = (t + 0.5) * W / T, y = H - 2 - (Number.isFinite(norms[t]) ? norms[t] / (m || 1) : 1) * (H - 4);
       if (t === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
     }
     ctx.stroke();
     const cursor = model.get("cursor");
-    if (cursor >= 0) { ctx.fillStyle = "black"; ctx.fillRect((cursor + 0.5) * W / T, 0, 1, H); }
+    if (cursor >= 0) { ctx.fillStyle = "black"; ctx.fillRect((cursor + 0.5) * W / T - 1, 0, 2, H); }
   }
 
   function drawReadout() {
     const cursor = model.get("cursor");
+    fit(bars);
     const ctx = bars.getContext("2d");
-    const W = Math.max(1, Math.min(U, MAX_W)), H = 50;
-    bars.width = W; bars.height = H;
+    const W = bars.width, H = bars.height;
     ctx.clearRect(0, 0, W, H);
     if (cursor < 0 || cursor >= T || cursor >= model.get("known")) {
       readout.textContent = cursor < 0 ? "t: before the first step (initial values)" : "";
@@ -194,12 +205,13 @@ function render({ model, el: root }) {
     readout.textContent = `t=${cursor}${padded ? " (padding)" : ""}: min ${fmt(mn)} max ${fmt(mx)} ` +
       `mean ${fmt(n ? sum / n : NaN)}${bad ? `, ${bad} NaN/Inf` : ""}` +
       (U <= 8 ? " | " + Array.from(row, fmt).join(" ") : "");
-    for (let px = 0; px < W; px++) {
-      const u = Math.floor(px * U / W), v = row[u];
+    const bw = W / U;
+    for (let u = 0; u < U; u++) {
+      const v = row[u];
       const rgb = Number.isNaN(v) ? NAN_COLOR : !Number.isFinite(v) ? INF_COLOR : color(v, scale);
       ctx.fillStyle = `rgb(${rgb[0]},${rgb[1]},${rgb[2]})`;
       const h = Number.isFinite(v) ? Math.abs(v) / scale * (H / 2) : H / 2;
-      ctx.fillRect(px, v >= 0 ? H / 2 - h : H / 2, 1, Math.max(1, h));
+      ctx.fillRect(u * bw, v >= 0 ? H / 2 - h : H / 2, Math.max(1, bw - (bw > 3 ? 1 : 0)), Math.max(1, h));
     }
   }
 

@@ -14,6 +14,8 @@ function render({ model, el: root }) {
   root.classList.add("rd-tree");
   root.style.fontFamily = "monospace";
   root.style.fontSize = "12px";
+  root.style.maxHeight = "520px";
+  root.style.overflow = "auto";
 
   function draw() {
     root.textContent = "";
@@ -40,11 +42,18 @@ function render({ model, el: root }) {
         el("span", "rd-in-loop", li, " in loop").style.color = "#2a7a2a";
       }
       const info = [];
-      if (n.from) info.push("from " + n.from);
       if (n.dims) info.push(n.dims);
+      if (n.from) info.push("from " + n.from);
       if (n.params) info.push("params " + n.params);
-      if (n.line) info.push(n.line);
-      if (info.length) el("div", "rd-node-info", li, info.join(" · ")).style.color = "#666";
+      if (n.line) info.push(n.line.replace(/^.*, (line \d+: )/, "$1"));
+      li.title = [n.path, n.cls].concat(info).concat(n.line ? [n.line] : []).join("\n");
+      if (n.dims) el("span", "rd-node-dims", li, " " + n.dims).style.color = "#666";
+      if (info.length && n.path === selected) {
+        const box = el("div", "rd-node-info", li, info.join(" · "));
+        box.style.color = "#444";
+        box.style.background = "#fff8dc";
+        box.style.whiteSpace = "pre-wrap";
+      }
       head.addEventListener("click", () => {
         model.set("selected", n.path);
         model.save_changes();

@@ -262,7 +262,7 @@ class Debugger(w.VBox):
         self.b_reset = w.Button(description="reset", tooltip="back to t=0", layout=w.Layout(width="70px"))
         self.b_back = w.Button(description="◀ back", tooltip="step back", layout=w.Layout(width="80px"))
         self.b_step = w.Button(description="step ▶", tooltip="one step", layout=w.Layout(width="80px"))
-        self.b_run = w.Button(description="run ⏭", tooltip="to the end or the next breakpoint",
+        self.b_run = w.Button(description="run ▶▶", tooltip="to the end or the next breakpoint",
                               layout=w.Layout(width="80px"))
         self.b_reset.on_click(lambda _: self.reset())
         self.b_back.on_click(lambda _: self.step_back())

@@ -1,0 +1,189 @@
+"""The debugger in a real browser: JupyterLab on localhost, Debian's chromium driven by Playwright.
+
+Checks that the widget renders, that clicking step advances the step shown and moves the heatmap cursor, that
+hovering the heatmap shows a value, and that the hierarchy lists the rec layer and its unit layers.
+A screenshot goes to out/test-artifacts/ (or $RECDEBUG_TEST_OUT).
+"""
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import nbformat
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+OUT = pathlib.Path(os.environ.get("RECDEBUG_TEST_OUT", ROOT / "out" / "test-artifacts"))
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed")
+
+NOTEBOOK_CODE = '''
+import numpy as np
+import recdebug as rd
+
+batch, time = rd.batch_dim, rd.Dim("time")
+feat, hid = rd.Dim("feat", 3), rd.Dim("hidden", 5)
+
+class Lstm(rd.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.h = rd.State({batch, dim})
+        self.c = rd.State({batch, dim})
+        self.ff_linear = rd.Linear(dim * 4)
+        self.rec_linear = rd.Linear(dim * 4)
+
+    def forward(self, x):
+        x_in, g_in, g_forget, g_out = rd.split(self.ff_linear(x) + self.rec_linear(self.h.get()), 4)
+        c = self.c.get() * rd.sigmoid(g_forget) + rd.tanh(x_in) * rd.sigmoid(g_in)
+        self.c.assign(c)
+        h = rd.tanh(c) * rd.sigmoid(g_out)
+        self.h.assign(h)
+        return h
+
+with rd.Graph() as g:
+    x = rd.Input("x", {batch, time, feat})
+    lstm = Lstm(hid)
+    with rd.Loop() as loop:
+        out = loop.stack(lstm(loop.unstack(x)))
+
+x_np = np.random.default_rng(0).standard_normal((3, 12, 3)).astype(np.float32)
+tr = g.trace({"x": x_np}, seq_lens={time: np.array([12, 7, 4])})
+dbg = rd.debugger(tr)
+dbg
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url, token):
+    req = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    base = tmp_path_factory.mktemp("lab")
+    root = base / "root"
+    root.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_code_cell(NOTEBOOK_CODE))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / "debugger.ipynb")
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(base / "config"), JUPYTER_RUNTIME_DIR=str(base / "runtime"),
+               IPYTHONDIR=str(base / "ipython"), JUPYTER_DATA_DIR=str(base / "data"))
+    settings = base / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    kernels = base / "data" / "kernels" / "python3"
+    kernels.mkdir(parents=True)
+    (kernels / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3", "language": "python"}))
+    port, token = free_port(), "recdebug-test-token"
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--IdentityProvider.token={token}",
+           "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+           f"--ServerApp.root_dir={root}", "--LabApp.news_url=None", "--allow-root"]
+    log = open(base / "server.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"jupyter lab exited: {(base / 'server.log').read_text()[-2000:]}")
+        try:
+            get_json(f"{url}/api/status", token)
+            break
+        except OSError:
+            if time.time() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.5)
+    yield url, token
+    try:
+        req = urllib.request.Request(f"{url}/api/shutdown", method="POST",
+                                     headers={"Authorization": f"token {token}"})
+        urllib.request.urlopen(req, timeout=10)
+        proc.wait(timeout=30)
+    except Exception:
+        proc.kill()
+    finally:
+        log.close()
+
+
+def wait_for_kernel(page, url, token, timeout=90):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        sessions = get_json(f"{url}/api/sessions", token)
+        ready = [s for s in sessions if s["kernel"]["execution_state"] == "idle" and s["kernel"]["connections"] > 0]
+        if ready:
+            return
+        page.wait_for_timeout(500)
+    raise TimeoutError("the notebook's kernel did not become idle")
+
+
+def test_debugger_renders_steps_hovers_and_lists_the_hierarchy(lab, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, token = lab
+    expect.set_options(timeout=90_000)
+    OUT.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1"],
+            viewport={"width": 1500, "height": 1100})
+        try:
+            page = ctx.new_page()
+            page.goto(f"{url}/lab/tree/debugger.ipynb?token={token}")
+            page.locator(".jp-NotebookPanel:visible .jp-Notebook").wait_for()
+            wait_for_kernel(page, url, token)
+            page.get_by_role("menuitem", name="Run").click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            heatmaps = page.locator(".rd-heatmap")
+            expect(heatmaps.first).to_be_visible()
+            assert heatmaps.count() >= 2  # lstm.h and lstm.c (plus the picked-layer view)
+            status = page.locator(".rd-status")
+            expect(status).to_contain_text("step 0 of 12")
+            first = heatmaps.first
+            assert first.get_attribute("data-cursor") == "-1"
+
+            page.get_by_role("button", name="step ▶").click()
+            expect(status).to_contain_text("step 1 of 12")
+            expect(first).to_have_attribute("data-cursor", "0")
+            x1 = float(first.get_attribute("data-cursor-x"))
+            page.get_by_role("button", name="step ▶").click()
+            expect(status).to_contain_text("step 2 of 12")
+            expect(first).to_have_attribute("data-cursor", "1")
+            assert float(first.get_attribute("data-cursor-x")) > x1  # the cursor line moved right
+
+            overlay = first.locator(".rd-overlay")
+            box = overlay.bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+            expect(first.locator(".rd-tooltip")).to_contain_text("value=")
+            text = first.locator(".rd-tooltip").inner_text()
+            assert text.startswith("t=") and "unit=" in text
+
+            tree = page.locator(".rd-tree")
+            expect(tree.locator('li[data-path="loop"]')).to_be_visible()
+            for layer in ("loop/lstm.h", "loop/lstm.c", "loop/lstm.rec_linear"):
+                expect(tree.locator(f'li[data-path="{layer}"]')).to_have_count(1)
+            tree.locator('li[data-path="loop/lstm.tanh"] > .rd-node-name').click()
+            expect(page.locator(".rd-heatmap .rd-title", has_text="layer loop/lstm.tanh")).to_be_visible()
+            page.locator(".rd-status").scroll_into_view_if_needed()
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(OUT / "debugger-jupyterlab.png"))
+        finally:
+            ctx.close()
