@@ -12,6 +12,13 @@ from .trace import Trace, TraceDiff
 
 
 
+def load_ipython_extension(ip):
+    """``%load_ext recdebug``: registers the ``%%recloop`` cell magic."""
+    from .magics import load_ipython_extension as load
+
+    load(ip)
+
+
 def debugger(source, other=None, layers=()):
     """The debugger widget for an ``rd.Trace`` or an ``rd.Stepper`` (imports ipywidgets on first use)."""
     from .widgets import debugger as make

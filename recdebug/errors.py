@@ -18,6 +18,8 @@ class SourceLine:
     code: str
 
     def __str__(self):
+        if self.filename.startswith("<recloop-cell-"):
+            return f"cell line {self.lineno}: {self.code}"
         return f"{self.filename}, line {self.lineno}: {self.code}"
 
 

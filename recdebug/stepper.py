@@ -71,6 +71,11 @@ def _to_order(data, em, dims_wanted) -> "tf.Tensor":
 class StepEngine(Engine):
     """The single-step build of one top-level loop, with State buffers and the step/init ops."""
 
+    def close(self):
+        for key in [k for k in _DEVICE_TENSORS if k.startswith(f"{id(self)}/")]:
+            del _DEVICE_TENSORS[key]
+        super().close()
+
     def __init__(self, g, loop, device: str, seed: int, batch: int, max_steps: int):
         self.loop, self.batch, self.max_steps = loop, batch, max_steps
         self.extra_variables = []

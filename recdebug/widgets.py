@@ -23,10 +23,16 @@ if not (EXTENSION / "heatmap.js").exists():  # installed without the source tree
     EXTENSION = pathlib.Path(sys.prefix) / "share" / "recdebug" / "extension"
 
 
+def _module(name: str) -> str:
+    """The text of an ES module in extension/. Given as text, not as a path: anywidget would keep every
+    instance alive to hot-reload the file, which a notebook that re-runs cells must not pay for."""
+    return (EXTENSION / name).read_text()
+
+
 class HeatmapView(anywidget.AnyWidget):
     """One state view: heatmap units x time for one sequence, cursor, hover, readout, norm over time."""
 
-    _esm = EXTENSION / "heatmap.js"
+    _esm = _module("heatmap.js")
     title = tl.Unicode("").tag(sync=True)
     values = tl.Bytes(b"").tag(sync=True)  # float32 [T][U], time-major
     shape = tl.List(tl.Int(), [0, 0]).tag(sync=True)
@@ -77,7 +83,7 @@ class HeatmapView(anywidget.AnyWidget):
 class HierarchyView(anywidget.AnyWidget):
     """The emitted net dict as a tree; clicking a layer sets ``selected``."""
 
-    _esm = EXTENSION / "tree.js"
+    _esm = _module("tree.js")
     nodes = tl.List(tl.Dict()).tag(sync=True)
     selected = tl.Unicode("").tag(sync=True)
 
@@ -394,6 +400,15 @@ class Debugger(w.VBox):
                 view.diff = mask.tobytes()
                 view.diff_first = int(steps[0]) if len(steps) else -1
 
+    def close(self):
+        """Close this widget and every widget inside it (their comms and registry entries)."""
+        for child in self.children:
+            _close_tree(child)
+        for view in [*self.views.values(), self.picked, self.hierarchy, self.play, self.slider, self.seq]:
+            _close_tree(view)
+        self.layout.close()
+        super().close()
+
     # --- syncing ---
     def _send(self, view: HeatmapView, title=None):
         b = self.sequence
@@ -446,6 +461,16 @@ class Debugger(w.VBox):
             parts.append(f"diff: {self.diff_summary}")
         self.status = " · ".join(parts)
         self.status_html.value = f"<span class='rd-status'>{self.status}</span>"
+
+
+def _close_tree(widget):
+    for child in getattr(widget, "children", ()):
+        _close_tree(child)
+    for part in ("layout", "style"):
+        sub = getattr(widget, part, None)
+        if isinstance(sub, w.Widget):
+            sub.close()
+    widget.close()
 
 
 def debugger(source, other=None, layers=()) -> Debugger:

@@ -1,0 +1,217 @@
+"""What ``%%recloop`` does, as a library function: build a graph from Loop/State code, run, trace, step.
+
+``run_recloop(body, namespace, ...)`` works without IPython; the magic (``recdebug.magics``) only parses
+options and shows the result.
+"""
+from __future__ import annotations
+
+import itertools
+import linecache
+import traceback
+
+import numpy as np
+
+from .errors import RecDebugError
+from .graph import Graph
+
+_cell_counter = itertools.count(1)
+CELL_PREFIX = "<recloop-cell-"
+DEFAULT_BATCH = 3
+DEFAULT_MAX_LEN = 8
+
+
+class RecloopError(Exception):
+    """An error in a %%recloop cell, shown as a few lines without recdebug's or RETURNN's frames."""
+
+    def __init__(self, lines: list[str], cause: BaseException | None = None, verbose: bool = False):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+        self.cause = cause
+        self.verbose = verbose
+
+    def _render_traceback_(self):  # IPython shows this instead of a traceback
+        if self.verbose and self.cause is not None:
+            return traceback.format_exception(self.cause) + self.lines
+        return self.lines
+
+
+class RecloopResult:
+    """Everything one %%recloop run made: the graph, its net dict, the run's outputs, trace, stepper, widget."""
+
+    def __init__(self, graph, result, trace, stepper, widget, other_trace=None, figure=None, feeds=None,
+                 seq_lens=None):
+        self.graph = graph
+        self.result = result
+        self.trace = trace
+        self.stepper = stepper
+        self.widget = widget
+        self.other_trace = other_trace
+        self.figure = figure
+        self.feeds = feeds or {}
+        self.seq_lens = seq_lens or {}
+
+    @property
+    def net_dict(self) -> dict:
+        return self.graph.net_dict()
+
+    @property
+    def outputs(self) -> dict:
+        """Top-level values by layer name (numpy, batch first then dims by creation)."""
+        return {name: self.result.numpy(t) for t, name in self.graph.emitted().fetch.items()}
+
+    def show(self):
+        """Display the debugger (or the static figure) again."""
+        from IPython.display import display
+
+        display(self.widget if self.widget is not None else self.figure)
+
+    def close(self):
+        """Free the TensorFlow sessions and the widgets of this run."""
+        if self.widget is not None:
+            self.widget.close()
+        self.graph.close()
+
+    def __repr__(self):
+        loops = len(self.graph.loops)
+        return f"RecloopResult({len(self.graph.ops)} ops, {loops} loop{'s' if loops != 1 else ''}, trace={self.trace!r})"
+
+
+def cell_filename() -> str:
+    return f"{CELL_PREFIX}{next(_cell_counter)}>"
+
+
+def default_inputs(graph: Graph, fed: dict, seq_lens: dict, seed: int):
+    """Seeded random data for the inputs not fed, with random lengths for their dynamic dims."""
+    rng = np.random.default_rng(seed)
+    feeds, lens = dict(fed), dict(seq_lens)
+    sizes: dict = {}
+    for name, inp in graph.inputs.items():  # sizes already fixed by fed arrays
+        if name in fed:
+            for d, n in zip(inp.order, np.shape(fed[name])):
+                sizes.setdefault(d, n)
+    for name, inp in graph.inputs.items():
+        if name in feeds:
+            continue
+        shape = []
+        for d in inp.order:
+            if d not in sizes:
+                sizes[d] = DEFAULT_BATCH if d.is_batch else (d.size or DEFAULT_MAX_LEN)
+            shape.append(sizes[d])
+        if inp.sparse_dim is not None:
+            feeds[name] = rng.integers(0, inp.sparse_dim.size, size=shape).astype(inp.dtype)
+        else:
+            feeds[name] = rng.standard_normal(shape).astype(inp.dtype)
+    batch = next((n for d, n in sizes.items() if d.is_batch), DEFAULT_BATCH)
+    for d, n in sizes.items():
+        if d.is_dynamic and d not in lens:
+            random_lens = rng.integers(1, n + 1, size=batch)
+            random_lens[0] = n  # the first sequence uses the whole axis
+            lens[d] = random_lens.astype(np.int32)
+    return feeds, lens
+
+
+def exec_body(body: str, namespace: dict, filename: str, verbose: bool = False) -> Graph:
+    """Run the cell body in the user's namespace inside a fresh rd.Graph (left closed whatever happens)."""
+    linecache.cache[filename] = (len(body), None, body.splitlines(True), filename)
+    code = compile(body, filename, "exec")
+    g = Graph()
+    try:
+        with g:
+            exec(code, namespace)
+    except RecDebugError as e:
+        raise RecloopError([f"{type(e).__name__}: {e}"], e, verbose) from None
+    except Exception as e:
+        raise RecloopError(_user_frames(e, filename), e, verbose) from None
+    return g
+
+
+def _user_frames(e: BaseException, filename: str) -> list[str]:
+    """The traceback of an error, reduced to the frames in the cell (and the error itself)."""
+    lines = ["Traceback (cell lines only; --verbose shows all):"]
+    for frame in traceback.extract_tb(e.__traceback__):
+        if frame.filename == filename:
+            lines.append(f"  cell line {frame.lineno}: {frame.line}")
+    lines.append(f"{type(e).__name__}: {e}")
+    return lines
+
+
+def translate_returnn_error(e: BaseException, graph: Graph, verbose: bool) -> RecloopError:
+    """A RETURNN/TensorFlow error while building or running, tied to the user's line where the layer is known."""
+    text = str(e)
+    em = graph.emitted()
+    found = None
+    for path, line in em.lines.items():
+        name = path.rsplit("/", 1)[-1]
+        if f"'{name}'" in text or f"/{name}" in text or f"layer {name}" in text:
+            if found is None or len(name) > len(found[0].rsplit("/", 1)[-1]):
+                found = (path, line)
+    last = text.strip().splitlines()[-1] if text.strip() else type(e).__name__
+    lines = [f"RETURNN could not build or run the loop: {type(e).__name__}: {last}"]
+    if found is not None:
+        path, line = found
+        lines.append(f"  the layer {path!r} comes from {line}")
+    if "dim" in last.lower() or "shape" in last.lower():
+        lines.append("  check the dims of the values combined there (rd.Tensor repr shows them)")
+    return RecloopError(lines, e, verbose)
+
+
+def run_recloop(body: str, namespace: dict, feeds: dict | None = None, seq_lens: dict | None = None,
+                seed: int = 0, device: str | None = None, optimize: bool = True, compare_optimize: bool = False,
+                capture=None, breakpoint=None, static: bool = False, verbose: bool = False,
+                show_widget: bool = True) -> RecloopResult:
+    """Build the cell's graph, run it, trace it, make a stepper and the debugger (or a static figure)."""
+    filename = cell_filename()
+    g = exec_body(body, namespace, filename, verbose)
+    if not g.loops:
+        raise RecloopError(["the cell defines no rd.Loop: there is nothing to step through",
+                            "  write `with rd.Loop() as loop:` around the recurrent part"])
+    unknown = set(feeds or {}) - set(g.inputs)
+    if unknown:
+        raise RecloopError([f"--feed names {sorted(unknown)}, but the cell's inputs are {sorted(g.inputs)}"])
+    all_feeds, lens = default_inputs(g, feeds or {}, seq_lens or {}, seed)
+    try:
+        result = g.run(all_feeds, seq_lens=lens, device=device, optimize=optimize, seed=seed)
+        trace = g.trace(all_feeds, seq_lens=lens, device=device, optimize=optimize, seed=seed, capture=capture)
+        other = None
+        if compare_optimize:
+            other = g.trace(all_feeds, seq_lens=lens, device=device, optimize=not optimize, seed=seed,
+                            capture=capture)
+        stepper = _stepper_if_possible(g, all_feeds, lens, device, seed)
+    except RecDebugError as e:
+        raise RecloopError([f"{type(e).__name__}: {e}"], e, verbose) from None
+    except Exception as e:  # RETURNN or TensorFlow
+        raise translate_returnn_error(e, g, verbose) from None
+    widget = figure = None
+    if breakpoint is not None and stepper is None:
+        raise RecloopError(["--break needs a stepper, and this loop cannot be stepped live "
+                            "(a State with a dynamic dim)"])
+    if static:
+        figure = trace.plot()
+    elif show_widget:
+        from .widgets import debugger
+
+        if breakpoint is not None:
+            widget = debugger(stepper)
+            widget.run(breakpoint)
+        else:
+            widget = debugger(trace, other=other)
+    return RecloopResult(g, result, trace, stepper, widget, other, figure, all_feeds, lens)
+
+
+def _stepper_if_possible(g, feeds, lens, device, seed):
+    state_dims = [s.dims for loop in g.top.children for s in loop.state_layers]
+    if any(d.is_dynamic for dims in state_dims for d in dims):
+        return None
+    return g.stepper(feeds, seq_lens=lens, device=device, seed=seed)
+
+
+def describe_inputs(result: RecloopResult) -> str:
+    """One line per input: its shape and, for dynamic dims, the lengths used."""
+    parts = []
+    for name, inp in result.graph.inputs.items():
+        arr = result.feeds[name]
+        parts.append(f"{name}: {tuple(d.name for d in inp.order)} {np.shape(arr)}")
+    for d, n in result.seq_lens.items():
+        parts.append(f"lengths of {d.name}: {list(np.asarray(n))}")
+    return "; ".join(parts)
+
