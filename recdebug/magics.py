@@ -91,7 +91,10 @@ class RecloopMagics(Magics):
     def _predicate(self, expr: str):
         from .stepper import on_nonfinite
 
-        if expr.strip().lower() in ("nan", "inf", "nonfinite"):
+        expr = expr.strip()
+        if len(expr) >= 2 and expr[0] == expr[-1] and expr[0] in "'\"":
+            expr = expr[1:-1]
+        if expr.lower() in ("nan", "inf", "nonfinite"):
             return on_nonfinite()
         try:
             predicate = eval(expr, self.shell.user_ns)
