@@ -3,7 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test clean
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: demo demo-headless test clean
 
 $(STAMP): setup.py pyproject.toml
 	python3 -m venv $(VENV)
@@ -12,7 +14,12 @@ $(STAMP): setup.py pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/ --ServerApp.ip=127.0.0.1 $(ROOT_FLAG)
+
+demo-headless: $(STAMP)
 	$(PY) -m recdebug.demo
+	$(VENV)/bin/jupyter nbconvert --to html --execute --ExecutePreprocessor.store_widget_state=True \
+		--ExecutePreprocessor.timeout=300 --output-dir out/notebooks notebooks/*.ipynb
 
 test: $(STAMP)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)

@@ -2,6 +2,8 @@ from setuptools import find_packages, setup
 
 # Versions tested together (see README); RETURNN's wheel does not declare dm-tree and h5py, so they are listed here.
 TF_VERSION = "2.21.0"
+LAB = ["jupyterlab==4.6.6", "notebook==7.6.5", "ipykernel==7.4.0", "nbclient==0.11.0", "nbformat==5.11.1",
+       "nbconvert==7.17.2"]
 
 setup(
     name="recdebug",
@@ -21,16 +23,10 @@ setup(
     ],
     extras_require={
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
-        "test": [
-            "pytest==9.2.0",
-            "jupyterlab==4.6.6",
-            "notebook==7.6.5",
-            "ipykernel==7.4.0",
-            "nbclient==0.11.0",
-            "nbformat==5.11.1",
-            "playwright==1.65.2",
-        ],
+        "lab": LAB,
+        "test": LAB + ["pytest==9.2.0", "playwright==1.65.2"],
     },
     # the widgets' browser modules, found here when recdebug is installed without its source tree
-    data_files=[("share/recdebug/extension", ["extension/heatmap.js", "extension/tree.js"])],
+    data_files=[("share/recdebug/extension", ["extension/heatmap.js", "extension/tree.js",
+                                              "extension/ipython_config.py"])],
 )

@@ -175,3 +175,18 @@ def test_fifty_reruns_keep_memory_bounded(ip):
     graphs = sum(isinstance(o, tf.Graph) for o in gc.get_objects())
     assert grown < 100, f"RSS grew {grown:.0f} MB over 50 re-runs"
     assert graphs <= graphs_before, f"{graphs} TensorFlow graphs alive, {graphs_before} before"
+
+
+def test_the_profile_config_in_extension_loads_the_magic(tmp_path):
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+
+    profile = tmp_path / "profile_default"
+    profile.mkdir()
+    shutil.copy(pathlib.Path(__file__).resolve().parent.parent / "extension" / "ipython_config.py", profile)
+    out = subprocess.run([sys.executable, "-m", "IPython", f"--ipython-dir={tmp_path}", "--no-banner", "-c",
+                          "print('recloop' in get_ipython().magics_manager.magics['cell'])"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "True", out.stderr

@@ -1,0 +1,63 @@
+"""Every teaching notebook runs top to bottom on CPU, and the values its text claims are what it prints."""
+import pathlib
+import time
+
+import nbformat
+import numpy as np
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def first_overflow_step() -> int:
+    """Independently: the first t at which h = 10 h + 1 (float32) is no longer finite."""
+    h = np.float32(0)
+    with np.errstate(over="ignore"):
+        for t in range(100):
+            h = np.float32(h * np.float32(10) + np.float32(1))
+            if not np.isfinite(h):
+                return t
+    raise AssertionError("no overflow")
+
+
+# notebook -> (text its markdown states, line its claim cells print)
+CLAIMS = {
+    "01_first_loop.ipynb": [("sequence 1 runs 3 steps", "CLAIM steps of sequence 1: 3"),
+                            ("better than 1e-5", "CLAIM matches numpy: True")],
+    "02_modules_with_state.ipynb": [
+        ("`my_rec/h_linear/bias`, `my_rec/h_linear/weight`,\n`my_rec/x_linear/bias`, `my_rec/x_linear/weight`",
+         "CLAIM parameter names: ['my_rec/h_linear/bias', 'my_rec/h_linear/weight', 'my_rec/x_linear/bias', "
+         "'my_rec/x_linear/weight']"),
+        ("strictly between -1 and 1", "CLAIM max |h| < 1: True")],
+    "03_nested_loops.ipynb": [("the emitted net has 2 rec layers", "CLAIM rec layers: 2"),
+                              ("it restarted at 0", "CLAIM restarts at 0: True")],
+    "04_while_loops.ipynb": [("`[3, 2, 3]` without the end frame", "CLAIM lengths without eos: [3, 2, 3]"),
+                             ("`[4, 3, 4]` with it", "CLAIM lengths with eos: [4, 3, 4]")],
+    "05_moved_out_of_the_loop.ipynb": [("`my_rec.x_linear` is moved out", "CLAIM x_linear moved out: True"),
+                                       ("`my_rec.h_linear` stays in the loop", "CLAIM h_linear in loop: True"),
+                                       ("the two traces agree", "CLAIM traces agree: True")],
+    "06_hunting_nan.ipynb": [(f"the first Inf appears at t={first_overflow_step()}",
+                              f"CLAIM breakpoint: NaN/Inf in h at t={first_overflow_step()}"),
+                             ("stepping continues from it", "CLAIM finite after set_state: True")],
+}
+
+
+def test_every_notebook_is_checked():
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(CLAIMS)
+
+
+@pytest.mark.parametrize("name", sorted(CLAIMS))
+def test_notebook_runs_and_its_claims_hold(name):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    start = time.perf_counter()
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    elapsed = time.perf_counter() - start
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    printed = "".join(o.get("text", "") for c in nb.cells if "claim" in c.metadata.get("tags", [])
+                      for o in c.get("outputs", []))
+    for stated, line in CLAIMS[name]:
+        assert stated in text, f"{name} no longer says {stated!r}"
+        assert line in printed, f"{name} printed {printed!r}"
+    assert nb.cells[-2].cell_type == "markdown" and nb.cells[-2].source.startswith("## Exercise")
+    assert elapsed < 60, f"{name} took {elapsed:.0f} s"
