@@ -187,3 +187,34 @@ def test_debugger_renders_steps_hovers_and_lists_the_hierarchy(lab, tmp_path):
             page.screenshot(path=str(OUT / "debugger-jupyterlab.png"))
         finally:
             ctx.close()
+
+
+def test_debugger_renders_in_notebook_7(lab, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, token = lab
+    expect.set_options(timeout=90_000)
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1"],
+            viewport={"width": 1500, "height": 1100})
+        try:
+            page = ctx.new_page()
+            page.goto(f"{url}/notebooks/debugger.ipynb?token={token}")
+            page.locator(".jp-Notebook").first.wait_for()
+            wait_for_kernel(page, url, token)
+            page.get_by_role("menuitem", name="Run").click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            first = page.locator(".rd-heatmap").first
+            expect(first).to_be_visible()
+            page.get_by_role("button", name="step ▶").click()
+            expect(page.locator(".rd-status")).to_contain_text("step 1 of 12")
+            expect(first).to_have_attribute("data-cursor", "0")
+            expect(page.locator('.rd-tree li[data-path="loop"]')).to_be_visible()
+            page.locator(".rd-status").scroll_into_view_if_needed()
+            page.screenshot(path=str(OUT / "debugger-notebook7.png"))
+        finally:
+            ctx.close()
