@@ -7,7 +7,6 @@ A screenshot goes to out/test-artifacts/ (or $RECDEBUG_TEST_OUT).
 import json
 import os
 import pathlib
-import shutil
 import socket
 import subprocess
 import sys
@@ -121,6 +120,16 @@ def lab(tmp_path_factory):
         log.close()
 
 
+def launch(p, tmp_path):
+    """Debian's chromium, headless, with a fresh profile and no network but localhost."""
+    return p.chromium.launch_persistent_context(
+        str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1"],
+        viewport={"width": 1500, "height": 1100})
+
+
 def wait_for_kernel(page, url, token, timeout=90):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -139,12 +148,7 @@ def test_debugger_renders_steps_hovers_and_lists_the_hierarchy(lab, tmp_path):
     expect.set_options(timeout=90_000)
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1"],
-            viewport={"width": 1500, "height": 1100})
+        ctx = launch(p, tmp_path)
         try:
             page = ctx.new_page()
             page.goto(f"{url}/lab/tree/debugger.ipynb?token={token}")
@@ -195,12 +199,7 @@ def test_debugger_renders_in_notebook_7(lab, tmp_path):
     url, token = lab
     expect.set_options(timeout=90_000)
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1"],
-            viewport={"width": 1500, "height": 1100})
+        ctx = launch(p, tmp_path)
         try:
             page = ctx.new_page()
             page.goto(f"{url}/notebooks/debugger.ipynb?token={token}")
