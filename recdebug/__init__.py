@@ -4,7 +4,7 @@ from .errors import DimError, LoopError, RecDebugError, RunError
 from .graph import Graph
 from .loop import Loop
 from .module import Embedding, Linear, Module, Parameter
-from .ops import cast, concat, constant, exp, relu, reduce_max, reduce_sum, sigmoid, split, tanh, zeros
+from .ops import cast, choice, concat, constant, exp, relu, reduce_max, reduce_sum, sigmoid, split, tanh, zeros
 from .state import State
 from .tensor import Input, Tensor
 from .stepper import Stepper, on_nan, on_nonfinite, on_state
@@ -28,6 +28,6 @@ def debugger(source, other=None, layers=()):
 
 __all__ = [
     "Dim", "batch_dim", "Graph", "Input", "Tensor", "Module", "Linear", "Embedding", "Parameter", "State", "Loop",
-    "tanh", "sigmoid", "relu", "exp", "split", "concat", "zeros", "constant", "reduce_sum", "reduce_max", "cast",
+    "choice", "tanh", "sigmoid", "relu", "exp", "split", "concat", "zeros", "constant", "reduce_sum", "reduce_max", "cast",
     "Trace", "TraceDiff", "Stepper", "on_nan", "on_nonfinite", "on_state", "debugger", "RecDebugError", "LoopError", "DimError", "RunError",
 ]

@@ -79,8 +79,9 @@ def init_value(path: str, dims, init, seed: int) -> np.ndarray:
 class Engine:
     """One build of a graph: RETURNN TFNetwork in its own tf.Graph and Session."""
 
-    def __init__(self, g, optimize: bool, device: str, seed: int, capture=None):
+    def __init__(self, g, optimize: bool, device: str, seed: int, capture=None, search: bool = False):
         _setup()
+        self.search = search
         import tensorflow as tf
         from returnn.config import Config
         from returnn.tf.network import TFNetwork
@@ -95,7 +96,7 @@ class Engine:
         self.tf_graph = tf.Graph()
         with self.tf_graph.as_default(), tf.device("/gpu:0" if device == "gpu" else "/cpu:0"):
             net = self.prepare()
-            self.network = TFNetwork(config=config, train_flag=False, eval_flag=False, search_flag=False)
+            self.network = TFNetwork(config=config, train_flag=False, eval_flag=False, search_flag=self.search)
             self.network.construct_from_dict(net)
             self.finish()
             init_extra = tf.compat.v1.variables_initializer(self.extra_variables)
@@ -142,6 +143,26 @@ class Engine:
 
     def params(self) -> dict:
         return {path: self.session.run(var) for path, (param, var) in self.param_vars.items()}
+
+    def feed_targets(self, fd: dict, targets: dict, seq_lens: dict, batch: int) -> None:
+        """Teacher forcing: the reference labels of every rd.choice (not used when searching)."""
+        if self.search:
+            return
+        for y in self.graph.choices:
+            labels = targets.get(y, targets.get(y.name))
+            if labels is None:
+                raise RunError(f"{y!r} is an rd.choice: pass its reference labels with targets={{label: array}} "
+                               f"(batch, steps), or run with search=True")
+            labels = np.asarray(labels, dtype=np.int32)
+            if labels.ndim != 2 or labels.shape[0] != batch:
+                raise RunError(f"targets[{y.name!r}]: expected shape (batch={batch}, steps), got {labels.shape}")
+            a = y.op.attrs
+            if labels.size and (labels.min() < 0 or labels.max() >= a["vocab"].size):
+                raise RunError(f"targets[{y.name!r}]: labels must be in 0..{a['vocab'].size - 1}")
+            lens = np.asarray(seq_lens.get(y, np.full(batch, labels.shape[1])), dtype=np.int32)
+            data = self.network.extern_data.data[a["target_key"]]
+            fd[data.placeholder] = labels
+            fd[self.emitted.dims[a["label_time"]].dyn_size_ext.placeholder] = lens
 
     def feed_dict(self, inputs: dict, seq_lens: dict) -> tuple[dict, dict, dict]:
         """(feed_dict, lengths per dynamic dim, fed arrays) with checks that name the input at fault."""
@@ -193,7 +214,7 @@ class Engine:
             lens[d] = given
             fd[em.dims[d].dyn_size_ext.placeholder] = given
         for d in seq_lens:
-            if d not in sizes:
+            if d not in sizes and not any(d is y for y in g.choices):
                 raise RunError(f"seq_lens: {d!r} is not a dynamic dim of any input")
         return fd, lens, arrays
 
@@ -211,14 +232,30 @@ class Engine:
                     length_fetch[rd] = (size.placeholder, tuple(self.emitted.rd_dim(s) for s in size.dim_tags))
         return fetch, dims_of, length_fetch
 
-    def run(self, inputs: dict, seq_lens: dict) -> "Result":
+    def run(self, inputs: dict, seq_lens: dict, targets: dict | None = None) -> "Result":
         fd, lens, arrays = self.feed_dict(inputs, seq_lens)
-        fetch, dims_of, length_fetch = self._fetches(self.emitted.fetch, lens)
-        values, fetched_lens = self.session.run(
-            (fetch, {d: p for d, (p, _) in length_fetch.items()}), feed_dict=fd)
+        batch = next((a.shape[o.index(_batch())] for a, o in arrays.values() if _batch() in o), 1)
+        self.feed_targets(fd, targets or {}, seq_lens, batch)
+        layers = {t: self.emitted.decided.get(t, name) if self.search else name
+                  for t, name in self.emitted.fetch.items()}
+        fetch, dims_of, length_fetch = self._fetches(layers, lens)
+        scores = {}
+        if self.search:
+            for loop in {y.scope for y in self.graph.choices if y.scope.parent is self.graph.top}:
+                scores[loop] = self.network.get_layer(loop.name).get_search_choices().beam_scores
+        values, fetched_lens, score_values = self.session.run(
+            (fetch, {d: p for d, (p, _) in length_fetch.items()}, scores), feed_dict=fd)
         lens.update(fetched_lens)
-        return Result(self.graph, {t: (values[t], dims_of[t]) for t in fetch}, lens, self.params(), arrays,
-                      device=self.device)
+        if not self.search:  # teacher forcing: RETURNN runs the loop over the reference labels' axis
+            alias = {y.op.attrs["label_time"]: y.scope.axis for y in self.graph.choices}
+            dims_of = {t: tuple(alias.get(d, d) for d in dims) for t, dims in dims_of.items()}
+            for label_time, axis in alias.items():
+                if label_time in lens:
+                    lens[axis] = lens[label_time]
+        result = Result(self.graph, {t: (values[t], dims_of[t]) for t in fetch}, lens, self.params(), arrays,
+                        device=self.device)
+        result.search_scores = score_values
+        return result
 
     def trace(self, inputs: dict, seq_lens: dict, max_bytes: int | None) -> "Trace":
         from .trace import DimInfo, Entry, Trace
@@ -427,6 +464,13 @@ class Result:
             raise RunError(f"{t!r}: RETURNN returned a dim that recdebug does not know: {dims}")
         return arr.transpose([dims.index(d) for d in order])
 
+    def scores(self, loop) -> np.ndarray:
+        """After ``run(search=True)``: the final log-probability scores [batch, beam] of a loop's hypotheses,
+        best first (the outputs are the best hypothesis of each sequence)."""
+        if loop not in getattr(self, "search_scores", {}):
+            raise RunError(f"no search scores for {loop!r}: run with search=True a top-level loop with rd.choice")
+        return self.search_scores[loop]
+
     def lens(self, dim: Dim) -> np.ndarray:
         """Per-sequence lengths of a dynamic dim (an input's, or a while loop's axis)."""
         if dim not in self._lens:
@@ -446,14 +490,15 @@ class Result:
         return f"Result({len(self._values)} values, device={self.device!r})"
 
 
-def get_engine(g, optimize: bool, device: str | None, seed: int, capture=None) -> Engine:
+def get_engine(g, optimize: bool, device: str | None, seed: int, capture=None, search: bool = False) -> Engine:
     if g.scope is not g.top:
         raise RunError("the graph still has an open loop: run it after the `with rd.Loop()` block")
     device = resolve_device(device)
     capture_key = capture if capture in (None, "all") else tuple(capture)
-    key = (bool(optimize), device, seed, len(g.ops), capture_key)
+    key = (bool(optimize), device, seed, len(g.ops), capture_key, bool(search))
     if key not in g._engines:
-        g._engines[key] = Engine(g, optimize=bool(optimize), device=device, seed=seed, capture=capture_key)
+        g._engines[key] = Engine(g, optimize=bool(optimize), device=device, seed=seed, capture=capture_key,
+                                 search=bool(search))
     return g._engines[key]
 
 
@@ -470,7 +515,8 @@ def trace_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, see
     return engine.trace(inputs, seq_lens, max_bytes)
 
 
-def run_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, seed=0, params=None) -> Result:
-    engine = get_engine(g, optimize, device, seed)
+def run_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, seed=0, params=None, search=False,
+              targets=None) -> Result:
+    engine = get_engine(g, optimize, device, seed, search=search)
     engine.set_params(params or {}, seed)
-    return engine.run(inputs, seq_lens)
+    return engine.run(inputs, seq_lens, targets)

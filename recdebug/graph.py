@@ -88,6 +88,7 @@ class Graph:
         self.module_stack: list[str] = []
         self.params: dict = {}  # path -> Parameter (filled on use)
         self.states: list = []
+        self.choices: list = []  # rd.choice outputs (beam search / teacher forcing)
         self._engines: dict = {}
 
     def __enter__(self):
@@ -136,12 +137,18 @@ class Graph:
 
         return emit(self, optimize=optimize)
 
-    def run(self, inputs=None, seq_lens=None, device=None, optimize=True, seed=0, params=None):
-        """Run the graph on RETURNN; returns an ``rd.Result``."""
+    def run(self, inputs=None, seq_lens=None, device=None, optimize=True, seed=0, params=None, search=False,
+            targets=None):
+        """Run the graph on RETURNN; returns an ``rd.Result``.
+
+        ``search``: rd.choice does beam search (the results are the best hypothesis per sequence). Without it,
+        every rd.choice takes the reference labels given in ``targets={label_tensor: int array (batch, steps)}``
+        (teacher forcing); their lengths go in ``seq_lens`` under ``label_tensor`` too, default the full axis.
+        """
         from .engine import run_graph
 
         return run_graph(self, inputs or {}, seq_lens or {}, device=device, optimize=optimize, seed=seed,
-                         params=params)
+                         params=params, search=search, targets=targets or {})
 
     def trace(self, inputs=None, seq_lens=None, device=None, optimize=True, seed=0, params=None, capture=None,
               max_bytes=None):

@@ -29,6 +29,7 @@ class Emitted:
     fetch: dict = field(default_factory=dict)  # top-level Tensor -> layer name
     rec_paths: dict = field(default_factory=dict)  # Loop -> path of its rec layer
     state_layers: dict = field(default_factory=dict)  # State -> paths of its state layers (one per owning loop)
+    decided: dict = field(default_factory=dict)  # top-level Tensor -> its best-hypothesis layer (with rd.choice)
     trace_fetch: dict = field(default_factory=dict)  # in-loop layer path -> top-level layer with all its steps
     trace_info: dict = field(default_factory=dict)  # in-loop layer path -> (kind, dims, loops outermost first)
     # Values a trace derives instead of recording them again (path -> how), see _Emitter.derived():
@@ -89,10 +90,17 @@ class _Emitter:
                 self.out.extern_data[op.name] = ed
                 self.out.layer_of[op.out] = f"data:{op.name}"
                 continue
+            if op.kind == "choice":
+                self.emit_choice_input(op, scope, layers)
             layer = self.layer(op, scope)
             if scope.parent is None:
                 layer["is_output_layer"] = True
                 self.out.fetch[op.out] = op.name
+                if self.searched(op):  # with search, one entry per hypothesis: the best one is the result
+                    name = self.fresh_name(scope, op.name + ".best")
+                    layers[name] = {"class": "decide", "from": op.name, "length_normalization": False,
+                                    "is_output_layer": True}
+                    self.out.decided[op.out] = name
             layers[op.name] = layer
             self.out.layer_of[op.out] = self.path(scope, op.name)
             if op.line is not None:
@@ -108,6 +116,25 @@ class _Emitter:
                     layers[export]["collocate_with"] = [loop.name]
                     captured.append((key, export))
         return captured
+
+    def searched(self, op) -> bool:
+        """Whether a top-level op is the result of a loop that contains an rd.choice."""
+        loop = op.attrs.get("after_loop")
+        return loop is not None and any(loop.contains(y.scope) for y in self.g.choices)
+
+    def emit_choice_input(self, op, scope: Scope, layers: dict):
+        """The log-probabilities RETURNN's choice layer takes, and the extern data of its reference labels."""
+        a = op.attrs
+        src = self.ref(op.inputs[0], scope)
+        if a["input_type"] == "logits":
+            layers[a["log_prob_name"]] = {"class": "activation", "activation": "log_softmax", "from": src}
+        elif a["input_type"] == "prob":
+            layers[a["log_prob_name"]] = {"class": "activation", "activation": "safe_log", "from": src}
+        else:
+            layers[a["log_prob_name"]] = {"class": "copy", "from": src}
+        self.out.extern_data[a["target_key"]] = {
+            "dim_tags": [returnn_batch_dim, self.dim(a["label_time"])], "sparse_dim": self.dim(a["vocab"]),
+            "dtype": "int32", "available_for_inference": False}
 
     def fresh_name(self, scope: Scope, base: str) -> str:
         taken = self.taken.setdefault(id(scope), set(scope.names))
@@ -152,8 +179,9 @@ class _Emitter:
                                      "shape": [returnn_batch_dim], "with_batch_dim": True}
                 unit["end"] = {"class": "combine", "kind": "logical_or",
                                "from": [self.ref(loop.end_cond, loop), "end.batch"]}
-        output_source = next(iter(loop.state_layers.values()), None) or next(
-            (v.op.name for v in loop.exports), loop.ops[-1].name)
+        choices = [op.name for op in loop.ops if op.kind == "choice"]
+        output_source = (choices or list(loop.state_layers.values()) or [v.op.name for v in loop.exports]
+                         or [loop.ops[-1].name])[0]
         unit["output"] = {"class": "copy", "from": output_source}
         # A loop with loops inside stays unoptimized itself (its inner loops are still optimized): when RETURNN
         # moves an outer layer out, it may need to stack an inner loop's sub-layer, which it cannot do reliably.
@@ -294,6 +322,9 @@ class _Emitter:
             return {"class": "gather", "from": src[0], "position": src[1], "axis": self.dim(a["vocab"])}
         if k == "index":
             return {"class": "copy", "from": ":i"}
+        if k == "choice":
+            return {"class": "choice", "from": a["log_prob_name"], "input_type": "log_prob",
+                    "beam_size": a["beam_size"], "target": a["target_key"], "length_normalization": False}
         if k == "unstack":
             if a["first"]:
                 return {"class": "copy", "from": "data:source"}
@@ -317,8 +348,11 @@ class _Emitter:
             if hasattr(state.initial, "op"):
                 return {"class": "copy", "from": self.ref(state.initial, scope)}
             dims = sorted(state.dims, key=lambda d: d.order)
-            return {"class": "constant", "value": state.initial, "dtype": state.dtype,
-                    "shape": [self.dim(d) for d in dims], "with_batch_dim": any(d.is_batch for d in dims)}
+            layer = {"class": "constant", "value": state.initial, "dtype": state.dtype,
+                     "shape": [self.dim(d) for d in dims], "with_batch_dim": any(d.is_batch for d in dims)}
+            if state.sparse_dim is not None:
+                layer["sparse_dim"] = self.dim(state.sparse_dim)
+            return layer
         if state in scope.assigned:  # carried by this loop: the previous iteration's value
             prev = "prev:" + scope.state_layers[state]
             how, init = self.initial(scope, state)

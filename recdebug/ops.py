@@ -115,3 +115,31 @@ def reduce_max(x: Tensor, dim: Dim) -> Tensor:
 def cast(x: Tensor, dtype: str) -> Tensor:
     _check_tensor(x, "rd.cast")
     return x.graph.add_op("cast", [x], x.dims, dtype=dtype, attrs={"dtype": dtype})
+
+
+def choice(x: Tensor, beam_size: int = 4, input_type: str = "logits") -> Tensor:
+    """Pick the next label inside a loop: beam search with ``run(search=True)``, else the reference label.
+
+    ``x``: scores over a vocab dim ({batch, vocab}), as ``input_type`` "logits", "log_prob" or "prob". Returns an
+    int32 label {batch} with sparse dim vocab. RETURNN's choice layer reorders every State with the beams.
+    Without search, feed the reference labels with ``run(..., targets={label: array})`` (teacher forcing).
+    """
+    from .errors import LoopError
+
+    _check_tensor(x, "rd.choice")
+    line = user_line()
+    g = x.graph
+    if not g.scope.is_loop:
+        raise LoopError("rd.choice is used inside a loop (it picks one label per step)", line=line)
+    if input_type not in ("logits", "log_prob", "prob"):
+        raise DimError(f"rd.choice: input_type must be 'logits', 'log_prob' or 'prob', got {input_type!r}", line=line)
+    vocab = x.feature_dim("rd.choice")
+    scope = g.scope
+    label_time = Dim(f"{scope.name}_labels")
+    y = g.add_op("choice", [x], x.dims - {vocab}, dtype="int32", sparse_dim=vocab, line=line,
+                 attrs={"beam_size": int(beam_size), "input_type": input_type, "vocab": vocab,
+                        "label_time": label_time})
+    y.op.attrs["log_prob_name"] = scope.unique_name(y.op.name + ".log_prob")
+    y.op.attrs["target_key"] = "target." + y.name.replace("/", ".")
+    g.choices.append(y)
+    return y

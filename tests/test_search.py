@@ -1,0 +1,132 @@
+"""rd.choice in a decoder loop: beam search (run(search=True)) and teacher forcing, against numpy."""
+import numpy as np
+import pytest
+
+import recdebug as rd
+
+batch = rd.batch_dim
+MAX_LEN, VOCAB = 7, 6
+
+
+def build(beam_size):
+    hid, vocab, emb = rd.Dim("hid", 4), rd.Dim("vocab", VOCAB), rd.Dim("emb", 3)
+    with rd.Graph() as g:
+        enc = rd.Input("enc", {batch, hid})
+        embed, lin_h, lin_out = rd.Embedding(vocab, emb), rd.Linear(hid), rd.Linear(vocab)
+        label = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+        h = rd.State({batch, hid}, initial=enc)
+        with rd.Loop(max_seq_len=MAX_LEN) as loop:
+            h_ = rd.tanh(lin_h(rd.concat(embed(label.get()), h.get())))
+            h.assign(h_)
+            y = rd.choice(lin_out(h_), beam_size=beam_size)
+            label.assign(y)
+            loop.end(y == 0, include_eos=True)
+            labels = loop.stack(y)
+    return g, loop, y, labels
+
+
+def params(rng):
+    p = {"embedding/weight": rng.standard_normal((VOCAB, 3)), "linear/weight": rng.standard_normal((7, 4)),
+         "linear/bias": rng.standard_normal(4) * 0.3, "linear_1/weight": rng.standard_normal((4, VOCAB)) * 1.5,
+         "linear_1/bias": rng.standard_normal(VOCAB) * 0.5}
+    return {k: v.astype(np.float32) for k, v in p.items()}
+
+
+def step(p, label, h):
+    """One decoder step in numpy: the new state and the log-probabilities of the next label."""
+    h_new = np.tanh(np.concatenate([p["embedding/weight"][label], h]) @ p["linear/weight"] + p["linear/bias"])
+    logits = (h_new @ p["linear_1/weight"] + p["linear_1/bias"]).astype(np.float64)
+    logp = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+    return h_new, logp
+
+
+def greedy(p, enc):
+    out = []
+    for b in range(enc.shape[0]):
+        label, h, seq = 0, enc[b], []
+        for _ in range(MAX_LEN):
+            h, logp = step(p, label, h)
+            label = int(np.argmax(logp))
+            seq.append(label)
+            if label == 0:
+                break
+        out.append(seq)
+    return out
+
+
+def beam_search(p, enc, k):
+    """Beam search as RETURNN's choice layer does it (no length normalization): every hypothesis extends by
+    every label; an ended one only by label 0 at no cost; the k best (score, then position) survive."""
+    results = []
+    for b in range(enc.shape[0]):
+        hyps = [(0.0, 0, enc[b], [], False)]  # score, last label, state, labels, ended
+        for _ in range(MAX_LEN):
+            cands = []
+            for i, (score, label, h, seq, ended) in enumerate(hyps):
+                if ended:
+                    local, h_new = np.full(VOCAB, -1e30), h
+                    local[0] = 0.0
+                else:
+                    h_new, local = step(p, label, h)
+                for v in range(VOCAB):
+                    cands.append((score + local[v], i * VOCAB + v, i, v, h_new))
+            cands.sort(key=lambda c: (-c[0], c[1]))
+            hyps = [(s, v, h_new, hyps[i][3] + ([] if hyps[i][4] else [v]), hyps[i][4] or v == 0)
+                    for s, _, i, v, h_new in cands[:k]]
+            if all(hy[4] for hy in hyps):
+                break
+        results.append(hyps)
+    return results
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def test_beam_size_1_equals_greedy_decoding(rng):
+    g, loop, y, labels = build(beam_size=1)
+    p = params(rng)
+    enc = rng.standard_normal((4, 4)).astype(np.float32)
+    res = g.run({"enc": enc}, params=p, search=True)
+    got, lens = res.numpy(labels), res.lens(loop.axis)
+    expected = greedy(p, enc)
+    for b, seq in enumerate(expected):
+        assert lens[b] == len(seq) and got[b, :lens[b]].tolist() == seq
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_beam_search_finds_the_numpy_best_hypothesis_and_score(rng, k):
+    g, loop, y, labels = build(beam_size=k)
+    p = params(rng)
+    enc = rng.standard_normal((5, 4)).astype(np.float32)
+    res = g.run({"enc": enc}, params=p, search=True)
+    got, lens, scores = res.numpy(labels), res.lens(loop.axis), res.scores(loop)
+    expected = beam_search(p, enc, k)
+    assert scores.shape == (5, k)
+    for b, hyps in enumerate(expected):
+        best = max(hyps, key=lambda hy: hy[0])
+        assert got[b, :lens[b]].tolist() == best[3]
+        np.testing.assert_allclose(scores[b].max(), best[0], rtol=1e-4)
+        np.testing.assert_allclose(np.sort(scores[b])[::-1], [hy[0] for hy in hyps], rtol=1e-4)
+    assert any(len(max(h, key=lambda hy: hy[0])[3]) < MAX_LEN for h in expected)  # some end by EOS
+
+
+def test_without_search_the_reference_labels_are_fed(rng):
+    g, loop, y, labels = build(beam_size=3)
+    ref = np.array([[2, 3, 0, 0], [5, 0, 0, 0]], np.int32)
+    enc = rng.standard_normal((2, 4)).astype(np.float32)
+    res = g.run({"enc": enc}, targets={y: ref}, seq_lens={y: [3, 2]})
+    np.testing.assert_array_equal(res.lens(loop.axis), [3, 2])
+    got = res.numpy(labels)
+    assert got[0, :3].tolist() == [2, 3, 0] and got[1, :2].tolist() == [5, 0]
+    with pytest.raises(rd.RunError, match="targets="):
+        g.run({"enc": enc})
+
+
+def test_choice_outside_a_loop_is_an_error():
+    vocab = rd.Dim("vocab", 4)
+    with pytest.raises(rd.LoopError, match="inside a loop"):
+        with rd.Graph():
+            x = rd.Input("x", {batch, vocab})
+            rd.choice(x)
