@@ -90,7 +90,7 @@ class Engine:
         self.optimize = optimize
         self.device = device
         self.capture = capture
-        self.emitted: Emitted = emit(g, optimize=optimize, capture=capture)
+        self.emitted: Emitted = emit(g, optimize=optimize, capture=capture, search=search)
         config = Config({"extern_data": self.emitted.extern_data, "debug_print_layer_output_template": False,
                          "optimize_move_layers_out": optimize})
         self.tf_graph = tf.Graph()
@@ -257,17 +257,28 @@ class Engine:
         result.search_scores = score_values
         return result
 
-    def trace(self, inputs: dict, seq_lens: dict, max_bytes: int | None) -> "Trace":
+    def trace(self, inputs: dict, seq_lens: dict, max_bytes: int | None, targets=None) -> "Trace":
         from .trace import DimInfo, Entry, Trace
 
         em = self.emitted
         fd, lens, arrays = self.feed_dict(inputs, seq_lens)
+        batch = next((a.shape[o.index(_batch())] for a, o in arrays.values() if _batch() in o), 1)
+        self.feed_targets(fd, targets or {}, seq_lens, batch)
         check_trace_budget(em, fd, lens, arrays, max_bytes)
-        fetch, dims_of, length_fetch = self._fetches(em.trace_fetch, lens)
-        top, top_dims, top_lens = self._fetches({t: n for t, n in em.fetch.items()}, lens)
+        if self.search:
+            fetch, dims_of, length_fetch = self._beam_fetches(batch)
+        else:
+            fetch, dims_of, length_fetch = self._fetches(em.trace_fetch, lens)
+        top_layers = {t: em.decided.get(t, n) if self.search else n for t, n in em.fetch.items()}
+        top, top_dims, top_lens = self._fetches(top_layers, lens)
         length_fetch.update(top_lens)
-        values, top_values, fetched_lens = self.session.run(
-            (fetch, top, {d: p for d, (p, _) in length_fetch.items()}), feed_dict=fd)
+        if self.search:  # RETURNN reads its step accumulators once per run: the raw beams need a run of their own
+            values = self.session.run(fetch, feed_dict=fd)
+            top_values, fetched_lens = self.session.run(
+                (top, {d: p for d, (p, _) in length_fetch.items()}), feed_dict=fd)
+        else:
+            values, top_values, fetched_lens = self.session.run(
+                (fetch, top, {d: p for d, (p, _) in length_fetch.items()}), feed_dict=fd)
         labels: dict = {}
 
         def label(d):
@@ -283,7 +294,9 @@ class Engine:
         entries, lookup = {}, {}
         axis_of = {loop: loop.axis for loop in em.rec_paths}
         for key, arr in values.items():
-            kind, _, loops = em.trace_info[key]
+            kind, _, loops = em.trace_info.get(key, em.trace_info.get(key.rsplit(".", 1)[0], (None, None, None)))
+            if kind is None or key.endswith((".scores", ".backpointers")):
+                kind = "search"
             dims = dims_of[key]
             if None in dims:
                 raise RecDebugError(f"trace: RETURNN returned a dim that recdebug does not know for {key!r}")
@@ -331,6 +344,45 @@ class Engine:
                       dim_labels={i: lab for i, (lab, _) in labels.items()})
         trace.emitted = em
         return trace
+
+    def _beam_fetches(self, batch: int):
+        """With search: every step's values of every hypothesis, as RETURNN accumulated them before it resolved
+        them to the final best ones: [steps, batch, beam, ...], plus per step the scores and backpointers."""
+        import tensorflow as tf
+
+        em, fetch, dims_of = self.emitted, {}, {}
+        with self.tf_graph.as_default():
+            for loop, path in em.rec_paths.items():
+                choices = [op for op in loop.ops if op.kind == "choice"]
+                if not choices or loop.parent is not self.graph.top:
+                    continue
+                cell = self.network.get_layer(path).cell
+                acc = cell.final_acc_tas_dict
+                beam = choices[0].attrs["beam"]
+                k = beam.size
+                keys = [key for key, (_, _, loops) in em.trace_info.items() if loops[-1:] == (loop,)]
+                for key in keys:
+                    name = key.rsplit("/", 1)[-1]
+                    ta = acc.get(f"output_{name}")
+                    if ta is None:
+                        continue
+                    template = cell.layer_data_templates[name].output
+                    steps = ta.stack()  # [T, batch * beam, ...] in the template's axis order
+                    dims = [em.rd_dim(tg) for tg in template.dim_tags]
+                    b_axis = template.batch_dim_axis
+                    shape = tf.shape(steps)
+                    new_shape = tf.concat([shape[:1 + b_axis], [batch, k], shape[2 + b_axis:]], 0)
+                    fetch[key] = tf.reshape(steps, new_shape)
+                    dims_of[key] = (loop.axis,) + tuple(dims[:b_axis]) + (_batch(), beam) + tuple(dims[b_axis + 1:])
+                for y in choices:
+                    key = f"{path}/{y.name}"
+                    src = acc[f"choice_{y.name}"].stack()  # [T, batch, beam] backpointers
+                    fetch[key + ".backpointers"] = src
+                    dims_of[key + ".backpointers"] = (loop.axis, _batch(), beam)
+                    scores = acc[f"output_{y.name}.scores"].stack()
+                    fetch[key + ".scores"] = tf.reshape(scores, [-1, batch, k])
+                    dims_of[key + ".scores"] = (loop.axis, _batch(), beam)
+        return fetch, dims_of, {}
 
     def rec_layers(self) -> dict:
         """Rec layer path -> the constructed RETURNN RecLayer (nested ones from their enclosing loop's cell)."""
@@ -506,13 +558,13 @@ DEFAULT_TRACE_BYTES = 2 * 1024**3
 
 
 def trace_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, seed=0, params=None, capture=None,
-                max_bytes=DEFAULT_TRACE_BYTES):
+                max_bytes=DEFAULT_TRACE_BYTES, search=False, targets=None):
     """One run of the real RecLayer that records every step of the captured in-loop layers (default: all)."""
     if isinstance(capture, str) and capture != "all":
         capture = [capture]
-    engine = get_engine(g, optimize, device, seed, capture="all" if capture is None else capture)
+    engine = get_engine(g, optimize, device, seed, capture="all" if capture is None else capture, search=search)
     engine.set_params(params or {}, seed)
-    return engine.trace(inputs, seq_lens, max_bytes)
+    return engine.trace(inputs, seq_lens, max_bytes, targets)
 
 
 def run_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, seed=0, params=None, search=False,

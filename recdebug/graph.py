@@ -151,7 +151,7 @@ class Graph:
                          params=params, search=search, targets=targets or {})
 
     def trace(self, inputs=None, seq_lens=None, device=None, optimize=True, seed=0, params=None, capture=None,
-              max_bytes=None):
+              max_bytes=None, search=False, targets=None):
         """Run once on RETURNN and record every step of every in-loop layer and State; returns an ``rd.Trace``.
 
         ``capture``: name patterns (fnmatch, on the layer name or its path like ``loop/h``) to record fewer
@@ -161,7 +161,8 @@ class Graph:
 
         return trace_graph(self, inputs or {}, seq_lens or {}, device=device, optimize=optimize, seed=seed,
                            params=params, capture=capture,
-                           max_bytes=DEFAULT_TRACE_BYTES if max_bytes is None else max_bytes)
+                           max_bytes=DEFAULT_TRACE_BYTES if max_bytes is None else max_bytes, search=search,
+                           targets=targets)
 
     def stepper(self, inputs=None, seq_lens=None, device=None, seed=0, params=None, loop=None):
         """Live stepping of a top-level loop (default: the first); returns an ``rd.Stepper`` at t=0."""

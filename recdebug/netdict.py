@@ -32,6 +32,7 @@ class Emitted:
     decided: dict = field(default_factory=dict)  # top-level Tensor -> its best-hypothesis layer (with rd.choice)
     trace_fetch: dict = field(default_factory=dict)  # in-loop layer path -> top-level layer with all its steps
     trace_info: dict = field(default_factory=dict)  # in-loop layer path -> (kind, dims, loops outermost first)
+    search_layers: dict = field(default_factory=dict)  # choice layer path -> its per-step beam scores layer
     # Values a trace derives instead of recording them again (path -> how), see _Emitter.derived():
     trace_derived: dict = field(default_factory=dict)
 
@@ -47,8 +48,9 @@ class Emitted:
 
 
 class _Emitter:
-    def __init__(self, g: Graph, optimize: bool, capture=None):
+    def __init__(self, g: Graph, optimize: bool, capture=None, search: bool = False):
         self.g = g
+        self.search = search
         self.optimize = optimize
         self.capture = capture
         self.taken: dict = {}  # id(scope) -> layer names in use (trace exports are named against it)
@@ -203,6 +205,11 @@ class _Emitter:
         for state, name in loop.state_finals.items():
             layers[name] = self.gather_last(loop, loop.state_layers[state])
         loops = tuple(reversed([s for s in loop.ancestors() if s.is_loop]))
+        beams = self.search and self.capture is not None and any(op.kind == "choice" for op in loop.ops)
+        if beams:  # the scores of every hypothesis at every step, recorded like a layer
+            for y in (op for op in loop.ops if op.kind == "choice"):
+                unit[f"{y.name}.scores"] = {"class": "choice_get_beam_scores", "from": y.name, "is_output_layer": True}
+                self.out.search_layers[self.path(loop, y.name)] = f"{y.name}.scores"
         own = [(op.name, "layer", op.out.dims) for op in loop.ops]
         own += [(name, "state", state.dims) for state, name in loop.state_layers.items()]
         captured = []
@@ -210,7 +217,7 @@ class _Emitter:
             path = self.path(loop, name)
             if self.captures(path):
                 self.out.trace_info[path] = (kind, dims, loops)
-                how = self.derived(loop, name)
+                how = None if beams else self.derived(loop, name)
                 if how is None:
                     captured.append((path, name))
                 else:
@@ -362,11 +369,12 @@ class _Emitter:
         return {"class": "copy", "from": self.ref(scope.entry_source[state], scope)}
 
 
-def emit(g: Graph, optimize: bool = True, capture=None) -> Emitted:
+def emit(g: Graph, optimize: bool = True, capture=None, search: bool = False) -> Emitted:
     """The RETURNN net dict of ``g`` (``optimize``: let RETURNN move layers out of loops).
 
     ``capture``: None, "all", or name patterns of in-loop layers whose every step is exposed at the top level.
+    ``search``: the net runs beam search (a trace then reads every hypothesis of every step, see Engine.trace).
     """
-    e = _Emitter(g, optimize, capture)
+    e = _Emitter(g, optimize, capture, search)
     e.emit_scope(g.top, e.out.net)
     return e.out

@@ -138,7 +138,7 @@ def choice(x: Tensor, beam_size: int = 4, input_type: str = "logits") -> Tensor:
     label_time = Dim(f"{scope.name}_labels")
     y = g.add_op("choice", [x], x.dims - {vocab}, dtype="int32", sparse_dim=vocab, line=line,
                  attrs={"beam_size": int(beam_size), "input_type": input_type, "vocab": vocab,
-                        "label_time": label_time})
+                        "label_time": label_time, "beam": Dim("beam", int(beam_size))})
     y.op.attrs["log_prob_name"] = scope.unique_name(y.op.name + ".log_prob")
     y.op.attrs["target_key"] = "target." + y.name.replace("/", ".")
     g.choices.append(y)

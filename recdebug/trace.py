@@ -91,6 +91,17 @@ class Trace:
         """State name -> key of its per-step values."""
         return {e.key.rsplit("/", 1)[-1]: e.key for e in self.entries.values() if e.kind == "state"}
 
+    def beams(self, choice) -> "BeamSteps":
+        """The beam search of an rd.choice (a trace made with ``search=True``), step by step."""
+        key = self.key(choice)
+        if key + ".backpointers" not in self.entries:
+            raise RecDebugError(f"{key!r} has no beams in this trace: trace with search=True")
+        loop = choice.scope if hasattr(choice, "scope") else None
+        end_key = None
+        if loop is not None and loop.end_cond is not None:
+            end_key = self._lookup.get(id(loop.end_cond))
+        return BeamSteps(self, key, end_key, bool(loop.include_eos) if loop is not None else True)
+
     def plot(self, sequence: int = 0, keys=None, t: int | None = None, **kwargs):
         """A static matplotlib rendering (where widgets cannot run): heatmap and norm per State."""
         from .plot import plot_trace
@@ -269,3 +280,60 @@ def _broadcast_to_dims(arr: np.ndarray, arr_dims: tuple, target_dims: tuple) -> 
     for i in order:
         shape[target_dims.index(arr_dims[i])] = arr.shape[order.index(i)]
     return arr.reshape(shape)
+
+
+class BeamSteps:
+    """The hypotheses of a traced beam search, step by step (``Trace.beams(choice)``).
+
+    ``labels``, ``scores``, ``backpointers``: [steps, batch, beam]; hypothesis k after step t extends
+    hypothesis ``backpointers[t, b, k]`` of step t-1 by ``labels[t, b, k]``; ``scores`` are its accumulated
+    log-probabilities, best first. ``ended[t, b, k]``: it has ended at or before step t.
+    """
+
+    def __init__(self, trace: "Trace", key: str, end_key: str | None, include_eos: bool):
+        order = [trace.entries[key].loop_axes[0], "batch", "beam"]
+        self.trace, self.key, self._order = trace, key, order
+        self.labels = trace.numpy(key, order=order)
+        self.scores = trace.numpy(key + ".scores", order=order)
+        self.backpointers = trace.numpy(key + ".backpointers", order=order)
+        steps, batch, beam = self.labels.shape
+        ends = trace.numpy(end_key, order=order).astype(bool) if end_key else np.zeros_like(self.labels, bool)
+        self.ended = np.zeros_like(ends)
+        self.end_step = np.full((steps, batch, beam), -1)  # per hypothesis: the step at which it ended
+        for t in range(steps):
+            if t:
+                prev_ended = np.take_along_axis(self.ended[t - 1], self.backpointers[t], axis=1)
+                prev_end = np.take_along_axis(self.end_step[t - 1], self.backpointers[t], axis=1)
+            else:
+                prev_ended, prev_end = np.zeros((batch, beam), bool), np.full((batch, beam), -1)
+            self.ended[t] = prev_ended | ends[t]
+            self.end_step[t] = np.where(prev_ended, prev_end, np.where(ends[t], t, -1))
+        self.include_eos = include_eos
+
+    @property
+    def shape(self):
+        return self.labels.shape
+
+    def path(self, t: int, b: int, k: int) -> list:
+        """The beam slots (one per step 0..t) that hypothesis k of step t went through."""
+        slots = [k]
+        for step in range(t, 0, -1):
+            slots.append(int(self.backpointers[step, b, slots[-1]]))
+        return slots[::-1]
+
+    def hypothesis(self, b: int, k: int, t: int | None = None) -> dict:
+        """Hypothesis k after step t (default: the last step): labels, score, length, end step."""
+        t = self.shape[0] - 1 if t is None else t
+        slots = self.path(t, b, k)
+        end = int(self.end_step[t, b, k])
+        length = (t + 1) if end < 0 else (end + 1 if self.include_eos else end)
+        labels = [int(self.labels[s, b, slot]) for s, slot in enumerate(slots)][:length]
+        return {"labels": labels, "score": float(self.scores[t, b, k]), "length": length, "end_step": end,
+                "slots": slots}
+
+    def state(self, key, t: int, b: int, k: int) -> np.ndarray:
+        """The value of a layer computed before the choice at step t for hypothesis k (through its backpointer)."""
+        e = self.trace.entries[self.trace.key(key)]
+        rest = [d for d in e.dims if d not in self._order]
+        values = self.trace.numpy(key, order=self._order + rest)
+        return values[t, b, int(self.backpointers[t, b, k])]

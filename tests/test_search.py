@@ -130,3 +130,55 @@ def test_choice_outside_a_loop_is_an_error():
         with rd.Graph():
             x = rd.Input("x", {batch, vocab})
             rd.choice(x)
+
+
+def beam_search_steps(p, enc, k):
+    """Like beam_search, keeping every step: per step and sequence the k picks (score, source, label, state)."""
+    steps = []
+    hyps_all = [[(0.0, 0, enc[b], False)] for b in range(enc.shape[0])]
+    for _ in range(MAX_LEN):
+        picks = []
+        for b, hyps in enumerate(hyps_all):
+            cands = []
+            for i, (score, label, h, ended) in enumerate(hyps):
+                if ended:
+                    local, h_new = np.full(VOCAB, -1e30), None
+                    local[0] = 0.0
+                else:
+                    h_new, local = step(p, label, h)
+                for v in range(VOCAB):
+                    cands.append((score + local[v], i * VOCAB + v, i, v, h_new))
+            cands.sort(key=lambda c: (-c[0], c[1]))
+            chosen = cands[:k]
+            picks.append([(s, i, v, h_new, hyps[i][3]) for s, _, i, v, h_new in chosen])
+            hyps_all[b] = [(s, v, h_new if h_new is not None else hyps[i][2], hyps[i][3] or v == 0)
+                           for s, _, i, v, h_new in chosen]
+        steps.append(picks)
+        if all(hy[3] for hyps in hyps_all for hy in hyps):
+            break
+    return steps
+
+
+def test_the_trace_of_a_search_has_every_hypothesis_of_every_step(rng):
+    g, loop, y, labels = build(beam_size=3)
+    p = params(rng)
+    enc = rng.standard_normal((3, 4)).astype(np.float32)
+    tr = g.trace({"enc": enc}, params=p, search=True)
+    beams = tr.beams(y)
+    expected = beam_search_steps(p, enc, 3)
+    assert beams.shape == (len(expected), 3, 3)
+    h_state = g.states[1]
+    for t, picks in enumerate(expected):
+        for b, chosen in enumerate(picks):
+            for kk, (score, src, label, h_new, src_ended) in enumerate(chosen):
+                assert beams.labels[t, b, kk] == label and beams.backpointers[t, b, kk] == src
+                np.testing.assert_allclose(beams.scores[t, b, kk], score, rtol=1e-4)
+                if not src_ended:  # the state this hypothesis computed at step t
+                    np.testing.assert_allclose(beams.state(h_state, t, b, kk), h_new, atol=1e-5)
+    res = g.run({"enc": enc}, params=p, search=True)
+    for b in range(3):  # backtracking the final hypotheses gives the decided best one
+        hyps = [beams.hypothesis(b, kk) for kk in range(3)]
+        best = max(hyps, key=lambda hy: hy["score"])
+        assert best["labels"] == res.numpy(labels)[b, :res.lens(loop.axis)[b]].tolist()
+        assert best["length"] == res.lens(loop.axis)[b]
+        assert all(hy["labels"][-1] == 0 or hy["length"] == beams.shape[0] for hy in hyps)
