@@ -27,6 +27,6 @@ setup(
         "test": LAB + ["pytest==9.2.0", "playwright==1.65.2"],
     },
     # the widgets' browser modules, found here when recdebug is installed without its source tree
-    data_files=[("share/recdebug/extension", ["extension/heatmap.js", "extension/tree.js",
+    data_files=[("share/recdebug/extension", ["extension/heatmap.js", "extension/tree.js", "extension/beamtree.js",
                                               "extension/ipython_config.py"])],
 )

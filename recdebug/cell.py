@@ -158,7 +158,7 @@ def translate_returnn_error(e: BaseException, graph: Graph, verbose: bool) -> Re
 def run_recloop(body: str, namespace: dict, feeds: dict | None = None, seq_lens: dict | None = None,
                 seed: int = 0, device: str | None = None, optimize: bool = True, compare_optimize: bool = False,
                 capture=None, breakpoint=None, static: bool = False, verbose: bool = False,
-                show_widget: bool = True) -> RecloopResult:
+                show_widget: bool = True, search: bool = False, targets: dict | None = None) -> RecloopResult:
     """Build the cell's graph, run it, trace it, make a stepper and the debugger (or a static figure)."""
     filename = cell_filename()
     g = exec_body(body, namespace, filename, verbose)
@@ -169,9 +169,22 @@ def run_recloop(body: str, namespace: dict, feeds: dict | None = None, seq_lens:
     if unknown:
         raise RecloopError([f"--feed names {sorted(unknown)}, but the cell's inputs are {sorted(g.inputs)}"])
     all_feeds, lens = default_inputs(g, feeds or {}, seq_lens or {}, seed)
+    if g.choices and not search and not targets:
+        raise RecloopError(["the cell uses rd.choice: run it with --search (beam search), or feed reference labels "
+                            "with --targets LABEL=VAR (teacher forcing)"])
+    by_name = {}
+    for name, value in ({} if search else targets or {}).items():
+        found = [y for y in g.choices if name in (y.op.name, y.name)]
+        if not found:
+            raise RecloopError([f"--targets {name}=...: no rd.choice named {name!r}; the cell's are "
+                                f"{[y.op.name for y in g.choices]}"])
+        by_name[found[0]] = value
+    targets = by_name
     try:
-        result = g.run(all_feeds, seq_lens=lens, device=device, optimize=optimize, seed=seed)
-        trace = g.trace(all_feeds, seq_lens=lens, device=device, optimize=optimize, seed=seed, capture=capture)
+        result = g.run(all_feeds, seq_lens=lens, device=device, optimize=optimize, seed=seed, search=search,
+                       targets=targets)
+        trace = g.trace(all_feeds, seq_lens=lens, device=device, optimize=optimize, seed=seed, capture=capture,
+                        search=search, targets=targets)
         other = None
         if compare_optimize:
             other = g.trace(all_feeds, seq_lens=lens, device=device, optimize=not optimize, seed=seed,
@@ -200,7 +213,7 @@ def run_recloop(body: str, namespace: dict, feeds: dict | None = None, seq_lens:
 
 def _stepper_if_possible(g, feeds, lens, device, seed):
     state_dims = [s.dims for loop in g.top.children for s in loop.state_layers]
-    if any(d.is_dynamic for dims in state_dims for d in dims):
+    if any(d.is_dynamic for dims in state_dims for d in dims) or g.choices:
         return None
     return g.stepper(feeds, seq_lens=lens, device=device, seed=seed)
 

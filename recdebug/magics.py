@@ -43,6 +43,10 @@ class RecloopMagics(Magics):
     @argument("--break", dest="break_", metavar="EXPR",
               help="stop the live stepper where EXPR holds: 'nan', or an expression for a predicate "
                    "(e.g. rd.on_state(h, lambda v: abs(v).max() > 5))")
+    @argument("--search", action="store_true",
+              help="rd.choice does beam search (the debugger shows the beams); without it, give --targets")
+    @argument("--targets", action="append", metavar="LABEL=VAR",
+              help="teacher forcing: reference labels VAR (batch, steps) for the rd.choice named LABEL")
     @argument("--static", action="store_true", help="show a static matplotlib figure instead of widgets")
     @argument("--verbose", action="store_true", help="show full tracebacks, recdebug's and RETURNN's frames too")
     @cell_magic
@@ -63,6 +67,7 @@ class RecloopMagics(Magics):
             if not isinstance(dim, Dim) or not dim.is_dynamic:
                 raise UsageError(f"--lens {dim_name}=...: {dim_name} is not a dynamic rd.Dim")
             lens[dim] = self._lookup(var, "--lens")
+        targets = {name: self._lookup(var, "--targets") for name, var in _pairs(args.targets, "--targets")}
         predicate = self._predicate(args.break_) if args.break_ else None
         if self._last is not None:
             self._last.close()
@@ -72,7 +77,7 @@ class RecloopMagics(Magics):
         result = run_recloop(cell, ns, feeds=feeds, seq_lens=lens, seed=args.seed, device=args.device,
                              optimize=not args.no_optimize, compare_optimize=args.compare_optimize,
                              capture=args.capture, breakpoint=predicate, static=args.static,
-                             verbose=args.verbose)
+                             verbose=args.verbose, search=args.search, targets=targets)
         if args.out:
             ns[args.out] = result
         else:

@@ -207,6 +207,9 @@ class Stepper:
         loop = loop or top_loops[0]
         if loop not in top_loops:
             raise LoopError(f"{loop.describe()} is nested: step its enclosing loop and use stepper.descend()")
+        if any(loop.contains(y.scope) for y in g.choices):
+            raise RunError(f"{loop.describe()} picks labels with rd.choice: live stepping of a search is not "
+                           f"supported yet", hint="use g.trace(..., search=True) and Trace.beams(label)")
         self.graph, self.loop = g, loop
         seq_lens = seq_lens or {}
         batch, steps = _batch_and_steps(g, loop, inputs, seq_lens)

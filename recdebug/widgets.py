@@ -88,6 +88,15 @@ class HierarchyView(anywidget.AnyWidget):
     selected = tl.Unicode("").tag(sync=True)
 
 
+class BeamTreeView(anywidget.AnyWidget):
+    """The hypotheses of a beam search over time; clicking one sets ``selected`` = [step, beam slot]."""
+
+    _esm = _module("beamtree.js")
+    nodes = tl.List(tl.Dict()).tag(sync=True)
+    selected = tl.List(tl.Int(), [0, 0]).tag(sync=True)
+    path = tl.List(tl.List(tl.Int())).tag(sync=True)
+
+
 def _dims_text(dims) -> str:
     from .dims import dims_str
 
@@ -153,6 +162,9 @@ class Debugger(w.VBox):
             raise RecDebugError(f"rd.debugger expects an rd.Trace or an rd.Stepper, got {type(source).__name__}")
         self._updating = False
         self._rows: dict = {}  # stepper mode: key -> [T, batch, U] values of the steps computed so far
+        self.beams = self._beam_steps()
+        self.beam_tree = BeamTreeView() if self.beams is not None else None
+        self.hypothesis = None  # (step, slot) of the hypothesis shown, with search
         self.views: dict = {}  # key -> HeatmapView
         self._build_views()
         self.picked = HeatmapView("", title="(select a layer in the hierarchy to see its values)")
@@ -163,15 +175,19 @@ class Debugger(w.VBox):
         raw = w.Accordion(children=[self.net_text], titles=("raw net dict",))
         raw.selected_index = None
         self._controls()
+        beam_box = [] if self.beam_tree is None else [w.HTML("<b>beam search</b>"), self.beam_tree]
         super().__init__(children=[
             w.HBox([self.b_reset, self.b_back, self.b_step, self.b_run, self.play, self.speed]),
-            w.HBox([self.slider, self.seq]), self.status_html,
+            w.HBox([self.slider, self.seq]), self.status_html, *beam_box,
             w.HBox([w.VBox(list(self.views.values()) + [self.picked], layout=w.Layout(width="65%")),
                     w.VBox([w.HTML("<b>RecLayer hierarchy</b>"), self.hierarchy, raw],
                            layout=w.Layout(width="35%"))]),
         ])
         self.observe(self._on_t, "t")
         self.observe(self._on_sequence, "sequence")
+        if self.beam_tree is not None:
+            self._send_beams()
+            self.beam_tree.observe(lambda ch: self.select_hypothesis(*ch["new"]), "selected")
         for layer in layers:
             self.select_layer(layer)
         self.T = self._max_steps()
@@ -182,6 +198,49 @@ class Debugger(w.VBox):
             self.show_diff(other)
         if self.stepper is not None:
             self.t = self.stepper.t
+
+    # --- beam search ---
+    def _beam_steps(self):
+        if self.trace is None:
+            return None
+        key = next((k[:-len(".backpointers")] for k in self.trace.entries if k.endswith(".backpointers")), None)
+        if key is None:
+            return None
+        choice = next((t for i, t in self._tensors() if self.trace._lookup.get(i) == key), key)
+        return self.trace.beams(choice)
+
+    def _tensors(self):
+        em = self.trace.emitted
+        return [] if em is None else [(id(t), t) for t in em.layer_of]
+
+    def _send_beams(self):
+        """The beam tree of the current sequence; the best final hypothesis selected."""
+        bs, b = self.beams, self.sequence
+        steps, _, beam = bs.shape
+        nodes = [{"t": t, "k": k, "label": int(bs.labels[t, b, k]), "score": float(bs.scores[t, b, k]),
+                  "src": int(bs.backpointers[t, b, k]), "ended": bool(bs.ended[t, b, k])}
+                 for t in range(steps) for k in range(beam)]
+        self.beam_tree.nodes = nodes
+        best = int(np.argmax(bs.scores[steps - 1, b]))
+        self.select_hypothesis(steps - 1, best)
+
+    def select_hypothesis(self, t: int, k: int):
+        """Show hypothesis k of step t: its path in the tree and its States along that path."""
+        if self.beams is None:
+            raise RecDebugError("select_hypothesis needs a trace made with search=True")
+        b = self.sequence
+        self.hypothesis = (int(t), int(k))
+        path = self.beams.path(int(t), b, int(k))
+        if self.beam_tree.selected != [int(t), int(k)]:
+            self.beam_tree.selected = [int(t), int(k)]
+        self.beam_tree.path = [[s, slot] for s, slot in enumerate(path)]
+        hyp = self.beams.hypothesis(b, int(k), int(t))
+        self.breakpoint = ""
+        self.diff_summary = ""
+        self._hyp_text = f"hypothesis {k} of step {t}: labels {hyp['labels']}, score {hyp['score']:.4f}"
+        for view in self.views.values():
+            self._send(view)
+        self._on_t({"new": self.t})
 
     # --- sources ---
     def _emitted(self):
@@ -214,6 +273,8 @@ class Debugger(w.VBox):
             self.views[key] = HeatmapView(key, title=f"State {key}")
 
     def _max_steps(self) -> int:
+        if self.beams is not None:  # every step the search ran, not only the best hypothesis' length
+            return self.beams.shape[0]
         if self.trace is not None:
             return int(self.trace.lens(self._main_axis()).max())
         return self.stepper.T
@@ -225,17 +286,27 @@ class Debugger(w.VBox):
         return self.stepper.batch
 
     def _length(self, b: int) -> int:
+        if self.beams is not None and self.hypothesis is not None:
+            return self.beams.hypothesis(b, self.hypothesis[1], self.hypothesis[0])["length"]
         if self.trace is not None:
             return int(self.trace.lens(self._main_axis())[b])
         ended = self.stepper.ended
         return ended.get(b, self.T)
 
     def _array(self, key: str, b: int) -> np.ndarray:
-        """[T, U] float32 values of ``key`` for sequence ``b``."""
+        """[T, U] float32 values of ``key`` for sequence ``b`` (with search: along the selected hypothesis)."""
         if self.trace is not None:
             tr = self.trace
             e = tr.entries[key]
             axis = self._main_axis()
+            if "beam" in e.dims and self.hypothesis is not None:
+                rest = [d for d in e.dims if d not in (axis, "batch", "beam")]
+                values = tr.numpy(key, order=[axis, "batch", "beam"] + rest)[:, b]
+                path = self.beams.path(self.hypothesis[0], b, self.hypothesis[1])
+                rows = [values[t, self.beams.backpointers[t, b, slot]] if e.kind == "state" else values[t, slot]
+                        for t, slot in enumerate(path)]
+                rows += [np.zeros_like(rows[0])] * (values.shape[0] - len(rows))
+                return np.stack(rows).reshape(values.shape[0], -1).astype(np.float32)
             rest = [d for d in e.dims if d not in (axis, "batch")]
             arr = tr.numpy(key, order=[axis, "batch"] + rest) if "batch" in e.dims else \
                 tr.numpy(key, order=[axis] + rest)[:, None]
@@ -404,7 +475,8 @@ class Debugger(w.VBox):
         """Close this widget and every widget inside it (their comms and registry entries)."""
         for child in self.children:
             _close_tree(child)
-        for view in [*self.views.values(), self.picked, self.hierarchy, self.play, self.slider, self.seq]:
+        for view in [*self.views.values(), self.picked, self.hierarchy, self.play, self.slider, self.seq,
+                     *([self.beam_tree] if self.beam_tree is not None else [])]:
             _close_tree(view)
         self.layout.close()
         super().close()
@@ -426,6 +498,8 @@ class Debugger(w.VBox):
     def _on_sequence(self, change):
         if self.seq.value != change["new"]:
             self.seq.value = change["new"]
+        if self.beam_tree is not None:
+            self._send_beams()
         self._refresh_all()
 
     def _on_t(self, change):
@@ -459,6 +533,8 @@ class Debugger(w.VBox):
             parts.append(f"breakpoint: {self.breakpoint}")
         if self.diff_summary:
             parts.append(f"diff: {self.diff_summary}")
+        if getattr(self, "_hyp_text", ""):
+            parts.append(self._hyp_text)
         self.status = " · ".join(parts)
         self.status_html.value = f"<span class='rd-status'>{self.status}</span>"
 

@@ -182,3 +182,51 @@ def test_the_trace_of_a_search_has_every_hypothesis_of_every_step(rng):
         assert best["labels"] == res.numpy(labels)[b, :res.lens(loop.axis)[b]].tolist()
         assert best["length"] == res.lens(loop.axis)[b]
         assert all(hy["labels"][-1] == 0 or hy["length"] == beams.shape[0] for hy in hyps)
+
+
+def test_debugger_shows_the_beam_tree_and_the_states_of_a_hypothesis(rng):
+    g, loop, y, labels = build(beam_size=3)
+    p = params(rng)
+    enc = rng.standard_normal((2, 4)).astype(np.float32)
+    tr = g.trace({"enc": enc}, params=p, search=True)
+    beams = tr.beams(y)
+    d = rd.debugger(tr)
+    steps = beams.shape[0]
+    assert d.T == steps and len(d.beam_tree.nodes) == steps * 3
+    best = int(np.argmax(beams.scores[-1, 0]))
+    assert d.beam_tree.selected == [steps - 1, best]
+    assert [slot for _, slot in d.beam_tree.path] == beams.path(steps - 1, 0, best)
+    node = next(n for n in d.beam_tree.nodes if n["t"] == 1 and n["k"] == 2)
+    assert node["src"] == beams.backpointers[1, 0, 2] and node["label"] == beams.labels[1, 0, 2]
+    d.beam_tree.selected = [2, 1]  # a click in the tree
+    assert d.hypothesis == (2, 1) and "hypothesis 1 of step 2" in d.status
+    h_state = g.states[1]
+    view = np.frombuffer(d.views["loop/h"].values, np.float32).reshape(steps, 4)
+    for t, slot in enumerate(beams.path(2, 0, 1)):
+        np.testing.assert_array_equal(view[t], beams.state(h_state, t, 0, slot))
+
+
+def test_magic_search_option(rng):
+    from IPython.testing.globalipapp import get_ipython
+
+    ip = get_ipython()
+    ip.run_cell("%load_ext recdebug")
+    ip.run_cell("import numpy as np, recdebug as rd\nbatch = rd.batch_dim\n"
+                "hid, vocab, emb = rd.Dim('hid', 4), rd.Dim('vocab', 6), rd.Dim('emb', 3)")
+    body = """
+enc = rd.Input("enc", {batch, hid})
+embed, lin_h, lin_out = rd.Embedding(vocab, emb), rd.Linear(hid), rd.Linear(vocab)
+label = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+h = rd.State({batch, hid}, initial=enc)
+with rd.Loop(max_seq_len=5) as loop:
+    h.assign(rd.tanh(lin_h(rd.concat(embed(label.get()), h.get()))))
+    y = rd.choice(lin_out(h.get()), beam_size=2)
+    label.assign(y)
+    loop.end(y == 0, include_eos=True)
+    labels = loop.stack(y)
+"""
+    r = ip.run_cell("%%recloop --search -o sres\n" + body)
+    assert r.success, r.error_in_exec
+    assert ip.user_ns["sres"].widget.beam_tree is not None and ip.user_ns["sres"].stepper is None
+    r = ip.run_cell("%%recloop\n" + body)
+    assert "--search" in "\n".join(r.error_in_exec._render_traceback_())
