@@ -8,7 +8,7 @@ batch = rd.batch_dim
 MAX_LEN, VOCAB = 7, 6
 
 
-def build(beam_size):
+def build(beam_size, include_eos=True):
     hid, vocab, emb = rd.Dim("hid", 4), rd.Dim("vocab", VOCAB), rd.Dim("emb", 3)
     with rd.Graph() as g:
         enc = rd.Input("enc", {batch, hid})
@@ -20,7 +20,7 @@ def build(beam_size):
             h.assign(h_)
             y = rd.choice(lin_out(h_), beam_size=beam_size)
             label.assign(y)
-            loop.end(y == 0, include_eos=True)
+            loop.end(y == 0, include_eos=include_eos)
             labels = loop.stack(y)
     return g, loop, y, labels
 
@@ -40,16 +40,18 @@ def step(p, label, h):
     return h_new, logp
 
 
-def greedy(p, enc):
+def greedy(p, enc, include_eos=True):
     out = []
     for b in range(enc.shape[0]):
         label, h, seq = 0, enc[b], []
         for _ in range(MAX_LEN):
             h, logp = step(p, label, h)
             label = int(np.argmax(logp))
-            seq.append(label)
             if label == 0:
+                if include_eos:
+                    seq.append(label)
                 break
+            seq.append(label)
         out.append(seq)
     return out
 
@@ -84,13 +86,15 @@ def rng():
     return np.random.default_rng(7)
 
 
-def test_beam_size_1_equals_greedy_decoding(rng):
-    g, loop, y, labels = build(beam_size=1)
+@pytest.mark.parametrize("include_eos", [True, False])
+def test_beam_size_1_equals_greedy_decoding(rng, include_eos):
+    g, loop, y, labels = build(beam_size=1, include_eos=include_eos)
     p = params(rng)
-    enc = rng.standard_normal((4, 4)).astype(np.float32)
+    enc = rng.standard_normal((6, 4)).astype(np.float32)
     res = g.run({"enc": enc}, params=p, search=True)
     got, lens = res.numpy(labels), res.lens(loop.axis)
-    expected = greedy(p, enc)
+    expected = greedy(p, enc, include_eos)
+    assert any(len(seq) < MAX_LEN - 1 for seq in expected)  # some sequences end by EOS
     for b, seq in enumerate(expected):
         assert lens[b] == len(seq) and got[b, :lens[b]].tolist() == seq
 
