@@ -266,7 +266,7 @@ class Engine:
         self.feed_targets(fd, targets or {}, seq_lens, batch)
         check_trace_budget(em, fd, lens, arrays, max_bytes)
         if self.search:
-            fetch, dims_of, length_fetch = self._beam_fetches(batch)
+            fetch, dims_of, length_fetch = self._beam_fetches()
         else:
             fetch, dims_of, length_fetch = self._fetches(em.trace_fetch, lens)
         top_layers = {t: em.decided.get(t, n) if self.search else n for t, n in em.fetch.items()}
@@ -345,11 +345,14 @@ class Engine:
         trace.emitted = em
         return trace
 
-    def _beam_fetches(self, batch: int):
+    def _beam_fetches(self):
         """With search: every step's values of every hypothesis, as RETURNN accumulated them before it resolved
-        them to the final best ones: [steps, batch, beam, ...], plus per step the scores and backpointers."""
+        them to the final best ones: [steps, batch, beam, ...], plus per step the scores and backpointers.
+        Built once per engine."""
         import tensorflow as tf
 
+        if getattr(self, "_beam_cache", None) is not None:
+            return self._beam_cache
         em, fetch, dims_of = self.emitted, {}, {}
         with self.tf_graph.as_default():
             for loop, path in em.rec_paths.items():
@@ -371,7 +374,7 @@ class Engine:
                     dims = [em.rd_dim(tg) for tg in template.dim_tags]
                     b_axis = template.batch_dim_axis
                     shape = tf.shape(steps)
-                    new_shape = tf.concat([shape[:1 + b_axis], [batch, k], shape[2 + b_axis:]], 0)
+                    new_shape = tf.concat([shape[:1 + b_axis], [-1, k], shape[2 + b_axis:]], 0)
                     fetch[key] = tf.reshape(steps, new_shape)
                     dims_of[key] = (loop.axis,) + tuple(dims[:b_axis]) + (_batch(), beam) + tuple(dims[b_axis + 1:])
                 for y in choices:
@@ -380,9 +383,10 @@ class Engine:
                     fetch[key + ".backpointers"] = src
                     dims_of[key + ".backpointers"] = (loop.axis, _batch(), beam)
                     scores = acc[f"output_{y.name}.scores"].stack()
-                    fetch[key + ".scores"] = tf.reshape(scores, [-1, batch, k])
+                    fetch[key + ".scores"] = tf.reshape(scores, [tf.shape(scores)[0], -1, k])
                     dims_of[key + ".scores"] = (loop.axis, _batch(), beam)
-        return fetch, dims_of, {}
+        self._beam_cache = (fetch, dims_of, {})
+        return self._beam_cache
 
     def rec_layers(self) -> dict:
         """Rec layer path -> the constructed RETURNN RecLayer (nested ones from their enclosing loop's cell)."""
