@@ -336,6 +336,8 @@ class Engine:
         for loop in em.rec_paths:
             if id(loop.axis) in labels:
                 arr = fetched_lens.get(loop.axis, lens.get(loop.axis))
+                if arr is None:
+                    continue
                 lens_dims = length_fetch[loop.axis][1] if loop.axis in length_fetch else (_batch(),)
                 loop_lens[label(loop.axis)] = (arr, tuple(label(d) for d in lens_dims))
         dims = {lab: DimInfo(lab, d.name, d.size, d.is_batch, d.order) for lab, d in labels.values()}
@@ -343,6 +345,15 @@ class Engine:
         trace = Trace(entries, dims, loop_lens, moved_out, in_loop, device=self.device, lookup=lookup,
                       dim_labels={i: lab for i, (lab, _) in labels.items()})
         trace.emitted = em
+        if self.search:  # a loop's lengths: those of each sequence's best hypothesis
+            for y in self.graph.choices:
+                axis = y.scope.axis
+                if id(axis) in labels and label(axis) not in trace._lens:
+                    beams = trace.beams(y)
+                    best = beams.scores[-1].argmax(axis=1)
+                    lens_best = np.array([beams.hypothesis(b, int(k))["length"] for b, k in enumerate(best)],
+                                         dtype=np.int32)
+                    trace._lens[label(axis)] = (lens_best, (label(_batch()),))
         return trace
 
     def _beam_fetches(self):

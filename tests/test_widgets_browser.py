@@ -58,6 +58,27 @@ dbg
 '''
 
 
+BEAM_CODE = '''
+import numpy as np
+import recdebug as rd
+
+batch = rd.batch_dim
+hid, vocab, emb = rd.Dim("hid", 4), rd.Dim("vocab", 6), rd.Dim("emb", 3)
+with rd.Graph() as g:
+    enc = rd.Input("enc", {batch, hid})
+    embed, lin_h, lin_out = rd.Embedding(vocab, emb), rd.Linear(hid), rd.Linear(vocab)
+    label = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+    h = rd.State({batch, hid}, initial=enc)
+    with rd.Loop(max_seq_len=6) as loop:
+        h.assign(rd.tanh(lin_h(rd.concat(embed(label.get()), h.get()))))
+        y = rd.choice(lin_out(h.get()), beam_size=3)
+        label.assign(y)
+        loop.end(y == 0, include_eos=True)
+tr = g.trace({"enc": np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)}, search=True, seed=3)
+rd.debugger(tr)
+'''
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,6 +100,10 @@ def lab(tmp_path_factory):
     nb.cells.append(nbformat.v4.new_code_cell(NOTEBOOK_CODE))
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, root / "debugger.ipynb")
+    beams = nbformat.v4.new_notebook()
+    beams.cells.append(nbformat.v4.new_code_cell(BEAM_CODE))
+    beams.metadata["kernelspec"] = nb.metadata["kernelspec"]
+    nbformat.write(beams, root / "beams.ipynb")
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(base / "config"), JUPYTER_RUNTIME_DIR=str(base / "runtime"),
                IPYTHONDIR=str(base / "ipython"), JUPYTER_DATA_DIR=str(base / "data"))
     settings = base / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
@@ -130,11 +155,12 @@ def launch(p, tmp_path):
         viewport={"width": 1500, "height": 1100})
 
 
-def wait_for_kernel(page, url, token, timeout=90):
+def wait_for_kernel(page, url, token, path="debugger.ipynb", timeout=90):
     deadline = time.time() + timeout
     while time.time() < deadline:
         sessions = get_json(f"{url}/api/sessions", token)
-        ready = [s for s in sessions if s["kernel"]["execution_state"] == "idle" and s["kernel"]["connections"] > 0]
+        ready = [s for s in sessions if s["path"].endswith(path) and s["kernel"]["execution_state"] == "idle"
+                 and s["kernel"]["connections"] > 0]
         if ready:
             return
         page.wait_for_timeout(500)
@@ -215,5 +241,32 @@ def test_debugger_renders_in_notebook_7(lab, tmp_path):
             expect(page.locator('.rd-tree li[data-path="loop"]')).to_be_visible()
             page.locator(".rd-status").scroll_into_view_if_needed()
             page.screenshot(path=str(OUT / "debugger-notebook7.png"))
+        finally:
+            ctx.close()
+
+
+def test_beam_tree_renders_and_selects_a_hypothesis(lab, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, token = lab
+    expect.set_options(timeout=90_000)
+    with sync_playwright() as p:
+        ctx = launch(p, tmp_path)
+        try:
+            page = ctx.new_page()
+            page.goto(f"{url}/lab/tree/beams.ipynb?token={token}")
+            page.locator(".jp-NotebookPanel:visible .jp-Notebook").wait_for()
+            wait_for_kernel(page, url, token, path="beams.ipynb")
+            page.get_by_role("menuitem", name="Run").click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            tree = page.locator(".rd-beamtree")
+            expect(tree).to_be_visible()
+            nodes = tree.locator(".rd-beam-node")
+            assert nodes.count() % 3 == 0 and nodes.count() >= 3  # steps x 3 beam slots
+            expect(tree.locator(".rd-beam-node title").first).to_contain_text("score")
+            tree.locator('.rd-beam-node[data-t="1"][data-k="2"]').click()
+            expect(page.locator(".rd-status")).to_contain_text("hypothesis 2 of step 1")
+            page.locator(".rd-status").scroll_into_view_if_needed()
+            page.screenshot(path=str(OUT / "debugger-beam-tree.png"))
         finally:
             ctx.close()
