@@ -234,8 +234,7 @@ class Engine:
 
     def run(self, inputs: dict, seq_lens: dict, targets: dict | None = None) -> "Result":
         fd, lens, arrays = self.feed_dict(inputs, seq_lens)
-        batch = next((a.shape[o.index(_batch())] for a, o in arrays.values() if _batch() in o), 1)
-        self.feed_targets(fd, targets or {}, seq_lens, batch)
+        self.feed_targets(fd, targets or {}, seq_lens, _batch_size(arrays))
         layers = {t: self.emitted.decided.get(t, name) if self.search else name
                   for t, name in self.emitted.fetch.items()}
         fetch, dims_of, length_fetch = self._fetches(layers, lens)
@@ -262,8 +261,7 @@ class Engine:
 
         em = self.emitted
         fd, lens, arrays = self.feed_dict(inputs, seq_lens)
-        batch = next((a.shape[o.index(_batch())] for a, o in arrays.values() if _batch() in o), 1)
-        self.feed_targets(fd, targets or {}, seq_lens, batch)
+        self.feed_targets(fd, targets or {}, seq_lens, _batch_size(arrays))
         check_trace_budget(em, fd, lens, arrays, max_bytes)
         if self.search:
             fetch, dims_of, length_fetch = self._beam_fetches()
@@ -464,7 +462,7 @@ def check_trace_budget(em, fd, lens, arrays, max_bytes):
     """Refuse a trace whose capture would exceed ``max_bytes``, saying how much it needs and how to narrow it."""
     if max_bytes is None:
         return
-    batch = next((arr.shape[order.index(_batch())] for arr, order in arrays.values() if _batch() in order), 1)
+    batch = _batch_size(arrays)
     sizes = {d: int(v.max()) if len(v) else 0 for d, v in lens.items()}
     per_key = {}
     for key, (kind, dims, loops) in em.trace_info.items():
@@ -488,6 +486,11 @@ def check_trace_budget(em, fd, lens, arrays, max_bytes):
             f"{max_bytes / 1e6:.1f} MB (largest: " + ", ".join(f"{k} {per_key[k] / 1e6:.1f} MB" for k in biggest)
             + ")",
             hint="record fewer layers with capture=['h', 'lstm.*'], or allow more with max_bytes=")
+
+
+def _batch_size(arrays: dict) -> int:
+    """The batch size of the fed arrays ({name: (array, dims order)})."""
+    return next((a.shape[o.index(_batch())] for a, o in arrays.values() if _batch() in o), 1)
 
 
 def _batch():

@@ -220,6 +220,18 @@ class Lstm(rd.Module):
         return h
 
 
+def lstm_loop(dim_size=4):
+    """The design text's Lstm over an input {batch, time, feat:3}: (g, time, dim, x, lstm, h, out, loop)."""
+    time, feat, dim = rd.Dim("time"), rd.Dim("feat", 3), rd.Dim("dim", dim_size)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        lstm = Lstm(dim)
+        with rd.Loop() as loop:
+            h = lstm(loop.unstack(x))
+            out = loop.stack(h)
+    return g, time, dim, x, lstm, h, out, loop
+
+
 def lstm_reference(x_np, p, prefix="lstm"):
     b_, t_, _ = x_np.shape
     n = p[f"{prefix}/ff_linear/bias"].shape[0] // 4
@@ -237,13 +249,8 @@ def lstm_reference(x_np, p, prefix="lstm"):
 
 @pytest.mark.parametrize("optimize", [True, False])
 def test_lstm_single_step_in_a_loop(rng, optimize):
-    time, feat, dim = rd.Dim("time"), rd.Dim("feat", 3), rd.Dim("dim", 5)
-    with rd.Graph() as g:
-        x = rd.Input("x", {batch, time, feat})
-        lstm = Lstm(dim)
-        with rd.Loop() as loop:
-            h = lstm(loop.unstack(x))
-            out = loop.stack(h)
+    g, time, dim, x, lstm, h, out, loop = lstm_loop(dim_size=5)
+    with g:
         c_final = lstm.c.get()
     x_np = rng.standard_normal((B, T, 3)).astype(np.float32)
     res, p = run_with_random_params(g, {"x": x_np}, {time: LENS}, rng, optimize)
@@ -254,12 +261,7 @@ def test_lstm_single_step_in_a_loop(rng, optimize):
 
 
 def test_optimize_on_and_off_agree(rng):
-    time, feat, dim = rd.Dim("time"), rd.Dim("feat", 3), rd.Dim("dim", 5)
-    with rd.Graph() as g:
-        x = rd.Input("x", {batch, time, feat})
-        lstm = Lstm(dim)
-        with rd.Loop() as loop:
-            out = loop.stack(lstm(loop.unstack(x)))
+    g, time, dim, x, lstm, h, out, loop = lstm_loop(dim_size=5)
     x_np = rng.standard_normal((B, T, 3)).astype(np.float32)
     on = g.run({"x": x_np}, seq_lens={time: LENS}, optimize=True)
     off = g.run({"x": x_np}, seq_lens={time: LENS}, optimize=False)

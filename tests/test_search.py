@@ -58,27 +58,37 @@ def greedy(p, enc, include_eos=True):
 
 def beam_search(p, enc, k):
     """Beam search as RETURNN's choice layer does it (no length normalization): every hypothesis extends by
-    every label; an ended one only by label 0 at no cost; the k best (score, then position) survive."""
-    results = []
-    for b in range(enc.shape[0]):
-        hyps = [(0.0, 0, enc[b], [], False)]  # score, last label, state, labels, ended
-        for _ in range(MAX_LEN):
+    every label; an ended one only by label 0 at no cost; the k best (score, then position) survive; the loop
+    runs until every hypothesis of every sequence has ended.
+
+    Returns (steps, finals): per step and sequence the k picks (score, source, label, state, source ended), and
+    per sequence the final hypotheses (score, labels) best first.
+    """
+    steps = []
+    hyps_all = [[(0.0, 0, enc[b], [], False)] for b in range(enc.shape[0])]  # score, label, state, labels, ended
+    for _ in range(MAX_LEN):
+        picks = []
+        for b, hyps in enumerate(hyps_all):
             cands = []
             for i, (score, label, h, seq, ended) in enumerate(hyps):
                 if ended:
-                    local, h_new = np.full(VOCAB, -1e30), h
+                    local, h_new = np.full(VOCAB, -1e30), None
                     local[0] = 0.0
                 else:
                     h_new, local = step(p, label, h)
                 for v in range(VOCAB):
                     cands.append((score + local[v], i * VOCAB + v, i, v, h_new))
             cands.sort(key=lambda c: (-c[0], c[1]))
-            hyps = [(s, v, h_new, hyps[i][3] + ([] if hyps[i][4] else [v]), hyps[i][4] or v == 0)
-                    for s, _, i, v, h_new in cands[:k]]
-            if all(hy[4] for hy in hyps):
-                break
-        results.append(hyps)
-    return results
+            chosen = cands[:k]
+            picks.append([(sc, i, v, h_new, hyps[i][4]) for sc, _, i, v, h_new in chosen])
+            hyps_all[b] = [(sc, v, h_new if h_new is not None else hyps[i][2],
+                            hyps[i][3] + ([] if hyps[i][4] else [v]), hyps[i][4] or v == 0)
+                           for sc, _, i, v, h_new in chosen]
+        steps.append(picks)
+        if all(hy[4] for hyps in hyps_all for hy in hyps):
+            break
+    finals = [[(hy[0], hy[3]) for hy in hyps] for hyps in hyps_all]
+    return steps, finals
 
 
 @pytest.fixture
@@ -106,14 +116,14 @@ def test_beam_search_finds_the_numpy_best_hypothesis_and_score(rng, k):
     enc = rng.standard_normal((5, 4)).astype(np.float32)
     res = g.run({"enc": enc}, params=p, search=True)
     got, lens, scores = res.numpy(labels), res.lens(loop.axis), res.scores(loop)
-    expected = beam_search(p, enc, k)
+    _, expected = beam_search(p, enc, k)
     assert scores.shape == (5, k)
     for b, hyps in enumerate(expected):
         best = max(hyps, key=lambda hy: hy[0])
-        assert got[b, :lens[b]].tolist() == best[3]
+        assert got[b, :lens[b]].tolist() == best[1]
         np.testing.assert_allclose(scores[b].max(), best[0], rtol=1e-4)
         np.testing.assert_allclose(np.sort(scores[b])[::-1], [hy[0] for hy in hyps], rtol=1e-4)
-    assert any(len(max(h, key=lambda hy: hy[0])[3]) < MAX_LEN for h in expected)  # some end by EOS
+    assert any(len(max(h, key=lambda hy: hy[0])[1]) < MAX_LEN for h in expected)  # some end by EOS
 
 
 def test_without_search_the_reference_labels_are_fed(rng):
@@ -136,40 +146,13 @@ def test_choice_outside_a_loop_is_an_error():
             rd.choice(x)
 
 
-def beam_search_steps(p, enc, k):
-    """Like beam_search, keeping every step: per step and sequence the k picks (score, source, label, state)."""
-    steps = []
-    hyps_all = [[(0.0, 0, enc[b], False)] for b in range(enc.shape[0])]
-    for _ in range(MAX_LEN):
-        picks = []
-        for b, hyps in enumerate(hyps_all):
-            cands = []
-            for i, (score, label, h, ended) in enumerate(hyps):
-                if ended:
-                    local, h_new = np.full(VOCAB, -1e30), None
-                    local[0] = 0.0
-                else:
-                    h_new, local = step(p, label, h)
-                for v in range(VOCAB):
-                    cands.append((score + local[v], i * VOCAB + v, i, v, h_new))
-            cands.sort(key=lambda c: (-c[0], c[1]))
-            chosen = cands[:k]
-            picks.append([(s, i, v, h_new, hyps[i][3]) for s, _, i, v, h_new in chosen])
-            hyps_all[b] = [(s, v, h_new if h_new is not None else hyps[i][2], hyps[i][3] or v == 0)
-                           for s, _, i, v, h_new in chosen]
-        steps.append(picks)
-        if all(hy[3] for hyps in hyps_all for hy in hyps):
-            break
-    return steps
-
-
 def test_the_trace_of_a_search_has_every_hypothesis_of_every_step(rng):
     g, loop, y, labels = build(beam_size=3)
     p = params(rng)
     enc = rng.standard_normal((3, 4)).astype(np.float32)
     tr = g.trace({"enc": enc}, params=p, search=True)
     beams = tr.beams(y)
-    expected = beam_search_steps(p, enc, 3)
+    expected, _ = beam_search(p, enc, 3)
     assert beams.shape == (len(expected), 3, 3)
     h_state = g.states[1]
     for t, picks in enumerate(expected):

@@ -4,7 +4,7 @@ import pytest
 
 import recdebug as rd
 from conftest import ATOL
-from test_design_examples import Lstm, sigmoid
+from test_design_examples import lstm_loop, sigmoid
 from test_loop_semantics import while_loop_graph, while_reference
 
 batch = rd.batch_dim
@@ -13,13 +13,7 @@ LENS = np.array([6, 3, 1, 5], dtype=np.int32)
 
 @pytest.fixture
 def lstm_case(rng):
-    time, feat, dim = rd.Dim("time"), rd.Dim("feat", 3), rd.Dim("dim", 4)
-    with rd.Graph() as g:
-        x = rd.Input("x", {batch, time, feat})
-        lstm = Lstm(dim)
-        with rd.Loop() as loop:
-            h = lstm(loop.unstack(x))
-            out = loop.stack(h)
+    g, time, dim, x, lstm, h, out, loop = lstm_loop()
     x_np = rng.standard_normal((4, 6, 3)).astype(np.float32)
     return g, time, dim, lstm, h, loop, x_np
 

@@ -4,7 +4,8 @@ import pytest
 
 import recdebug as rd
 from conftest import ATOL, assert_frames_close
-from test_design_examples import Lstm, MyNestedRec, lstm_reference, nested_reference, run_with_random_params
+from test_design_examples import (Lstm, MyNestedRec, lstm_loop, lstm_reference, nested_reference,
+                                  run_with_random_params)
 
 batch = rd.batch_dim
 LENS = np.array([6, 3, 1, 5], dtype=np.int32)
@@ -12,14 +13,7 @@ LENS = np.array([6, 3, 1, 5], dtype=np.int32)
 
 @pytest.fixture
 def lstm_graph():
-    time, feat, dim = rd.Dim("time"), rd.Dim("feat", 3), rd.Dim("dim", 4)
-    with rd.Graph() as g:
-        x = rd.Input("x", {batch, time, feat})
-        lstm = Lstm(dim)
-        with rd.Loop() as loop:
-            h = lstm(loop.unstack(x))
-            out = loop.stack(h)
-    return g, time, dim, x, lstm, h, out, loop
+    return lstm_loop()
 
 
 def test_trace_equals_run_and_numpy(lstm_graph, rng):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import recdebug as rd
-from test_design_examples import Lstm
+from test_design_examples import lstm_loop
 
 batch = rd.batch_dim
 LENS = np.array([6, 3, 1, 5], dtype=np.int32)
@@ -11,12 +11,7 @@ LENS = np.array([6, 3, 1, 5], dtype=np.int32)
 
 @pytest.fixture
 def case(rng):
-    time, feat, dim = rd.Dim("time"), rd.Dim("feat", 3), rd.Dim("dim", 4)
-    with rd.Graph() as g:
-        x = rd.Input("x", {batch, time, feat})
-        lstm = Lstm(dim)
-        with rd.Loop() as loop:
-            out = loop.stack(lstm(loop.unstack(x)))
+    g, time, dim, x, lstm, h, out, loop = lstm_loop()
     x_np = rng.standard_normal((4, 6, 3)).astype(np.float32)
     tr = g.trace({"x": x_np}, seq_lens={time: LENS})
     return g, time, dim, lstm, loop, x_np, tr

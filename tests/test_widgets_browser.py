@@ -155,6 +155,19 @@ def launch(p, tmp_path):
         viewport={"width": 1500, "height": 1100})
 
 
+def open_and_run_all(page, url, token, path, app="lab"):
+    """Open a notebook in JupyterLab (app="lab") or Notebook 7 ("notebook"), wait for its kernel, run all cells."""
+    if app == "lab":
+        page.goto(f"{url}/lab/tree/{path}?token={token}")
+        page.locator(".jp-NotebookPanel:visible .jp-Notebook").wait_for()
+    else:
+        page.goto(f"{url}/notebooks/{path}?token={token}")
+        page.locator(".jp-Notebook").first.wait_for()
+    wait_for_kernel(page, url, token, path=path)
+    page.get_by_role("menuitem", name="Run").click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+
+
 def wait_for_kernel(page, url, token, path="debugger.ipynb", timeout=90):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -177,11 +190,7 @@ def test_debugger_renders_steps_hovers_and_lists_the_hierarchy(lab, tmp_path):
         ctx = launch(p, tmp_path)
         try:
             page = ctx.new_page()
-            page.goto(f"{url}/lab/tree/debugger.ipynb?token={token}")
-            page.locator(".jp-NotebookPanel:visible .jp-Notebook").wait_for()
-            wait_for_kernel(page, url, token)
-            page.get_by_role("menuitem", name="Run").click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            open_and_run_all(page, url, token, "debugger.ipynb")
             heatmaps = page.locator(".rd-heatmap")
             expect(heatmaps.first).to_be_visible()
             assert heatmaps.count() >= 2  # lstm.h and lstm.c (plus the picked-layer view)
@@ -228,11 +237,7 @@ def test_debugger_renders_in_notebook_7(lab, tmp_path):
         ctx = launch(p, tmp_path)
         try:
             page = ctx.new_page()
-            page.goto(f"{url}/notebooks/debugger.ipynb?token={token}")
-            page.locator(".jp-Notebook").first.wait_for()
-            wait_for_kernel(page, url, token)
-            page.get_by_role("menuitem", name="Run").click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            open_and_run_all(page, url, token, "debugger.ipynb", app="notebook")
             first = page.locator(".rd-heatmap").first
             expect(first).to_be_visible()
             page.get_by_role("button", name="step ▶").click()
@@ -254,11 +259,7 @@ def test_beam_tree_renders_and_selects_a_hypothesis(lab, tmp_path):
         ctx = launch(p, tmp_path)
         try:
             page = ctx.new_page()
-            page.goto(f"{url}/lab/tree/beams.ipynb?token={token}")
-            page.locator(".jp-NotebookPanel:visible .jp-Notebook").wait_for()
-            wait_for_kernel(page, url, token, path="beams.ipynb")
-            page.get_by_role("menuitem", name="Run").click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+            open_and_run_all(page, url, token, "beams.ipynb")
             tree = page.locator(".rd-beamtree")
             expect(tree).to_be_visible()
             nodes = tree.locator(".rd-beam-node")
