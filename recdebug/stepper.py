@@ -14,7 +14,9 @@ from .engine import Engine, resolve_device
 from .errors import DimError, LoopError, RecDebugError, RunError
 from .state import State
 from .stepnet import build_step_net
+from .stepsearch import ENDED_OTHER_LABELS, register_layer_classes, add_beam
 from .tensor import Tensor
+from .trace import Beams
 
 _DEVICE_TENSORS: dict = {}  # key -> tf.Tensor read by "recdebug_tensor" layers while a step net is built
 _layer_registered = False
@@ -76,10 +78,14 @@ class StepEngine(Engine):
             del _DEVICE_TENSORS[key]
         super().close()
 
-    def __init__(self, g, loop, device: str, seed: int, batch: int, max_steps: int):
+    def __init__(self, g, loop, device: str, seed: int, batch: int, max_steps: int, choice=None):
+        """``batch``: entries of the step net's batch (with ``choice``, a search: sequences * beam size)."""
         self.loop, self.batch, self.max_steps = loop, batch, max_steps
+        self.choice = choice  # the rd.choice op searched over, or None
         self.extra_variables = []
         _register_layer_class()
+        if choice is not None:
+            register_layer_classes()
         super().__init__(g, optimize=False, device=device, seed=seed)
 
     def prepare(self) -> dict:
@@ -102,13 +108,21 @@ class StepEngine(Engine):
             _DEVICE_TENSORS[key] = tf.gather(var, self.t_ph)
             states[name] = ([em.dims.get(d) if not d.is_batch else _returnn_batch() for d in dims], state.dtype, key)
             self.buffers[state] = (var, dims, name)
-        if loop.end_cond is not None:
+        if loop.end_cond is not None or self.choice is not None:
             self.ended = tf.Variable(tf.zeros([self.max_steps + 1, self.batch], dtype=tf.bool), trainable=False,
                                      name="ended")
             self.extra_variables.append(self.ended)
         index_key = f"{id(self)}/index"
         _DEVICE_TENSORS[index_key] = self.t_ph
         self.step_net = build_step_net(em, loop, states, index_key)
+        self.after_choice = set()
+        if self.choice is not None:  # hypotheses' scores, per step; hypothesis k of sequence b is entry b*K+k
+            self.scores = tf.Variable(tf.zeros([self.max_steps + 1, self.batch]), trainable=False, name="scores")
+            self.extra_variables.append(self.scores)
+            search_key = f"{id(self)}/search"
+            _DEVICE_TENSORS[search_key + "/scores"] = tf.gather(self.scores, self.t_ph)
+            _DEVICE_TENSORS[search_key + "/ended"] = tf.gather(self.ended, self.t_ph)
+            self.after_choice = add_beam(self.step_net, self.choice, search_key)
         for state in loop.state_layers:
             self.step_net.net[loop.init[state].op.name]["is_output_layer"] = True
         return self.step_net.net
@@ -118,21 +132,35 @@ class StepEngine(Engine):
 
         em, loop, net, t = self.emitted, self.loop, self.network, self.t_ph
         flat = self.step_net.layer_names
+        src = None  # with search: per new hypothesis, the entry of the hypothesis it extends
+        if self.choice is not None:
+            chooser = net.get_layer(flat[self.choice.name])
+            src = chooser.flat_src
         if loop.unstacked:
             lens = em.dims[loop.axis].dyn_size_ext.placeholder
             active = tf.less(t, lens)
             end = None
         else:
             end = self._end_flags()
+            active = tf.ones([self.batch], tf.bool)
+        if self.choice is not None or end is not None:
             ended_t = tf.gather(self.ended, t)
-            active = tf.logical_not(ended_t)
-            if not loop.include_eos:
+            if src is not None:
+                ended_t = tf.gather(ended_t, src)
+                if end is not None and flat["end"] not in self.after_choice:
+                    end = tf.gather(end, src)
+            active = tf.logical_and(active, tf.logical_not(ended_t))
+            if end is not None and not loop.include_eos:
                 active = tf.logical_and(active, tf.logical_not(end))
         updates, nonfinite, self.init_ops = [], {}, []
         self.state_at, self.set_ops = {}, {}
         for state, (var, dims, name) in self.buffers.items():
             new = _to_order(net.get_layer(flat[name]).output, em, dims)
             old = tf.gather(var, t)
+            if src is not None:
+                old = tf.gather(old, src)
+                if flat[name] not in self.after_choice:
+                    new = tf.gather(new, src)
             mask = tf.reshape(active, [-1] + [1] * (len(dims) - 1))
             frozen = tf.where(tf.broadcast_to(mask, tf.shape(new)), new, old)
             updates.append(tf.compat.v1.scatter_update(var, tf.expand_dims(t + 1, 0), tf.expand_dims(frozen, 0)))
@@ -140,19 +168,29 @@ class StepEngine(Engine):
                 bad = tf.logical_and(tf.logical_not(tf.math.is_finite(frozen)), tf.broadcast_to(mask, tf.shape(new)))
                 nonfinite[state] = tf.reduce_any(bad)
             init = _to_order(net.get_layer(loop.init[state].op.name).output, em, dims)
-            init = tf.broadcast_to(init, tf.shape(old))
+            init = tf.broadcast_to(init, tf.shape(tf.gather(var, t)))
             self.init_ops.append(tf.compat.v1.scatter_update(var, [0], tf.expand_dims(init, 0)))
-            self.state_at[state] = old
+            self.state_at[state] = tf.gather(var, t)
             value_ph = tf.compat.v1.placeholder(state.dtype, [self.batch] + [d.size for d in dims[1:]])
             self.set_ops[state] = (value_ph, tf.compat.v1.scatter_update(var, tf.expand_dims(t, 0),
                                                                           tf.expand_dims(value_ph, 0)))
         fetch = {"active": active, "nonfinite": nonfinite}
-        if end is not None:
-            ended_t = tf.gather(self.ended, t)
+        if self.choice is not None or end is not None:
+            now_ended = ended_t if end is None else tf.logical_or(ended_t, end)
             updates.append(tf.compat.v1.scatter_update(self.ended, tf.expand_dims(t + 1, 0),
-                                                       tf.expand_dims(tf.logical_or(ended_t, end), 0)))
+                                                       tf.expand_dims(now_ended, 0)))
             self.init_ops.append(tf.compat.v1.scatter_update(self.ended, [0], tf.zeros([1, self.batch], tf.bool)))
-            fetch["end"] = end
+            fetch["end"] = end if end is not None else tf.zeros([self.batch], tf.bool)
+        if self.choice is not None:
+            k = self.choice.attrs["beam_size"]
+            updates.append(tf.compat.v1.scatter_update(self.scores, tf.expand_dims(t + 1, 0),
+                                                       tf.expand_dims(chooser.new_scores, 0)))
+            first = tf.constant([0.0] + [ENDED_OTHER_LABELS] * (k - 1))  # one hypothesis to start from
+            self.init_ops.append(tf.compat.v1.scatter_update(
+                self.scores, [0], tf.reshape(tf.tile(first, [self.batch // k]), [1, self.batch])))
+            fetch["labels"] = chooser.output.placeholder
+            fetch["backpointers"] = chooser.src_slot
+            fetch["scores"] = chooser.new_scores
         with tf.control_dependencies([v for v in fetch.values() if not isinstance(v, dict)] +
                                      list(nonfinite.values())):
             self.step_op = tf.group(*updates)
@@ -170,6 +208,41 @@ def _returnn_batch():
     from returnn.tensor import batch_dim
 
     return batch_dim
+
+
+def _searched_choice(g, loop):
+    """The rd.choice of a loop (live stepping then runs the beam search), after checking it can be stepped."""
+    choices = [y for y in g.choices if loop.contains(y.scope)]
+    if not choices:
+        return None
+    y = choices[0]
+    if len(choices) > 1:
+        raise RunError(f"{loop.describe()} has {len(choices)} rd.choice calls: live stepping searches over one",
+                       hint="use g.trace(..., search=True)")
+    if y.scope is not loop or loop.children:
+        raise RunError(f"{loop.describe()}: live stepping of a search needs rd.choice directly in the loop and "
+                       f"no inner loops", hint="use g.trace(..., search=True) and Trace.beams(label)")
+    return y
+
+
+def _repeat_for_beam(g, inputs: dict, seq_lens: dict, k: int) -> tuple[dict, dict]:
+    """Each sequence's inputs and lengths repeated k times along the batch (one copy per hypothesis)."""
+    from .dims import batch_dim
+
+    out = {}
+    for name, value in inputs.items():
+        inp = g.inputs.get(name)
+        order = inp.order if inp is not None else ()
+        if isinstance(value, tuple) and len(value) == 2 and not isinstance(value[0], (int, float)):
+            value, order = value
+            if batch_dim in order:
+                value = np.repeat(np.asarray(value), k, axis=list(order).index(batch_dim))
+            value = (value, order)
+        elif batch_dim in order and np.ndim(value) == len(order):
+            value = np.repeat(np.asarray(value), k, axis=list(order).index(batch_dim))
+        out[name] = value
+    lens = {d: np.repeat(np.asarray(n), k) if np.ndim(n) == 1 else n for d, n in seq_lens.items()}
+    return out, lens
 
 
 def _batch_and_steps(g, loop, inputs: dict, seq_lens: dict) -> tuple[int, int]:
@@ -207,17 +280,20 @@ class Stepper:
         loop = loop or top_loops[0]
         if loop not in top_loops:
             raise LoopError(f"{loop.describe()} is nested: step its enclosing loop and use stepper.descend()")
-        if any(loop.contains(y.scope) for y in g.choices):
-            raise RunError(f"{loop.describe()} picks labels with rd.choice: live stepping of a search is not "
-                           f"supported yet", hint="use g.trace(..., search=True) and Trace.beams(label)")
         self.graph, self.loop = g, loop
+        self.choice = _searched_choice(g, loop)  # the rd.choice this stepper searches with, or None
+        self.beam = self.choice.op.attrs["beam_size"] if self.choice is not None else 1
         seq_lens = seq_lens or {}
         batch, steps = _batch_and_steps(g, loop, inputs, seq_lens)
+        if self.choice is not None:  # hypothesis k of sequence b is entry b*K+k of the step net's batch
+            inputs, seq_lens = _repeat_for_beam(g, inputs, seq_lens, self.beam)
         self.device = resolve_device(device)
-        self.engine = StepEngine(g, loop, self.device, seed, batch, steps)
+        self.engine = StepEngine(g, loop, self.device, seed, batch * self.beam, steps,
+                                 choice=self.choice.op if self.choice is not None else None)
         g._engines[("stepper", id(self))] = self.engine
         self.engine.set_params(params or {}, seed)
         self._feed, self._lens, _ = self.engine.feed_dict(inputs, seq_lens)
+        self._lens = {d: n[::self.beam] for d, n in self._lens.items()}
         self.batch, self.max_steps = batch, steps
         self.breakpoint: str | None = None  # why the last run_until stopped
         self.reset()
@@ -233,11 +309,22 @@ class Stepper:
     @property
     def finished(self) -> bool:
         """At the end of the loop: T steps done, or (while loop) every sequence has ended."""
-        return self.t >= self.T or (self.loop.end_cond is not None and len(self.ended) == self.batch)
+        return self.t >= self.T or ((self.loop.end_cond is not None or self.choice is not None)
+                                    and len(self.ended) == self.batch)
 
     @property
     def ended(self) -> dict:
-        """Sequence index -> its length (the step at which it ended), for the sequences that ended by now."""
+        """Sequence index -> its length (the step at which it ended), for the sequences that ended by now.
+        With search: the number of steps after which every hypothesis of the sequence had ended."""
+        if self.choice is not None:
+            out = {}
+            for b in range(self.batch):
+                done = [s for s in range(self.t) if self._hyp_ended[s][b].all()]
+                if done:
+                    out[b] = done[0] + 1
+                elif self.t >= self.T:
+                    out[b] = self.T
+            return out
         if self.loop.unstacked:
             lens = self._lens.get(self.loop.axis, np.full(self.batch, self.max_steps))
             return {b: int(n) for b, n in enumerate(lens) if n <= self.t}
@@ -269,6 +356,7 @@ class Stepper:
         self.engine.session.run(self.engine.init_ops, feed_dict=self._feed)
         self.t = 0
         self._active, self._end, self._nonfinite = [], [], []
+        self._labels, self._backpointers, self._scores, self._hyp_ended = [], [], [], []
         self.breakpoint = None
         return self
 
@@ -281,10 +369,20 @@ class Stepper:
             fd = dict(self._feed)
             fd[e.t_ph] = self.t
             _, out = e.session.run((e.step_op, e.step_fetch), feed_dict=fd)
-            del self._active[self.t:], self._end[self.t:], self._nonfinite[self.t:]
+            for kept in (self._active, self._end, self._nonfinite, self._labels, self._backpointers, self._scores,
+                         self._hyp_ended):
+                del kept[self.t:]
             self._active.append(out["active"])
             self._end.append(out.get("end", np.zeros(self.batch, dtype=bool)))
             self._nonfinite.append({s: bool(v) for s, v in out["nonfinite"].items()})
+            if self.choice is not None:  # per sequence and hypothesis: [batch, beam]
+                k = self.beam
+                self._labels.append(out["labels"].reshape(self.batch, k))
+                self._backpointers.append(out["backpointers"])
+                self._scores.append(out["scores"].reshape(self.batch, k))
+                self._end[-1] = out["end"].reshape(self.batch, k)
+                prev = self._hyp_ended[-1] if self._hyp_ended else np.zeros((self.batch, k), bool)
+                self._hyp_ended.append(np.take_along_axis(prev, out["backpointers"], axis=1) | self._end[-1])
             self.t += 1
         return self
 
@@ -353,27 +451,60 @@ class Stepper:
             dims = tuple(e.emitted.rd_dim(tg) for tg in out.dim_tags)
         else:
             raise RecDebugError(f"Stepper.value expects a State or an rd.Tensor, got {type(x).__name__}")
-        order = tuple(order) if order is not None else sorted_dims(dims)
+        if self.choice is not None and any(d.is_batch for d in dims):
+            arr, dims = self._per_hypothesis(arr, dims)
+        if order is None:
+            order = sorted_dims(dims)
+            if self.choice is not None and self.beam_dim in dims:
+                order = order[:1] + (self.beam_dim,) + tuple(d for d in order[1:] if d is not self.beam_dim)
+        order = tuple(order)
         if sorted(order, key=id) != sorted(dims, key=id):
             raise DimError(f"order {order} is not a permutation of the dims of {x!r}")
         return arr.transpose([list(dims).index(d) for d in order])
 
     def set_state(self, state, value, order=None) -> "Stepper":
-        """Replace a State's current value (entry t); the next step continues from it."""
+        """Replace a State's current value (entry t); the next step continues from it.
+        With search the value has a beam axis after the batch: one value per hypothesis."""
         state = self._state(state)
         e = self.engine
         dims = e.buffers[state][1]
+        if self.choice is not None:
+            dims = dims[:1] + (self.beam_dim,) + dims[1:]
         value = np.asarray(value)
         if order is not None:
+            if sorted(order, key=id) != sorted(dims, key=id):
+                raise DimError(f"set_state: order {tuple(order)} is not a permutation of {dims}")
             value = value.transpose([list(order).index(d) for d in dims])
         expected = (self.batch,) + tuple(d.size for d in dims[1:])
         if value.shape != expected:
             raise RunError(f"set_state({state.path(self.graph)!r}): shape {value.shape}, expected {expected} "
                            f"(order {tuple(d.name for d in dims)})")
+        if self.choice is not None:
+            value = value.reshape((self.batch * self.beam,) + value.shape[2:])
         ph, op = e.set_ops[state]
         e.session.run(op, feed_dict={ph: value.astype(state.dtype), e.t_ph: self.t})
         self.breakpoint = None
         return self
+
+    # --- beam search ---
+    @property
+    def beam_dim(self):
+        """With search: the dim of the hypotheses (size: the beam size) in values of this stepper."""
+        return self.choice.op.attrs["beam"] if self.choice is not None else None
+
+    def _per_hypothesis(self, arr: np.ndarray, dims: tuple) -> tuple[np.ndarray, tuple]:
+        """Entries b*K+k of the step net's batch as [batch, beam, ...]."""
+        axis = next(i for i, d in enumerate(dims) if d.is_batch)
+        arr = np.moveaxis(arr, axis, 0)
+        rest = dims[:axis] + dims[axis + 1:]
+        return arr.reshape((self.batch, self.beam) + arr.shape[1:]), (dims[axis], self.beam_dim) + rest
+
+    def beams(self) -> "StepperBeams":
+        """The search so far: labels, scores, backpointers [steps run, batch, beam]; backtracking with
+        ``hypothesis(b, k)`` / ``hypotheses(b)``; ``state(s, t, b, k)``: a State of hypothesis k after step t."""
+        if self.choice is None:
+            raise RecDebugError(f"{self.loop.describe()} has no rd.choice: there are no beams to show")
+        return StepperBeams(self)
 
     def descend(self, inner=None) -> "InnerSteps":
         """The inner loop (default: the first) of the iteration that ran last, to step through its iterations."""
@@ -409,6 +540,22 @@ class Stepper:
     def close(self):
         self.graph._engines.pop(("stepper", id(self)), None)
         self.engine.close()
+
+
+class StepperBeams(Beams):
+    """The hypotheses of a live search after the steps run so far (``Stepper.beams()``)."""
+
+    def __init__(self, stepper: Stepper):
+        self.stepper = stepper
+        k, t, b = stepper.beam, stepper.t, stepper.batch
+        stack = (lambda rows, dtype: np.stack(rows[:t]) if t else np.zeros((0, b, k), dtype))
+        super().__init__(stack(stepper._labels, np.int32), stack(stepper._scores, np.float32),
+                         stack(stepper._backpointers, np.int32), stack(stepper._end, bool),
+                         bool(stepper.loop.include_eos))
+
+    def state(self, state, t: int, b: int, k: int) -> np.ndarray:
+        """The value of a State in hypothesis k of sequence b after step t."""
+        return self.stepper.value(state, at=t + 1)[b, k]
 
 
 class InnerSteps:

@@ -282,24 +282,21 @@ def _broadcast_to_dims(arr: np.ndarray, arr_dims: tuple, target_dims: tuple) -> 
     return arr.reshape(shape)
 
 
-class BeamSteps:
-    """The hypotheses of a traced beam search, step by step (``Trace.beams(choice)``).
+class Beams:
+    """The hypotheses of a beam search, step by step, from per-step arrays [steps, batch, beam].
 
-    ``labels``, ``scores``, ``backpointers``: [steps, batch, beam]; hypothesis k after step t extends
-    hypothesis ``backpointers[t, b, k]`` of step t-1 by ``labels[t, b, k]``; ``scores`` are its accumulated
-    log-probabilities, best first. ``ended[t, b, k]``: it has ended at or before step t.
+    Hypothesis k after step t extends hypothesis ``backpointers[t, b, k]`` of step t-1 by ``labels[t, b, k]``;
+    ``scores`` are its accumulated log-probabilities. ``ends[t, b, k]``: the loop's end flag of hypothesis k at
+    step t; ``ended[t, b, k]``: it has ended at or before step t (through its backpointers), ``end_step`` the
+    step at which it ended (-1: not ended).
     """
 
-    def __init__(self, trace: "Trace", key: str, end_key: str | None, include_eos: bool):
-        order = [trace.entries[key].loop_axes[0], "batch", "beam"]
-        self.trace, self.key, self._order = trace, key, order
-        self.labels = trace.numpy(key, order=order)
-        self.scores = trace.numpy(key + ".scores", order=order)
-        self.backpointers = trace.numpy(key + ".backpointers", order=order)
-        steps, batch, beam = self.labels.shape
-        ends = trace.numpy(end_key, order=order).astype(bool) if end_key else np.zeros_like(self.labels, bool)
+    def __init__(self, labels, scores, backpointers, ends, include_eos: bool):
+        self.labels, self.scores, self.backpointers = labels, scores, backpointers
+        steps, batch, beam = labels.shape
+        ends = np.zeros_like(labels, bool) if ends is None else ends.astype(bool)
         self.ended = np.zeros_like(ends)
-        self.end_step = np.full((steps, batch, beam), -1)  # per hypothesis: the step at which it ended
+        self.end_step = np.full((steps, batch, beam), -1)
         for t in range(steps):
             if t:
                 prev_ended = np.take_along_axis(self.ended[t - 1], self.backpointers[t], axis=1)
@@ -330,6 +327,28 @@ class BeamSteps:
         labels = [int(self.labels[s, b, slot]) for s, slot in enumerate(slots)][:length]
         return {"labels": labels, "score": float(self.scores[t, b, k]), "length": length, "end_step": end,
                 "slots": slots}
+
+    def best(self, b: int, t: int | None = None) -> int:
+        """The beam slot of the best hypothesis of sequence b after step t (default: the last step)."""
+        t = self.shape[0] - 1 if t is None else t
+        return int(np.argmax(self.scores[t, b]))
+
+    def hypotheses(self, b: int, t: int | None = None) -> list:
+        """Every hypothesis of sequence b after step t (default: the last), best first (backtracked)."""
+        t = self.shape[0] - 1 if t is None else t
+        order = np.argsort(-self.scores[t, b], kind="stable")
+        return [dict(self.hypothesis(b, int(k), t), slot=int(k)) for k in order]
+
+
+class BeamSteps(Beams):
+    """The hypotheses of a traced beam search (``Trace.beams(choice)``), as RETURNN recorded them."""
+
+    def __init__(self, trace: "Trace", key: str, end_key: str | None, include_eos: bool):
+        order = [trace.entries[key].loop_axes[0], "batch", "beam"]
+        self.trace, self.key, self._order = trace, key, order
+        ends = trace.numpy(end_key, order=order) if end_key else None
+        super().__init__(trace.numpy(key, order=order), trace.numpy(key + ".scores", order=order),
+                         trace.numpy(key + ".backpointers", order=order), ends, include_eos)
 
     def state(self, key, t: int, b: int, k: int) -> np.ndarray:
         """The value of a layer computed before the choice at step t for hypothesis k (through its backpointer)."""

@@ -217,3 +217,172 @@ with rd.Loop(max_seq_len=5) as loop:
     assert ip.user_ns["sres"].widget.beam_tree is not None and ip.user_ns["sres"].stepper is None
     r = ip.run_cell("%%recloop\n" + body)
     assert "--search" in "\n".join(r.error_in_exec._render_traceback_())
+
+
+# --- live stepping of a search ---
+
+def build_feedback(beam_size, include_eos=True):
+    """A decoder whose State c is computed after the choice from the chosen label, the new h and the old c: the
+    step must reorder values computed before the choice (h, c) to the new hypotheses, as RETURNN does."""
+    hid, vocab, emb, ctx = rd.Dim("hid", 4), rd.Dim("vocab", VOCAB), rd.Dim("emb", 3), rd.Dim("ctx", 4)
+    with rd.Graph() as g:
+        enc = rd.Input("enc", {batch, hid})
+        embed, lin_h, lin_out, lin_c = rd.Embedding(vocab, emb), rd.Linear(hid), rd.Linear(vocab), rd.Linear(ctx)
+        label = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+        h = rd.State({batch, hid}, initial=enc)
+        c = rd.State({batch, ctx}, initial=0.0)
+        with rd.Loop(max_seq_len=MAX_LEN) as loop:
+            h_ = rd.tanh(lin_h(rd.concat(embed(label.get()), h.get(), c.get())))
+            h.assign(h_)
+            y = rd.choice(lin_out(h_), beam_size=beam_size)
+            c.assign(rd.tanh(lin_c(rd.concat(embed(y), h_))) + c.get())
+            label.assign(y)
+            loop.end(y == 0, include_eos=include_eos)
+            labels = loop.stack(y)
+    return g, loop, y, labels, (h, c)
+
+
+def params_feedback(rng):
+    p = params(rng)
+    p["linear/weight"] = rng.standard_normal((11, 4)).astype(np.float32)
+    p["linear_2/weight"] = rng.standard_normal((7, 4)).astype(np.float32)
+    p["linear_2/bias"] = (rng.standard_normal(4) * 0.3).astype(np.float32)
+    return p
+
+
+def beam_search_feedback(p, enc, k, edit=None):
+    """Numpy beam search of build_feedback. Hypothesis: (score, label, h, c, labels, ended). ``edit``:
+    (step, b, slot, new h) replaces h of one hypothesis before that step. Returns per step and sequence the k
+    picks (score, source, label, h, c) and per sequence the final hypotheses (score, labels), best first."""
+    E, Wh, bh = p["embedding/weight"], p["linear/weight"], p["linear/bias"]
+    Wo, bo, Wc, bc = p["linear_1/weight"], p["linear_1/bias"], p["linear_2/weight"], p["linear_2/bias"]
+    hyps_all = [[(0.0, 0, enc[b], np.zeros(4, np.float32), [], False)] for b in range(enc.shape[0])]
+    steps = []
+    for t in range(MAX_LEN):
+        if edit is not None and edit[0] == t:
+            _, b, slot, h_edit = edit
+            sc, lab, _, c, seq, ended = hyps_all[b][slot]
+            hyps_all[b][slot] = (sc, lab, h_edit, c, seq, ended)
+        picks = []
+        for b, hyps in enumerate(hyps_all):
+            cands = []
+            for i, (score, label, h, c, seq, ended) in enumerate(hyps):
+                if ended:
+                    local = np.full(VOCAB, -1e30)
+                    local[0] = 0.0
+                    h_new = None
+                else:
+                    h_new = np.tanh(np.concatenate([E[label], h, c]) @ Wh + bh)
+                    logits = (h_new @ Wo + bo).astype(np.float64)
+                    local = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+                for v in range(VOCAB):
+                    cands.append((score + local[v], i * VOCAB + v, i, v, h_new))
+            cands.sort(key=lambda cand: (-cand[0], cand[1]))
+            new = []
+            for sc, _, i, v, h_new in cands[:k]:
+                _, _, h, c, seq, ended = hyps[i]
+                if ended:  # an ended hypothesis keeps its States
+                    new.append((sc, v, h, c, seq, True))
+                else:
+                    c_new = np.tanh(np.concatenate([E[v], h_new]) @ Wc + bc) + c
+                    new.append((sc, v, h_new, c_new, seq + [v], v == 0))
+            picks.append([(sc, i, v, hy[2], hy[3]) for (sc, _, i, v, _), hy in zip(cands[:k], new)])
+            hyps_all[b] = new
+        steps.append(picks)
+        if all(hy[5] for hyps in hyps_all for hy in hyps):
+            break
+    finals = [sorted([(hy[0], hy[4]) for hy in hyps], key=lambda f: -f[0]) for hyps in hyps_all]
+    return steps, finals
+
+
+def check_steps(st, expected, states, states_from=0, atol=1e-5):
+    """Every step's labels, backpointers, scores and (from step ``states_from`` on) the States of every
+    hypothesis, against numpy."""
+    bs = st.beams()
+    assert bs.shape[0] == len(expected)
+    for t, picks in enumerate(expected):
+        for b, chosen in enumerate(picks):
+            for k, (score, src, label, *values) in enumerate(chosen):
+                assert (bs.labels[t, b, k], bs.backpointers[t, b, k]) == (label, src), (t, b, k)
+                np.testing.assert_allclose(bs.scores[t, b, k], score, rtol=1e-4)
+                for state, value in zip(states if t >= states_from else (), values):
+                    np.testing.assert_allclose(bs.state(state, t, b, k), value, atol=atol)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_live_search_steps_like_numpy_beam_search(rng, k):
+    g, loop, y, labels, (h, c) = build_feedback(beam_size=k)
+    p = params_feedback(rng)
+    enc = rng.standard_normal((4, 4)).astype(np.float32)
+    expected, finals = beam_search_feedback(p, enc, k)
+    st = g.stepper({"enc": enc}, params=p)
+    assert st.beam == k and st.batch == 4
+    st.step()
+    hid = next(d for d in h.dims if not d.is_batch)
+    assert st.value(h).shape == (4, k, 4) and st.value(h, order=(st.beam_dim, hid, batch)).shape == (k, 4, 4)
+    st.run_to(st.T)
+    assert st.finished and st.t == len(expected)
+    check_steps(st, expected, (h, c))
+    res = g.run({"enc": enc}, params=p, search=True)  # RETURNN's own search agrees on the result
+    bs = st.beams()
+    for b in range(4):
+        hyps = bs.hypotheses(b)
+        assert [hy["labels"] for hy in hyps] == [f[1] for f in finals[b]]
+        np.testing.assert_allclose([hy["score"] for hy in hyps], [f[0] for f in finals[b]], rtol=1e-4)
+        assert res.numpy(labels)[b, :res.lens(loop.axis)[b]].tolist() == hyps[0]["labels"]
+    assert sorted(st.ended) == [0, 1, 2, 3]
+
+
+def test_live_search_greedy_without_eos(rng):
+    g, loop, y, labels = build(beam_size=1, include_eos=False)
+    p = params(rng)
+    enc = rng.standard_normal((6, 4)).astype(np.float32)
+    st = g.stepper({"enc": enc}, params=p)
+    st.run_to(st.T)
+    bs = st.beams()
+    expected = greedy(p, enc, include_eos=False)
+    assert any(len(seq) < MAX_LEN - 1 for seq in expected)
+    for b, seq in enumerate(expected):
+        assert bs.hypothesis(b, 0)["labels"] == seq
+
+
+def test_live_search_step_back_and_edit_a_hypothesis(rng):
+    g, loop, y, labels, (h, c) = build_feedback(beam_size=3)
+    p = params_feedback(rng)
+    enc = rng.standard_normal((2, 4)).astype(np.float32)
+    st = g.stepper({"enc": enc}, params=p)
+    st.run_to(4)
+    before = st.beams()
+    st.step_back(2).step(2)
+    again = st.beams()
+    np.testing.assert_array_equal(before.labels, again.labels)
+    np.testing.assert_array_equal(before.scores, again.scores)
+    st.run_to(2)
+    value = st.value(h)
+    value[1, 2] = np.array([0.9, -0.9, 0.5, -0.5], np.float32)
+    st.set_state(h, value)
+    st.run_to(st.T)
+    expected, finals = beam_search_feedback(p, enc, 3, edit=(2, 1, 2, value[1, 2]))
+    check_steps(st, expected, (h, c), states_from=2)
+    bs = st.beams()
+    unedited, _ = beam_search_feedback(p, enc, 3)
+    scores = lambda steps: [[ch[0] for ch in picks[1]] for picks in steps[2:]]  # noqa: E731
+    assert not np.allclose(scores(unedited)[:2], scores(expected)[:2])  # the edit changed what the search does
+    assert [hy["labels"] for hy in bs.hypotheses(1)] == [f[1] for f in finals[1]]
+    with pytest.raises(rd.RunError, match="expected"):
+        st.set_state(h, value[:, 0])
+
+
+def test_live_search_needs_the_choice_in_the_stepped_loop():
+    hid, vocab = rd.Dim("hid", 4), rd.Dim("vocab", VOCAB)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, rd.Dim("time"), hid})
+        lin = rd.Linear(vocab)
+        with rd.Loop() as outer:
+            x_t = outer.unstack(x)
+            s = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+            with rd.Loop(max_seq_len=3) as inner:
+                s.assign(rd.choice(lin(x_t), beam_size=2))
+                inner.end(s.get() == 0)
+    with pytest.raises(rd.RunError, match="no inner loops"):
+        g.stepper({"x": np.zeros((2, 3, 4), np.float32)})
