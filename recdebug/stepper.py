@@ -296,6 +296,7 @@ class Stepper:
         self._lens = {d: n[::self.beam] for d, n in self._lens.items()}
         self.batch, self.max_steps = batch, steps
         self.breakpoint: str | None = None  # why the last run_until stopped
+        self.edits: list = []  # the step of every set_state/reset: values of later steps were recomputed
         self.reset()
 
     # --- state of the stepper ---
@@ -355,6 +356,7 @@ class Stepper:
         """Back to t=0 with every State at its initial value (undoes set_state at t=0 too)."""
         self.engine.session.run(self.engine.init_ops, feed_dict=self._feed)
         self.t = 0
+        self.edits.append(0)
         self._active, self._end, self._nonfinite = [], [], []
         self._labels, self._backpointers, self._scores, self._hyp_ended = [], [], [], []
         self.breakpoint = None
@@ -483,6 +485,7 @@ class Stepper:
             value = value.reshape((self.batch * self.beam,) + value.shape[2:])
         ph, op = e.set_ops[state]
         e.session.run(op, feed_dict={ph: value.astype(state.dtype), e.t_ph: self.t})
+        self.edits.append(self.t)
         self.breakpoint = None
         return self
 
@@ -498,6 +501,14 @@ class Stepper:
         arr = np.moveaxis(arr, axis, 0)
         rest = dims[:axis] + dims[axis + 1:]
         return arr.reshape((self.batch, self.beam) + arr.shape[1:]), (dims[axis], self.beam_dim) + rest
+
+    def before_choice(self, x: Tensor) -> bool:
+        """With search: whether an in-loop tensor is computed before the choice. Its values (``value(x)``) are
+        then per hypothesis of the previous step: hypothesis k of step t computed it in slot
+        ``beams().backpointers[t, b, k]``. The States and the tensors after the choice are per new hypothesis."""
+        if self.choice is None or not isinstance(x, Tensor) or x.scope is not self.loop:
+            return False
+        return self.engine.step_net.layer_names[x.op.name] not in self.engine.after_choice
 
     def beams(self) -> "StepperBeams":
         """The search so far: labels, scores, backpointers [steps run, batch, beam]; backtracking with

@@ -161,6 +161,7 @@ class Debugger(w.VBox):
         else:
             raise RecDebugError(f"rd.debugger expects an rd.Trace or an rd.Stepper, got {type(source).__name__}")
         self._updating = False
+        self._edits_seen = len(source.edits) if self.trace is None else 0
         self._rows: dict = {}  # stepper mode: key -> [T, batch, U] values of the steps computed so far
         self.beams = self._beam_steps()
         self.beam_tree = BeamTreeView() if self.beams is not None else None
@@ -187,7 +188,7 @@ class Debugger(w.VBox):
         self.observe(self._on_sequence, "sequence")
         if self.beam_tree is not None:
             self._send_beams()
-            self.beam_tree.observe(lambda ch: self.select_hypothesis(*ch["new"]), "selected")
+            self.beam_tree.observe(lambda ch: ch["new"][0] >= 0 and self.select_hypothesis(*ch["new"]), "selected")
         for layer in layers:
             self.select_layer(layer)
         self.T = self._max_steps()
@@ -201,8 +202,8 @@ class Debugger(w.VBox):
 
     # --- beam search ---
     def _beam_steps(self):
-        if self.trace is None:
-            return None
+        if self.stepper is not None:  # a live search: the hypotheses of the steps run so far
+            return self.stepper.beams() if self.stepper.choice is not None else None
         key = next((k[:-len(".backpointers")] for k in self.trace.entries if k.endswith(".backpointers")), None)
         if key is None:
             return None
@@ -214,33 +215,55 @@ class Debugger(w.VBox):
         return [] if em is None else [(id(t), t) for t in em.layer_of]
 
     def _send_beams(self):
-        """The beam tree of the current sequence; the best final hypothesis selected."""
+        """The beam tree of the current sequence; the best hypothesis of the last step selected."""
         bs, b = self.beams, self.sequence
         steps, _, beam = bs.shape
         nodes = [{"t": t, "k": k, "label": int(bs.labels[t, b, k]), "score": float(bs.scores[t, b, k]),
                   "src": int(bs.backpointers[t, b, k]), "ended": bool(bs.ended[t, b, k])}
                  for t in range(steps) for k in range(beam)]
         self.beam_tree.nodes = nodes
-        best = int(np.argmax(bs.scores[steps - 1, b]))
-        self.select_hypothesis(steps - 1, best)
+        if steps:
+            self.select_hypothesis(steps - 1, bs.best(b))
+            return
+        self.hypothesis, self._hyp_text = None, ""  # a live search before its first step
+        with self.beam_tree.hold_sync():
+            self.beam_tree.path = []
+            self.beam_tree.selected = [-1, -1]
+        for view in self._active_views():
+            self._send(view)
+
+    def _refresh_live_beams(self):
+        """A live search moved (a step, a step back, an edit): new hypotheses, the best one shown."""
+        st = self.stepper
+        if self.beams.shape[0] == st.t and self._edits_seen == len(st.edits):
+            return
+        self._edits_seen = len(st.edits)
+        self.beams = st.beams()
+        self._send_beams()
 
     def select_hypothesis(self, t: int, k: int):
         """Show hypothesis k of step t: its path in the tree and its States along that path."""
         if self.beams is None:
-            raise RecDebugError("select_hypothesis needs a trace made with search=True")
+            raise RecDebugError("select_hypothesis needs a search: a trace made with search=True, or a stepper of a "
+                                "loop with rd.choice")
         b = self.sequence
+        steps, _, beam = self.beams.shape
+        if not (0 <= t < steps and 0 <= k < beam):
+            raise RecDebugError(f"no hypothesis {k} of step {t}: {steps} steps of beam size {beam} so far")
         self.hypothesis = (int(t), int(k))
         path = self.beams.path(int(t), b, int(k))
         if self.beam_tree.selected != [int(t), int(k)]:
             self.beam_tree.selected = [int(t), int(k)]
         self.beam_tree.path = [[s, slot] for s, slot in enumerate(path)]
         hyp = self.beams.hypothesis(b, int(k), int(t))
-        self.breakpoint = ""
+        if self.trace is not None:
+            self.breakpoint = ""
         self.diff_summary = ""
-        self._hyp_text = f"hypothesis {k} of step {t}: labels {hyp['labels']}, score {hyp['score']:.4f}"
-        for view in self.views.values():
+        ended = f", ended at step {hyp['end_step']}" if hyp["end_step"] >= 0 else ""
+        self._hyp_text = f"hypothesis {k} of step {t}: labels {hyp['labels']}, score {hyp['score']:.4f}{ended}"
+        for view in self._active_views():
             self._send(view)
-        self._on_t({"new": self.t})
+        self._place_cursor(self.t)
 
     # --- sources ---
     def _emitted(self):
@@ -273,6 +296,8 @@ class Debugger(w.VBox):
             self.views[key] = HeatmapView(key, title=f"State {key}")
 
     def _max_steps(self) -> int:
+        if self.stepper is not None:
+            return self.stepper.T
         if self.beams is not None:  # every step the search ran, not only the best hypothesis' length
             return self.beams.shape[0]
         if self.trace is not None:
@@ -288,6 +313,8 @@ class Debugger(w.VBox):
     def _length(self, b: int) -> int:
         if self.beams is not None and self.hypothesis is not None:
             return self.beams.hypothesis(b, self.hypothesis[1], self.hypothesis[0])["length"]
+        if self.beams is not None:  # a live search before its first step
+            return self.T
         if self.trace is not None:
             return int(self.trace.lens(self._main_axis())[b])
         ended = self.stepper.ended
@@ -312,17 +339,35 @@ class Debugger(w.VBox):
                 tr.numpy(key, order=[axis] + rest)[:, None]
             return arr[:, b].reshape(arr.shape[0], -1).astype(np.float32)
         rows = self._stepper_rows(key)
-        return rows[:, b].reshape(rows.shape[0], -1)
+        if self.beams is None:
+            return rows[:, b].reshape(rows.shape[0], -1)
+        out = np.zeros((rows.shape[0], rows.shape[-1]), np.float32)  # a live search: along the hypothesis' path
+        if self.hypothesis is not None:
+            before = self._before_choice(key)
+            for t, slot in enumerate(self.beams.path(self.hypothesis[0], b, self.hypothesis[1])):
+                out[t] = rows[t, b, self.beams.backpointers[t, b, slot] if before else slot]
+        return out
+
+    def _before_choice(self, key: str) -> bool:
+        """A live search: whether ``key`` is a tensor computed before the choice (per previous hypothesis)."""
+        st = self.stepper
+        tensor = next((op.out for op in st.loop.ops if f"{st.loop.name}/{op.name}" == key), None)
+        return tensor is not None and st.before_choice(tensor)
 
     def _stepper_rows(self, key: str) -> np.ndarray:
+        """[T, batch, U] (a search: [T, batch, beam, U]) values of the steps computed so far."""
         st = self.stepper
+        per_entry = (st.batch, -1) if st.choice is None else (st.batch, st.beam, -1)
         if key not in self._rows:
             sample = self._stepper_value(key)
-            self._rows[key] = np.zeros((st.T,) + sample.reshape(st.batch, -1).shape, np.float32)
-            self._rows[key + "#known"] = 0
+            self._rows[key] = np.zeros((st.T,) + sample.reshape(per_entry).shape, np.float32)
+            self._rows[key + "#known"], self._rows[key + "#edits"] = 0, len(st.edits)
         known = self._rows[key + "#known"]
+        if self._rows[key + "#edits"] != len(st.edits):  # set_state or reset: later steps were recomputed
+            known = min([known] + st.edits[self._rows[key + "#edits"]:])
+            self._rows[key + "#edits"] = len(st.edits)
         for k in range(known, st.t):  # the steps computed since: one fetch per step, only for what is shown
-            self._rows[key][k] = self._stepper_value(key, k + 1).reshape(st.batch, -1)
+            self._rows[key][k] = self._stepper_value(key, k + 1).reshape(per_entry)
         self._rows[key + "#known"] = max(known, st.t)
         return self._rows[key]
 
@@ -368,6 +413,8 @@ class Debugger(w.VBox):
         if self.stepper is not None:
             self.stepper.reset()
         self.breakpoint = ""
+        if self.t == 0:  # no move, but the values may have changed
+            self._on_t({"new": 0})
         self.seek(0)
 
     def seek(self, t: int):
@@ -504,12 +551,21 @@ class Debugger(w.VBox):
 
     def _on_t(self, change):
         t = change["new"]
-        if self.stepper is not None:  # a live step: send only the new rows
+        if self.stepper is not None and self.beams is not None:
+            self._refresh_live_beams()
+        elif self.stepper is not None:  # a live step: send only the new rows
+            if self._edits_seen != len(self.stepper.edits):  # rows already sent may have changed
+                self._edits_seen = len(self.stepper.edits)
+                for view in self._active_views():
+                    self._send(view)
             for view in self._active_views():
                 rows = self._stepper_rows(view.key)
                 if view.known < t:
                     for k in range(view.known, t):
                         view.set_row(k, rows[k, self.sequence], known=k + 1)
+        self._place_cursor(t)
+
+    def _place_cursor(self, t: int):
         for view in self._active_views():
             view.cursor = t - 1
         if self.slider.value != t:
@@ -526,9 +582,12 @@ class Debugger(w.VBox):
         parts = [f"step {self.t} of {self.T}"]
         parts.append(self.trace.device if self.trace is not None else self.stepper.device)
         b = self.sequence
-        n = self._length(b)
-        if n <= self.t:
-            parts.append(f"sequence {b} ended at t={n}")
+        if self.beams is None:
+            n = self._length(b)
+            if n <= self.t:
+                parts.append(f"sequence {b} ended at t={n}")
+        elif self.stepper is not None and b in self.stepper.ended:
+            parts.append(f"sequence {b}: search ended at t={self.stepper.ended[b]}")
         if self.breakpoint:
             parts.append(f"breakpoint: {self.breakpoint}")
         if self.diff_summary:

@@ -386,3 +386,42 @@ def test_live_search_needs_the_choice_in_the_stepped_loop():
                 inner.end(s.get() == 0)
     with pytest.raises(rd.RunError, match="no inner loops"):
         g.stepper({"x": np.zeros((2, 3, 4), np.float32)})
+
+
+def test_debugger_on_a_live_search_grows_the_beam_tree(rng):
+    g, loop, y, labels, (h, c) = build_feedback(beam_size=3)
+    p = params_feedback(rng)
+    enc = rng.standard_normal((2, 4)).astype(np.float32)
+    expected, _ = beam_search_feedback(p, enc, 3)
+    st = g.stepper({"enc": enc}, params=p)
+    d = rd.debugger(st)
+    assert d.beam_tree.nodes == [] and d.hypothesis is None and d.T == MAX_LEN
+    d.step()
+    d.step()
+    d.step()
+    assert len(d.beam_tree.nodes) == 9
+    best = int(np.argmax([ch[0] for ch in expected[2][0]]))
+    assert d.beam_tree.selected == [2, best] and f"hypothesis {best} of step 2" in d.status
+    path = st.beams().path(2, 0, best)
+    assert [slot for _, slot in d.beam_tree.path] == path
+    node = next(n for n in d.beam_tree.nodes if n["t"] == 2 and n["k"] == 1)
+    assert (node["label"], node["src"]) == (expected[2][0][1][2], expected[2][0][1][1])
+    view = np.frombuffer(d.views["h"].values, np.float32).reshape(MAX_LEN, 4)
+    for t, slot in enumerate(path):  # the States of the selected hypothesis along its path, as numpy has them
+        np.testing.assert_allclose(view[t], expected[t][0][slot][3], atol=1e-5)
+    np.testing.assert_array_equal(view[3:], 0)  # not computed yet
+    d.select_layer("loop/tanh")  # computed before the choice: the row of the hypothesis each step extended
+    picked = np.frombuffer(d.picked.values, np.float32).reshape(MAX_LEN, 4)
+    np.testing.assert_allclose(picked[:3], view[:3], atol=1e-6)
+    d.beam_tree.selected = [1, 2]  # a click in the tree
+    assert d.hypothesis == (1, 2) and "hypothesis 2 of step 1" in d.status
+    view = np.frombuffer(d.views["h"].values, np.float32).reshape(MAX_LEN, 4)
+    for t, slot in enumerate(st.beams().path(1, 0, 2)):
+        np.testing.assert_allclose(view[t], expected[t][0][slot][3], atol=1e-5)
+    d.step_back()
+    assert len(d.beam_tree.nodes) == 6 and d.beam_tree.selected[0] == 1
+    d.reset()
+    assert d.beam_tree.nodes == [] and d.t == 0
+    d.run()
+    assert d.t == len(expected) and "search ended" in d.status
+    d.close()
