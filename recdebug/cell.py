@@ -11,7 +11,7 @@ import traceback
 
 import numpy as np
 
-from .errors import RecDebugError
+from .errors import RecDebugError, RunError
 from .graph import Graph
 
 _cell_counter = itertools.count(1)
@@ -158,8 +158,11 @@ def translate_returnn_error(e: BaseException, graph: Graph, verbose: bool) -> Re
 def run_recloop(body: str, namespace: dict, feeds: dict | None = None, seq_lens: dict | None = None,
                 seed: int = 0, device: str | None = None, optimize: bool = True, compare_optimize: bool = False,
                 capture=None, breakpoint=None, static: bool = False, verbose: bool = False,
-                show_widget: bool = True, search: bool = False, targets: dict | None = None) -> RecloopResult:
-    """Build the cell's graph, run it, trace it, make a stepper and the debugger (or a static figure)."""
+                show_widget: bool = True, search: bool = False, targets: dict | None = None,
+                live: bool = False) -> RecloopResult:
+    """Build the cell's graph, run it, trace it, make a stepper and the debugger (or a static figure).
+
+    The debugger browses the trace; with ``live`` or a ``breakpoint`` it steps the live stepper instead."""
     filename = cell_filename()
     g = exec_body(body, namespace, filename, verbose)
     if not g.loops:
@@ -189,33 +192,42 @@ def run_recloop(body: str, namespace: dict, feeds: dict | None = None, seq_lens:
         if compare_optimize:
             other = g.trace(all_feeds, seq_lens=lens, device=device, optimize=not optimize, seed=seed,
                             capture=capture)
-        stepper = _stepper_if_possible(g, all_feeds, lens, device, seed)
+        stepper, why_not = _stepper_if_possible(g, all_feeds, lens, device, seed, search)
     except RecDebugError as e:
         raise RecloopError([f"{type(e).__name__}: {e}"], e, verbose) from None
     except Exception as e:  # RETURNN or TensorFlow
         raise translate_returnn_error(e, g, verbose) from None
     widget = figure = None
-    if breakpoint is not None and stepper is None:
-        raise RecloopError(["--break needs a stepper, and this loop cannot be stepped live "
-                            "(a State with a dynamic dim)"])
+    if (breakpoint is not None or live) and stepper is None:
+        option = "--break" if breakpoint is not None else "--live"
+        raise RecloopError([f"{option} needs a stepper, and this loop cannot be stepped live: {why_not}"])
     if static:
         figure = trace.plot()
     elif show_widget:
         from .widgets import debugger
 
-        if breakpoint is not None:
+        if breakpoint is not None or live:
             widget = debugger(stepper)
-            widget.run(breakpoint)
+            if breakpoint is not None:
+                widget.run(breakpoint)
         else:
             widget = debugger(trace, other=other)
     return RecloopResult(g, result, trace, stepper, widget, other, figure, all_feeds, lens)
 
 
-def _stepper_if_possible(g, feeds, lens, device, seed):
+def _stepper_if_possible(g, feeds, lens, device, seed, search: bool):
+    """(the live stepper of the first loop, None) or (None, why it cannot be stepped)."""
     state_dims = [s.dims for loop in g.top.children for s in loop.state_layers]
-    if any(d.is_dynamic for dims in state_dims for d in dims) or g.choices:
-        return None
-    return g.stepper(feeds, seq_lens=lens, device=device, seed=seed)
+    if any(d.is_dynamic for dims in state_dims for d in dims):
+        return None, "a State with a dynamic dim"
+    if g.choices and not search:
+        return None, "teacher forcing is not stepped live (run with --search to step the beam search)"
+    try:
+        return g.stepper(feeds, seq_lens=lens, device=device, seed=seed), None
+    except RunError as e:
+        if not g.choices:
+            raise
+        return None, str(e).splitlines()[0]
 
 
 def describe_inputs(result: RecloopResult) -> str:

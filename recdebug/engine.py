@@ -245,12 +245,9 @@ class Engine:
         values, fetched_lens, score_values = self.session.run(
             (fetch, {d: p for d, (p, _) in length_fetch.items()}, scores), feed_dict=fd)
         lens.update(fetched_lens)
-        if not self.search:  # teacher forcing: RETURNN runs the loop over the reference labels' axis
-            alias = {y.op.attrs["label_time"]: y.scope.axis for y in self.graph.choices}
-            dims_of = {t: tuple(alias.get(d, d) for d in dims) for t, dims in dims_of.items()}
-            for label_time, axis in alias.items():
-                if label_time in lens:
-                    lens[axis] = lens[label_time]
+        alias = self._label_axes()
+        dims_of = {t: tuple(alias.get(d, d) for d in dims) for t, dims in dims_of.items()}
+        lens = {alias.get(d, d): n for d, n in lens.items()}
         result = Result(self.graph, {t: (values[t], dims_of[t]) for t in fetch}, lens, self.params(), arrays,
                         device=self.device)
         result.search_scores = score_values
@@ -277,6 +274,14 @@ class Engine:
         else:
             values, top_values, fetched_lens = self.session.run(
                 (fetch, top, {d: p for d, (p, _) in length_fetch.items()}), feed_dict=fd)
+        alias = self._label_axes()
+        if alias:
+            dims_of = {k: tuple(alias.get(d, d) for d in dims) for k, dims in dims_of.items()}
+            top_dims = {k: tuple(alias.get(d, d) for d in dims) for k, dims in top_dims.items()}
+            length_fetch = {alias.get(d, d): (p, tuple(alias.get(x, x) for x in dims))
+                            for d, (p, dims) in length_fetch.items()}
+            fetched_lens = {alias.get(d, d): n for d, n in fetched_lens.items()}
+            lens = {alias.get(d, d): n for d, n in lens.items()}
         labels: dict = {}
 
         def label(d):
@@ -353,6 +358,13 @@ class Engine:
                                          dtype=np.int32)
                     trace._lens[label(axis)] = (lens_best, (label(_batch()),))
         return trace
+
+    def _label_axes(self) -> dict:
+        """Teacher forcing: RETURNN runs a loop with rd.choice over its reference labels' axis; that axis ->
+        the loop's axis, so that results and traces read as the loop's steps."""
+        if self.search:
+            return {}
+        return {y.op.attrs["label_time"]: y.scope.axis for y in self.graph.choices}
 
     def _beam_fetches(self):
         """With search: every step's values of every hypothesis, as RETURNN accumulated them before it resolved

@@ -43,6 +43,8 @@ class RecloopMagics(Magics):
     @argument("--break", dest="break_", metavar="EXPR",
               help="stop the live stepper where EXPR holds: 'nan', or an expression for a predicate "
                    "(e.g. rd.on_state(h, lambda v: abs(v).max() > 5))")
+    @argument("--live", action="store_true",
+              help="show the debugger on the live stepper (step, edit States, continue) instead of the trace")
     @argument("--search", action="store_true",
               help="rd.choice does beam search (the debugger shows the beams); without it, give --targets")
     @argument("--targets", action="append", metavar="LABEL=VAR",
@@ -77,7 +79,8 @@ class RecloopMagics(Magics):
         result = run_recloop(cell, ns, feeds=feeds, seq_lens=lens, seed=args.seed, device=args.device,
                              optimize=not args.no_optimize, compare_optimize=args.compare_optimize,
                              capture=args.capture, breakpoint=predicate, static=args.static,
-                             verbose=args.verbose, search=args.search, targets=targets)
+                             verbose=args.verbose, search=args.search, targets=targets,
+                             live=args.live)
         if args.out:
             ns[args.out] = result
         else:

@@ -134,6 +134,17 @@ def test_without_search_the_reference_labels_are_fed(rng):
     np.testing.assert_array_equal(res.lens(loop.axis), [3, 2])
     got = res.numpy(labels)
     assert got[0, :3].tolist() == [2, 3, 0] and got[1, :2].tolist() == [5, 0]
+    p = params(rng)  # the trace of a teacher-forced run: the loop's steps, each fed the previous reference label
+    tr = g.trace({"enc": enc}, params=p, targets={y: ref}, seq_lens={y: [3, 2]})
+    h_state = g.states[1]
+    values = tr.numpy(h_state, order=(loop.axis, batch, next(d for d in h_state.dims if not d.is_batch)))
+    np.testing.assert_array_equal(tr.lens(loop.axis), [3, 2])
+    for b, n in enumerate([3, 2]):
+        h, prev = enc[b], 0
+        for t in range(n):
+            h, _ = step(p, prev, h)
+            np.testing.assert_allclose(values[t, b], h, atol=1e-5)
+            prev = ref[b, t]
     with pytest.raises(rd.RunError, match="targets="):
         g.run({"enc": enc})
 
@@ -214,7 +225,19 @@ with rd.Loop(max_seq_len=5) as loop:
 """
     r = ip.run_cell("%%recloop --search -o sres\n" + body)
     assert r.success, r.error_in_exec
-    assert ip.user_ns["sres"].widget.beam_tree is not None and ip.user_ns["sres"].stepper is None
+    assert ip.user_ns["sres"].widget.beam_tree is not None and ip.user_ns["sres"].widget.trace is not None
+    assert ip.user_ns["sres"].stepper.beam == 2
+    r = ip.run_cell("%%recloop --search --live -o lres\n" + body)
+    assert r.success, r.error_in_exec
+    d = ip.user_ns["lres"].widget
+    assert d.stepper is not None and d.t == 0 and d.beam_tree.nodes == []
+    d.step()
+    assert len(d.beam_tree.nodes) == 2
+    ip.run_cell("ref = np.zeros((sres.feeds['enc'].shape[0], 5), np.int32)")
+    r = ip.run_cell("%%recloop --targets choice=ref --live\n" + body)
+    assert "--live needs a stepper" in "\n".join(r.error_in_exec._render_traceback_())
+    for name in ("sres", "lres"):
+        ip.user_ns[name].close()
     r = ip.run_cell("%%recloop\n" + body)
     assert "--search" in "\n".join(r.error_in_exec._render_traceback_())
 
