@@ -74,8 +74,13 @@ with rd.Graph() as g:
         y = rd.choice(lin_out(h.get()), beam_size=3)
         label.assign(y)
         loop.end(y == 0, include_eos=True)
-tr = g.trace({"enc": np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)}, search=True, seed=3)
+enc_np = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+tr = g.trace({"enc": enc_np}, search=True, seed=3)
 rd.debugger(tr)
+'''
+
+LIVE_BEAM_CODE = '''
+rd.debugger(g.stepper({"enc": enc_np}, seed=3))   # the same search, stepped live
 '''
 
 
@@ -102,6 +107,7 @@ def lab(tmp_path_factory):
     nbformat.write(nb, root / "debugger.ipynb")
     beams = nbformat.v4.new_notebook()
     beams.cells.append(nbformat.v4.new_code_cell(BEAM_CODE))
+    beams.cells.append(nbformat.v4.new_code_cell(LIVE_BEAM_CODE))
     beams.metadata["kernelspec"] = nb.metadata["kernelspec"]
     nbformat.write(beams, root / "beams.ipynb")
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(base / "config"), JUPYTER_RUNTIME_DIR=str(base / "runtime"),
@@ -260,14 +266,31 @@ def test_beam_tree_renders_and_selects_a_hypothesis(lab, tmp_path):
         try:
             page = ctx.new_page()
             open_and_run_all(page, url, token, "beams.ipynb")
-            tree = page.locator(".rd-beamtree")
+            tree = page.locator(".rd-beamtree").first
             expect(tree).to_be_visible()
             nodes = tree.locator(".rd-beam-node")
             assert nodes.count() % 3 == 0 and nodes.count() >= 3  # steps x 3 beam slots
             expect(tree.locator(".rd-beam-node title").first).to_contain_text("score")
             tree.locator('.rd-beam-node[data-t="1"][data-k="2"]').click()
-            expect(page.locator(".rd-status")).to_contain_text("hypothesis 2 of step 1")
-            page.locator(".rd-status").scroll_into_view_if_needed()
+            expect(page.locator(".rd-status").first).to_contain_text("hypothesis 2 of step 1")
+            page.locator(".rd-status").first.scroll_into_view_if_needed()
             page.screenshot(path=str(OUT / "debugger-beam-tree.png"))
+
+            live = page.locator(".rd-beamtree").nth(1)  # the live search: the tree grows with each step
+            expect(live).to_be_attached()
+            assert live.locator(".rd-beam-node").count() == 0
+            step = page.get_by_role("button", name="step ▶").nth(1)
+            step.scroll_into_view_if_needed()
+            step.click()
+            expect(live.locator(".rd-beam-node")).to_have_count(3)
+            step.click()
+            expect(live.locator(".rd-beam-node")).to_have_count(6)
+            status = page.locator(".rd-status").nth(1)
+            expect(status).to_contain_text("step 2 of 6")
+            expect(status).to_contain_text("of step 1")  # the best hypothesis after the second step is shown
+            live.locator('.rd-beam-node[data-t="0"][data-k="1"]').click()
+            expect(status).to_contain_text("hypothesis 1 of step 0")
+            live.scroll_into_view_if_needed()
+            page.screenshot(path=str(OUT / "debugger-live-beam-tree.png"))
         finally:
             ctx.close()
