@@ -136,10 +136,13 @@ class StepEngine(Engine):
         if self.choice is not None:
             chooser = net.get_layer(flat[self.choice.name])
             src = chooser.flat_src
+        include_eos = loop.include_eos
         if loop.unstacked:
             lens = em.dims[loop.axis].dyn_size_ext.placeholder
             active = tf.less(t, lens)
             end = None
+            if src is not None:  # a search over an unstacked axis: a sequence's hypotheses end with its frames
+                end, include_eos = tf.equal(t + 1, lens), True
         else:
             end = self._end_flags()
             active = tf.ones([self.batch], tf.bool)
@@ -147,10 +150,10 @@ class StepEngine(Engine):
             ended_t = tf.gather(self.ended, t)
             if src is not None:
                 ended_t = tf.gather(ended_t, src)
-                if end is not None and flat["end"] not in self.after_choice:
+                if end is not None and not loop.unstacked and flat["end"] not in self.after_choice:
                     end = tf.gather(end, src)
             active = tf.logical_and(active, tf.logical_not(ended_t))
-            if end is not None and not loop.include_eos:
+            if end is not None and not include_eos:
                 active = tf.logical_and(active, tf.logical_not(end))
         updates, nonfinite, self.init_ops = [], {}, []
         self.state_at, self.set_ops = {}, {}
@@ -562,7 +565,8 @@ class StepperBeams(Beams):
         stack = (lambda rows, dtype: np.stack(rows[:t]) if t else np.zeros((0, b, k), dtype))
         super().__init__(stack(stepper._labels, np.int32), stack(stepper._scores, np.float32),
                          stack(stepper._backpointers, np.int32), stack(stepper._end, bool),
-                         bool(stepper.loop.include_eos))
+                         bool(stepper.loop.include_eos or stepper.loop.unstacked),
+                         stepper._lens.get(stepper.loop.axis) if stepper.loop.unstacked else None)
 
     def state(self, state, t: int, b: int, k: int) -> np.ndarray:
         """The value of a State in hypothesis k of sequence b after step t."""

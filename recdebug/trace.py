@@ -97,10 +97,13 @@ class Trace:
         if key + ".backpointers" not in self.entries:
             raise RecDebugError(f"{key!r} has no beams in this trace: trace with search=True")
         loop = choice.scope if hasattr(choice, "scope") else None
-        end_key = None
+        end_key, lens = None, None
         if loop is not None and loop.end_cond is not None:
             end_key = self._lookup.get(id(loop.end_cond))
-        return BeamSteps(self, key, end_key, bool(loop.include_eos) if loop is not None else True)
+        if loop is not None and loop.unstacked:  # the hypotheses of a sequence end with its frames
+            lens = np.asarray(self.lens(loop.axis))
+        include_eos = bool(loop.include_eos or loop.unstacked) if loop is not None else True
+        return BeamSteps(self, key, end_key, include_eos, lens)
 
     def plot(self, sequence: int = 0, keys=None, t: int | None = None, **kwargs):
         """A static matplotlib rendering (where widgets cannot run): heatmap and norm per State."""
@@ -291,8 +294,10 @@ class Beams:
     step at which it ended (-1: not ended).
     """
 
-    def __init__(self, labels, scores, backpointers, ends, include_eos: bool):
+    def __init__(self, labels, scores, backpointers, ends, include_eos: bool, lens=None):
+        """``lens``: per sequence, its steps (a search over an unstacked axis); later steps are padding."""
         self.labels, self.scores, self.backpointers = labels, scores, backpointers
+        self.lens = None if lens is None else np.asarray(lens)
         steps, batch, beam = labels.shape
         ends = np.zeros_like(labels, bool) if ends is None else ends.astype(bool)
         self.ended = np.zeros_like(ends)
@@ -311,6 +316,11 @@ class Beams:
     def shape(self):
         return self.labels.shape
 
+    def last_step(self, b: int) -> int:
+        """The last step of sequence b (steps after it are padding)."""
+        last = self.shape[0] - 1
+        return last if self.lens is None else min(last, int(self.lens[b]) - 1)
+
     def path(self, t: int, b: int, k: int) -> list:
         """The beam slots (one per step 0..t) that hypothesis k of step t went through."""
         slots = [k]
@@ -319,8 +329,8 @@ class Beams:
         return slots[::-1]
 
     def hypothesis(self, b: int, k: int, t: int | None = None) -> dict:
-        """Hypothesis k after step t (default: the last step): labels, score, length, end step."""
-        t = self.shape[0] - 1 if t is None else t
+        """Hypothesis k after step t (default: the sequence's last step): labels, score, length, end step."""
+        t = self.last_step(b) if t is None else t
         slots = self.path(t, b, k)
         end = int(self.end_step[t, b, k])
         length = (t + 1) if end < 0 else (end + 1 if self.include_eos else end)
@@ -329,13 +339,13 @@ class Beams:
                 "slots": slots}
 
     def best(self, b: int, t: int | None = None) -> int:
-        """The beam slot of the best hypothesis of sequence b after step t (default: the last step)."""
-        t = self.shape[0] - 1 if t is None else t
+        """The beam slot of the best hypothesis of sequence b after step t (default: its last step)."""
+        t = self.last_step(b) if t is None else t
         return int(np.argmax(self.scores[t, b]))
 
     def hypotheses(self, b: int, t: int | None = None) -> list:
-        """Every hypothesis of sequence b after step t (default: the last), best first (backtracked)."""
-        t = self.shape[0] - 1 if t is None else t
+        """Every hypothesis of sequence b after step t (default: its last), best first (backtracked)."""
+        t = self.last_step(b) if t is None else t
         order = np.argsort(-self.scores[t, b], kind="stable")
         return [dict(self.hypothesis(b, int(k), t), slot=int(k)) for k in order]
 
@@ -343,12 +353,16 @@ class Beams:
 class BeamSteps(Beams):
     """The hypotheses of a traced beam search (``Trace.beams(choice)``), as RETURNN recorded them."""
 
-    def __init__(self, trace: "Trace", key: str, end_key: str | None, include_eos: bool):
+    def __init__(self, trace: "Trace", key: str, end_key: str | None, include_eos: bool, lens=None):
         order = [trace.entries[key].loop_axes[0], "batch", "beam"]
         self.trace, self.key, self._order = trace, key, order
+        labels = trace.numpy(key, order=order)
         ends = trace.numpy(end_key, order=order) if end_key else None
-        super().__init__(trace.numpy(key, order=order), trace.numpy(key + ".scores", order=order),
-                         trace.numpy(key + ".backpointers", order=order), ends, include_eos)
+        if lens is not None:  # an unstacked axis: hypotheses end at their sequence's last frame
+            steps = np.arange(labels.shape[0])[:, None, None]
+            ends = np.broadcast_to(steps == np.asarray(lens)[None, :, None] - 1, labels.shape)
+        super().__init__(labels, trace.numpy(key + ".scores", order=order),
+                         trace.numpy(key + ".backpointers", order=order), ends, include_eos, lens)
 
     def state(self, key, t: int, b: int, k: int) -> np.ndarray:
         """The value of a layer computed before the choice at step t for hypothesis k (through its backpointer)."""

@@ -223,7 +223,8 @@ class Debugger(w.VBox):
                  for t in range(steps) for k in range(beam)]
         self.beam_tree.nodes = nodes
         if steps:
-            self.select_hypothesis(steps - 1, bs.best(b))
+            last = min(steps - 1, bs.last_step(b))
+            self.select_hypothesis(last, bs.best(b, last))
             return
         self.hypothesis, self._hyp_text = None, ""  # a live search before its first step
         with self.beam_tree.hold_sync():

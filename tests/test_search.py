@@ -448,3 +448,34 @@ def test_debugger_on_a_live_search_grows_the_beam_tree(rng):
     d.run()
     assert d.t == len(expected) and "search ended" in d.status
     d.close()
+
+
+def test_live_search_over_an_unstacked_axis_agrees_with_the_trace(rng):
+    """A choice per input frame: the hypotheses of a sequence end with its frames."""
+    time, feat, vocab, emb, hid = rd.Dim("time"), rd.Dim("feat", 3), rd.Dim("vocab", 5), rd.Dim("emb", 2), \
+        rd.Dim("hid", 4)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        embed, lin_h, lin_out = rd.Embedding(vocab, emb), rd.Linear(hid), rd.Linear(vocab)
+        label = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+        h = rd.State({batch, hid})
+        with rd.Loop() as loop:
+            h_ = rd.tanh(lin_h(rd.concat(embed(label.get()), h.get(), loop.unstack(x))))
+            h.assign(h_)
+            y = rd.choice(lin_out(h_), beam_size=3)
+            label.assign(y)
+    x_np = rng.standard_normal((3, 6, 3)).astype(np.float32)
+    lens = [6, 4, 2]
+    tr = g.trace({"x": x_np}, seq_lens={time: lens}, search=True)
+    st = g.stepper({"x": x_np}, seq_lens={time: lens})
+    st.run_to(st.T)
+    traced, live = tr.beams(y), st.beams()
+    assert st.ended == {0: 6, 1: 4, 2: 2} and live.shape == traced.shape == (6, 3, 3)
+    for b, n in enumerate(lens):  # frames after a sequence's end are padding
+        np.testing.assert_array_equal(live.labels[:n, b], traced.labels[:n, b])
+        np.testing.assert_array_equal(live.backpointers[:n, b], traced.backpointers[:n, b])
+        np.testing.assert_allclose(live.scores[:n, b], traced.scores[:n, b], rtol=1e-5)
+        for k in range(3):
+            assert live.hypothesis(b, k)["labels"] == traced.hypothesis(b, k)["labels"]
+            assert len(live.hypothesis(b, k)["labels"]) == n
+            np.testing.assert_allclose(live.state(h, n - 1, b, k), traced.state(h, n - 1, b, k), atol=1e-5)
