@@ -8,24 +8,14 @@ Usage: python bench/bench_search.py [--repeats 5] [--beam 8]
 from __future__ import annotations
 
 import argparse
-import statistics
 import time as clock
 
 import numpy as np
 
 import recdebug as rd
+from timing import timed
 
 batch = rd.batch_dim
-
-
-def timed(fn, repeats):
-    """(median, best) seconds over ``repeats`` calls."""
-    times = []
-    for _ in range(repeats):
-        t0 = clock.perf_counter()
-        fn()
-        times.append(clock.perf_counter() - t0)
-    return statistics.median(times), min(times)
 
 
 def main():

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 import time as clock
 
 import numpy as np
 
 import recdebug as rd
+from timing import rss_bytes, timed
 
 batch = rd.batch_dim
 
@@ -32,24 +32,6 @@ class Lstm(rd.Module):
         h = rd.tanh(c) * rd.sigmoid(g_out)
         self.h.assign(h)
         return h
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def timed(fn, repeats):
-    """(median, best) seconds over ``repeats`` calls."""
-    times = []
-    for _ in range(repeats):
-        t0 = clock.perf_counter()
-        fn()
-        times.append(clock.perf_counter() - t0)
-    return statistics.median(times), min(times)
 
 
 def main():
