@@ -192,7 +192,7 @@ def run_recloop(body: str, namespace: dict, feeds: dict | None = None, seq_lens:
         if compare_optimize:
             other = g.trace(all_feeds, seq_lens=lens, device=device, optimize=not optimize, seed=seed,
                             capture=capture)
-        stepper, why_not = _stepper_if_possible(g, all_feeds, lens, device, seed, search)
+        stepper, why_not = _stepper_if_possible(g, all_feeds, lens, device, seed, targets)
     except RecDebugError as e:
         raise RecloopError([f"{type(e).__name__}: {e}"], e, verbose) from None
     except Exception as e:  # RETURNN or TensorFlow
@@ -215,15 +215,14 @@ def run_recloop(body: str, namespace: dict, feeds: dict | None = None, seq_lens:
     return RecloopResult(g, result, trace, stepper, widget, other, figure, all_feeds, lens)
 
 
-def _stepper_if_possible(g, feeds, lens, device, seed, search: bool):
-    """(the live stepper of the first loop, None) or (None, why it cannot be stepped)."""
+def _stepper_if_possible(g, feeds, lens, device, seed, targets: dict):
+    """(the live stepper of the first loop, None) or (None, why it cannot be stepped). ``targets``: the
+    reference labels when the cell is teacher-forced (else a loop with rd.choice steps its search)."""
     state_dims = [s.dims for loop in g.top.children for s in loop.state_layers]
     if any(d.is_dynamic for dims in state_dims for d in dims):
         return None, "a State with a dynamic dim"
-    if g.choices and not search:
-        return None, "teacher forcing is not stepped live (run with --search to step the beam search)"
     try:
-        return g.stepper(feeds, seq_lens=lens, device=device, seed=seed), None
+        return g.stepper(feeds, seq_lens=lens, device=device, seed=seed, targets=targets or None), None
     except RunError as e:
         if not g.choices:
             raise

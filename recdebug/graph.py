@@ -164,11 +164,15 @@ class Graph:
                            max_bytes=DEFAULT_TRACE_BYTES if max_bytes is None else max_bytes, search=search,
                            targets=targets)
 
-    def stepper(self, inputs=None, seq_lens=None, device=None, seed=0, params=None, loop=None):
-        """Live stepping of a top-level loop (default: the first); returns an ``rd.Stepper`` at t=0."""
+    def stepper(self, inputs=None, seq_lens=None, device=None, seed=0, params=None, loop=None, targets=None):
+        """Live stepping of a top-level loop (default: the first); returns an ``rd.Stepper`` at t=0.
+
+        A loop with rd.choice steps its beam search; with ``targets={label: array (batch, steps)}`` (and their
+        lengths in ``seq_lens={label: lens}``) it takes the reference labels instead (teacher forcing)."""
         from .stepper import Stepper
 
-        return Stepper(self, inputs or {}, seq_lens, device=device, seed=seed, params=params, loop=loop)
+        return Stepper(self, inputs or {}, seq_lens, device=device, seed=seed, params=params, loop=loop,
+                       targets=targets)
 
     def close(self):
         """Free the TensorFlow sessions this graph holds."""

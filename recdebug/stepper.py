@@ -78,10 +78,12 @@ class StepEngine(Engine):
             del _DEVICE_TENSORS[key]
         super().close()
 
-    def __init__(self, g, loop, device: str, seed: int, batch: int, max_steps: int, choice=None):
-        """``batch``: entries of the step net's batch (with ``choice``, a search: sequences * beam size)."""
+    def __init__(self, g, loop, device: str, seed: int, batch: int, max_steps: int, choice=None, forced=None):
+        """``batch``: entries of the step net's batch (with ``choice``, a search: sequences * beam size).
+        ``forced``: the rd.choice op fed its reference labels instead (teacher forcing)."""
         self.loop, self.batch, self.max_steps = loop, batch, max_steps
         self.choice = choice  # the rd.choice op searched over, or None
+        self.forced = forced
         self.extra_variables = []
         _register_layer_class()
         if choice is not None:
@@ -108,7 +110,7 @@ class StepEngine(Engine):
             _DEVICE_TENSORS[key] = tf.gather(var, self.t_ph)
             states[name] = ([em.dims.get(d) if not d.is_batch else _returnn_batch() for d in dims], state.dtype, key)
             self.buffers[state] = (var, dims, name)
-        if loop.end_cond is not None or self.choice is not None:
+        if (loop.end_cond is not None and self.forced is None) or self.choice is not None:
             self.ended = tf.Variable(tf.zeros([self.max_steps + 1, self.batch], dtype=tf.bool), trainable=False,
                                      name="ended")
             self.extra_variables.append(self.ended)
@@ -123,6 +125,14 @@ class StepEngine(Engine):
             _DEVICE_TENSORS[search_key + "/scores"] = tf.gather(self.scores, self.t_ph)
             _DEVICE_TENSORS[search_key + "/ended"] = tf.gather(self.ended, self.t_ph)
             self.after_choice = add_beam(self.step_net, self.choice, search_key)
+        if self.forced is not None:  # the reference label of step t in place of the choice
+            self.labels_ph = tf.compat.v1.placeholder(tf.int32, [self.batch, None], name="reference_labels")
+            self.label_lens_ph = tf.compat.v1.placeholder(tf.int32, [self.batch], name="reference_lengths")
+            key = f"{id(self)}/reference"
+            _DEVICE_TENSORS[key] = tf.gather(self.labels_ph, self.t_ph, axis=1)
+            self.step_net.net[self.step_net.layer_names[self.forced.name]] = {
+                "class": "recdebug_tensor", "key": key, "shape": [_returnn_batch()], "dtype": "int32",
+                "is_output_layer": True}
         for state in loop.state_layers:
             self.step_net.net[loop.init[state].op.name]["is_output_layer"] = True
         return self.step_net.net
@@ -137,7 +147,10 @@ class StepEngine(Engine):
             chooser = net.get_layer(flat[self.choice.name])
             src = chooser.flat_src
         include_eos = loop.include_eos
-        if loop.unstacked:
+        if self.forced is not None:  # teacher forcing: the loop runs over the reference labels, ignoring `end`
+            active = tf.less(t, self.label_lens_ph)
+            end = None
+        elif loop.unstacked:
             lens = em.dims[loop.axis].dyn_size_ext.placeholder
             active = tf.less(t, lens)
             end = None
@@ -228,6 +241,23 @@ def _searched_choice(g, loop):
     return y
 
 
+def _reference_labels(y, targets: dict, seq_lens: dict, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher forcing: the reference labels of ``y`` [batch, steps] and their lengths, checked."""
+    labels = targets.get(y, targets.get(y.name, targets.get(y.op.name)))
+    if labels is None:
+        raise RunError(f"targets: no reference labels for {y!r}; pass targets={{label: array (batch, steps)}}")
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[0] != batch or labels.shape[1] < 1:
+        raise RunError(f"targets[{y.name!r}]: expected shape (batch={batch}, steps), got {labels.shape}")
+    vocab = y.op.attrs["vocab"].size
+    if labels.min() < 0 or labels.max() >= vocab:
+        raise RunError(f"targets[{y.name!r}]: labels must be in 0..{vocab - 1}")
+    lens = np.asarray(seq_lens.get(y, np.full(batch, labels.shape[1])), dtype=np.int32)
+    if lens.shape != (batch,) or lens.min() < 1 or lens.max() > labels.shape[1]:
+        raise RunError(f"seq_lens[{y.name!r}]: one length in 1..{labels.shape[1]} per sequence, got {lens}")
+    return labels.astype(np.int32), lens
+
+
 def _repeat_for_beam(g, inputs: dict, seq_lens: dict, k: int) -> tuple[dict, dict]:
     """Each sequence's inputs and lengths repeated k times along the batch (one copy per hypothesis)."""
     from .dims import batch_dim
@@ -274,7 +304,7 @@ class Stepper:
     """Live stepping of one top-level loop (default: the first): ``step``, ``step_back``, ``run_until``..."""
 
     def __init__(self, g, inputs: dict, seq_lens: dict | None = None, device=None, seed: int = 0, params=None,
-                 loop=None):
+                 loop=None, targets: dict | None = None):
         if g.scope is not g.top:
             raise RunError("the graph still has an open loop: create the stepper after the `with rd.Loop()` block")
         top_loops = g.top.children
@@ -284,19 +314,29 @@ class Stepper:
         if loop not in top_loops:
             raise LoopError(f"{loop.describe()} is nested: step its enclosing loop and use stepper.descend()")
         self.graph, self.loop = g, loop
-        self.choice = _searched_choice(g, loop)  # the rd.choice this stepper searches with, or None
+        choice = _searched_choice(g, loop)
+        # with targets, the rd.choice takes the reference labels (teacher forcing); else it searches
+        self.forced = choice if choice is not None and targets else None
+        self.choice = choice if self.forced is None else None  # the rd.choice this stepper searches with
         self.beam = self.choice.op.attrs["beam_size"] if self.choice is not None else 1
         seq_lens = seq_lens or {}
         batch, steps = _batch_and_steps(g, loop, inputs, seq_lens)
+        if self.forced is not None:
+            labels, label_lens = _reference_labels(self.forced, targets, seq_lens or {}, batch)
+            steps = labels.shape[1]
         if self.choice is not None:  # hypothesis k of sequence b is entry b*K+k of the step net's batch
             inputs, seq_lens = _repeat_for_beam(g, inputs, seq_lens, self.beam)
         self.device = resolve_device(device)
         self.engine = StepEngine(g, loop, self.device, seed, batch * self.beam, steps,
-                                 choice=self.choice.op if self.choice is not None else None)
+                                 choice=self.choice.op if self.choice is not None else None,
+                                 forced=self.forced.op if self.forced is not None else None)
         g._engines[("stepper", id(self))] = self.engine
         self.engine.set_params(params or {}, seed)
         self._feed, self._lens, _ = self.engine.feed_dict(inputs, seq_lens)
         self._lens = {d: n[::self.beam] for d, n in self._lens.items()}
+        if self.forced is not None:
+            self._feed[self.engine.labels_ph], self._feed[self.engine.label_lens_ph] = labels, label_lens
+            self._lens[loop.axis] = label_lens
         self.batch, self.max_steps = batch, steps
         self.breakpoint: str | None = None  # why the last run_until stopped
         self.edits: list = []  # the step of every set_state/reset: values of later steps were recomputed
@@ -304,9 +344,15 @@ class Stepper:
 
     # --- state of the stepper ---
     @property
+    def _by_lengths(self) -> bool:
+        """Whether each sequence runs a given number of steps (an unstacked axis, or reference labels)."""
+        return bool(self.loop.unstacked) or self.forced is not None
+
+    @property
     def T(self) -> int:
-        """The number of steps of the longest sequence (unstack loops), or the bound max_seq_len (while loops)."""
-        if self.loop.unstacked:
+        """The number of steps of the longest sequence (unstack loops, teacher forcing), or the bound max_seq_len
+        (while loops)."""
+        if self._by_lengths:
             return int(self._lens[self.loop.axis].max()) if self.loop.axis in self._lens else self.max_steps
         return self.max_steps
 
@@ -314,7 +360,7 @@ class Stepper:
     def finished(self) -> bool:
         """At the end of the loop: T steps done, or (while loop) every sequence has ended."""
         return self.t >= self.T or ((self.loop.end_cond is not None or self.choice is not None)
-                                    and len(self.ended) == self.batch)
+                                    and not self._by_lengths and len(self.ended) == self.batch)
 
     @property
     def ended(self) -> dict:
@@ -329,7 +375,7 @@ class Stepper:
                 elif self.t >= self.T:
                     out[b] = self.T
             return out
-        if self.loop.unstacked:
+        if self._by_lengths:
             lens = self._lens.get(self.loop.axis, np.full(self.batch, self.max_steps))
             return {b: int(n) for b, n in enumerate(lens) if n <= self.t}
         out = {}

@@ -26,3 +26,12 @@ def rng():
 def random_params(res, rng, scale=0.5):
     """Non-zero values for every parameter of a run (biases included), to be fed with ``params=``."""
     return {name: (rng.standard_normal(v.shape) * scale).astype(np.float32) for name, v in res.params().items()}
+
+
+@pytest.fixture(scope="session")
+def shell():
+    """The test IPython shell, started once for the session (IPython's test app starts only once)."""
+    from IPython import get_ipython as running
+    from IPython.testing.globalipapp import get_ipython
+
+    return get_ipython() or running()

@@ -6,7 +6,6 @@ import io
 import numpy as np
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import get_ipython
 
 import recdebug as rd
 from recdebug.cell import RecloopError, RecloopResult
@@ -22,8 +21,7 @@ with rd.Loop() as loop:
 
 
 @pytest.fixture(scope="module")
-def ip():
-    shell = get_ipython()
+def ip(shell):
     shell.run_cell("%load_ext recdebug")
     shell.run_cell("import numpy as np, recdebug as rd\n"
                    "batch, time, hid = rd.batch_dim, rd.Dim('time'), rd.Dim('hidden', 4)")

@@ -149,6 +149,31 @@ def test_without_search_the_reference_labels_are_fed(rng):
         g.run({"enc": enc})
 
 
+def test_stepping_with_reference_labels(rng):
+    """Teacher forcing, stepped live: each step takes the next reference label; a sequence runs its labels."""
+    g, loop, y, labels = build(beam_size=3)
+    p = params(rng)
+    enc = rng.standard_normal((2, 4)).astype(np.float32)
+    ref = np.array([[2, 3, 4, 1], [5, 1, 0, 0]], np.int32)
+    st = g.stepper({"enc": enc}, params=p, targets={y: ref}, seq_lens={y: [4, 2]})
+    assert st.T == 4 and st.beam == 1 and st.choice is None
+    st.run_to(st.T)
+    assert st.ended == {0: 4, 1: 2}
+    label_state, h_state = g.states
+    for b, n in enumerate([4, 2]):
+        h, prev = enc[b], 0
+        for t in range(n):
+            h, _ = step(p, prev, h)
+            np.testing.assert_allclose(st.value(h_state, at=t + 1)[b], h, atol=1e-5)
+            assert st.value(label_state, at=t + 1)[b] == ref[b, t]
+            prev = ref[b, t]
+        np.testing.assert_allclose(st.value(h_state)[b], h, atol=1e-5)  # kept after the sequence's end
+    with pytest.raises(rd.RunError, match="labels must be in"):
+        g.stepper({"enc": enc}, targets={y: ref + 10})
+    with pytest.raises(rd.RunError, match="expected shape"):
+        g.stepper({"enc": enc}, targets={y: ref[:1]})
+
+
 def test_choice_outside_a_loop_is_an_error():
     vocab = rd.Dim("vocab", 4)
     with pytest.raises(rd.LoopError, match="inside a loop"):
@@ -204,10 +229,8 @@ def test_debugger_shows_the_beam_tree_and_the_states_of_a_hypothesis(rng):
         np.testing.assert_array_equal(view[t], beams.state(h_state, t, 0, slot))
 
 
-def test_magic_search_option(rng):
-    from IPython.testing.globalipapp import get_ipython
-
-    ip = get_ipython()
+def test_magic_search_option(rng, shell):
+    ip = shell
     ip.run_cell("%load_ext recdebug")
     ip.run_cell("import numpy as np, recdebug as rd\nbatch = rd.batch_dim\n"
                 "hid, vocab, emb = rd.Dim('hid', 4), rd.Dim('vocab', 6), rd.Dim('emb', 3)")
@@ -234,9 +257,13 @@ with rd.Loop(max_seq_len=5) as loop:
     d.step()
     assert len(d.beam_tree.nodes) == 2
     ip.run_cell("ref = np.zeros((sres.feeds['enc'].shape[0], 5), np.int32)")
-    r = ip.run_cell("%%recloop --targets choice=ref --live\n" + body)
-    assert "--live needs a stepper" in "\n".join(r.error_in_exec._render_traceback_())
-    for name in ("sres", "lres"):
+    r = ip.run_cell("%%recloop --targets choice=ref --live -o tres\n" + body)
+    assert r.success, r.error_in_exec
+    d = ip.user_ns["tres"].widget
+    assert d.stepper.forced is not None and d.beam_tree is None and d.T == 5
+    d.run()
+    assert d.t == 5 and (ip.user_ns["tres"].stepper.value("label") == 0).all()
+    for name in ("sres", "lres", "tres"):
         ip.user_ns[name].close()
     r = ip.run_cell("%%recloop\n" + body)
     assert "--search" in "\n".join(r.error_in_exec._render_traceback_())
