@@ -506,3 +506,41 @@ def test_live_search_over_an_unstacked_axis_agrees_with_the_trace(rng):
             assert live.hypothesis(b, k)["labels"] == traced.hypothesis(b, k)["labels"]
             assert len(live.hypothesis(b, k)["labels"]) == n
             np.testing.assert_allclose(live.state(h, n - 1, b, k), traced.state(h, n - 1, b, k), atol=1e-5)
+
+
+def test_live_search_of_an_attention_decoder_agrees_with_returnn(rng):
+    """Values over the encoder's dynamic axis inside the searched loop (attention): the live search, which runs
+    its own top-k and reordering, finds RETURNN's hypotheses with RETURNN's scores."""
+    enc_t, hid, vocab, emb = rd.Dim("enc_time"), rd.Dim("hid", 4), rd.Dim("vocab", VOCAB), rd.Dim("emb", 3)
+    with rd.Graph() as g:
+        enc = rd.Input("enc", {batch, enc_t, hid})
+        embed, lin_h, lin_out, lin_q = rd.Embedding(vocab, emb), rd.Linear(hid), rd.Linear(vocab), rd.Linear(hid)
+        label = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+        h = rd.State({batch, hid})
+        with rd.Loop(max_seq_len=MAX_LEN) as loop:
+            energy = rd.reduce_sum(enc * lin_q(h.get()), hid)
+            w = rd.exp(energy - rd.reduce_max(energy, enc_t))
+            w = w / rd.reduce_sum(w, enc_t)
+            h_ = rd.tanh(lin_h(rd.concat(embed(label.get()), rd.reduce_sum(enc * w, enc_t))))
+            h.assign(h_)
+            y = rd.choice(lin_out(h_), beam_size=3)
+            label.assign(y)
+            loop.end(y == 0, include_eos=True)
+    enc_np = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    lens = {enc_t: [5, 3, 2]}
+    traced = g.trace({"enc": enc_np}, seq_lens=lens, search=True).beams(y)
+    st = g.stepper({"enc": enc_np}, seq_lens=lens)
+    st.run_to(st.T)
+    live = st.beams()
+    assert live.shape == traced.shape
+    for b in range(3):
+        got, want = live.hypotheses(b), traced.hypotheses(b)
+        assert [hy["labels"] for hy in got] == [hy["labels"] for hy in want]
+        np.testing.assert_allclose([hy["score"] for hy in got], [hy["score"] for hy in want], rtol=1e-5)
+        for k in range(3):
+            if not live.ended[0, b, k]:
+                np.testing.assert_allclose(live.state(h, 0, b, k), traced.state(h, 0, b, k), atol=1e-6)
+    weights = st.value(w, at=1)  # attention weights per hypothesis of step 0: the encoder frames of each sequence
+    assert weights.shape == (3, 3, 5)
+    for b, n in enumerate(lens[enc_t]):
+        np.testing.assert_allclose(weights[b, 0, :n].sum(), 1.0, rtol=1e-5)
