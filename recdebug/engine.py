@@ -309,26 +309,16 @@ class Engine:
             key = em.fetch[t]
             entries[key] = Entry(key, arr, tuple(label(d) for d in top_dims[t]), "value", (), _line(em.lines.get(key)))
             lookup[id(t)] = key
-        for key, how in sorted(em.trace_derived.items(), key=lambda kv: (kv[1][0] != "same", kv[1][0] == "shifted")):
-            kind, _, loops = em.trace_info[key]
-            axes = tuple(label(axis_of[lp]) for lp in loops)
-            line = _line(em.lines.get(key))
-            if how[0] == "same":
-                src = entries[how[1]]
-                entries[key] = Entry(key, src.array, src.dims, kind, axes, line)
-            elif how[0] == "input":
-                arr, order = arrays[how[1]]
-                entries[key] = Entry(key, arr, tuple(label(d) for d in order), kind, axes, line)
-            elif how[0] == "part":
-                src, dim, i, n = entries[how[1]], label(how[2]), how[3], how[4]
-                size = how[2].size // n
-                index = [slice(None)] * len(src.dims)
-                index[src.dims.index(dim)] = slice(i * size, (i + 1) * size)
-                part_dim = label(how[2].divided(n))
-                dims = tuple(part_dim if d == dim else d for d in src.dims)
-                entries[key] = Entry(key, src.array[tuple(index)], dims, kind, axes, line)
-            else:
-                entries[key] = _shifted_entry(key, entries[how[1]], how, entries, kind, line)
+        pending = dict(em.trace_derived)
+        while pending:  # each derived value once the values it comes from are there
+            ready = [(k, how) for k, how in pending.items() if all(src in entries for src in _derived_from(how))]
+            if not ready:
+                raise RecDebugError(f"internal: trace values {sorted(pending)} derive from each other")
+            for key, how in ready:
+                del pending[key]
+                kind, _, loops = em.trace_info[key]
+                entries[key] = _derived_entry(key, how, entries, arrays, label, kind,
+                                              tuple(label(axis_of[lp]) for lp in loops), _line(em.lines.get(key)))
         for t, path in em.layer_of.items():
             if path in entries:
                 lookup[id(t)] = path
@@ -443,6 +433,50 @@ class Engine:
 
     def close(self):
         self.session.close()
+
+
+def _derived_from(how) -> tuple:
+    """The trace entries a derived value is computed from."""
+    if how[0] in ("same", "part", "shifted"):
+        return (how[1],)
+    if how[0] == "combine":
+        return tuple(how[2])
+    return ()
+
+
+def _derived_entry(key, how, entries, arrays, label, kind, axes, line):
+    """The Entry of a value a trace derives from others (see netdict's ``derived``) instead of recording it."""
+    from .trace import Entry, _broadcast_to_dims
+
+    if how[0] == "input":
+        arr, order = arrays[how[1]]
+        return Entry(key, arr, tuple(label(d) for d in order), kind, axes, line)
+    if how[0] == "shifted":
+        return _shifted_entry(key, entries[how[1]], how, entries, kind, line)
+    if how[0] == "same":
+        src = entries[how[1]]
+        if src.is_derived:
+            return Entry(key, None, src.dims, kind, axes, line, derive=lambda: src.array)
+        return Entry(key, src.array, src.dims, kind, axes, line)
+    if how[0] == "part":
+        src, dim, i, n = entries[how[1]], label(how[2]), how[3], how[4]
+        size = how[2].size // n
+        index = [slice(None)] * len(src.dims)
+        index[src.dims.index(dim)] = slice(i * size, (i + 1) * size)
+        dims = tuple(label(how[2].divided(n)) if d == dim else d for d in src.dims)
+        if src.is_derived:
+            return Entry(key, None, dims, kind, axes, line, derive=lambda: src.array[tuple(index)])
+        return Entry(key, src.array[tuple(index)], dims, kind, axes, line)
+    a, b = (entries[k] for k in how[2])
+    dims = a.dims + tuple(d for d in b.dims if d not in a.dims)
+    op = {"add": np.add, "sub": np.subtract, "mul": np.multiply}[how[1]]
+
+    def combine():
+        with np.errstate(all="ignore"):  # Inf/NaN come out as TensorFlow made them
+            return op(_broadcast_to_dims(a.array, a.dims, dims), _broadcast_to_dims(b.array, b.dims, dims),
+                      dtype=np.float32)
+
+    return Entry(key, None, dims, kind, axes, line, derive=combine)
 
 
 def _shifted_entry(key, state, how, entries, kind, line):

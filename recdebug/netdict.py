@@ -13,6 +13,7 @@ from .dims import Dim
 from .graph import Graph, Scope
 
 _ARITH = ("add", "sub", "mul", "truediv")
+_EXACT_IN_NUMPY = ("add", "sub", "mul")  # correctly rounded in float32 by numpy as by TensorFlow
 _COMPARE = ("equal", "not_equal", "less", "less_equal", "greater", "greater_equal")
 _EVAL_SYMBOL = {"add": "+", "sub": "-", "mul": "*", "truediv": "/"}
 
@@ -232,7 +233,8 @@ class _Emitter:
         ("same", path): a State's layer holds exactly the value assigned to it;
         ("shifted", state path, initial): a State read before its assign is the previous step's value;
         ("input", name): the first unstacked frame of a top-level input is that input;
-        ("part", path, dim, i, n): part i of n of a split along dim is a slice (a view) of the split value.
+        ("part", path, dim, i, n): part i of n of a split along dim is a slice (a view) of the split value;
+        ("combine", kind, operand paths): a float32 add/sub/mul of recorded values, computed by numpy when read.
         Only within a top-level loop, where the initial values and the inputs are known at the top level.
         """
         if loop.parent.parent is not None:
@@ -258,6 +260,20 @@ class _Emitter:
         if op.kind == "split_part" and self.captures(self.path(loop, src.op.name)):
             whole = src.op
             return ("part", self.path(loop, whole.name), whole.attrs["dim"], op.attrs["index"], whole.attrs["n"])
+        if op.kind in _EXACT_IN_NUMPY and len(op.inputs) == 2 and not any(op.out is v for v in loop.assigned.values()):
+            # a float32 sum, difference or product: numpy does the same IEEE operation on the recorded operands
+            # (not for a value a State takes: the States' earlier values are derived from it)
+            operands = []
+            for x in op.inputs:
+                if x.dtype != "float32":
+                    return None
+                if x.scope is loop and self.captures(self.path(loop, x.op.name)):
+                    operands.append(self.path(loop, x.op.name))
+                elif x.scope.parent is None and x.op.kind != "input":
+                    operands.append(x.op.name)
+                else:
+                    return None
+            return ("combine", op.kind, tuple(operands))
         return None
 
     def initial(self, loop, state):

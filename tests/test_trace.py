@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import recdebug as rd
-from conftest import ATOL, assert_frames_close
+from conftest import ATOL, assert_frames_close, random_params
 from test_design_examples import (Lstm, MyNestedRec, lstm_loop, lstm_reference, nested_reference,
                                   run_with_random_params)
 
@@ -136,7 +136,9 @@ def test_save_load_at_and_diff(lstm_graph, rng, tmp_path):
 
 
 def test_derived_values_equal_recorded_ones(rng):
-    """A State's layer, its read before the assign and the input frame are derived, not recorded twice."""
+    """Values a trace derives instead of recording them are exactly what a recording of them holds: a State's
+    layer, its read before the assign, the input frame, split parts, and float32 sums/products (numpy does the
+    same IEEE operation as TensorFlow)."""
     time, feat, dim = rd.Dim("time"), rd.Dim("feat", 3), rd.Dim("dim", 4)
     with rd.Graph() as g:
         x = rd.Input("x", {batch, time, feat})
@@ -146,17 +148,22 @@ def test_derived_values_equal_recorded_ones(rng):
         with rd.Loop() as loop:
             out = loop.stack(lstm(loop.unstack(x)))
     feed = {"x": rng.standard_normal((4, 6, 3)), "h0": rng.standard_normal((4, 4))}
-    full = g.trace(feed, seq_lens={time: LENS})
-    derived = [k for k, e in full.entries.items() if e.is_derived]
-    assert sorted(derived) == ["loop/lstm.c.prev", "loop/lstm.h.prev"]
+    p = random_params(g.run(feed, seq_lens={time: LENS}), rng)
+    full = g.trace(feed, seq_lens={time: LENS}, params=p)
+    derived = sorted(k for k, e in full.entries.items() if e.is_derived)
+    assert {"loop/lstm.c.prev", "loop/lstm.h.prev", "loop/lstm.ff_linear", "loop/lstm.add",
+            "loop/lstm.mul"} <= set(derived)
+    for state in (lstm.h, lstm.c):  # a State's value is recorded: its earlier values are derived from it
+        assert not full.entries["loop/" + loop.assigned[state].op.name].is_derived
     assigned = "loop/" + loop.assigned[lstm.h].op.name
     assert full.entries["loop/lstm.h"].array is full.entries[assigned].array
-    recorded = g.trace(feed, seq_lens={time: LENS}, capture=["lstm.h.prev", "lstm.c.prev", "unstack"])
-    assert not any(e.is_derived for e in recorded.entries.values())
-    for key in ("loop/lstm.h.prev", "loop/lstm.c.prev", "loop/unstack"):
+    for key in derived:
+        name = key.split("/", 1)[1]
+        recorded = g.trace(feed, seq_lens={time: LENS}, capture=[name], params=p)
+        assert not recorded.entries[key].is_derived
         order = ("batch", "time") + tuple(d for d in full.dims_of(key) if d not in ("batch", "time"))
         a, b = full.numpy(key, order=order), recorded.numpy(key, order=order)
         for s, n in enumerate(LENS):
-            np.testing.assert_allclose(a[s, :n], b[s, :n], atol=1e-6, err_msg=key)
+            np.testing.assert_array_equal(a[s, :n], b[s, :n], err_msg=key)
     np.testing.assert_allclose(full.numpy("loop/lstm.h.prev", order=("time", "batch", "dim"))[0], feed["h0"],
                                atol=1e-6)
