@@ -149,17 +149,8 @@ class Engine:
         if self.search:
             return
         for y in self.graph.choices:
-            labels = targets.get(y, targets.get(y.name))
-            if labels is None:
-                raise RunError(f"{y!r} is an rd.choice: pass its reference labels with targets={{label: array}} "
-                               f"(batch, steps), or run with search=True")
-            labels = np.asarray(labels, dtype=np.int32)
-            if labels.ndim != 2 or labels.shape[0] != batch:
-                raise RunError(f"targets[{y.name!r}]: expected shape (batch={batch}, steps), got {labels.shape}")
+            labels, lens = reference_labels(y, targets, seq_lens, batch)
             a = y.op.attrs
-            if labels.size and (labels.min() < 0 or labels.max() >= a["vocab"].size):
-                raise RunError(f"targets[{y.name!r}]: labels must be in 0..{a['vocab'].size - 1}")
-            lens = np.asarray(seq_lens.get(y, np.full(batch, labels.shape[1])), dtype=np.int32)
             data = self.network.extern_data.data[a["target_key"]]
             fd[data.placeholder] = labels
             fd[self.emitted.dims[a["label_time"]].dyn_size_ext.placeholder] = lens
@@ -178,10 +169,7 @@ class Engine:
         fd = {}
         arrays = {}
         for name, inp in g.inputs.items():
-            value = inputs[name]
-            order = inp.order
-            if isinstance(value, tuple) and len(value) == 2 and not isinstance(value[0], (int, float)):
-                value, order = value
+            value, order = value_and_order(inputs[name], inp)
             arr = np.asarray(value)
             if set(order) != set(inp.dims) or len(order) != len(inp.dims):
                 raise DimError(f"input {name!r}: order {order} is not a permutation of its dims")
@@ -477,6 +465,31 @@ def _derived_entry(key, how, entries, arrays, label, kind, axes, line):
                       dtype=np.float32)
 
     return Entry(key, None, dims, kind, axes, line, derive=combine)
+
+
+def value_and_order(value, inp) -> tuple:
+    """A fed input: (array, its axis order) from an array (the Input's own order) or an (array, order) pair."""
+    if isinstance(value, tuple) and len(value) == 2 and not isinstance(value[0], (int, float)):
+        return value
+    return value, inp.order
+
+
+def reference_labels(y, targets: dict, seq_lens: dict, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Teacher forcing: the reference labels of the rd.choice ``y`` [batch, steps] and their lengths, checked."""
+    labels = targets.get(y, targets.get(y.name, targets.get(y.op.name)))
+    if labels is None:
+        raise RunError(f"{y!r} is an rd.choice: pass its reference labels with targets={{label: array}} "
+                       f"(batch, steps), or run with search=True")
+    labels = np.asarray(labels, dtype=np.int32)
+    if labels.ndim != 2 or labels.shape[0] != batch or labels.shape[1] < 1:
+        raise RunError(f"targets[{y.name!r}]: expected shape (batch={batch}, steps), got {labels.shape}")
+    vocab = y.op.attrs["vocab"].size
+    if labels.min() < 0 or labels.max() >= vocab:
+        raise RunError(f"targets[{y.name!r}]: labels must be in 0..{vocab - 1}")
+    lens = np.asarray(seq_lens.get(y, np.full(batch, labels.shape[1])), dtype=np.int32)
+    if lens.shape != (batch,) or lens.min() < 1 or lens.max() > labels.shape[1]:
+        raise RunError(f"seq_lens[{y.name!r}]: one length in 1..{labels.shape[1]} per sequence, got {lens}")
+    return labels, lens
 
 
 def _shifted_entry(key, state, how, entries, kind, line):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .dims import sorted_dims
-from .engine import Engine, resolve_device
+from .engine import Engine, reference_labels, resolve_device, value_and_order
 from .errors import DimError, LoopError, RecDebugError, RunError
 from .state import State
 from .stepnet import build_step_net
@@ -172,7 +172,7 @@ class StepEngine(Engine):
         self.state_at, self.set_ops = {}, {}
         for state, (var, dims, name) in self.buffers.items():
             new = _to_order(net.get_layer(flat[name]).output, em, dims)
-            old = tf.gather(var, t)
+            self.state_at[state] = old = tf.gather(var, t)
             if src is not None:
                 old = tf.gather(old, src)
                 if flat[name] not in self.after_choice:
@@ -184,9 +184,8 @@ class StepEngine(Engine):
                 bad = tf.logical_and(tf.logical_not(tf.math.is_finite(frozen)), tf.broadcast_to(mask, tf.shape(new)))
                 nonfinite[state] = tf.reduce_any(bad)
             init = _to_order(net.get_layer(loop.init[state].op.name).output, em, dims)
-            init = tf.broadcast_to(init, tf.shape(tf.gather(var, t)))
+            init = tf.broadcast_to(init, tf.shape(self.state_at[state]))
             self.init_ops.append(tf.compat.v1.scatter_update(var, [0], tf.expand_dims(init, 0)))
-            self.state_at[state] = tf.gather(var, t)
             value_ph = tf.compat.v1.placeholder(state.dtype, [self.batch] + [d.size for d in dims[1:]])
             self.set_ops[state] = (value_ph, tf.compat.v1.scatter_update(var, tf.expand_dims(t, 0),
                                                                           tf.expand_dims(value_ph, 0)))
@@ -241,39 +240,19 @@ def _searched_choice(g, loop):
     return y
 
 
-def _reference_labels(y, targets: dict, seq_lens: dict, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Teacher forcing: the reference labels of ``y`` [batch, steps] and their lengths, checked."""
-    labels = targets.get(y, targets.get(y.name, targets.get(y.op.name)))
-    if labels is None:
-        raise RunError(f"targets: no reference labels for {y!r}; pass targets={{label: array (batch, steps)}}")
-    labels = np.asarray(labels)
-    if labels.ndim != 2 or labels.shape[0] != batch or labels.shape[1] < 1:
-        raise RunError(f"targets[{y.name!r}]: expected shape (batch={batch}, steps), got {labels.shape}")
-    vocab = y.op.attrs["vocab"].size
-    if labels.min() < 0 or labels.max() >= vocab:
-        raise RunError(f"targets[{y.name!r}]: labels must be in 0..{vocab - 1}")
-    lens = np.asarray(seq_lens.get(y, np.full(batch, labels.shape[1])), dtype=np.int32)
-    if lens.shape != (batch,) or lens.min() < 1 or lens.max() > labels.shape[1]:
-        raise RunError(f"seq_lens[{y.name!r}]: one length in 1..{labels.shape[1]} per sequence, got {lens}")
-    return labels.astype(np.int32), lens
-
-
 def _repeat_for_beam(g, inputs: dict, seq_lens: dict, k: int) -> tuple[dict, dict]:
     """Each sequence's inputs and lengths repeated k times along the batch (one copy per hypothesis)."""
     from .dims import batch_dim
 
     out = {}
     for name, value in inputs.items():
-        inp = g.inputs.get(name)
-        order = inp.order if inp is not None else ()
-        if isinstance(value, tuple) and len(value) == 2 and not isinstance(value[0], (int, float)):
-            value, order = value
-            if batch_dim in order:
-                value = np.repeat(np.asarray(value), k, axis=list(order).index(batch_dim))
-            value = (value, order)
-        elif batch_dim in order and np.ndim(value) == len(order):
-            value = np.repeat(np.asarray(value), k, axis=list(order).index(batch_dim))
-        out[name] = value
+        if name not in g.inputs:
+            out[name] = value  # feed_dict names it
+            continue
+        arr, order = value_and_order(value, g.inputs[name])
+        if batch_dim in order and np.ndim(arr) == len(order):
+            arr = np.repeat(np.asarray(arr), k, axis=list(order).index(batch_dim))
+        out[name] = (arr, order)
     lens = {d: np.repeat(np.asarray(n), k) if np.ndim(n) == 1 else n for d, n in seq_lens.items()}
     return out, lens
 
@@ -286,9 +265,7 @@ def _batch_and_steps(g, loop, inputs: dict, seq_lens: dict) -> tuple[int, int]:
     for name, inp in g.inputs.items():
         if name not in inputs:
             raise RunError(f"missing input {name!r}: pass it as stepper({{name: array}})")
-        value, order = inputs[name], inp.order
-        if isinstance(value, tuple) and len(value) == 2:
-            value, order = value
+        value, order = value_and_order(inputs[name], inp)
         shape = np.shape(value)
         if batch_dim in order and len(shape) == len(order):
             batch = shape[list(order).index(batch_dim)]
@@ -322,7 +299,7 @@ class Stepper:
         seq_lens = seq_lens or {}
         batch, steps = _batch_and_steps(g, loop, inputs, seq_lens)
         if self.forced is not None:
-            labels, label_lens = _reference_labels(self.forced, targets, seq_lens or {}, batch)
+            labels, label_lens = reference_labels(self.forced, targets, seq_lens, batch)
             steps = labels.shape[1]
         if self.choice is not None:  # hypothesis k of sequence b is entry b*K+k of the step net's batch
             inputs, seq_lens = _repeat_for_beam(g, inputs, seq_lens, self.beam)
