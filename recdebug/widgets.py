@@ -364,8 +364,8 @@ class Debugger(w.VBox):
             self._rows[key] = np.zeros((st.T,) + sample.reshape(per_entry).shape, np.float32)
             self._rows[key + "#known"], self._rows[key + "#edits"] = 0, len(st.edits)
         known = self._rows[key + "#known"]
-        if self._rows[key + "#edits"] != len(st.edits):  # set_state or reset: later steps were recomputed
-            known = min([known] + st.edits[self._rows[key + "#edits"]:])
+        if self._rows[key + "#edits"] != len(st.edits):  # set_state(at t) or reset: row t-1 on may have changed
+            known = min([known] + [max(0, t - 1) for t in st.edits[self._rows[key + "#edits"]:]])
             self._rows[key + "#edits"] = len(st.edits)
         for k in range(known, st.t):  # the steps computed since: one fetch per step, only for what is shown
             self._rows[key][k] = self._stepper_value(key, k + 1).reshape(per_entry)

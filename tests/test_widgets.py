@@ -130,6 +130,26 @@ def test_live_stepper_debugger_sends_one_row_per_step(case):
     assert d.picked.shape == [6, 4]
 
 
+def test_live_stepper_debugger_shows_the_steps_after_an_edit(case):
+    g, time, dim, lstm, loop, x_np, tr = case
+    st = g.stepper({"x": x_np}, seq_lens={time: LENS})
+    d = rd.debugger(st)
+    view = d.views["lstm/c"]
+    d.step(4)
+    d.step_back(2)
+    st.set_state(lstm.c, np.full((4, 4), 3.0, np.float32))  # from code, while the widget is shown
+    d.step(2)
+    assert st.t == 4
+    rows = np.frombuffer(view.values, np.float32).reshape(6, 4)
+    np.testing.assert_allclose(rows[0], tr.numpy(lstm.c, order=(batch, time, dim))[0, 0], atol=1e-5)
+    np.testing.assert_allclose(rows[1], 3.0)  # the edited value after step 1
+    for k in (2, 3):  # after the edit: the recomputed steps, not the ones shown before
+        np.testing.assert_allclose(rows[k], st.value(lstm.c, at=k + 1)[0], atol=1e-6)
+        assert not np.allclose(rows[k], tr.numpy(lstm.c, order=(batch, time, dim))[0, k], atol=1e-3)
+    d.reset()
+    assert d.t == 0 and view.known == 0
+
+
 def test_static_plot(case):
     g, time, dim, lstm, loop, x_np, tr = case
     fig = tr.plot(sequence=1, t=2)
