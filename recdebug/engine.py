@@ -16,6 +16,12 @@ BEHAVIOR_VERSION = 21
 _ready = False
 
 
+def _unused_tensor_array_writes(record) -> bool:
+    """Logging filter: drop TensorFlow's "Object was never used" report, which a teacher-forced RETURNN rec layer
+    triggers (an accumulator it writes and never reads) when its graph is freed, e.g. when a cell is re-run."""
+    return "Object was never used" not in record.getMessage()
+
+
 def _setup():
     """Process-wide set-up of TensorFlow and RETURNN, once."""
     global _ready
@@ -24,6 +30,7 @@ def _setup():
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
+    tf.get_logger().addFilter(_unused_tensor_array_writes)
 
     if not tf.config.list_physical_devices("GPU"):
         os.environ.setdefault("DISABLE_CUDA", "1")  # RETURNN would try to compile CUDA ops without a GPU TF

@@ -174,6 +174,20 @@ def test_stepping_with_reference_labels(rng):
         g.stepper({"enc": enc}, targets={y: ref[:1]})
 
 
+def test_freeing_a_teacher_forced_build_prints_nothing(rng, capfd):
+    """Re-running a cell frees the previous build: TensorFlow's report on an accumulator RETURNN never reads (in
+    a teacher-forced rec layer) does not reach the notebook."""
+    import gc
+
+    g, loop, y, labels = build(beam_size=2)
+    enc = rng.standard_normal((2, 4)).astype(np.float32)
+    g.run({"enc": enc}, targets={y: np.array([[2, 0], [1, 0]])})
+    capfd.readouterr()
+    g.close()
+    gc.collect()
+    assert "never used" not in capfd.readouterr().err
+
+
 def test_choice_outside_a_loop_is_an_error():
     vocab = rd.Dim("vocab", 4)
     with pytest.raises(rd.LoopError, match="inside a loop"):
