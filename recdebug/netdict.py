@@ -110,7 +110,10 @@ class _Emitter:
                 self.out.lines[self.path(scope, op.name)] = op.line
         captured = []
         for loop in scope.children:
+            searching = self.search and any(loop.contains(y.scope) for y in self.g.choices)
             for key, name in self.emit_loop(loop, layers):
+                if searching and scope.parent is None:
+                    continue  # a searching loop's trace reads RETURNN's per-step accumulators (Engine.trace)
                 export = self.fresh_name(scope, "trace." + key.replace("/", "."))
                 layers[export] = {"class": "copy", "from": f"{loop.name}/{name}", "is_output_layer": True}
                 if scope.parent is None:
@@ -188,8 +191,11 @@ class _Emitter:
         unit["output"] = {"class": "copy", "from": output_source}
         # A loop with loops inside stays unoptimized itself (its inner loops are still optimized): when RETURNN
         # moves an outer layer out, it may need to stack an inner loop's sub-layer, which it cannot do reliably.
+        # A search trace reads every layer's values per hypothesis from the loop's step accumulators: it keeps
+        # every layer in the loop (a moved-out layer has no such accumulator).
+        beams = self.search and self.capture is not None and any(op.kind == "choice" for op in loop.ops)
         rec = {"class": "rec", "from": [], "axis": self.dim(loop.axis), "unit": unit,
-               "optimize_move_layers_out": self.optimize and not loop.children}
+               "optimize_move_layers_out": self.optimize and not loop.children and not beams}
         if loop.unstacked:
             first = loop.unstacked[0].op.inputs[0]
             rec["from"] = self.ref(first, loop.parent)
@@ -206,7 +212,6 @@ class _Emitter:
         for state, name in loop.state_finals.items():
             layers[name] = self.gather_last(loop, loop.state_layers[state])
         loops = tuple(reversed([s for s in loop.ancestors() if s.is_loop]))
-        beams = self.search and self.capture is not None and any(op.kind == "choice" for op in loop.ops)
         if beams:  # the scores of every hypothesis at every step, recorded like a layer
             for y in (op for op in loop.ops if op.kind == "choice"):
                 unit[f"{y.name}.scores"] = {"class": "choice_get_beam_scores", "from": y.name, "is_output_layer": True}
@@ -214,9 +219,13 @@ class _Emitter:
         own = [(op.name, "layer", op.out.dims) for op in loop.ops]
         own += [(name, "state", state.dims) for state, name in loop.state_layers.items()]
         captured = []
+        needed = set()  # a search trace always records what its beams are made of: the labels and the end flags
+        if beams:
+            needed = {op.name for op in loop.ops if op.kind == "choice"}
+            needed |= {loop.end_cond.op.name} if loop.end_cond is not None and loop.end_cond.scope is loop else set()
         for name, kind, dims in own:
             path = self.path(loop, name)
-            if self.captures(path):
+            if self.captures(path) or name in needed:
                 self.out.trace_info[path] = (kind, dims, loops)
                 how = None if beams else self.derived(loop, name)
                 if how is None:

@@ -558,3 +558,39 @@ def test_live_search_of_an_attention_decoder_agrees_with_returnn(rng):
     assert weights.shape == (3, 3, 5)
     for b, n in enumerate(lens[enc_t]):
         np.testing.assert_allclose(weights[b, 0, :n].sum(), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("input_type", ["prob", "log_prob"])
+def test_choice_input_types_search_alike_in_returnn_and_live(rng, input_type):
+    """rd.choice given probabilities or (unnormalized) log-probabilities: RETURNN's search (traced, recording only
+    h: the beams are recorded anyway) and the live search agree."""
+    hid, vocab, emb = rd.Dim("hid", 4), rd.Dim("vocab", VOCAB), rd.Dim("emb", 3)
+    with rd.Graph() as g:
+        enc = rd.Input("enc", {batch, hid})
+        embed, lin_h, lin_out = rd.Embedding(vocab, emb), rd.Linear(hid), rd.Linear(vocab)
+        label = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+        h = rd.State({batch, hid}, initial=enc)
+        with rd.Loop(max_seq_len=MAX_LEN) as loop:
+            h_ = rd.tanh(lin_h(rd.concat(embed(label.get()), h.get())))
+            h.assign(h_)
+            logits = lin_out(h_)
+            shifted = logits - rd.reduce_max(logits, vocab)
+            e = rd.exp(shifted)
+            y = rd.choice(e / rd.reduce_sum(e, vocab) if input_type == "prob" else shifted, beam_size=3,
+                          input_type=input_type)
+            label.assign(y)
+            loop.end(y == 0, include_eos=True)
+    p = params(rng)
+    enc_np = rng.standard_normal((3, 4)).astype(np.float32)
+    tr = g.trace({"enc": enc_np}, params=p, search=True, capture=["h"])
+    traced = tr.beams(y)
+    assert "loop/tanh" not in tr.entries
+    st = g.stepper({"enc": enc_np}, params=p)
+    st.run_to(st.T)
+    live = st.beams()
+    assert live.shape == traced.shape
+    np.testing.assert_array_equal(live.labels, traced.labels)
+    np.testing.assert_array_equal(live.backpointers, traced.backpointers)
+    np.testing.assert_allclose(live.scores, traced.scores, rtol=1e-5, atol=1e-5)
+    for b in range(3):
+        assert [hy["labels"] for hy in live.hypotheses(b)] == [hy["labels"] for hy in traced.hypotheses(b)]
