@@ -231,9 +231,11 @@ function render({ model, el: root }) {
   }
   overlay.addEventListener("mousemove", onMove);
 
-  function onPatch() {
-    const row = floats(model.get("patch"));
-    const t = model.get("patch_t");
+  function onPatch() {  // int32 step, then that step's float32 row
+    const view = model.get("patch");
+    if (!view || view.byteLength < 4) return;
+    const t = new DataView(view.buffer, view.byteOffset, 4).getInt32(0, true);
+    const row = floats(new DataView(view.buffer, view.byteOffset + 4, view.byteLength - 4));
     if (t >= 0 && t < T && row.length === U) values.set(row, t * U);
     rescale();
     drawAll();

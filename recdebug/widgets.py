@@ -41,8 +41,8 @@ class HeatmapView(anywidget.AnyWidget):
     cursor = tl.Int(-1).tag(sync=True)  # the step shown (-1: before the first step)
     diff = tl.Bytes(b"").tag(sync=True)  # uint8 [T][U]: 1 where another run differs
     diff_first = tl.Int(-1).tag(sync=True)
-    patch = tl.Bytes(b"").tag(sync=True)  # one new row (float32 [U]) for step patch_t
-    patch_t = tl.Int(-1).tag(sync=True)
+    patch = tl.Bytes(b"").tag(sync=True)  # one row: int32 step, then float32 [U] (the step is in the bytes, so
+    patch_t = tl.Int(-1)  # that two equal rows in a row still change the trait); the step, for Python
 
     def __init__(self, key: str, **kwargs):
         super().__init__(**kwargs)
@@ -62,14 +62,31 @@ class HeatmapView(anywidget.AnyWidget):
             self.known = int(known)
             self.diff, self.diff_first = b"", -1
 
-    def set_row(self, t: int, row: np.ndarray, known: int):
-        """Send one new row (a live step): a few hundred bytes instead of the whole array."""
+    def set_row(self, t: int, row: np.ndarray, known: int | None = None):
+        """Send one row (a live step): a few hundred bytes instead of the whole array."""
         row = np.ascontiguousarray(row, dtype=np.float32).reshape(-1)
         self._array[t] = row
         with self.hold_sync():
             self.patch_t = t
-            self.patch = row.tobytes()
-            self.known = known
+            self.patch = np.int32(t).tobytes() + row.tobytes()
+            if known is not None:
+                self.known = known
+
+    def update(self, array: np.ndarray, length: int, known: int, max_rows: int = 4):
+        """Bring the view to ``array``: the rows that differ as patches when they are few, else all of it."""
+        array = np.asarray(array, dtype=np.float32)
+        old = self._array
+        if old.shape != array.shape:
+            return self.show(array, length, known)
+        same = (old == array) | (np.isnan(old) & np.isnan(array))
+        changed = np.nonzero(~same.all(axis=1))[0]
+        if len(changed) > max_rows:
+            return self.show(array, length, known)
+        for t in changed:  # one message each: a held sync would send only the last row
+            self.set_row(int(t), array[t])
+        with self.hold_sync():
+            self.length = int(length)
+            self.known = int(known)
 
     def value_at(self, t: int, unit: int) -> float:
         """The exact value the hover shows at (t, unit)."""
@@ -533,7 +550,11 @@ class Debugger(w.VBox):
     def _send(self, view: HeatmapView, title=None):
         b = self.sequence
         arr = self._array(view.key, b)
-        view.show(arr, self._length(b), self.T if self.trace is not None else self.stepper.t, title)
+        known = self.T if self.trace is not None else self.stepper.t
+        if self.stepper is not None and self.beams is not None and title is None:
+            view.update(arr, self._length(b), known)  # a live search: mostly the new step's row
+        else:
+            view.show(arr, self._length(b), known, title)
 
     def _refresh_all(self):
         for view in self.views.values():

@@ -119,7 +119,7 @@ def test_live_stepper_debugger_sends_one_row_per_step(case):
     d.step()
     assert st.t == 2 and view.known == 2 and view.cursor == 1
     np.testing.assert_allclose(view.readout(), st.value(lstm.c)[0], atol=1e-6)
-    assert len(view.patch) == 4 * 4  # the new row only
+    assert len(view.patch) == 4 + 4 * 4  # the new row only (its step, then its values)
     d.step_back()
     assert st.t == 1 and view.cursor == 0
     c = tr.numpy(lstm.c, order=(batch, time, dim))

@@ -288,6 +288,16 @@ def test_beam_tree_renders_and_selects_a_hypothesis(lab, tmp_path):
             status = page.locator(".rd-status").nth(1)
             expect(status).to_contain_text("step 2 of 6")
             expect(status).to_contain_text("of step 1")  # the best hypothesis after the second step is shown
+            # h along the selected hypothesis arrived as row patches: hover step 0 of the live debugger's h view
+            heat = page.locator(".rd-heatmap", has=page.locator(".rd-title", has_text="State h")).first  # "loop/h" in the trace
+            overlay = heat.locator(".rd-overlay")
+            overlay.scroll_into_view_if_needed()
+            box = overlay.bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.5 / 6, box["y"] + box["height"] * 0.1)
+            tip = heat.locator(".rd-tooltip")
+            expect(tip).to_contain_text("t=0 unit=0 value=")
+            value = float(tip.inner_text().split("value=")[1])
+            assert value != 0.0 and abs(value) < 1.0  # a tanh value, not an empty row
             live.locator('.rd-beam-node[data-t="0"][data-k="1"]').click()
             expect(status).to_contain_text("hypothesis 1 of step 0")
             live.scroll_into_view_if_needed()
