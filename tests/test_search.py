@@ -470,16 +470,16 @@ def test_debugger_on_a_live_search_grows_the_beam_tree(rng):
     assert [slot for _, slot in d.beam_tree.path] == path
     node = next(n for n in d.beam_tree.nodes if n["t"] == 2 and n["k"] == 1)
     assert (node["label"], node["src"]) == (expected[2][0][1][2], expected[2][0][1][1])
-    view = np.frombuffer(d.views["h"].values, np.float32).reshape(MAX_LEN, 4)
+    view = d.views["h"]._array  # what the browser holds: the last full array and the row patches since
     for t, slot in enumerate(path):  # the States of the selected hypothesis along its path, as numpy has them
         np.testing.assert_allclose(view[t], expected[t][0][slot][3], atol=1e-5)
     np.testing.assert_array_equal(view[3:], 0)  # not computed yet
     d.select_layer("loop/tanh")  # computed before the choice: the row of the hypothesis each step extended
-    picked = np.frombuffer(d.picked.values, np.float32).reshape(MAX_LEN, 4)
+    picked = d.picked._array
     np.testing.assert_allclose(picked[:3], view[:3], atol=1e-6)
     d.beam_tree.selected = [1, 2]  # a click in the tree
     assert d.hypothesis == (1, 2) and "hypothesis 2 of step 1" in d.status
-    view = np.frombuffer(d.views["h"].values, np.float32).reshape(MAX_LEN, 4)
+    view = d.views["h"]._array  # what the browser holds: the last full array and the row patches since
     for t, slot in enumerate(st.beams().path(1, 0, 2)):
         np.testing.assert_allclose(view[t], expected[t][0][slot][3], atol=1e-5)
     d.step_back()
