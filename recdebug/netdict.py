@@ -110,7 +110,7 @@ class _Emitter:
                 self.out.lines[self.path(scope, op.name)] = op.line
         captured = []
         for loop in scope.children:
-            searching = self.search and any(loop.contains(y.scope) for y in self.g.choices)
+            searching = self.search and any(op.kind == "choice" for op in loop.ops)  # as Engine._beam_fetches
             for key, name in self.emit_loop(loop, layers):
                 if searching and scope.parent is None:
                     continue  # a searching loop's trace reads RETURNN's per-step accumulators (Engine.trace)
