@@ -8,7 +8,9 @@ batch = rd.batch_dim
 MAX_LEN, VOCAB = 7, 6
 
 
-def build(beam_size, include_eos=True):
+def build(beam_size, include_eos=True, input_type="logits"):
+    """The design text's decoder. ``input_type``: what rd.choice is given, computed from the logits in the loop:
+    "logits", "prob" (a softmax) or "log_prob" (logits minus their max: unnormalized log-probabilities)."""
     hid, vocab, emb = rd.Dim("hid", 4), rd.Dim("vocab", VOCAB), rd.Dim("emb", 3)
     with rd.Graph() as g:
         enc = rd.Input("enc", {batch, hid})
@@ -18,7 +20,12 @@ def build(beam_size, include_eos=True):
         with rd.Loop(max_seq_len=MAX_LEN) as loop:
             h_ = rd.tanh(lin_h(rd.concat(embed(label.get()), h.get())))
             h.assign(h_)
-            y = rd.choice(lin_out(h_), beam_size=beam_size)
+            scores = lin_out(h_)
+            if input_type != "logits":
+                scores = scores - rd.reduce_max(scores, vocab)
+                if input_type == "prob":
+                    scores = rd.exp(scores) / rd.reduce_sum(rd.exp(scores), vocab)
+            y = rd.choice(scores, beam_size=beam_size, input_type=input_type)
             label.assign(y)
             loop.end(y == 0, include_eos=include_eos)
             labels = loop.stack(y)
@@ -564,22 +571,7 @@ def test_live_search_of_an_attention_decoder_agrees_with_returnn(rng):
 def test_choice_input_types_search_alike_in_returnn_and_live(rng, input_type):
     """rd.choice given probabilities or (unnormalized) log-probabilities: RETURNN's search (traced, recording only
     h: the beams are recorded anyway) and the live search agree."""
-    hid, vocab, emb = rd.Dim("hid", 4), rd.Dim("vocab", VOCAB), rd.Dim("emb", 3)
-    with rd.Graph() as g:
-        enc = rd.Input("enc", {batch, hid})
-        embed, lin_h, lin_out = rd.Embedding(vocab, emb), rd.Linear(hid), rd.Linear(vocab)
-        label = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
-        h = rd.State({batch, hid}, initial=enc)
-        with rd.Loop(max_seq_len=MAX_LEN) as loop:
-            h_ = rd.tanh(lin_h(rd.concat(embed(label.get()), h.get())))
-            h.assign(h_)
-            logits = lin_out(h_)
-            shifted = logits - rd.reduce_max(logits, vocab)
-            e = rd.exp(shifted)
-            y = rd.choice(e / rd.reduce_sum(e, vocab) if input_type == "prob" else shifted, beam_size=3,
-                          input_type=input_type)
-            label.assign(y)
-            loop.end(y == 0, include_eos=True)
+    g, loop, y, labels = build(beam_size=3, input_type=input_type)
     p = params(rng)
     enc_np = rng.standard_normal((3, 4)).astype(np.float32)
     tr = g.trace({"enc": enc_np}, params=p, search=True, capture=["h"])
