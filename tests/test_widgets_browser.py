@@ -151,14 +151,24 @@ def lab(tmp_path_factory):
         log.close()
 
 
-def launch(p, tmp_path):
-    """Debian's chromium, headless, with a fresh profile and no network but localhost."""
-    return p.chromium.launch_persistent_context(
-        str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
-        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1"],
-        viewport={"width": 1500, "height": 1100})
+@pytest.fixture
+def page(tmp_path):
+    """A page of Debian's chromium, headless, with a fresh profile and no network but localhost."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=90_000)
+    OUT.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1"],
+            viewport={"width": 1500, "height": 1100})
+        try:
+            yield ctx.new_page()
+        finally:
+            ctx.close()
 
 
 def open_and_run_all(page, url, token, path, app="lab"):
@@ -186,121 +196,99 @@ def wait_for_kernel(page, url, token, path="debugger.ipynb", timeout=90):
     raise TimeoutError("the notebook's kernel did not become idle")
 
 
-def test_debugger_renders_steps_hovers_and_lists_the_hierarchy(lab, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+def test_debugger_renders_steps_hovers_and_lists_the_hierarchy(lab, page):
+    from playwright.sync_api import expect
 
     url, token = lab
-    expect.set_options(timeout=90_000)
-    OUT.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        ctx = launch(p, tmp_path)
-        try:
-            page = ctx.new_page()
-            open_and_run_all(page, url, token, "debugger.ipynb")
-            heatmaps = page.locator(".rd-heatmap")
-            expect(heatmaps.first).to_be_visible()
-            assert heatmaps.count() >= 2  # lstm.h and lstm.c (plus the picked-layer view)
-            status = page.locator(".rd-status")
-            expect(status).to_contain_text("step 0 of 12")
-            first = heatmaps.first
-            assert first.get_attribute("data-cursor") == "-1"
+    open_and_run_all(page, url, token, "debugger.ipynb")
+    heatmaps = page.locator(".rd-heatmap")
+    expect(heatmaps.first).to_be_visible()
+    assert heatmaps.count() >= 2  # lstm.h and lstm.c (plus the picked-layer view)
+    status = page.locator(".rd-status")
+    expect(status).to_contain_text("step 0 of 12")
+    first = heatmaps.first
+    assert first.get_attribute("data-cursor") == "-1"
 
-            page.get_by_role("button", name="step ▶").click()
-            expect(status).to_contain_text("step 1 of 12")
-            expect(first).to_have_attribute("data-cursor", "0")
-            x1 = float(first.get_attribute("data-cursor-x"))
-            page.get_by_role("button", name="step ▶").click()
-            expect(status).to_contain_text("step 2 of 12")
-            expect(first).to_have_attribute("data-cursor", "1")
-            assert float(first.get_attribute("data-cursor-x")) > x1  # the cursor line moved right
+    page.get_by_role("button", name="step ▶").click()
+    expect(status).to_contain_text("step 1 of 12")
+    expect(first).to_have_attribute("data-cursor", "0")
+    x1 = float(first.get_attribute("data-cursor-x"))
+    page.get_by_role("button", name="step ▶").click()
+    expect(status).to_contain_text("step 2 of 12")
+    expect(first).to_have_attribute("data-cursor", "1")
+    assert float(first.get_attribute("data-cursor-x")) > x1  # the cursor line moved right
 
-            overlay = first.locator(".rd-overlay")
-            box = overlay.bounding_box()
-            page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
-            expect(first.locator(".rd-tooltip")).to_contain_text("value=")
-            text = first.locator(".rd-tooltip").inner_text()
-            assert text.startswith("t=") and "unit=" in text
+    overlay = first.locator(".rd-overlay")
+    box = overlay.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+    expect(first.locator(".rd-tooltip")).to_contain_text("value=")
+    text = first.locator(".rd-tooltip").inner_text()
+    assert text.startswith("t=") and "unit=" in text
 
-            tree = page.locator(".rd-tree")
-            expect(tree.locator('li[data-path="loop"]')).to_be_visible()
-            for layer in ("loop/lstm.h", "loop/lstm.c", "loop/lstm.rec_linear"):
-                expect(tree.locator(f'li[data-path="{layer}"]')).to_have_count(1)
-            tree.locator('li[data-path="loop/lstm.tanh"] > .rd-node-name').click()
-            expect(page.locator(".rd-heatmap .rd-title", has_text="layer loop/lstm.tanh")).to_be_visible()
-            page.locator(".rd-status").scroll_into_view_if_needed()
-            page.wait_for_timeout(300)
-            page.screenshot(path=str(OUT / "debugger-jupyterlab.png"))
-        finally:
-            ctx.close()
+    tree = page.locator(".rd-tree")
+    expect(tree.locator('li[data-path="loop"]')).to_be_visible()
+    for layer in ("loop/lstm.h", "loop/lstm.c", "loop/lstm.rec_linear"):
+        expect(tree.locator(f'li[data-path="{layer}"]')).to_have_count(1)
+    tree.locator('li[data-path="loop/lstm.tanh"] > .rd-node-name').click()
+    expect(page.locator(".rd-heatmap .rd-title", has_text="layer loop/lstm.tanh")).to_be_visible()
+    page.locator(".rd-status").scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(OUT / "debugger-jupyterlab.png"))
 
 
-def test_debugger_renders_in_notebook_7(lab, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+def test_debugger_renders_in_notebook_7(lab, page):
+    from playwright.sync_api import expect
 
     url, token = lab
-    expect.set_options(timeout=90_000)
-    with sync_playwright() as p:
-        ctx = launch(p, tmp_path)
-        try:
-            page = ctx.new_page()
-            open_and_run_all(page, url, token, "debugger.ipynb", app="notebook")
-            first = page.locator(".rd-heatmap").first
-            expect(first).to_be_visible()
-            page.get_by_role("button", name="step ▶").click()
-            expect(page.locator(".rd-status")).to_contain_text("step 1 of 12")
-            expect(first).to_have_attribute("data-cursor", "0")
-            expect(page.locator('.rd-tree li[data-path="loop"]')).to_be_visible()
-            page.locator(".rd-status").scroll_into_view_if_needed()
-            page.screenshot(path=str(OUT / "debugger-notebook7.png"))
-        finally:
-            ctx.close()
+    open_and_run_all(page, url, token, "debugger.ipynb", app="notebook")
+    first = page.locator(".rd-heatmap").first
+    expect(first).to_be_visible()
+    page.get_by_role("button", name="step ▶").click()
+    expect(page.locator(".rd-status")).to_contain_text("step 1 of 12")
+    expect(first).to_have_attribute("data-cursor", "0")
+    expect(page.locator('.rd-tree li[data-path="loop"]')).to_be_visible()
+    page.locator(".rd-status").scroll_into_view_if_needed()
+    page.screenshot(path=str(OUT / "debugger-notebook7.png"))
 
 
-def test_beam_tree_renders_and_selects_a_hypothesis(lab, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+def test_beam_tree_renders_and_selects_a_hypothesis(lab, page):
+    from playwright.sync_api import expect
 
     url, token = lab
-    expect.set_options(timeout=90_000)
-    with sync_playwright() as p:
-        ctx = launch(p, tmp_path)
-        try:
-            page = ctx.new_page()
-            open_and_run_all(page, url, token, "beams.ipynb")
-            tree = page.locator(".rd-beamtree").first
-            expect(tree).to_be_visible()
-            nodes = tree.locator(".rd-beam-node")
-            assert nodes.count() % 3 == 0 and nodes.count() >= 3  # steps x 3 beam slots
-            expect(tree.locator(".rd-beam-node title").first).to_contain_text("score")
-            tree.locator('.rd-beam-node[data-t="1"][data-k="2"]').click()
-            expect(page.locator(".rd-status").first).to_contain_text("hypothesis 2 of step 1")
-            page.locator(".rd-status").first.scroll_into_view_if_needed()
-            page.screenshot(path=str(OUT / "debugger-beam-tree.png"))
+    open_and_run_all(page, url, token, "beams.ipynb")
+    tree = page.locator(".rd-beamtree").first
+    expect(tree).to_be_visible()
+    nodes = tree.locator(".rd-beam-node")
+    assert nodes.count() % 3 == 0 and nodes.count() >= 3  # steps x 3 beam slots
+    expect(tree.locator(".rd-beam-node title").first).to_contain_text("score")
+    tree.locator('.rd-beam-node[data-t="1"][data-k="2"]').click()
+    expect(page.locator(".rd-status").first).to_contain_text("hypothesis 2 of step 1")
+    page.locator(".rd-status").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(OUT / "debugger-beam-tree.png"))
 
-            live = page.locator(".rd-beamtree").nth(1)  # the live search: the tree grows with each step
-            expect(live).to_be_attached()
-            assert live.locator(".rd-beam-node").count() == 0
-            step = page.get_by_role("button", name="step ▶").nth(1)
-            step.scroll_into_view_if_needed()
-            step.click()
-            expect(live.locator(".rd-beam-node")).to_have_count(3)
-            step.click()
-            expect(live.locator(".rd-beam-node")).to_have_count(6)
-            status = page.locator(".rd-status").nth(1)
-            expect(status).to_contain_text("step 2 of 6")
-            expect(status).to_contain_text("of step 1")  # the best hypothesis after the second step is shown
-            # h along the selected hypothesis arrived as row patches: hover step 0 of the live debugger's h view
-            heat = page.locator(".rd-heatmap", has=page.locator(".rd-title", has_text="State h")).first  # "loop/h" in the trace
-            overlay = heat.locator(".rd-overlay")
-            overlay.scroll_into_view_if_needed()
-            box = overlay.bounding_box()
-            page.mouse.move(box["x"] + box["width"] * 0.5 / 6, box["y"] + box["height"] * 0.1)
-            tip = heat.locator(".rd-tooltip")
-            expect(tip).to_contain_text("t=0 unit=0 value=")
-            value = float(tip.inner_text().split("value=")[1])
-            assert value != 0.0 and abs(value) < 1.0  # a tanh value, not an empty row
-            live.locator('.rd-beam-node[data-t="0"][data-k="1"]').click()
-            expect(status).to_contain_text("hypothesis 1 of step 0")
-            live.scroll_into_view_if_needed()
-            page.screenshot(path=str(OUT / "debugger-live-beam-tree.png"))
-        finally:
-            ctx.close()
+    live = page.locator(".rd-beamtree").nth(1)  # the live search: the tree grows with each step
+    expect(live).to_be_attached()
+    assert live.locator(".rd-beam-node").count() == 0
+    step = page.get_by_role("button", name="step ▶").nth(1)
+    step.scroll_into_view_if_needed()
+    step.click()
+    expect(live.locator(".rd-beam-node")).to_have_count(3)
+    step.click()
+    expect(live.locator(".rd-beam-node")).to_have_count(6)
+    status = page.locator(".rd-status").nth(1)
+    expect(status).to_contain_text("step 2 of 6")
+    expect(status).to_contain_text("of step 1")  # the best hypothesis after the second step is shown
+    # h along the selected hypothesis arrived as row patches: hover step 0 of the live debugger's h view
+    heat = page.locator(".rd-heatmap", has=page.locator(".rd-title", has_text="State h")).first  # "loop/h" in the trace
+    overlay = heat.locator(".rd-overlay")
+    overlay.scroll_into_view_if_needed()
+    box = overlay.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.5 / 6, box["y"] + box["height"] * 0.1)
+    tip = heat.locator(".rd-tooltip")
+    expect(tip).to_contain_text("t=0 unit=0 value=")
+    value = float(tip.inner_text().split("value=")[1])
+    assert value != 0.0 and abs(value) < 1.0  # a tanh value, not an empty row
+    live.locator('.rd-beam-node[data-t="0"][data-k="1"]').click()
+    expect(status).to_contain_text("hypothesis 1 of step 0")
+    live.scroll_into_view_if_needed()
+    page.screenshot(path=str(OUT / "debugger-live-beam-tree.png"))
