@@ -3,8 +3,9 @@ from .dims import Dim, batch_dim
 from .errors import DimError, LoopError, RecDebugError, RunError
 from .graph import Graph
 from .loop import Loop
-from .module import Embedding, Linear, Module, Parameter
-from .ops import cast, choice, concat, constant, exp, relu, reduce_max, reduce_sum, sigmoid, split, tanh, zeros
+from .module import LSTM, Embedding, Linear, Module, Parameter
+from .ops import (abs, cast, choice, concat, constant, cross_entropy, dropout, exp, gather, log, log_softmax,
+                  reduce_max, reduce_mean, reduce_min, reduce_sum, relu, sigmoid, softmax, split, tanh, where, zeros)
 from .state import State
 from .tensor import Input, Tensor
 from .stepper import Stepper, on_nan, on_nonfinite, on_state
@@ -27,7 +28,9 @@ def debugger(source, other=None, layers=()):
 
 
 __all__ = [
-    "Dim", "batch_dim", "Graph", "Input", "Tensor", "Module", "Linear", "Embedding", "Parameter", "State", "Loop",
-    "choice", "tanh", "sigmoid", "relu", "exp", "split", "concat", "zeros", "constant", "reduce_sum", "reduce_max", "cast",
+    "Dim", "batch_dim", "Graph", "Input", "Tensor", "Module", "Linear", "Embedding", "LSTM", "Parameter", "State",
+    "Loop", "choice", "tanh", "sigmoid", "relu", "exp", "log", "abs", "softmax", "log_softmax", "where", "gather",
+    "dropout", "cross_entropy", "split", "concat", "zeros", "constant", "reduce_sum", "reduce_max", "reduce_min",
+    "reduce_mean", "cast",
     "Trace", "TraceDiff", "Stepper", "on_nan", "on_nonfinite", "on_state", "debugger", "RecDebugError", "LoopError", "DimError", "RunError",
 ]

@@ -86,9 +86,10 @@ def init_value(path: str, dims, init, seed: int) -> np.ndarray:
 class Engine:
     """One build of a graph: RETURNN TFNetwork in its own tf.Graph and Session."""
 
-    def __init__(self, g, optimize: bool, device: str, seed: int, capture=None, search: bool = False):
+    def __init__(self, g, optimize: bool, device: str, seed: int, capture=None, search: bool = False,
+                 train: bool = False):
         _setup()
-        self.search = search
+        self.search, self.train = search, train
         import tensorflow as tf
         from returnn.config import Config
         from returnn.tf.network import TFNetwork
@@ -103,7 +104,7 @@ class Engine:
         self.tf_graph = tf.Graph()
         with self.tf_graph.as_default(), tf.device("/gpu:0" if device == "gpu" else "/cpu:0"):
             net = self.prepare()
-            self.network = TFNetwork(config=config, train_flag=False, eval_flag=False, search_flag=self.search)
+            self.network = TFNetwork(config=config, train_flag=self.train, eval_flag=False, search_flag=self.search)
             self.network.construct_from_dict(net)
             self.finish()
             init_extra = tf.compat.v1.variables_initializer(self.extra_variables)
@@ -191,7 +192,7 @@ class Engine:
                         raise RunError(f"input {name!r}: dim {d.name!r} has size {n} here, {sizes[d]} elsewhere")
             arr = arr.astype(inp.dtype)
             arrays[name] = (arr, tuple(order))
-            data = self.network.extern_data.data[name]
+            data = self.network.extern_data.data[inp.op.name]  # the extern data key (a reserved name is renamed)
             target = [em.rd_dim(t) for t in data.dim_tags]
             fd[data.placeholder] = arr.transpose([list(order).index(d) for d in target])
         for d, n in sizes.items():
@@ -233,6 +234,10 @@ class Engine:
         layers = {t: self.emitted.decided.get(t, name) if self.search else name
                   for t, name in self.emitted.fetch.items()}
         fetch, dims_of, length_fetch = self._fetches(layers, lens)
+        for loop in self.graph.top.children:  # every top-level loop's lengths, also when nothing is stacked
+            searched = self.search and any(loop.contains(y.scope) for y in self.graph.choices)
+            if loop.axis not in lens and loop.axis not in length_fetch and not searched:
+                length_fetch[loop.axis] = (self.network.get_layer(loop.len_name).output.placeholder, (_batch(),))
         scores = {}
         if self.search:
             for loop in {y.scope for y in self.graph.choices if y.scope.parent is self.graph.top}:
@@ -333,6 +338,7 @@ class Engine:
         trace = Trace(entries, dims, loop_lens, moved_out, in_loop, device=self.device, lookup=lookup,
                       dim_labels={i: lab for i, (lab, _) in labels.items()})
         trace.emitted = em
+        trace.after_choice = {key for key in entries if key in em.after_choice}
         if self.search:  # a loop's lengths: those of each sequence's best hypothesis
             for y in self.graph.choices:
                 axis = y.scope.axis
@@ -626,15 +632,16 @@ class Result:
         return f"Result({len(self._values)} values, device={self.device!r})"
 
 
-def get_engine(g, optimize: bool, device: str | None, seed: int, capture=None, search: bool = False) -> Engine:
+def get_engine(g, optimize: bool, device: str | None, seed: int, capture=None, search: bool = False,
+               train: bool = False) -> Engine:
     if g.scope is not g.top:
         raise RunError("the graph still has an open loop: run it after the `with rd.Loop()` block")
     device = resolve_device(device)
     capture_key = capture if capture in (None, "all") else tuple(capture)
-    key = (bool(optimize), device, seed, len(g.ops), capture_key, bool(search))
+    key = (bool(optimize), device, seed, len(g.ops), capture_key, bool(search), bool(train))
     if key not in g._engines:
         g._engines[key] = Engine(g, optimize=bool(optimize), device=device, seed=seed, capture=capture_key,
-                                 search=bool(search))
+                                 search=bool(search), train=bool(train))
     return g._engines[key]
 
 
@@ -642,17 +649,18 @@ DEFAULT_TRACE_BYTES = 2 * 1024**3
 
 
 def trace_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, seed=0, params=None, capture=None,
-                max_bytes=DEFAULT_TRACE_BYTES, search=False, targets=None):
+                max_bytes=DEFAULT_TRACE_BYTES, search=False, targets=None, train=False):
     """One run of the real RecLayer that records every step of the captured in-loop layers (default: all)."""
     if isinstance(capture, str) and capture != "all":
         capture = [capture]
-    engine = get_engine(g, optimize, device, seed, capture="all" if capture is None else capture, search=search)
+    engine = get_engine(g, optimize, device, seed, capture="all" if capture is None else capture, search=search,
+                        train=train)
     engine.set_params(params or {}, seed)
     return engine.trace(inputs, seq_lens, max_bytes, targets)
 
 
 def run_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, seed=0, params=None, search=False,
-              targets=None) -> Result:
-    engine = get_engine(g, optimize, device, seed, search=search)
+              targets=None, train=False) -> Result:
+    engine = get_engine(g, optimize, device, seed, search=search, train=train)
     engine.set_params(params or {}, seed)
     return engine.run(inputs, seq_lens, targets)

@@ -138,20 +138,21 @@ class Graph:
         return emit(self, optimize=optimize)
 
     def run(self, inputs=None, seq_lens=None, device=None, optimize=True, seed=0, params=None, search=False,
-            targets=None):
+            targets=None, train=False):
         """Run the graph on RETURNN; returns an ``rd.Result``.
 
         ``search``: rd.choice does beam search (the results are the best hypothesis per sequence). Without it,
         every rd.choice takes the reference labels given in ``targets={label_tensor: int array (batch, steps)}``
         (teacher forcing); their lengths go in ``seq_lens`` under ``label_tensor`` too, default the full axis.
+        ``train``: RETURNN's train flag (rd.dropout drops values only then); separate from ``search``.
         """
         from .engine import run_graph
 
         return run_graph(self, inputs or {}, seq_lens or {}, device=device, optimize=optimize, seed=seed,
-                         params=params, search=search, targets=targets or {})
+                         params=params, search=search, targets=targets or {}, train=train)
 
     def trace(self, inputs=None, seq_lens=None, device=None, optimize=True, seed=0, params=None, capture=None,
-              max_bytes=None, search=False, targets=None):
+              max_bytes=None, search=False, targets=None, train=False):
         """Run once on RETURNN and record every step of every in-loop layer and State; returns an ``rd.Trace``.
 
         ``capture``: name patterns (fnmatch, on the layer name or its path like ``loop/h``) to record fewer
@@ -162,7 +163,7 @@ class Graph:
         return trace_graph(self, inputs or {}, seq_lens or {}, device=device, optimize=optimize, seed=seed,
                            params=params, capture=capture,
                            max_bytes=DEFAULT_TRACE_BYTES if max_bytes is None else max_bytes, search=search,
-                           targets=targets)
+                           targets=targets, train=train)
 
     def stepper(self, inputs=None, seq_lens=None, device=None, seed=0, params=None, loop=None, targets=None):
         """Live stepping of a top-level loop (default: the first); returns an ``rd.Stepper`` at t=0.

@@ -117,10 +117,10 @@ class Loop(Scope):
 
     @property
     def index(self) -> Tensor:
-        """The step counter t (int32, no dims)."""
+        """The step counter t (int32, no dims; its sparse dim is the loop's axis: ``rd.gather(x, loop.index)``)."""
         g = self._check_open("index", user_line())
         if self._index is None:
-            self._index = g.add_op("index", [], set(), dtype="int32", name="index")
+            self._index = g.add_op("index", [], set(), dtype="int32", sparse_dim=self.axis, name="index")
         return self._index
 
     def set_include_eos(self, include_eos: bool) -> None:

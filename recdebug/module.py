@@ -54,11 +54,25 @@ class Module:
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
+    def __setattr__(self, attr, value):
+        # Remember the first module a sub-module or State is put into, so that one used directly
+        # (``model.encoder.lin(x)``, the containers never called) still gets its attribute path.
+        from .state import State
+
+        object.__setattr__(self, attr, value)
+        if attr.startswith("_"):
+            return
+        for v in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(v, (Module, State)) and getattr(v, "_rd_owner", None) is None:
+                object.__setattr__(v, "_rd_owner", self)
+
     def named_children(self):
         """(attribute name, value) for sub-modules, States and Parameters, in definition order."""
         from .state import State
 
         for attr, value in vars(self).items():
+            if attr.startswith("_"):
+                continue
             if isinstance(value, (Module, State, Parameter)):
                 yield attr, value
             elif isinstance(value, (list, tuple)):
@@ -74,6 +88,10 @@ def name_module(g: Graph, module: Module, path: str | None = None) -> str:
     key = id(module)
     if key in g.module_paths:
         return g.module_paths[key]
+    if path is None and owner_root(module) is not module:  # named with the module that holds it
+        name_module(g, owner_root(module))
+        if key in g.module_paths:
+            return g.module_paths[key]
     if path is None:
         base = _snake(type(module).__name__)
         taken = set(g.module_paths.values())
@@ -89,6 +107,15 @@ def name_module(g: Graph, module: Module, path: str | None = None) -> str:
         elif isinstance(value, State):
             value.set_path(g, f"{path}/{attr}")
     return path
+
+
+def owner_root(obj):
+    """The outermost module that holds ``obj`` (a Module or State) through attributes, or ``obj`` itself."""
+    seen = {id(obj)}
+    while getattr(obj, "_rd_owner", None) is not None and id(obj._rd_owner) not in seen:
+        obj = obj._rd_owner
+        seen.add(id(obj))
+    return obj
 
 
 class Linear(Module):
@@ -150,3 +177,31 @@ class Embedding(Module):
         g = x.graph
         return g.add_op("embed", [self.weight.tensor(g), x], x.dims | {self.emb}, attrs={"vocab": self.vocab},
                         line=line)
+
+
+class LSTM(Module):
+    """The design text's LSTM cell on one frame: States ``h`` and ``c`` {batch, out_dim}; ``ff_linear`` (input)
+    and ``rec_linear`` (previous h) each give 4 * out_dim, split into input, cell input, forget and output gates."""
+
+    def __init__(self, out_dim: Dim):
+        super().__init__()
+        from .dims import batch_dim
+        from .state import State
+
+        if not isinstance(out_dim, Dim) or out_dim.size is None:
+            raise DimError(f"rd.LSTM expects a static rd.Dim as out_dim, got {out_dim!r}")
+        self.out_dim = out_dim
+        self.h = State({batch_dim, out_dim})
+        self.c = State({batch_dim, out_dim})
+        self.ff_linear = Linear(out_dim * 4)
+        self.rec_linear = Linear(out_dim * 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        from .ops import sigmoid, split, tanh
+
+        x_in, g_in, g_forget, g_out = split(self.ff_linear(x) + self.rec_linear(self.h.get()), 4)
+        c = self.c.get() * sigmoid(g_forget) + tanh(x_in) * sigmoid(g_in)
+        self.c.assign(c)
+        h = tanh(c) * sigmoid(g_out)
+        self.h.assign(h)
+        return h

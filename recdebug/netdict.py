@@ -11,6 +11,7 @@ from returnn.tensor import batch_dim as returnn_batch_dim
 
 from .dims import Dim
 from .graph import Graph, Scope
+from .stepnet import readers_of
 
 _ARITH = ("add", "sub", "mul", "truediv")
 _EXACT_IN_NUMPY = ("add", "sub", "mul")  # correctly rounded in float32 by numpy as by TensorFlow
@@ -36,6 +37,7 @@ class Emitted:
     search_layers: dict = field(default_factory=dict)  # choice layer path -> its per-step beam scores layer
     # Values a trace derives instead of recording them again (path -> how), see _Emitter.derived():
     trace_derived: dict = field(default_factory=dict)
+    after_choice: set = field(default_factory=set)  # in-loop layer paths computed from an rd.choice in their step
 
     def rd_dim(self, returnn_dim) -> Dim | None:
         if returnn_dim.is_batch_dim():
@@ -186,6 +188,9 @@ class _Emitter:
                 unit["end"] = {"class": "combine", "kind": "logical_or",
                                "from": [self.ref(loop.end_cond, loop), "end.batch"]}
         choices = [op.name for op in loop.ops if op.kind == "choice"]
+        if choices:  # values per new hypothesis (the rest are per hypothesis of the previous step)
+            after = readers_of(unit, set(unit), set(choices))
+            self.out.after_choice |= {self.path(loop, name) for name in after}
         output_source = (choices or list(loop.state_layers.values()) or [v.op.name for v in loop.exports]
                          or [loop.ops[-1].name])[0]
         unit["output"] = {"class": "copy", "from": output_source}
@@ -199,6 +204,8 @@ class _Emitter:
         if loop.unstacked:
             first = loop.unstacked[0].op.inputs[0]
             rec["from"] = self.ref(first, loop.parent)
+            if choices:  # else RETURNN's search takes a sequence's end one frame late and scores a padding frame
+                rec["include_eos"] = True
         else:
             rec["max_seq_len"] = loop.max_seq_len
             rec["include_eos"] = bool(loop.include_eos)
@@ -262,7 +269,7 @@ class _Emitter:
         if op is None:
             return None
         if op.kind == "unstack" and op.attrs["first"] and op.inputs[0].op.kind == "input":
-            return ("input", op.inputs[0].op.name)
+            return ("input", op.inputs[0].input_name)
         src = op.inputs[0] if op.inputs else None
         if op.kind in ("split", "copy") and src.scope is loop and self.captures(self.path(loop, src.op.name)):
             return ("same", self.path(loop, src.op.name))
@@ -294,11 +301,12 @@ class _Emitter:
         init = loop.init[state]
         while init.op.kind == "state_entry" and init.scope.is_loop and state not in init.scope.assigned:
             init = init.scope.entry_source[state]  # an enclosing loop that only passes the value through
-        if init.op.kind == "state_entry" and init.scope.parent is None and not hasattr(state.initial, "op"):
-            return "number", state.initial
+        init_is_number = init.op.kind == "state_entry" and init.scope.parent is None and not hasattr(state.initial, "op")
         init = loop.init[state]
-        if loop.parent.parent is None:
+        if loop.parent.parent is None:  # a layer, also for a number: RETURNN takes the State's dims and dtype from it
             return "layer", self.ref(init, loop)
+        if init_is_number:
+            return "number", state.initial
         return "switch", self.ref(init, loop)
 
     def gather_last(self, loop, layer_name: str) -> dict:
@@ -344,6 +352,18 @@ class _Emitter:
             shape = [self.dim(d) for d in sorted(dims, key=lambda d: d.order)]
             return {"class": "constant", "value": a["value"], "shape": shape, "dtype": op.out.dtype,
                     "with_batch_dim": any(d.is_batch for d in dims)}
+        if k == "softmax":
+            return {"class": "softmax_over_spatial", "from": src, "axis": self.dim(a["dim"]), "log_space": a["log"]}
+        if k == "where":
+            values = iter(src[1:])
+            true = a["true_value"] if a["true_value"] is not None else next(values)
+            false = a["false_value"] if a["false_value"] is not None else next(values)
+            return {"class": "switch", "condition": src[0], "true_from": true, "false_from": false}
+        if k == "gather":
+            return {"class": "gather", "from": src[0], "position": src[1], "axis": self.dim(a["dim"]),
+                    "clip_to_valid": True}
+        if k == "dropout":
+            return {"class": "dropout", "from": src, "dropout": a["rate"], "dropout_noise_shape": {"*": None}}
         if k == "reduce":
             return {"class": "reduce", "mode": a["mode"], "from": src, "axis": self.dim(a["dim"])}
         if k == "cast":

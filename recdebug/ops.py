@@ -34,6 +34,109 @@ def exp(x: Tensor) -> Tensor:
     return _activation(x, "exp")
 
 
+def log(x: Tensor) -> Tensor:
+    return _activation(x, "log")
+
+
+def abs(x: Tensor) -> Tensor:  # noqa: A001  (rd.abs, as numpy's)
+    return _activation(x, "abs")
+
+
+def _softmax(x: Tensor, dim: Dim | None, log_space: bool) -> Tensor:
+    what = "rd.log_softmax" if log_space else "rd.softmax"
+    _check_tensor(x, what)
+    line = user_line()
+    dim = dim if dim is not None else x.feature_dim(what)
+    if dim not in x.dims or dim.is_batch:
+        raise DimError(f"{what}: {x!r} has no dim {dim!r} to normalize over", line=line)
+    if x.dtype != "float32":
+        raise DimError(f"{what} needs float32 values, got {x.dtype}", line=line)
+    return x.graph.add_op("softmax", [x], x.dims, attrs={"dim": dim, "log": log_space}, line=line,
+                          hint="log_softmax" if log_space else "softmax")
+
+
+def softmax(x: Tensor, dim: Dim | None = None) -> Tensor:
+    """exp(x) normalized over ``dim`` (default: the feature dim); over a dynamic dim, padding frames get 0."""
+    return _softmax(x, dim, log_space=False)
+
+
+def log_softmax(x: Tensor, dim: Dim | None = None) -> Tensor:
+    """log(softmax(x, dim)), computed stably."""
+    return _softmax(x, dim, log_space=True)
+
+
+def where(cond: Tensor, a, b) -> Tensor:
+    """``a`` where ``cond`` is true, else ``b`` (Tensors or numbers); dims broadcast as for arithmetic."""
+    import numbers
+
+    line = user_line()
+    if not isinstance(cond, Tensor) or cond.dtype != "bool":
+        raise DimError(f"rd.where expects a bool rd.Tensor (a comparison) as condition, got {cond!r}", line=line)
+    tensors = [cond] + [v for v in (a, b) if isinstance(v, Tensor)]
+    for v in (a, b):
+        if not isinstance(v, (Tensor, numbers.Number)) or isinstance(v, bool):
+            raise DimError(f"rd.where: values must be rd.Tensors or numbers, got {type(v).__name__}", line=line)
+    values = [v for v in (a, b) if isinstance(v, Tensor)]
+    if not values:
+        raise DimError("rd.where: at least one of the two values must be an rd.Tensor", line=line)
+    dtype = values[0].dtype
+    if any(v.dtype != dtype for v in values):
+        raise DimError(f"rd.where: the values have dtypes {values[0].dtype} and {values[1].dtype}", line=line)
+    dims = max((t.dims for t in tensors), key=len)
+    if any(not t.dims <= dims for t in tensors):
+        raise DimError("rd.where: dims " + ", ".join(dims_str(t.dims) for t in tensors) + " do not broadcast "
+                       "(one operand's dims must contain the others')", line=line)
+    attrs = {"true_value": None if isinstance(a, Tensor) else a, "false_value": None if isinstance(b, Tensor) else b}
+    sparse = next((v.sparse_dim for v in values if v.sparse_dim is not None), None)
+    return cond.graph.add_op("where", tensors, dims, dtype=dtype, sparse_dim=sparse, attrs=attrs, line=line)
+
+
+def gather(x: Tensor, index: Tensor, dim: Dim | None = None) -> Tensor:
+    """``x`` at position ``index`` (int32) along ``dim`` (default: the index's sparse dim); the index is clipped to
+    the valid range, for a dynamic dim to each sequence's frames. ``rd.gather(x, loop.index)`` reads frame t."""
+    line = user_line()
+    _check_tensor(x, "rd.gather")
+    if not isinstance(index, Tensor) or index.dtype != "int32":
+        raise DimError(f"rd.gather expects an int32 rd.Tensor as index, got {index!r}", line=line)
+    dim = dim if dim is not None else index.sparse_dim
+    if dim is None:
+        raise DimError("rd.gather: which dim does the index select on?", line=line, hint="pass dim=...")
+    if dim not in x.dims or dim.is_batch:
+        raise DimError(f"rd.gather: {x!r} has no dim {dim!r}", line=line)
+    if dim in index.dims:
+        raise DimError(f"rd.gather: the index {index!r} has the gathered dim {dim!r} itself", line=line)
+    rest = x.dims - {dim}
+    return x.graph.add_op("gather", [x, index], rest | index.dims, dtype=x.dtype, sparse_dim=x.sparse_dim,
+                          attrs={"dim": dim}, line=line)
+
+
+def dropout(x: Tensor, rate: float, dims=None) -> Tensor:
+    """Zero each value with probability ``rate`` and scale the rest by 1/(1-rate), only when run with
+    ``train=True`` (else the identity)."""
+    line = user_line()
+    _check_tensor(x, "rd.dropout")
+    if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        raise DimError(f"rd.dropout: rate must be a number in [0, 1), got {rate!r}", line=line)
+    if x.dtype != "float32":
+        raise DimError(f"rd.dropout needs float32 values, got {x.dtype}", line=line)
+    return x.graph.add_op("dropout", [x], x.dims, attrs={"rate": float(rate)}, line=line)
+
+
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per frame: -log softmax(logits)[label] over the labels' sparse dim (the logits' other dims remain)."""
+    line = user_line()
+    _check_tensor(logits, "rd.cross_entropy")
+    if not isinstance(labels, Tensor) or labels.sparse_dim is None:
+        raise DimError(f"rd.cross_entropy expects labels with a sparse_dim (the classes), got {labels!r}", line=line)
+    vocab = labels.sparse_dim
+    if vocab not in logits.dims:
+        raise DimError(f"rd.cross_entropy: the logits {logits!r} have no dim {vocab!r} of the labels", line=line)
+    if not labels.dims <= logits.dims - {vocab}:
+        raise DimError(f"rd.cross_entropy: the labels' dims {dims_str(labels.dims)} are not among the logits' "
+                       f"other dims {dims_str(logits.dims - {vocab})}", line=line)
+    return -gather(log_softmax(logits, vocab), labels, vocab)
+
+
 def split(x: Tensor, n: int, dim: Dim | None = None) -> tuple:
     """Split ``x`` into ``n`` equal parts along its feature dim (``dim * n`` gives back parts of ``dim``)."""
     _check_tensor(x, "rd.split")
@@ -65,16 +168,17 @@ def concat(*xs: Tensor, out_dim: Dim | None = None) -> Tensor:
         if r != rests[0]:
             raise DimError(f"rd.concat: {xs[0]!r} and {x!r} differ in dims other than the feature dim "
                            f"({dims_str(rests[0])} vs {dims_str(r)})", line=line)
-    if len(set(feats)) != len(feats):
-        raise DimError("rd.concat: the same feature dim appears twice", line=line)
+    if len({x.dtype for x in xs}) > 1:
+        raise DimError("rd.concat: the tensors have different dtypes (" + ", ".join(x.dtype for x in xs) + ")",
+                       line=line, hint="rd.cast them to one dtype first")
     total = sum(f.size for f in feats)
     if out_dim is None:
         out_dim = Dim("+".join(f.name for f in feats), total)
     elif out_dim.size != total:
         raise DimError(f"rd.concat: out_dim {out_dim!r} has size {out_dim.size}, parts add up to {total}",
                        line=line)
-    return xs[0].graph.add_op("concat", xs, rests[0] | {out_dim}, attrs={"dims": feats, "out_dim": out_dim},
-                              line=line)
+    return xs[0].graph.add_op("concat", xs, rests[0] | {out_dim}, dtype=xs[0].dtype,
+                              attrs={"dims": feats, "out_dim": out_dim}, line=line)
 
 
 def zeros(dims, dtype: str = "float32") -> Tensor:
@@ -110,6 +214,15 @@ def reduce_sum(x: Tensor, dim: Dim) -> Tensor:
 
 def reduce_max(x: Tensor, dim: Dim) -> Tensor:
     return _reduce(x, dim, "max")
+
+
+def reduce_min(x: Tensor, dim: Dim) -> Tensor:
+    return _reduce(x, dim, "min")
+
+
+def reduce_mean(x: Tensor, dim: Dim) -> Tensor:
+    """The mean over ``dim``; over a dynamic dim, of each sequence's frames only (padding excluded)."""
+    return _reduce(x, dim, "mean")
 
 
 def cast(x: Tensor, dtype: str) -> Tensor:

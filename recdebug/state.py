@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .dims import Dim, dims_str
+from .dims import Dim, batch_dim, dims_str
 from .errors import DimError, LoopError, user_line, _PACKAGE_DIR
 from .graph import Graph, Scope, check_usable, current_graph
 from .tensor import Tensor
@@ -15,10 +15,14 @@ class State:
     def __init__(self, dims, initial=0, dtype: str = "float32", sparse_dim: Dim | None = None,
                  name: str | None = None):
         self.dims = frozenset(dims)
+        self.line = user_line()
+        if batch_dim not in self.dims:
+            raise DimError(f"State{dims_str(self.dims)}: a State holds one value per sequence, so its dims must "
+                           f"contain rd.batch_dim", line=self.line,
+                           hint="add the batch dim: rd.State({rd.batch_dim, ...})")
         self.initial = initial
         self.dtype = dtype
         self.sparse_dim = sparse_dim
-        self.line = user_line()
         self._name = name
         self._paths: dict = {}  # id(graph) -> path
         if isinstance(initial, Tensor) and not initial.dims <= self.dims:
@@ -28,6 +32,10 @@ class State:
         self._paths.setdefault(id(g), path)
 
     def path(self, g: Graph) -> str:
+        if id(g) not in self._paths and getattr(self, "_rd_owner", None) is not None:
+            from .module import name_module, owner_root
+
+            name_module(g, owner_root(self))  # a module's State is named by its attribute path
         if id(g) not in self._paths:
             base = self._name or _variable_name(self) or "state"
             taken = {s.path(g) for s in g.states if s is not self and id(g) in s._paths}

@@ -22,6 +22,33 @@ class StepNet:
     inner_exports: dict = field(default_factory=dict)  # inner layer path (from the unit) -> flat layer name
 
 
+def layer_refs(layer: dict) -> list:
+    """The layer names a layer dict reads in its own net (the part before any "/")."""
+    out = []
+    for key in REF_KEYS:
+        value = layer.get(key)
+        for v in value if isinstance(value, list) else [value]:
+            v = v[0] if isinstance(v, tuple) else v
+            if isinstance(v, str):
+                out.append(v.partition("/")[0])
+    return out
+
+
+def readers_of(net: dict, names, sources: set) -> set:
+    """The layers among ``names`` that read one of ``sources`` in the same step, directly or through others
+    (``sources`` included): with a choice as source, the layers whose values are per new hypothesis."""
+    reads = {name: [r for r in layer_refs(net[name]) if r in names] for name in names}
+    after = set(sources)
+    changed = True
+    while changed:
+        changed = False
+        for name, refs in reads.items():
+            if name not in after and any(r in after for r in refs):
+                after.add(name)
+                changed = True
+    return after
+
+
 def _rewrite(value, depth: int, step: "StepNet"):
     """Rewrite one reference string found at ``depth`` (0: the stepped unit, 1: an inner unit...)."""
     if not isinstance(value, str):

@@ -390,6 +390,7 @@ class Stepper:
 
     def step(self, n: int = 1) -> "Stepper":
         """Run ``n`` iterations (stops at the end of the loop)."""
+        n = _count(n, "step", "step_back(n) goes back")
         e = self.engine
         for _ in range(n):
             if self.finished:
@@ -416,11 +417,14 @@ class Stepper:
 
     def step_back(self, n: int = 1) -> "Stepper":
         """Go back ``n`` iterations; the States are exactly what they were then."""
+        n = _count(n, "step_back", "step(n) goes forward")
         self.t = max(0, self.t - n)
         self.breakpoint = None
         return self
 
     def run_to(self, t: int) -> "Stepper":
+        """Step forward or back to step ``t`` (0..T)."""
+        t = _count(t, "run_to", f"give a step in 0..{self.T}")
         if t < self.t:
             return self.step_back(self.t - t)
         return self.step(t - self.t)
@@ -627,15 +631,15 @@ class InnerSteps:
         return f"InnerSteps({self.loop.name!r}, {self.status})"
 
     def step(self, n: int = 1) -> "InnerSteps":
-        self.t = min(self.T, self.t + n)
+        self.t = min(self.T, self.t + _count(n, "step", "step_back(n) goes back"))
         return self
 
     def step_back(self, n: int = 1) -> "InnerSteps":
-        self.t = max(0, self.t - n)
+        self.t = max(0, self.t - _count(n, "step_back", "step(n) goes forward"))
         return self
 
     def run_to(self, t: int) -> "InnerSteps":
-        self.t = max(0, min(self.T, t))
+        self.t = min(self.T, _count(t, "run_to", f"give a step in 0..{self.T}"))
         return self
 
     def value(self, x, order=None) -> np.ndarray:
@@ -657,6 +661,15 @@ class InnerSteps:
         axis = dims.index(self.loop.axis)
         arr = np.take(arr, self.t - 1, axis=axis)
         return _ordered(arr, dims[:axis] + dims[axis + 1:], order, x)
+
+
+def _count(n, what: str, hint: str) -> int:
+    """A number of steps (or a step): a non-negative integer, else a clear error."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+        raise RecDebugError(f"{what}({n!r}): expected a whole number of steps, got {type(n).__name__}", hint=hint)
+    if n < 0:
+        raise RecDebugError(f"{what}({n}): the number must not be negative", hint=hint)
+    return int(n)
 
 
 def _ordered(arr, dims, order, what):

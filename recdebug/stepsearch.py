@@ -14,7 +14,7 @@ An ended hypothesis extends only by label 0, at no cost, and keeps its States.
 """
 from __future__ import annotations
 
-from .stepnet import REF_KEYS, StepNet
+from .stepnet import REF_KEYS, StepNet, readers_of
 
 ENDED_OTHER_LABELS = -1e30  # the log-probability of any label but 0 after a hypothesis has ended
 _registered = False
@@ -87,18 +87,6 @@ def register_layer_classes():
     _registered = True
 
 
-def _refs(layer: dict) -> list:
-    """The layer names a flat layer dict reads (references at the step net's top level)."""
-    out = []
-    for key in REF_KEYS:
-        value = layer.get(key)
-        for v in value if isinstance(value, list) else [value]:
-            v = v[0] if isinstance(v, tuple) else v
-            if isinstance(v, str):
-                out.append(v.partition("/")[0])
-    return out
-
-
 def add_beam(step: StepNet, choice_op, key: str) -> set:
     """Rewrite the step net for a search: the choice layer becomes a top-k, and every layer after it reads the
     values computed before it through the backpointers. Returns the flat names of the layers after the choice
@@ -108,15 +96,7 @@ def add_beam(step: StepNet, choice_op, key: str) -> set:
     net[choice] = {"class": "recdebug_beam_topk", "from": step.layer_names[choice_op.attrs["log_prob_name"]],
                    "beam_size": choice_op.attrs["beam_size"], "key": key, "is_output_layer": True}
     in_step = set(step.layer_names.values()) | set(step.prev_layers.values())
-    reads = {name: [r for r in _refs(net[name]) if r in in_step] for name in in_step}
-    after = {choice}
-    changed = True
-    while changed:
-        changed = False
-        for name, refs in reads.items():
-            if name not in after and any(r in after for r in refs):
-                after.add(name)
-                changed = True
+    after = readers_of(net, in_step, {choice})
     for name in after - {choice}:
         layer = net[name]
         for ref_key in REF_KEYS:

@@ -63,6 +63,7 @@ class Trace:
         self._lookup = lookup or {}  # id(Tensor or State) -> key (only in the process that traced)
         self.emitted = None  # the net dict and its maps (only in the process that traced; not saved)
         self._dim_labels = dim_labels or {}  # id(Dim) -> label
+        self.after_choice: set = set()  # with search: keys of values computed from the choice in their own step
 
     # --- addressing ---
     def key(self, x) -> str:
@@ -90,6 +91,13 @@ class Trace:
     def states(self) -> dict:
         """State name -> key of its per-step values."""
         return {e.key.rsplit("/", 1)[-1]: e.key for e in self.entries.values() if e.kind == "state"}
+
+    def before_choice(self, x) -> bool:
+        """With search: whether an in-loop value is computed before the choice of its step. Its values are then
+        per hypothesis of the previous step: hypothesis k of step t reads slot ``backpointers[t, b, k]``. The
+        values computed from the choice (a State assigned the label, say) are per new hypothesis."""
+        key = self.key(x)
+        return bool(self.entries[key].loop_axes) and key not in self.after_choice
 
     def beams(self, choice) -> "BeamSteps":
         """The beam search of an rd.choice (a trace made with ``search=True``), step by step."""
@@ -196,7 +204,7 @@ class Trace:
             meta_lens.append({"axis": label, "array": f"len{i}", "dims": list(lens_dims)})
         meta = {"format": "recdebug-trace-1", "entries": meta_entries, "lens": meta_lens,
                 "dims": [vars(d) for d in self.dims.values()], "moved_out": self.moved_out,
-                "in_loop": self.in_loop, "device": self.device}
+                "in_loop": self.in_loop, "device": self.device, "after_choice": sorted(self.after_choice)}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         with open(path, "wb") as f:
             np.savez(f, **arrays)
@@ -211,7 +219,9 @@ class Trace:
                                        m["line"]) for m in meta["entries"]}
             lens = {m["axis"]: (z[m["array"]], tuple(m["dims"])) for m in meta["lens"]}
         dims = {d["label"]: DimInfo(**d) for d in meta["dims"]}
-        return cls(entries, dims, lens, meta["moved_out"], meta["in_loop"], meta["device"])
+        trace = cls(entries, dims, lens, meta["moved_out"], meta["in_loop"], meta["device"])
+        trace.after_choice = set(meta.get("after_choice", []))
+        return trace
 
     # --- comparing ---
     def diff(self, other: "Trace", atol: float = 1e-5) -> "TraceDiff":
@@ -365,8 +375,10 @@ class BeamSteps(Beams):
                          trace.numpy(key + ".backpointers", order=order), ends, include_eos, lens)
 
     def state(self, key, t: int, b: int, k: int) -> np.ndarray:
-        """The value of a layer computed before the choice at step t for hypothesis k (through its backpointer)."""
+        """The value of a State or in-loop layer at step t in hypothesis k (a value computed before the choice
+        through the hypothesis' backpointer)."""
         e = self.trace.entries[self.trace.key(key)]
         rest = [d for d in e.dims if d not in self._order]
         values = self.trace.numpy(key, order=self._order + rest)
-        return values[t, b, int(self.backpointers[t, b, k])]
+        slot = int(self.backpointers[t, b, k]) if self.trace.before_choice(key) else k
+        return values[t, b, slot]

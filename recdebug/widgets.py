@@ -348,7 +348,8 @@ class Debugger(w.VBox):
                 rest = [d for d in e.dims if d not in (axis, "batch", "beam")]
                 values = tr.numpy(key, order=[axis, "batch", "beam"] + rest)[:, b]
                 path = self.beams.path(self.hypothesis[0], b, self.hypothesis[1])
-                rows = [values[t, self.beams.backpointers[t, b, slot]] if e.kind == "state" else values[t, slot]
+                before = tr.before_choice(key)
+                rows = [values[t, self.beams.backpointers[t, b, slot]] if before else values[t, slot]
                         for t, slot in enumerate(path)]
                 rows += [np.zeros_like(rows[0])] * (values.shape[0] - len(rows))
                 return np.stack(rows).reshape(values.shape[0], -1).astype(np.float32)

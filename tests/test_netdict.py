@@ -41,8 +41,12 @@ def test_each_loop_becomes_one_rec_layer_with_a_unit():
 
 def test_state_reads_become_prev_references_with_the_initial_output():
     g, t = build_nested()
-    unit = g.net_dict()["loop"]["unit"]
-    assert unit["h"] == {"class": "copy", "from": "tanh", "is_output_layer": True, "initial_output": 0.5}
+    net = g.net_dict()
+    unit = net["loop"]["unit"]
+    # a number initial is a top-level constant with the State's dims and dtype (RETURNN takes them from it)
+    assert unit["h"] == {"class": "copy", "from": "tanh", "is_output_layer": True, "initial_output": "base:h.initial"}
+    assert net["h.initial"]["class"] == "constant" and net["h.initial"]["value"] == 0.5
+    assert net["h.initial"]["with_batch_dim"] and net["h.initial"]["dtype"] == "float32"
     assert unit["h.prev"] == {"class": "copy", "from": "prev:h"}
     inner_unit = unit["loop"]["unit"]
     assert inner_unit["inner_h.prev"]["from"] == "prev:inner_h"

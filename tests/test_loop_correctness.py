@@ -1,0 +1,273 @@
+"""Loops as RETURNN users write them (ported from returnn_common's and RETURNN's loop tests), each checked against
+an independent numpy loop on ragged lengths with garbage in the padding frames (1e-5, float32)."""
+import numpy as np
+import pytest
+
+import recdebug as rd
+from conftest import ATOL, assert_frames_close
+
+batch = rd.batch_dim
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(2024)
+
+
+def garbage_padding(x, lens, rng):
+    """``x`` [batch, time, ...] with random large values in the frames t >= lens[b]."""
+    x = x.copy()
+    for b, n in enumerate(lens):
+        x[b, n:] = rng.standard_normal(x[b, n:].shape) * 1e3
+    return x
+
+
+# --- 1. beam search over an unstacked input with ragged lengths ---
+
+def _frame_decoder(beam_size):
+    time, feat, vocab, emb, hid = rd.Dim("time"), rd.Dim("feat", 3), rd.Dim("vocab", 5), rd.Dim("emb", 2), \
+        rd.Dim("hid", 4)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        embed, lin_h, lin_out = rd.Embedding(vocab, emb), rd.Linear(hid), rd.Linear(vocab)
+        label = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+        h = rd.State({batch, hid})
+        with rd.Loop() as loop:
+            h_ = rd.tanh(lin_h(rd.concat(embed(label.get()), h.get(), loop.unstack(x))))
+            h.assign(h_)
+            y = rd.choice(lin_out(h_), beam_size=beam_size)
+            label.assign(y)
+            labels = loop.stack(y)
+    return g, time, loop, y, labels, h
+
+
+def _frame_beam_search(p, x, lens, k):
+    """numpy beam search over exactly lens[b] frames (no EOS): per sequence the hypotheses (score, labels, last
+    state) best first; ties go to the lower (slot, label), as RETURNN's choice layer."""
+    out = []
+    for b, n in enumerate(lens):
+        hyps = [(0.0, [], 0, np.zeros(4))]
+        for t in range(n):
+            cands = []
+            for i, (score, seq, label, h) in enumerate(hyps):
+                feats = np.concatenate([p["embedding/weight"][label], h, x[b, t]])
+                h_new = np.tanh(feats @ p["linear/weight"] + p["linear/bias"])
+                logits = h_new @ p["linear_1/weight"] + p["linear_1/bias"]
+                logp = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+                cands += [(score + logp[v], i, v, h_new) for v in range(len(logp))]
+            cands.sort(key=lambda c: (-c[0], c[1], c[2]))
+            hyps = [(sc, hyps[i][1] + [v], v, h_new) for sc, i, v, h_new in cands[:k]]
+        out.append(hyps)
+    return out
+
+
+def _decoder_params(rng):
+    p = {"embedding/weight": rng.standard_normal((5, 2)), "linear/weight": rng.standard_normal((9, 4)),
+         "linear/bias": rng.standard_normal(4) * 0.3, "linear_1/weight": rng.standard_normal((4, 5)) * 1.5,
+         "linear_1/bias": rng.standard_normal(5) * 0.5}
+    return {name: v.astype(np.float32) for name, v in p.items()}
+
+
+def test_beam_search_over_ragged_frames_scores_exactly_the_valid_frames(rng):
+    lens = [4, 1, 2, 3, 1, 2]
+    g, time, loop, y, labels, h = _frame_decoder(beam_size=3)
+    p = _decoder_params(rng)
+    x = garbage_padding(rng.standard_normal((6, 4, 3)).astype(np.float32), lens, rng)
+    expected = _frame_beam_search({k: v.astype(np.float64) for k, v in p.items()}, x.astype(np.float64), lens, 3)
+
+    res = g.run({"x": x}, seq_lens={time: lens}, params=p, search=True)
+    got, scores = res.numpy(labels), res.scores(loop)
+    np.testing.assert_array_equal(res.lens(time), lens)
+    for b, n in enumerate(lens):
+        assert got[b, :n].tolist() == expected[b][0][1], f"sequence {b}"
+        np.testing.assert_allclose(scores[b], [hy[0] for hy in expected[b]], rtol=1e-5, atol=1e-5)
+
+    traced = g.trace({"x": x}, seq_lens={time: lens}, params=p, search=True).beams(y)
+    st = g.stepper({"x": x}, seq_lens={time: lens}, params=p)
+    st.run_to(st.T)
+    for beams in (traced, st.beams()):
+        for b in range(6):
+            hyps = beams.hypotheses(b)
+            assert [hy["labels"] for hy in hyps] == [hy[1] for hy in expected[b]], f"sequence {b}"
+            np.testing.assert_allclose([hy["score"] for hy in hyps], [hy[0] for hy in expected[b]],
+                                       rtol=1e-5, atol=1e-5)
+            best = hyps[0]["slot"]
+            np.testing.assert_allclose(beams.state(h, lens[b] - 1, b, best), expected[b][0][3], atol=ATOL)
+
+
+# --- 2, 3, 5. while loops: a counter State {batch}, a State without batch, lengths without a stacked output ---
+
+def _counter_loop(stack: bool):
+    with rd.Graph() as g:
+        stop = rd.Input("stop", {batch}, dtype="int32")
+        cnt = rd.State({batch}, initial=0.0)
+        with rd.Loop(max_seq_len=10) as loop:
+            cnt.assign(cnt.get() + 1.0)
+            loop.end(loop.index >= stop)
+            out = loop.stack(cnt.get() + 1.0) if stack else None
+        final = cnt.get()
+    return g, loop, out, final
+
+
+def test_a_counter_state_stacked_in_a_while_loop_keeps_its_batch_axis():
+    stop = np.array([2, 5, 0, 12], np.int32)
+    g, loop, out, final = _counter_loop(stack=True)
+    res = g.run({"stop": stop})
+    lens = np.minimum(stop, 10)  # ends at the first t >= stop (that frame not kept), at most 10 steps
+    np.testing.assert_array_equal(res.lens(loop.axis), lens)
+    got = res.numpy(out, order=(batch, loop.axis))
+    assert got.shape == (4, lens.max())
+    ref = np.arange(1, 11, dtype=np.float32)[None, :] + 1.0  # after iteration t the counter is t+1
+    assert_frames_close(got, np.broadcast_to(ref, (4, 10)), lens)
+    np.testing.assert_allclose(res.numpy(final), lens.astype(np.float32))
+
+
+def test_while_loop_lengths_without_any_stacked_output():
+    stop = np.array([3, 1, 7], np.int32)
+    g, loop, _, final = _counter_loop(stack=False)
+    res = g.run({"stop": stop})
+    np.testing.assert_array_equal(res.lens(loop.axis), stop)
+    np.testing.assert_allclose(res.numpy(final), stop.astype(np.float32))
+
+
+def test_a_state_without_the_batch_dim_is_refused_at_its_line():
+    with rd.Graph():
+        with pytest.raises(rd.DimError, match="one value per sequence") as e:
+            rd.State(set(), initial=0.0)
+    assert e.value.line is not None and "rd.State(set()" in e.value.line.code
+    with rd.Graph():
+        with pytest.raises(rd.DimError, match="batch"):
+            rd.State({rd.Dim("hid", 2)})
+
+
+# --- 4. an int32 State with a number as initial ---
+
+def test_int32_state_with_a_number_initial_counts_per_frame(rng):
+    time, feat = rd.Dim("time"), rd.Dim("feat", 3)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        s = rd.State({batch, feat}, initial=0, dtype="int32")
+        with rd.Loop() as loop:
+            s.assign(s.get() + rd.cast(loop.unstack(x) > 0.0, "int32") + 1)
+            seen = loop.stack(s.get())
+        final = s.get()
+    lens = [4, 1, 3]
+    x_np = garbage_padding(rng.standard_normal((3, 4, 3)).astype(np.float32), lens, rng)
+    res = g.run({"x": x_np}, seq_lens={time: lens})
+    ref = np.cumsum((x_np > 0).astype(np.int32) + 1, axis=1)
+    assert res.numpy(seen).dtype == np.int32
+    assert_frames_close(res.numpy(seen), ref, lens, atol=0)
+    np.testing.assert_array_equal(res.numpy(final), ref[np.arange(3), np.array(lens) - 1])
+    tr = g.trace({"x": x_np}, seq_lens={time: lens})
+    assert_frames_close(tr.numpy(s, order=(batch, time, feat)), ref, lens, atol=0)
+
+
+# --- 6. inputs with RETURNN's reserved names ---
+
+@pytest.mark.parametrize("name", ["data", "data_x", "output", "end", "source"])
+def test_inputs_with_returnns_reserved_names_are_fed_by_their_own_name(rng, name):
+    time, feat = rd.Dim("time"), rd.Dim("feat", 3)
+    with rd.Graph() as g:
+        x = rd.Input(name, {batch, time, feat})
+        h = rd.State({batch, feat})
+        with rd.Loop() as loop:
+            h.assign(rd.tanh(loop.unstack(x) + h.get()))
+            out = loop.stack(h.get())
+    lens = [3, 2]
+    x_np = garbage_padding(rng.standard_normal((2, 3, 3)).astype(np.float32), lens, rng)
+    ref = np.zeros((2, 3, 3))
+    for b in range(2):
+        v = np.zeros(3)
+        for t in range(3):
+            v = np.tanh(x_np[b, t] + v)
+            ref[b, t] = v
+    assert_frames_close(g.run({name: x_np}, seq_lens={time: lens}).numpy(out), ref, lens)
+    assert_frames_close(g.trace({name: x_np}, seq_lens={time: lens}).numpy(h), ref, lens)
+    st = g.stepper({name: x_np}, seq_lens={time: lens})
+    st.step(2)
+    np.testing.assert_allclose(st.value(h)[0], ref[0, 1], atol=ATOL)
+
+
+# --- 7. a module used through containers that are never called ---
+
+def test_a_module_used_through_uncalled_containers_keeps_its_attribute_path(rng):
+    time, feat, hid = rd.Dim("time"), rd.Dim("feat", 3), rd.Dim("hid", 2)
+
+    class Encoder(rd.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = rd.Linear(hid)
+            self.h = rd.State({batch, hid})
+
+    class Model(rd.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = Encoder()
+
+    model = Model()
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        with rd.Loop() as loop:
+            model.encoder.h.assign(rd.tanh(model.encoder.lin(loop.unstack(x)) + model.encoder.h.get()))
+            out = loop.stack(model.encoder.h.get())
+    res = g.run({"x": rng.standard_normal((2, 3, 3)).astype(np.float32)})
+    assert sorted(res.params()) == ["model/encoder/lin/bias", "model/encoder/lin/weight"]
+    assert model.encoder.h.path(g) == "model/encoder/h"
+
+
+# --- 8. stepping by a negative or non-integer count ---
+
+def test_stepping_by_a_negative_count_is_an_error_and_leaves_the_stepper_usable(rng):
+    time, feat = rd.Dim("time"), rd.Dim("feat", 2)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        h = rd.State({batch, feat})
+        with rd.Loop() as loop:
+            h.assign(h.get() + loop.unstack(x))
+    x_np = rng.standard_normal((2, 5, 2)).astype(np.float32)
+    st = g.stepper({"x": x_np})
+    st.step(2)
+    for call in (lambda: st.step_back(-3), lambda: st.step(-1), lambda: st.run_to(-1), lambda: st.run_to(2.5)):
+        with pytest.raises(rd.RecDebugError):
+            call()
+        assert st.t == 2
+    np.testing.assert_allclose(st.value(h), x_np[:, :2].sum(axis=1), atol=ATOL)
+    assert st.run_until(lambda s: s.t == 4) and st.t == 4
+    np.testing.assert_allclose(st.value(h), x_np[:, :4].sum(axis=1), atol=ATOL)
+
+
+# --- 9. the trace debugger along a hypothesis: States assigned before and after rd.choice ---
+
+def test_trace_debugger_follows_a_hypothesis_for_states_before_and_after_the_choice(rng):
+    from test_search import beam_search, build, params
+
+    g, loop, y, labels = build(beam_size=3)
+    p = params(rng)
+    enc = rng.standard_normal((3, 4)).astype(np.float32)
+    steps, finals = beam_search({k: v.astype(np.float64) for k, v in p.items()}, enc.astype(np.float64), 3)
+    tr = g.trace({"enc": enc}, params=p, search=True)
+    d = rd.debugger(tr)
+    label_state, h_state = g.states
+    label_key, h_key = tr.key(label_state), tr.key(h_state)
+    assert not tr.before_choice(label_key) and tr.before_choice(h_key)
+    for b in range(3):
+        d.sequence = b
+        t_last, k = d.hypothesis
+        n_steps = len(steps)
+        # numpy: backtrack the best final hypothesis through the picks of every step
+        slot, path = 0, []
+        for t in range(n_steps - 1, -1, -1):
+            path.append(slot)
+            slot = steps[t][b][slot][1]
+        path.reverse()
+        rows = {key: np.frombuffer(d.views[key].values, np.float32).reshape(d.T, -1) for key in (label_key, h_key)}
+        h_ref = enc[b].astype(np.float64)
+        for t, s in enumerate(path):
+            score, src, label, h_new, src_ended = steps[t][b][s]
+            if src_ended:
+                break
+            h_ref = h_new
+            assert rows[label_key][t, 0] == label, f"sequence {b} step {t}"
+            np.testing.assert_allclose(rows[h_key][t], h_ref, atol=ATOL, err_msg=f"sequence {b} step {t}")
+        assert finals[b][0][1] == d.beams.hypothesis(b, k, t_last)["labels"]
+    d.close()
