@@ -351,11 +351,12 @@ class Engine:
         return trace
 
     def _label_axes(self) -> dict:
-        """Teacher forcing: RETURNN runs a loop with rd.choice over its reference labels' axis; that axis ->
-        the loop's axis, so that results and traces read as the loop's steps."""
-        if self.search:
-            return {}
-        return {y.op.attrs["label_time"]: y.scope.axis for y in self.graph.choices}
+        """Dims RETURNN iterates over in place of a loop's axis -> that axis, so that results and traces read as
+        the loop's steps: a static axis' dynamic steps; with teacher forcing, the reference labels' axis."""
+        alias = {loop.rec_axis: loop.axis for loop in self.emitted.rec_paths if loop.rec_axis is not loop.axis}
+        if not self.search:
+            alias.update({y.op.attrs["label_time"]: y.scope.axis for y in self.graph.choices})
+        return alias
 
     def _beam_fetches(self):
         """With search: every step's values of every hypothesis, as RETURNN accumulated them before it resolved

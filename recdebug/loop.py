@@ -1,7 +1,7 @@
 """Loop: ``with rd.Loop() as loop:`` runs its body once per step; becomes one RETURNN rec layer."""
 from __future__ import annotations
 
-from .dims import Dim, dims_str
+from .dims import Dim, batch_dim, dims_str
 from .errors import DimError, LoopError, user_line
 from .graph import Scope, check_usable, current_graph
 from .state import value_in
@@ -11,7 +11,8 @@ from .tensor import Tensor
 class Loop(Scope):
     """A recurrent loop over an unstacked axis (``unstack``) or until a condition (``end``)."""
 
-    def __init__(self, include_eos: bool = False, max_seq_len: int | None = None, name: str | None = None):
+    def __init__(self, include_eos: bool = False, max_seq_len=None, name: str | None = None):
+        """``max_seq_len``: the most steps (an int), or per sequence (an int32 Tensor {batch} computed before)."""
         self.include_eos = include_eos
         self.max_seq_len = max_seq_len
         self._name_hint = name or "loop"
@@ -23,6 +24,7 @@ class Loop(Scope):
         self._axis: Dim | None = None
         self._axis_from_unstack = False
         self.end_cond: Tensor | None = None
+        self.unstack_axis: Dim | None = None  # a bounded loop's unstacked dim (its own axis is a new dim)
         self.end_line = None
         self._index: Tensor | None = None
         self.init: dict = {}  # carried State -> its value before the loop (a Tensor of the parent scope)
@@ -73,9 +75,25 @@ class Loop(Scope):
         if not self.unstacked and self.max_seq_len is None:
             raise LoopError(f"{self.describe()} is a while loop (loop.end) without max_seq_len",
                             line=self.line, hint="give rd.Loop(max_seq_len=N) as a bound on the number of steps")
-        if self.unstacked and self.end_cond is not None:
-            raise LoopError(f"{self.describe()} has both unstack and end; this is not supported",
-                            line=self.end_line, hint="use a while loop with end and index the input with loop.index")
+        if isinstance(self.max_seq_len, Tensor):
+            bound = self.max_seq_len
+            if bound.dtype != "int32" or not bound.dims <= {batch_dim}:
+                raise DimError(f"{self.describe()}: max_seq_len {bound!r} must be int32 with dims {{batch}} or none",
+                               line=self.line)
+            check_usable(bound, parent, self.line)
+        elif self.max_seq_len is not None and (not isinstance(self.max_seq_len, int) or self.max_seq_len < 1):
+            raise LoopError(f"{self.describe()}: max_seq_len must be a positive int or an int32 rd.Tensor, got "
+                            f"{self.max_seq_len!r}", line=self.line)
+        if self.bounded and self.unstacked:
+            if self.axis.size is not None:
+                raise LoopError(f"{self.describe()}: loop.end or a tensor max_seq_len with an unstack over the static "
+                                f"dim {self.axis!r} is not supported", line=self.end_line or self.line,
+                                hint="unstack a dynamic dim, or drop loop.end")
+            # each sequence stops at its end condition or after its frames: the loop's axis is a new dim
+            self.unstack_axis, self._axis = self._axis, Dim(f"{self.name}_time")
+            for op in parent.ops:
+                if op.attrs.get("loop") is self and op.kind == "stack":
+                    op.out.dims = (op.out.dims - {self.unstack_axis}) | {self._axis}
         if not self.ops:
             raise LoopError(f"{self.describe()} computes nothing", line=self.line)
         for state in self.assigned:
@@ -123,6 +141,22 @@ class Loop(Scope):
             self._index = g.add_op("index", [], set(), dtype="int32", sparse_dim=self.axis, name="index")
         return self._index
 
+    @property
+    def bounded(self) -> bool:
+        """Whether each sequence stops at a bound of its own (its frames, a tensor max_seq_len) besides ``end``:
+        RETURNN runs such a loop as a while loop whose end flag also says when a sequence's bound is reached."""
+        return (bool(self.unstacked) and self.end_cond is not None) or isinstance(self.max_seq_len, Tensor)
+
+    @property
+    def rec_axis(self) -> Dim:
+        """The dim RETURNN's rec layer iterates over: the loop's axis, or for a static axis (RETURNN iterates over
+        dynamic dims only) a dynamic dim whose lengths all equal its size."""
+        if self.axis.size is None:
+            return self.axis
+        if getattr(self, "_rec_axis", None) is None:
+            self._rec_axis = Dim(f"{self.axis.name}_steps")
+        return self._rec_axis
+
     def set_include_eos(self, include_eos: bool) -> None:
         self.include_eos = include_eos
 
@@ -147,9 +181,14 @@ class Loop(Scope):
                                hint="pass it: loop.unstack(x, axis=time)")
         if axis not in x.dims:
             raise DimError(f"loop.unstack: {x!r} has no dim {axis!r}", line=line)
-        if not axis.is_dynamic:
-            raise DimError(f"loop.unstack over {axis!r}: iterating over a static dim is not supported", line=line,
-                           hint=f"declare it as a dynamic dim (rd.Dim({axis.name!r})) and feed its lengths")
+        if axis.is_batch:
+            raise DimError("loop.unstack over the batch dim: a loop iterates over a time or feature dim", line=line)
+        if axis.size is not None and self.parent.is_loop:
+            raise LoopError(f"loop.unstack over the static dim {axis!r} inside another loop is not supported: "
+                            f"RETURNN's nested rec layer mixes up the static dim and its steps", line=line,
+                            hint="iterate over it in a top-level loop, or use rd.Loop(max_seq_len="
+                                 f"{axis.size}) with rd.gather(x, loop.index, {axis.name}) and "
+                                 f"loop.end(loop.index >= {axis.size - 1}, include_eos=True)")
         if self._axis is not None and self._axis is not axis:
             raise LoopError(f"loop.unstack over {axis!r}, but this loop iterates over {self._axis!r}", line=line,
                             hint="all unstacks of one loop share its axis; use another loop for another axis")

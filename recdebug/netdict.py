@@ -60,6 +60,9 @@ class _Emitter:
         self.dims: dict = {}
         self.out = Emitted(net={}, extern_data={}, dims=self.dims)
         self.collocate: dict = {}  # (id(loop), layer name) -> names of inner rec layers that use it
+        self.static_inputs: dict = {}  # unstack op over a static dim -> its input with the loop's dynamic steps
+        self.static_ranges: dict = {}  # Loop over a static dim -> layer of positions 0..size-1 along that dim
+        self.bound_names: dict = {}  # bounded Loop -> its scalar layer of the most steps (max_seq_len_via)
 
     def dim(self, d: Dim):
         if d.is_batch:
@@ -85,6 +88,9 @@ class _Emitter:
         return "/".join(parts + [name])
 
     def emit_scope(self, scope: Scope, layers: dict):
+        for loop in scope.children:
+            if loop.axis.size is not None:
+                self.static_axis(loop, layers)
         for op in scope.ops:
             if op.kind == "input":
                 inp = op.out
@@ -180,7 +186,15 @@ class _Emitter:
             self.out.state_layers.setdefault(state, []).append(self.path(loop, name))
         for v in loop.exports:
             unit[v.op.name]["is_output_layer"] = True
-        if loop.end_cond is not None:
+        if loop.bounded:
+            unit["end.bound"] = {"class": "compare", "kind": "greater_equal",
+                                 "from": [":i", "base:" + self.bounds(loop, layers)]}
+        if loop.end_cond is not None and loop.bounded:
+            unit["end"] = {"class": "combine", "kind": "logical_or",
+                           "from": [self.ref(loop.end_cond, loop), "end.bound"]}
+        elif loop.bounded:
+            unit["end"] = {"class": "copy", "from": "end.bound"}
+        elif loop.end_cond is not None:
             unit["end"] = {"class": "copy", "from": self.ref(loop.end_cond, loop)}
             if not loop.end_cond.dims:  # RETURNN needs one end flag per sequence
                 unit["end.batch"] = {"class": "constant", "value": False, "dtype": "bool",
@@ -199,11 +213,14 @@ class _Emitter:
         # A search trace reads every layer's values per hypothesis from the loop's step accumulators: it keeps
         # every layer in the loop (a moved-out layer has no such accumulator).
         beams = self.search and self.capture is not None and any(op.kind == "choice" for op in loop.ops)
-        rec = {"class": "rec", "from": [], "axis": self.dim(loop.axis), "unit": unit,
+        rec = {"class": "rec", "from": [], "axis": self.dim(loop.rec_axis), "unit": unit,
                "optimize_move_layers_out": self.optimize and not loop.children and not beams}
-        if loop.unstacked:
+        if loop.bounded:
+            rec["max_seq_len_via"] = self.bound_names[loop]
+            rec["include_eos"] = bool(loop.include_eos)
+        elif loop.unstacked:
             first = loop.unstacked[0].op.inputs[0]
-            rec["from"] = self.ref(first, loop.parent)
+            rec["from"] = self.static_inputs.get(loop.unstacked[0].op) or self.ref(first, loop.parent)
             if choices:  # else RETURNN's search takes a sequence's end one frame late and scores a padding frame
                 rec["include_eos"] = True
         else:
@@ -212,7 +229,7 @@ class _Emitter:
         layers[loop.name] = rec
         self.out.rec_paths[loop] = self.path(loop.parent, loop.name)
         self.out.lines[self.path(loop.parent, loop.name)] = loop.line
-        layers[loop.len_name] = {"class": "length", "from": loop.name, "axis": self.dim(loop.axis)}
+        layers[loop.len_name] = {"class": "length", "from": loop.name, "axis": self.dim(loop.rec_axis)}
         layers[loop.last_index_name] = {"class": "eval", "from": loop.len_name, "eval": "source(0) - 1"}
         if loop.state_finals:
             layers[loop.nonempty_name] = {"class": "compare", "kind": "greater", "from": loop.len_name, "value": 0}
@@ -309,8 +326,57 @@ class _Emitter:
             return "number", state.initial
         return "switch", self.ref(init, loop)
 
+    def bounds(self, loop, layers: dict) -> str:
+        """A bounded loop's per-sequence bound, as layers of the enclosing scope: ``<loop>.steps_max`` (the most
+        steps, RETURNN's max_seq_len) and the step from which the loop's end flag is set (returned)."""
+        parent = loop.parent
+        parts = []
+        if loop.unstacked:
+            x = loop.unstacked[0].op
+            name = self.fresh_name(parent, f"{loop.name}.frames")
+            layers[name] = {"class": "length", "from": self.ref(x.inputs[0], parent), "axis": self.dim(x.attrs["axis"])}
+            parts.append(name)
+        if hasattr(loop.max_seq_len, "op"):
+            parts.append(self.ref(loop.max_seq_len, parent))
+        limit = self.fresh_name(parent, f"{loop.name}.steps_limit")
+        with_batch = {"class": "constant", "value": 2**31 - 1, "dtype": "int32", "shape": [returnn_batch_dim],
+                      "with_batch_dim": True}
+        layers[limit + ".batch"] = with_batch  # a bound without the batch dim holds for every sequence
+        bound = {"class": "combine", "kind": "minimum", "from": parts + [limit + ".batch"]}
+        if isinstance(loop.max_seq_len, int):
+            bound = {"class": "eval", "from": [limit + ".min"], "eval": f"tf.minimum(source(0), {loop.max_seq_len})"}
+            layers[limit + ".min"] = {"class": "combine", "kind": "minimum", "from": parts + [limit + ".batch"]}
+        layers[limit] = bound
+        self.bound_names[loop] = self.fresh_name(parent, f"{loop.name}.steps_max")
+        layers[self.bound_names[loop]] = {"class": "reduce", "mode": "max", "from": limit, "axis": "B"}
+        stop = self.fresh_name(parent, f"{loop.name}.stop_at")
+        # with include_eos the frame where the end flag is set is kept: set it on the last step, else after it
+        layers[stop] = {"class": "eval", "from": limit, "eval": "source(0) - 1"} if loop.include_eos else \
+            {"class": "copy", "from": limit}
+        return stop
+
+    def static_axis(self, loop, layers: dict) -> None:
+        """A loop over a static dim: its inputs with that dim replaced by a dynamic dim of the same size (every
+        sequence that long), which RETURNN's rec layer can iterate over; ``stack`` gathers the static dim back."""
+        axis, steps = loop.axis, loop.rec_axis
+        top = self.out.net  # the steps' dim is made once, at the top level (also for a loop inside a loop)
+        length = self.fresh_name(self.g.top, f"{loop.name}.steps")
+        top[length] = {"class": "constant", "value": axis.size, "dtype": "int32", "shape": [returnn_batch_dim],
+                       "with_batch_dim": True}
+        steps_range = self.fresh_name(self.g.top, f"{loop.name}.steps_range")
+        top[steps_range] = {"class": "range_from_length", "from": length, "out_spatial_dim": self.dim(steps)}
+        steps_range = "base:" * loop.parent.depth + steps_range
+        for t in loop.unstacked:
+            name = self.fresh_name(loop.parent, f"{loop.name}.{t.op.name}.frames")
+            layers[name] = {"class": "gather", "from": self.ref(t.op.inputs[0], loop.parent), "axis": self.dim(axis),
+                            "position": steps_range}
+            self.static_inputs[t.op] = name
+        self.static_ranges[loop] = self.fresh_name(loop.parent, f"{loop.name}.positions")
+        layers[self.static_ranges[loop]] = {"class": "range", "limit": axis.size, "out_spatial_dim": self.dim(axis),
+                                            "dtype": "int32"}
+
     def gather_last(self, loop, layer_name: str) -> dict:
-        return {"class": "gather", "from": f"{loop.name}/{layer_name}", "axis": self.dim(loop.axis),
+        return {"class": "gather", "from": f"{loop.name}/{layer_name}", "axis": self.dim(loop.rec_axis),
                 "position": loop.last_index_name, "clip_to_valid": True}
 
     def layer(self, op, scope: Scope) -> dict:
@@ -378,8 +444,14 @@ class _Emitter:
             return {"class": "choice", "from": a["log_prob_name"], "input_type": "log_prob",
                     "beam_size": a["beam_size"], "target": a["target_key"], "length_normalization": False}
         if k == "unstack":
+            if scope.bounded:  # a while loop: frame t of the input, clipped to its frames
+                return {"class": "gather", "from": src[0], "axis": self.dim(a["axis"]), "position": ":i",
+                        "clip_to_valid": True}
             if a["first"]:
                 return {"class": "copy", "from": "data:source"}
+            if op in self.static_inputs:
+                return {"class": "gather", "from": "base:" + self.static_inputs[op], "axis": self.dim(scope.rec_axis),
+                        "position": ":i"}
             return {"class": "gather", "from": src[0], "axis": self.dim(a["axis"]), "position": ":i"}
         if k == "state_entry":
             return self.state_entry(op, scope)
@@ -389,6 +461,9 @@ class _Emitter:
                     "false_from": self.ref(loop.init[state], scope)}
         if k == "stack":
             loop = a["loop"]
+            if loop in self.static_ranges:  # back from the rec layer's dynamic steps to the static dim
+                return {"class": "gather", "from": f"{loop.name}/{a['value'].op.name}",
+                        "axis": self.dim(loop.rec_axis), "position": self.static_ranges[loop]}
             return {"class": "copy", "from": f"{loop.name}/{a['value'].op.name}"}
         if k == "last":
             return self.gather_last(a["loop"], a["value"].op.name)

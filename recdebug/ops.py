@@ -77,9 +77,10 @@ def where(cond: Tensor, a, b) -> Tensor:
         if not isinstance(v, (Tensor, numbers.Number)) or isinstance(v, bool):
             raise DimError(f"rd.where: values must be rd.Tensors or numbers, got {type(v).__name__}", line=line)
     values = [v for v in (a, b) if isinstance(v, Tensor)]
-    if not values:
-        raise DimError("rd.where: at least one of the two values must be an rd.Tensor", line=line)
-    dtype = values[0].dtype
+    if values:
+        dtype = values[0].dtype
+    else:
+        dtype = "int32" if all(isinstance(v, numbers.Integral) for v in (a, b)) else "float32"
     if any(v.dtype != dtype for v in values):
         raise DimError(f"rd.where: the values have dtypes {values[0].dtype} and {values[1].dtype}", line=line)
     dims = max((t.dims for t in tensors), key=len)

@@ -150,8 +150,8 @@ class StepEngine(Engine):
         if self.forced is not None:  # teacher forcing: the loop runs over the reference labels, ignoring `end`
             active = tf.less(t, self.label_lens_ph)
             end = None
-        elif loop.unstacked:
-            lens = em.dims[loop.axis].dyn_size_ext.placeholder
+        elif loop.unstacked and not loop.bounded:
+            lens = em.dims[loop.rec_axis].dyn_size_ext.placeholder
             active = tf.less(t, lens)
             end = None
             if src is not None:  # a search over an unstacked axis: a sequence's hypotheses end with its frames
@@ -163,7 +163,7 @@ class StepEngine(Engine):
             ended_t = tf.gather(self.ended, t)
             if src is not None:
                 ended_t = tf.gather(ended_t, src)
-                if end is not None and not loop.unstacked and flat["end"] not in self.after_choice:
+                if end is not None and loop.end_cond is not None and flat["end"] not in self.after_choice:
                     end = tf.gather(end, src)
             active = tf.logical_and(active, tf.logical_not(ended_t))
             if end is not None and not include_eos:
@@ -269,12 +269,16 @@ def _batch_and_steps(g, loop, inputs: dict, seq_lens: dict) -> tuple[int, int]:
         shape = np.shape(value)
         if batch_dim in order and len(shape) == len(order):
             batch = shape[list(order).index(batch_dim)]
-        if loop.unstacked and loop.axis in order and len(shape) == len(order):
-            axis_size = shape[list(order).index(loop.axis)]
+        axis = loop.unstack_axis if loop.bounded and loop.unstacked else loop.axis
+        if loop.unstacked and axis in order and len(shape) == len(order):
+            axis_size = shape[list(order).index(axis)]
     if batch is None:
         raise RunError("stepping needs an input with the batch dim")
-    steps = axis_size if loop.unstacked else loop.max_seq_len
-    return batch, steps
+    bounds = [n for n in (axis_size, loop.max_seq_len) if isinstance(n, int)]
+    if hasattr(loop.max_seq_len, "op"):  # a bound per sequence, computed before the loop: its largest value
+        res = g.run(inputs, seq_lens)
+        bounds.append(max(int(np.max(res.numpy(loop.max_seq_len))), 0))
+    return batch, min(bounds)
 
 
 class Stepper:
@@ -323,7 +327,7 @@ class Stepper:
     @property
     def _by_lengths(self) -> bool:
         """Whether each sequence runs a given number of steps (an unstacked axis, or reference labels)."""
-        return bool(self.loop.unstacked) or self.forced is not None
+        return (bool(self.loop.unstacked) and not self.loop.bounded) or self.forced is not None
 
     @property
     def T(self) -> int:
@@ -592,8 +596,8 @@ class StepperBeams(Beams):
         stack = (lambda rows, dtype: np.stack(rows[:t]) if t else np.zeros((0, b, k), dtype))
         super().__init__(stack(stepper._labels, np.int32), stack(stepper._scores, np.float32),
                          stack(stepper._backpointers, np.int32), stack(stepper._end, bool),
-                         bool(stepper.loop.include_eos or stepper.loop.unstacked),
-                         stepper._lens.get(stepper.loop.axis) if stepper.loop.unstacked else None)
+                         bool(stepper.loop.include_eos or stepper._by_lengths),
+                         stepper._lens.get(stepper.loop.axis) if stepper._by_lengths else None)
 
     def state(self, state, t: int, b: int, k: int) -> np.ndarray:
         """The value of a State in hypothesis k of sequence b after step t."""

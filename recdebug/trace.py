@@ -108,9 +108,10 @@ class Trace:
         end_key, lens = None, None
         if loop is not None and loop.end_cond is not None:
             end_key = self._lookup.get(id(loop.end_cond))
-        if loop is not None and loop.unstacked:  # the hypotheses of a sequence end with its frames
+        by_frames = loop is not None and loop.unstacked and not loop.bounded
+        if by_frames:  # the hypotheses of a sequence end with its frames
             lens = np.asarray(self.lens(loop.axis))
-        include_eos = bool(loop.include_eos or loop.unstacked) if loop is not None else True
+        include_eos = bool(loop.include_eos or by_frames) if loop is not None else True
         return BeamSteps(self, key, end_key, include_eos, lens)
 
     def plot(self, sequence: int = 0, keys=None, t: int | None = None, **kwargs):

@@ -271,3 +271,148 @@ def test_trace_debugger_follows_a_hypothesis_for_states_before_and_after_the_cho
             np.testing.assert_allclose(rows[h_key][t], h_ref, atol=ATOL, err_msg=f"sequence {b} step {t}")
         assert finals[b][0][1] == d.beams.hypothesis(b, k, t_last)["labels"]
     d.close()
+
+
+# --- 10. iterating over a static dim ---
+
+def _np_decay(x, steps):
+    """s_t = 0.5 s_{t-1} + x_t along axis 1 of x (the first ``steps`` frames)."""
+    s, out = np.zeros(x.shape[:1] + x.shape[2:]), np.zeros_like(x, dtype=np.float64)
+    for t in range(steps):
+        s = s * 0.5 + x[:, t]
+        out[:, t] = s
+    return out
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_a_loop_over_a_static_dim(rng, optimize):
+    win, feat = rd.Dim("win", 3), rd.Dim("feat", 2)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, win, feat})
+        s = rd.State({batch, feat})
+        with rd.Loop() as loop:
+            s.assign(s.get() * 0.5 + loop.unstack(x, axis=win))
+            out = loop.stack(s.get())
+        total = rd.reduce_sum(out, win)
+    assert loop.axis is win and out.dims == {batch, win, feat}
+    x_np = rng.standard_normal((4, 3, 2)).astype(np.float32)
+    ref = _np_decay(x_np.astype(np.float64), 3)
+    res = g.run({"x": x_np}, optimize=optimize)
+    np.testing.assert_allclose(res.numpy(out, order=(batch, win, feat)), ref, atol=ATOL)
+    np.testing.assert_allclose(res.numpy(total), ref.sum(1), atol=ATOL)
+    tr = g.trace({"x": x_np}, optimize=optimize)
+    np.testing.assert_allclose(tr.numpy(s, order=(batch, win, feat)), ref, atol=ATOL)
+    np.testing.assert_array_equal(tr.lens(win), [3] * 4)
+    st = g.stepper({"x": x_np})
+    assert st.T == 3
+    for t in range(3):
+        st.step()
+        np.testing.assert_allclose(st.value(s), ref[:, t], atol=ATOL)
+
+
+def test_a_static_dim_in_a_nested_loop_is_refused_and_the_hint_works(rng):
+    time, win, feat = rd.Dim("time"), rd.Dim("win", 3), rd.Dim("feat", 2)
+    with rd.Graph():
+        x = rd.Input("x", {batch, time, win, feat})
+        with rd.Loop() as outer:
+            x_t = outer.unstack(x)
+            with pytest.raises(rd.LoopError, match="static dim") as e:
+                with rd.Loop() as inner:
+                    inner.unstack(x_t, axis=win)
+    assert "inner.unstack(x_t, axis=win)" in e.value.line.code and "rd.gather" in str(e.value)
+    with rd.Graph() as g:  # what the hint says: a window per frame as a while loop over the window's positions
+        x = rd.Input("x", {batch, time, win, feat})
+        acc = rd.State({batch, feat})
+        with rd.Loop() as outer:
+            x_t = outer.unstack(x)
+            s = rd.State({batch, feat})
+            with rd.Loop(max_seq_len=3) as inner:
+                s.assign(s.get() * 0.5 + rd.gather(x_t, inner.index, win))
+                inner.end(inner.index >= 2, include_eos=True)
+            acc.assign(acc.get() + s.get())
+            out = outer.stack(acc.get())
+    lens = [4, 2]
+    x_np = rng.standard_normal((2, 4, 3, 2)).astype(np.float32)
+    x_np[1, 2:] = 1e3
+    per_frame = np.stack([_np_decay(x_np[:, t].astype(np.float64), 3)[:, 2] for t in range(4)], axis=1)
+    assert_frames_close(g.run({"x": x_np}, seq_lens={time: lens}).numpy(out), np.cumsum(per_frame, axis=1), lens)
+
+
+# --- 11. unstack and end in one loop ---
+
+@pytest.mark.parametrize("include_eos", [False, True])
+def test_unstack_and_end_in_one_loop(rng, include_eos):
+    """An input loop that can stop early: sequence b stops at the first frame whose values are all negative (kept iff
+    include_eos) or after its frames."""
+    time, feat = rd.Dim("time"), rd.Dim("feat", 2)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        h = rd.State({batch, feat})
+        with rd.Loop() as loop:
+            x_t = loop.unstack(x)
+            h.assign(h.get() + x_t)
+            loop.end(rd.reduce_max(x_t, feat) < 0.0, include_eos=include_eos)
+            out = loop.stack(h.get())
+        final = h.get()
+    assert loop.axis is not time and out.dims == {batch, loop.axis, feat}
+    lens = [5, 4, 1, 4, 2]
+    x_np = np.abs(rng.standard_normal((5, 5, 2))).astype(np.float32)
+    x_np[1, 1] = -1.0  # stops at t=1
+    x_np[2, 0] = -1.0  # stops at t=0 (its only frame)
+    x_np[3, 3] = -2.0  # stops at its last frame
+    x_np[4, 3] = -1.0  # a stop in the padding: never seen
+    for b, n in enumerate(lens):
+        x_np[b, n:, 1] = 1e3
+    stops = {1: 1, 2: 0, 3: 3}
+    expected = [stops[b] + include_eos if b in stops else n for b, n in enumerate(lens)]
+    ref = np.cumsum(x_np.astype(np.float64), axis=1)
+    for optimize in (True, False):
+        res = g.run({"x": x_np}, seq_lens={time: lens}, optimize=optimize)
+        np.testing.assert_array_equal(res.lens(loop.axis), expected)
+        assert_frames_close(res.numpy(out, order=(batch, loop.axis, feat)), ref, expected)
+        final_ref = np.stack([ref[b, n - 1] if n else np.zeros(2) for b, n in enumerate(expected)])
+        np.testing.assert_allclose(res.numpy(final), final_ref, atol=ATOL)
+    tr = g.trace({"x": x_np}, seq_lens={time: lens})
+    np.testing.assert_array_equal(tr.lens(loop.axis), expected)
+    assert_frames_close(tr.numpy(h, order=(batch, loop.axis, feat)), ref, expected)
+    st = g.stepper({"x": x_np}, seq_lens={time: lens})
+    st.run_to(st.T)
+    assert st.ended == dict(enumerate(expected))
+    np.testing.assert_allclose(st.value(h), final_ref, atol=ATOL)
+
+
+# --- 12. max_seq_len as a tensor ---
+
+@pytest.mark.parametrize("include_eos", [False, True])
+def test_max_seq_len_per_sequence_from_a_tensor(rng, include_eos):
+    """A decoder bounded by twice each sequence's input length (and stopped earlier by its end condition)."""
+    time, feat = rd.Dim("time"), rd.Dim("feat", 2)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        stop = rd.Input("stop", {batch}, dtype="int32")
+        h = rd.State({batch, feat})
+        with rd.Loop(max_seq_len=rd.reduce_sum(rd.cast(rd.reduce_max(x, feat) > -1e9, "int32"), time) * 2) as loop:
+            h.assign(h.get() * 0.5 + 1.0)
+            loop.end(loop.index >= stop, include_eos=include_eos)
+            out = loop.stack(h.get())
+    lens = np.array([3, 1, 2, 4])
+    x_np = rng.standard_normal((4, 4, 2)).astype(np.float32)
+    stop_np = np.array([100, 100, 1, 5], np.int32)
+    res = g.run({"x": x_np, "stop": stop_np}, seq_lens={time: lens})
+    expected = np.minimum(2 * lens, stop_np + include_eos)
+    np.testing.assert_array_equal(res.lens(loop.axis), expected)
+    ref = np.broadcast_to(_np_decay(np.ones((1, 8, 2)), 8), (4, 8, 2))
+    assert_frames_close(res.numpy(out, order=(batch, loop.axis, feat)), ref, expected)
+    st = g.stepper({"x": x_np, "stop": stop_np}, seq_lens={time: lens})
+    st.run_to(st.T)
+    assert st.T == 8 and st.ended == dict(enumerate(expected.tolist()))
+    np.testing.assert_allclose(st.value(h), ref[np.arange(4), expected - 1], atol=ATOL)
+
+
+def test_max_seq_len_that_is_not_an_int32_tensor_names_the_line():
+    time = rd.Dim("time")
+    with rd.Graph():
+        x = rd.Input("x", {batch, time})
+        with pytest.raises(rd.DimError, match="max_seq_len"):
+            with rd.Loop(max_seq_len=x) as loop:
+                loop.end(loop.index >= 3)
