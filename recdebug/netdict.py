@@ -285,7 +285,7 @@ class _Emitter:
         op = next((o for o in loop.ops if o.name == name), None)
         if op is None:
             return None
-        if op.kind == "unstack" and op.attrs["first"] and op.inputs[0].op.kind == "input":
+        if op.kind == "unstack" and op.attrs["first"] and op.inputs[0].op.kind == "input" and not loop.bounded:
             return ("input", op.inputs[0].input_name)
         src = op.inputs[0] if op.inputs else None
         if op.kind in ("split", "copy") and src.scope is loop and self.captures(self.path(loop, src.op.name)):

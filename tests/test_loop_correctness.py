@@ -375,6 +375,7 @@ def test_unstack_and_end_in_one_loop(rng, include_eos):
     tr = g.trace({"x": x_np}, seq_lens={time: lens})
     np.testing.assert_array_equal(tr.lens(loop.axis), expected)
     assert_frames_close(tr.numpy(h, order=(batch, loop.axis, feat)), ref, expected)
+    assert_frames_close(tr.numpy(x_t, order=(batch, loop.axis, feat)), x_np, expected)
     st = g.stepper({"x": x_np}, seq_lens={time: lens})
     st.run_to(st.T)
     assert st.ended == dict(enumerate(expected))
