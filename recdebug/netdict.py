@@ -275,6 +275,8 @@ class _Emitter:
         for state, state_name in loop.state_layers.items():
             v = loop.assigned[state]
             if name == state_name and v.scope is loop and self.captures(self.path(loop, v.op.name)):
+                if v is loop.entries.get(state):  # assigned its own previous value: record it (no cycle)
+                    return None
                 return ("same", self.path(loop, v.op.name))
             entry = loop.entries.get(state)
             if entry is not None and entry.op.name == name and self.captures(self.path(loop, state_name)):
@@ -432,6 +434,11 @@ class _Emitter:
             return {"class": "dropout", "from": src, "dropout": a["rate"], "dropout_noise_shape": {"*": None}}
         if k == "reduce":
             return {"class": "reduce", "mode": a["mode"], "from": src, "axis": self.dim(a["dim"])}
+        if k == "sparse":
+            if a["sparse_dim"] is None:
+                return {"class": "reinterpret_data", "from": src, "set_sparse": False}
+            return {"class": "reinterpret_data", "from": src, "set_sparse": True,
+                    "set_sparse_dim": self.dim(a["sparse_dim"])}
         if k == "cast":
             return {"class": "cast", "from": src, "dtype": a["dtype"]}
         if k == "copy":

@@ -88,8 +88,19 @@ def where(cond: Tensor, a, b) -> Tensor:
         raise DimError("rd.where: dims " + ", ".join(dims_str(t.dims) for t in tensors) + " do not broadcast "
                        "(one operand's dims must contain the others')", line=line)
     attrs = {"true_value": None if isinstance(a, Tensor) else a, "false_value": None if isinstance(b, Tensor) else b}
-    sparse = next((v.sparse_dim for v in values if v.sparse_dim is not None), None)
+    sparse = {v.sparse_dim for v in values}
+    sparse = sparse.pop() if len(sparse) == 1 and len(values) == 2 else None
+    if sparse is None:  # labels of different sparse dims (or a number): plain int values
+        tensors = [cond] + [_sparse(v, None, line) for v in values]
     return cond.graph.add_op("where", tensors, dims, dtype=dtype, sparse_dim=sparse, attrs=attrs, line=line)
+
+
+def _sparse(x: Tensor, sparse_dim, line) -> Tensor:
+    """``x`` as labels of ``sparse_dim`` (None: plain numbers); the values stay the same."""
+    if x.sparse_dim is sparse_dim:
+        return x
+    return x.graph.add_op("sparse", [x], x.dims, dtype=x.dtype, sparse_dim=sparse_dim, attrs={"sparse_dim": sparse_dim},
+                          line=line)
 
 
 def gather(x: Tensor, index: Tensor, dim: Dim | None = None) -> Tensor:

@@ -77,6 +77,10 @@ class State:
             raise LoopError(f"State {self.path(g)!r} is assigned twice in one iteration of {scope.describe()} "
                             f"(first at line {first.lineno if first else '?'})", line=line,
                             hint="compute the new value fully, then assign once per iteration")
+        if value.sparse_dim is not self.sparse_dim:  # the same numbers, labels of the State's sparse dim (or none)
+            from .ops import _sparse
+
+            value = _sparse(value, self.sparse_dim, line)
         scope.assigned[self] = value
         scope.assign_lines[self] = line
         scope.state_values[self] = value

@@ -92,7 +92,7 @@ def build_step_net(em, loop, states: dict, index_key: str) -> StepNet:
     """The flat net for stepping ``loop`` (a top-level Loop) of the emitted net ``em``.
 
     ``states``: state layer name (in the unit) -> (RETURNN dims in the buffer's order, dtype, key of the device
-    tensor holding its value at step t); ``index_key``: key of the device tensor holding t.
+    tensor holding its value at step t, RETURNN sparse dim or None); ``index_key``: key of the device tensor holding t.
     """
     top = {name: {k: v for k, v in layer.items() if k != "is_output_layer"} for name, layer in em.net.items()
            if name != loop.name}
@@ -104,10 +104,10 @@ def build_step_net(em, loop, states: dict, index_key: str) -> StepNet:
     step = StepNet(net=top, prefix=prefix, layer_names=names)
     step.index_layer = prefix + "index.step"
     top[step.index_layer] = {"class": "recdebug_tensor", "key": index_key, "shape": [], "dtype": "int32"}
-    for state_name, (shape, dtype, key) in states.items():
+    for state_name, (shape, dtype, key, sparse_dim) in states.items():
         flat = f"{prefix}{state_name}.at_step"
         step.prev_layers[state_name] = flat
-        top[flat] = {"class": "recdebug_tensor", "key": key, "shape": shape, "dtype": dtype}
+        top[flat] = {"class": "recdebug_tensor", "key": key, "shape": shape, "dtype": dtype, "sparse_dim": sparse_dim}
     rec = em.net[loop.name]
     if rec.get("from"):
         top[prefix + "source"] = {"class": "gather", "from": rec["from"], "axis": rec["axis"],

@@ -34,7 +34,7 @@ def _register_layer_class():
     class DeviceTensorLayer(LayerBase):
         layer_class = "recdebug_tensor"
 
-        def __init__(self, key, shape, dtype, **kwargs):
+        def __init__(self, key, shape, dtype, sparse_dim=None, **kwargs):
             super().__init__(**kwargs)
             value = _DEVICE_TENSORS[key]
             perm = [_index_of(shape, tag) for tag in self.output.dim_tags]
@@ -46,9 +46,10 @@ def _register_layer_class():
             super().transform_config_dict(d, network=network, get_layer=get_layer)
 
         @classmethod
-        def get_out_data_from_opts(cls, name, shape, dtype, **kwargs):
+        def get_out_data_from_opts(cls, name, shape, dtype, sparse_dim=None, **kwargs):
             return ConstantLayer.get_out_data_from_opts(
-                name=name, value=0, shape=shape, dtype=dtype, with_batch_dim=any(d.is_batch_dim() for d in shape))
+                name=name, value=0, shape=shape, dtype=dtype, with_batch_dim=any(d.is_batch_dim() for d in shape),
+                sparse_dim=sparse_dim)
 
     register_layer_class(DeviceTensorLayer)
     _layer_registered = True
@@ -108,7 +109,8 @@ class StepEngine(Engine):
             self.extra_variables.append(var)
             key = f"{id(self)}/{name}"
             _DEVICE_TENSORS[key] = tf.gather(var, self.t_ph)
-            states[name] = ([em.dims.get(d) if not d.is_batch else _returnn_batch() for d in dims], state.dtype, key)
+            states[name] = ([em.dims.get(d) if not d.is_batch else _returnn_batch() for d in dims], state.dtype, key,
+                            em.dims.get(state.sparse_dim))
             self.buffers[state] = (var, dims, name)
         if (loop.end_cond is not None and self.forced is None) or self.choice is not None:
             self.ended = tf.Variable(tf.zeros([self.max_steps + 1, self.batch], dtype=tf.bool), trainable=False,

@@ -417,3 +417,52 @@ def test_max_seq_len_that_is_not_an_int32_tensor_names_the_line():
         with pytest.raises(rd.DimError, match="max_seq_len"):
             with rd.Loop(max_seq_len=x) as loop:
                 loop.end(loop.index >= 3)
+
+
+# --- found by the generative test ---
+
+def test_label_states_take_labels_without_a_sparse_dim_and_keep_their_own(rng):
+    """A State with a sparse dim assigned rd.where of a number and its own labels (RETURNN refused the mix), and a
+    plain int State assigned those labels; live stepping reads the labels back from its buffers."""
+    time, feat, vocab = rd.Dim("time"), rd.Dim("feat", 3), rd.Dim("vocab", 5)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        lab = rd.Input("lab", {batch, time}, dtype="int32", sparse_dim=vocab)
+        s1 = rd.State({batch}, initial=1, dtype="int32", sparse_dim=vocab)
+        s2 = rd.State({batch}, initial=2, dtype="int32")
+        with rd.Loop() as loop:
+            x_t = loop.unstack(x)
+            keep = rd.where(rd.reduce_sum(x_t, feat) > 0.0, loop.unstack(lab), s1.get())
+            s1.assign(rd.where(rd.reduce_max(x_t, feat) > 1.5, 0, keep))
+            s2.assign(s1.get())
+            out = loop.stack(s2.get())
+    lens = [4, 2, 3]
+    x_np = rng.standard_normal((3, 4, 3)).astype(np.float32)
+    lab_np = rng.integers(0, 5, (3, 4)).astype(np.int32)
+    ref = np.zeros((3, 4), np.int32)
+    for b in range(3):
+        v = 1
+        for t in range(4):
+            v = lab_np[b, t] if x_np[b, t].sum() > 0 else v
+            v = 0 if x_np[b, t].max() > 1.5 else v
+            ref[b, t] = v
+    assert_frames_close(g.run({"x": x_np, "lab": lab_np}, seq_lens={time: lens}).numpy(out), ref, lens, atol=0)
+    assert_frames_close(g.trace({"x": x_np, "lab": lab_np}, seq_lens={time: lens}).numpy(s1, order=(batch, time)),
+                        ref, lens, atol=0)
+    st = g.stepper({"x": x_np, "lab": lab_np}, seq_lens={time: lens})
+    st.run_to(st.T)
+    np.testing.assert_array_equal(st.value(s2), ref[np.arange(3), np.array(lens) - 1])
+
+
+def test_a_state_assigned_its_own_value_is_traced():
+    hid = rd.Dim("hid", 4)
+    with rd.Graph() as g:
+        ctx = rd.Input("ctx", {batch, hid})
+        s = rd.State({batch}, initial=3, dtype="int32")
+        with rd.Loop(max_seq_len=4, include_eos=True) as loop:
+            s.assign(s.get())
+            loop.end(rd.reduce_max(ctx, hid) > 0.0)
+    ctx_np = np.array([[1.0, 0, 0, 0], [-1.0, -1, -1, -1]], np.float32)
+    tr = g.trace({"ctx": ctx_np}, optimize=False)
+    np.testing.assert_array_equal(tr.lens(loop.axis), [1, 4])
+    np.testing.assert_array_equal(tr.numpy(s, order=(batch, loop.axis))[1], [3, 3, 3, 3])
