@@ -149,6 +149,20 @@ class Engine:
                                f"(order {tuple(d.name for d in param.dims)})")
             var.load(value, self.session)
 
+    def run_session(self, fetches, feed_dict):
+        """``session.run`` with TensorFlow's errors about the user's data turned into clear ones."""
+        import tensorflow as tf
+
+        try:
+            return self.session.run(fetches, feed_dict=feed_dict)
+        except tf.errors.UnimplementedError as e:
+            if "TensorArray has size zero" not in str(e):
+                raise
+            raise RunError("a while loop ended at step 0 for every sequence of the batch: TensorFlow cannot stack "
+                           "the values of a loop that ran no step", line=None,
+                           hint="check the loop.end condition, or run a batch in which some sequence takes a step"
+                           ) from None
+
     def params(self) -> dict:
         return {path: self.session.run(var) for path, (param, var) in self.param_vars.items()}
 
@@ -242,7 +256,7 @@ class Engine:
         if self.search:
             for loop in {y.scope for y in self.graph.choices if y.scope.parent is self.graph.top}:
                 scores[loop] = self.network.get_layer(loop.name).get_search_choices().beam_scores
-        values, fetched_lens, score_values = self.session.run(
+        values, fetched_lens, score_values = self.run_session(
             (fetch, {d: p for d, (p, _) in length_fetch.items()}, scores), feed_dict=fd)
         lens.update(fetched_lens)
         alias = self._label_axes()
@@ -268,11 +282,11 @@ class Engine:
         top, top_dims, top_lens = self._fetches(top_layers, lens)
         length_fetch.update(top_lens)
         if self.search:  # RETURNN reads its step accumulators once per run: the raw beams need a run of their own
-            values = self.session.run(fetch, feed_dict=fd)
-            top_values, fetched_lens = self.session.run(
+            values = self.run_session(fetch, feed_dict=fd)
+            top_values, fetched_lens = self.run_session(
                 (top, {d: p for d, (p, _) in length_fetch.items()}), feed_dict=fd)
         else:
-            values, top_values, fetched_lens = self.session.run(
+            values, top_values, fetched_lens = self.run_session(
                 (fetch, top, {d: p for d, (p, _) in length_fetch.items()}), feed_dict=fd)
         alias = self._label_axes()
         if alias:
@@ -303,6 +317,9 @@ class Engine:
             dims = dims_of[key]
             if None in dims:
                 raise RecDebugError(f"trace: RETURNN returned a dim that recdebug does not know for {key!r}")
+            if key in em.trace_unbatched:  # recorded per sequence, the same for each: one of them
+                arr = np.take(arr, 0, axis=dims.index(_batch()))
+                dims = tuple(d for d in dims if d is not _batch())
             entries[key] = Entry(key, arr, tuple(label(d) for d in dims), kind,
                                  tuple(label(axis_of[lp]) for lp in loops), _line(em.lines.get(key)))
         for t, arr in top_values.items():

@@ -135,10 +135,11 @@ class Loop(Scope):
 
     @property
     def index(self) -> Tensor:
-        """The step counter t (int32, no dims; its sparse dim is the loop's axis: ``rd.gather(x, loop.index)``)."""
+        """The step counter t of each sequence (int32 {batch}; its sparse dim is the loop's axis:
+        ``rd.gather(x, loop.index)`` reads frame t)."""
         g = self._check_open("index", user_line())
         if self._index is None:
-            self._index = g.add_op("index", [], set(), dtype="int32", sparse_dim=self.axis, name="index")
+            self._index = g.add_op("index", [], {batch_dim}, dtype="int32", sparse_dim=self.axis, name="index")
         return self._index
 
     @property

@@ -9,7 +9,7 @@ from . import _tf_env  # noqa: F401  (before TensorFlow is imported)
 from returnn.tensor import Dim as ReturnnDim
 from returnn.tensor import batch_dim as returnn_batch_dim
 
-from .dims import Dim
+from .dims import Dim, batch_dim
 from .graph import Graph, Scope
 from .stepnet import readers_of
 
@@ -38,6 +38,7 @@ class Emitted:
     # Values a trace derives instead of recording them again (path -> how), see _Emitter.derived():
     trace_derived: dict = field(default_factory=dict)
     after_choice: set = field(default_factory=set)  # in-loop layer paths computed from an rd.choice in their step
+    trace_unbatched: set = field(default_factory=set)  # in-loop layer paths without the batch dim, recorded with it
 
     def rd_dim(self, returnn_dim) -> Dim | None:
         if returnn_dim.is_batch_dim():
@@ -63,6 +64,7 @@ class _Emitter:
         self.static_inputs: dict = {}  # unstack op over a static dim -> its input with the loop's dynamic steps
         self.static_ranges: dict = {}  # Loop over a static dim -> layer of positions 0..size-1 along that dim
         self.bound_names: dict = {}  # bounded Loop -> its scalar layer of the most steps (max_seq_len_via)
+        self.index_zeros: dict = {}  # loop.index op -> its layer of zeros {batch} (the index is one per sequence)
 
     def dim(self, d: Dim):
         if d.is_batch:
@@ -103,6 +105,10 @@ class _Emitter:
                 continue
             if op.kind == "choice":
                 self.emit_choice_input(op, scope, layers)
+            if op.kind == "index":
+                self.index_zeros[op] = self.fresh_name(scope, op.name + ".zeros")
+                layers[self.index_zeros[op]] = {"class": "constant", "value": 0, "dtype": "int32",
+                                                "shape": [returnn_batch_dim], "with_batch_dim": True}
             layer = self.layer(op, scope)
             if scope.parent is None:
                 layer["is_output_layer"] = True
@@ -214,7 +220,8 @@ class _Emitter:
         # every layer in the loop (a moved-out layer has no such accumulator).
         beams = self.search and self.capture is not None and any(op.kind == "choice" for op in loop.ops)
         rec = {"class": "rec", "from": [], "axis": self.dim(loop.rec_axis), "unit": unit,
-               "optimize_move_layers_out": self.optimize and not loop.children and not beams}
+               "optimize_move_layers_out": self.optimize and not loop.children and not beams
+               and not moving_out_fails(loop)}
         if loop.bounded:
             rec["max_seq_len_via"] = self.bound_names[loop]
             rec["include_eos"] = bool(loop.include_eos)
@@ -256,9 +263,26 @@ class _Emitter:
                     captured.append((path, name))
                 else:
                     self.out.trace_derived[path] = how
-        for _, name in captured:
-            unit[name]["is_output_layer"] = True
+        for i, (path, name) in enumerate(captured):
+            op = next((o for o in loop.ops if o.name == name), None)
+            if op is None or batch_dim in op.out.dims:
+                unit[name]["is_output_layer"] = True
+            else:
+                # RETURNN cannot stack a loop value without the batch dim: record it per sequence, read one back
+                captured[i] = (path, self.with_batch(unit, name, op.out.dtype))
+                self.out.trace_unbatched.add(path)
+                # kept in the loop: RETURNN fails to accumulate a value without the batch dim that it moved out
+                layers[loop.name]["optimize_move_layers_out"] = False
         return captured + exported
+
+    def with_batch(self, unit: dict, name: str, dtype: str) -> str:
+        """A layer of ``unit`` that is the layer ``name`` broadcast over the batch (same values per sequence)."""
+        const = name + ".batch_zero"
+        unit[const] = {"class": "constant", "value": False if dtype == "bool" else 0, "dtype": dtype,
+                       "shape": [returnn_batch_dim], "with_batch_dim": True}
+        unit[name + ".per_sequence"] = {"class": "combine", "kind": "logical_or" if dtype == "bool" else "add",
+                                        "from": [name, const], "is_output_layer": True}
+        return name + ".per_sequence"
 
     def derived(self, loop, name: str):
         """How a trace gets a layer's steps from other recorded values without recording it (None: record it).
@@ -445,8 +469,8 @@ class _Emitter:
             return {"class": "copy", "from": src}
         if k == "embed":
             return {"class": "gather", "from": src[0], "position": src[1], "axis": self.dim(a["vocab"])}
-        if k == "index":
-            return {"class": "copy", "from": ":i"}
+        if k == "index":  # one per sequence: RETURNN cannot accumulate a loop value without the batch dim
+            return {"class": "combine", "kind": "add", "from": [":i", self.index_zeros[op]]}
         if k == "choice":
             return {"class": "choice", "from": a["log_prob_name"], "input_type": "log_prob",
                     "beam_size": a["beam_size"], "target": a["target_key"], "length_normalization": False}
@@ -479,6 +503,10 @@ class _Emitter:
     def state_entry(self, op, scope: Scope) -> dict:
         state = op.attrs["state"]
         if scope.parent is None:  # the top level starts at the initial value
+            if "zeros" in op.attrs:
+                kind = "logical_or" if state.dtype == "bool" else "add"
+                return {"class": "combine", "kind": kind,
+                        "from": [self.ref(state.initial, scope), self.ref(op.attrs["zeros"], scope)]}
             if hasattr(state.initial, "op"):
                 return {"class": "copy", "from": self.ref(state.initial, scope)}
             dims = sorted(state.dims, key=lambda d: d.order)
@@ -494,6 +522,27 @@ class _Emitter:
                 return {"class": "switch", "condition": scope.first_step_name, "true_from": init, "false_from": prev}
             return {"class": "copy", "from": prev}
         return {"class": "copy", "from": self.ref(scope.entry_source[state], scope)}
+
+
+# Ops whose value depends on their inputs only (not on the step, a State, a random draw or a search).
+_PURE = frozenset({
+    "add", "sub", "mul", "truediv", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
+    "logical_and", "logical_or", "activation", "softmax", "where", "gather", "reduce", "cast", "concat", "split",
+    "split_part", "dot", "embed", "constant", "sparse", "copy"})
+
+
+def moving_out_fails(loop) -> bool:
+    """Whether RETURNN's optimization would fail on this loop, which then runs unoptimized (same results):
+    it cannot read back per step a stacked or last value that is the same at every step (it moves it out without
+    the loop's axis), and its concat does not broadcast a value from outside the loop once moved out."""
+    invariant: set = set()
+    for op in loop.ops:  # in creation order: inputs first
+        if op.kind in _PURE and all(not loop.contains(x.scope) or x.op in invariant for x in op.inputs):
+            invariant.add(op)
+    if any(v.op in invariant for v in loop.exports):
+        return True
+    return any(op.kind == "concat" and any(not loop.contains(x.scope) or x.op in invariant for x in op.inputs)
+               for op in loop.ops)
 
 
 def emit(g: Graph, optimize: bool = True, capture=None, search: bool = False) -> Emitted:

@@ -92,8 +92,13 @@ class State:
 def value_in(g: Graph, scope: Scope, state: State) -> Tensor:
     """The state's current value in ``scope``; before anything set it there, its value at the scope's start."""
     if state not in scope.state_values:
+        attrs = {"state": state}
+        if scope.parent is None and isinstance(state.initial, Tensor) and state.initial.dims != state.dims:
+            # an initial value with fewer dims is broadcast to the State's dims (added to zeros of those dims)
+            attrs["zeros"] = g.add_op("constant", [], state.dims, dtype=state.initial.dtype, attrs={"value": 0},
+                                      scope=scope, line=state.line, hint="zeros")
         entry = g.add_op("state_entry", [], state.dims, dtype=state.dtype, sparse_dim=state.sparse_dim,
-                         attrs={"state": state},
+                         attrs=attrs,
                          name=state.path(g).replace("/", ".") + (".initial" if scope.parent is None else ".prev"),
                          scope=scope, line=state.line if scope.parent is None else None)
         scope.entries[state] = entry

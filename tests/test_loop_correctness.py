@@ -466,3 +466,92 @@ def test_a_state_assigned_its_own_value_is_traced():
     tr = g.trace({"ctx": ctx_np}, optimize=False)
     np.testing.assert_array_equal(tr.lens(loop.axis), [1, 4])
     np.testing.assert_array_equal(tr.numpy(s, order=(batch, loop.axis))[1], [3, 3, 3, 3])
+
+
+def test_a_while_loop_ending_on_its_index_is_traced_with_the_index_per_step():
+    """loop.index is one value per sequence; RETURNN could not record it (no batch dim) nor read it back after
+    moving a rd.gather by it out of the loop."""
+    time, feat = rd.Dim("time"), rd.Dim("feat", 3)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        stop = rd.Input("stop", {batch}, dtype="int32")
+        with rd.Loop(max_seq_len=4) as loop:
+            step = loop.index
+            frame_min = rd.reduce_min(rd.gather(x, step, time), feat)
+            loop.end(loop.index >= stop)
+            out = loop.stack(frame_min)
+    x_np = np.random.default_rng(3).standard_normal((2, 4, 3)).astype(np.float32)
+    stop_np = np.array([1, 3], np.int32)
+    for optimize in (True, False):
+        res = g.run({"x": x_np, "stop": stop_np}, seq_lens={time: [4, 2]}, optimize=optimize)
+        np.testing.assert_array_equal(res.lens(loop.axis), stop_np)
+        ref = x_np[:, [0, 1, 1]].min(-1)
+        ref[0] = x_np[0, :3].min(-1)
+        assert_frames_close(res.numpy(out), ref, stop_np)
+        tr = g.trace({"x": x_np, "stop": stop_np}, seq_lens={time: [4, 2]}, optimize=optimize)
+        index = tr.numpy(step, order=(batch, loop.axis))
+        assert_frames_close(index, np.tile(np.arange(3), (2, 1)), stop_np, atol=0)
+
+
+def test_a_state_initial_with_fewer_dims_is_broadcast(rng):
+    time, feat, hid = rd.Dim("time"), rd.Dim("feat", 3), rd.Dim("hid", 4)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        ctx = rd.Input("ctx", {batch, hid})
+        s = rd.State({batch, hid}, initial=rd.reduce_mean(ctx, hid))
+        with rd.Loop() as loop:
+            s.assign(s.get() * 0.5 + rd.reduce_sum(loop.unstack(x), feat))
+            out = loop.stack(s.get())
+    lens = [3, 2]
+    x_np = rng.standard_normal((2, 3, 3)).astype(np.float32)
+    ctx_np = rng.standard_normal((2, 4)).astype(np.float32)
+    v, ref = ctx_np.mean(1).astype(np.float64), []
+    for t in range(3):
+        v = v * 0.5 + x_np[:, t].sum(1)
+        ref.append(v)
+    ref = np.broadcast_to(np.stack(ref, 1)[..., None], (2, 3, 4))
+    assert_frames_close(g.run({"x": x_np, "ctx": ctx_np}, seq_lens={time: lens}).numpy(out), ref, lens)
+    st = g.stepper({"x": x_np, "ctx": ctx_np}, seq_lens={time: lens})
+    np.testing.assert_allclose(st.value(s), np.broadcast_to(ctx_np.mean(1)[:, None], (2, 4)), atol=ATOL)
+
+
+@pytest.mark.parametrize("optimize", [True, False])
+def test_values_that_are_the_same_at_every_step(rng, optimize):
+    """Stacked, last and concatenated values computed only from values outside the loop."""
+    time, feat, hid = rd.Dim("time"), rd.Dim("feat", 3), rd.Dim("hid", 4)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        ctx = rd.Input("ctx", {batch, hid})
+        h = rd.State({batch, feat})
+        with rd.Loop() as loop:
+            x_t = loop.unstack(x)
+            h.assign(h.get() + x_t)
+            const = loop.stack(rd.tanh(ctx))
+            last = loop.last(rd.tanh(ctx) * 2.0)
+            both = loop.stack(rd.concat(rd.tanh(ctx), x_t))
+    lens = [3, 1]
+    x_np = rng.standard_normal((2, 3, 3)).astype(np.float32)
+    ctx_np = rng.standard_normal((2, 4)).astype(np.float32)
+    res = g.run({"x": x_np, "ctx": ctx_np}, seq_lens={time: lens}, optimize=optimize)
+    t_ctx = np.tanh(ctx_np.astype(np.float64))
+    assert_frames_close(res.numpy(const), np.broadcast_to(t_ctx[:, None], (2, 3, 4)), lens)
+    np.testing.assert_allclose(res.numpy(last), 2 * t_ctx, atol=ATOL)
+    ref = np.concatenate([np.broadcast_to(t_ctx[:, None], (2, 3, 4)), x_np], -1)
+    assert_frames_close(res.numpy(both), ref, lens)
+    g.trace({"x": x_np, "ctx": ctx_np}, seq_lens={time: lens}, optimize=optimize)
+
+
+def test_a_while_loop_in_which_every_sequence_ends_at_step_0_gets_a_clear_error():
+    hid = rd.Dim("hid", 4)
+    with rd.Graph() as g:
+        ctx = rd.Input("ctx", {batch, hid})
+        s = rd.State({batch, hid}, initial=0.5)
+        with rd.Loop(max_seq_len=3) as loop:
+            s.assign(rd.tanh(s.get()))
+            loop.end(rd.reduce_max(ctx, hid) > -100.0)
+            loop.stack(s.get())
+    with pytest.raises(rd.RunError, match="ended at step 0 for every sequence") as e:
+        g.run({"ctx": np.ones((2, 4), np.float32)}, optimize=False)
+    assert "g.run(" in e.value.line.code
+    res = g.run({"ctx": np.array([[1.0] * 4, [-1e3] * 4], np.float32)})  # the graph is still usable
+    np.testing.assert_array_equal(res.lens(loop.axis), [0, 3])
