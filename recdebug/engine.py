@@ -527,17 +527,14 @@ def _shifted_entry(key, state, how, entries, kind, line):
     """A State's value read before its assign: its value one step earlier, the initial value at step 0."""
     from .trace import Entry, _broadcast_to_dims
 
-    _, _, init_how, init = how
+    _, _, init = how
     axis = state.dims.index(state.loop_axes[0])
 
     def derive():
         values = state.array
         first = np.take(values, [0], axis=axis)
-        if init_how == "number":
-            first = np.full_like(first, init)
-        else:
-            top = entries[init]
-            first = np.broadcast_to(_broadcast_to_dims(top.array, top.dims, state.dims), first.shape)
+        top = entries[init]
+        first = np.broadcast_to(_broadcast_to_dims(top.array, top.dims, state.dims), first.shape)
         rest = np.take(values, np.arange(values.shape[axis] - 1), axis=axis)
         return np.concatenate([first.astype(values.dtype), rest], axis=axis)
 

@@ -31,7 +31,7 @@ class Loop(Scope):
         self.entry_source: dict = {}  # State read but not assigned here -> value in the parent scope
         self.state_layers: dict = {}  # carried State -> layer name in the unit
         self.exports: dict = {}  # in-loop Tensor -> True (stacked or last: is_output_layer)
-        self.len_name = self.last_index_name = self.first_step_name = self.nonempty_name = None
+        self.len_name = self.last_index_name = self.nonempty_name = None
         self.state_finals: dict = {}  # carried State -> name of its gathered last frame in the parent scope
 
     @property
@@ -103,7 +103,6 @@ class Loop(Scope):
                 self.entry_source[state] = value_in(g, parent, state)
         for state in self.assigned:
             self.state_layers[state] = self.unique_name(state.path(g).replace("/", "."))
-        self.first_step_name = self.unique_name("first_step")
         self.len_name = parent.unique_name(f"{self.name}.len")
         self.nonempty_name = parent.unique_name(f"{self.name}.nonempty")
         self.last_index_name = parent.unique_name(f"{self.name}.last_index")

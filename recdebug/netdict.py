@@ -182,11 +182,16 @@ class _Emitter:
         for state, name in loop.state_layers.items():
             v = loop.assigned[state]
             layer = {"class": "copy", "from": self.ref(v, loop), "is_output_layer": True}
-            how, init = self.initial(loop, state)
-            if how != "switch":
-                layer["initial_output"] = init
-            else:
-                unit[loop.first_step_name] = {"class": "compare", "kind": "equal", "from": ":i", "value": 0}
+            if state.sparse_dim is None:
+                # the value plus zeros of the State's dims: RETURNN guesses the dims of a State's previous value
+                # from the value, which may lack some (e.g. no batch dim when only States feed it)
+                zeros = self.fresh_name(loop, name + ".zeros")
+                dims = sorted(state.dims, key=lambda d: d.order)
+                unit[zeros] = {"class": "constant", "value": False if state.dtype == "bool" else 0,
+                               "dtype": state.dtype, "shape": [self.dim(d) for d in dims], "with_batch_dim": True}
+                layer = {"class": "combine", "kind": "logical_or" if state.dtype == "bool" else "add",
+                         "from": [self.ref(v, loop), zeros], "is_output_layer": True}
+            layer["initial_output"] = self.initial(loop, state)
             unit[name] = layer
             self.out.lines[self.path(loop, name)] = loop.assign_lines[state]
             self.out.state_layers.setdefault(state, []).append(self.path(loop, name))
@@ -288,7 +293,7 @@ class _Emitter:
         """How a trace gets a layer's steps from other recorded values without recording it (None: record it).
 
         ("same", path): a State's layer holds exactly the value assigned to it;
-        ("shifted", state path, initial): a State read before its assign is the previous step's value;
+        ("shifted", state path, initial layer): a State read before its assign is the previous step's value;
         ("input", name): the first unstacked frame of a top-level input is that input;
         ("part", path, dim, i, n): part i of n of a split along dim is a slice (a view) of the split value;
         ("combine", kind, operand paths): a float32 add/sub/mul of recorded values, computed by numpy when read.
@@ -304,10 +309,7 @@ class _Emitter:
                 return ("same", self.path(loop, v.op.name))
             entry = loop.entries.get(state)
             if entry is not None and entry.op.name == name and self.captures(self.path(loop, state_name)):
-                how, init = self.initial(loop, state)
-                if how == "layer":
-                    init = loop.init[state].op.name
-                return ("shifted", self.path(loop, state_name), how, init)
+                return ("shifted", self.path(loop, state_name), loop.init[state].op.name)
         op = next((o for o in loop.ops if o.name == name), None)
         if op is None:
             return None
@@ -336,21 +338,19 @@ class _Emitter:
         return None
 
     def initial(self, loop, state):
-        """How a carried State gets its first value: ("number", v), ("layer", ref) or ("switch", ref).
+        """The layer RETURNN's ``initial_output`` of a carried State reads: its first value (RETURNN also takes the
+        State's dims and dtype from it, which a plain number would not give).
 
-        A layer of an enclosing loop's unit cannot be RETURNN's ``initial_output`` (once RETURNN moves it out of
-        that loop, the inner loop no longer finds it), so there the first step switches to it explicitly.
+        For a loop inside a loop whose value before the inner loop is the State's initial number, that is the
+        top-level initial layer; else the value in the enclosing unit (a loop with loops inside is never
+        optimized, so the inner unit always finds that layer there).
         """
         init = loop.init[state]
         while init.op.kind == "state_entry" and init.scope.is_loop and state not in init.scope.assigned:
             init = init.scope.entry_source[state]  # an enclosing loop that only passes the value through
-        init_is_number = init.op.kind == "state_entry" and init.scope.parent is None and not hasattr(state.initial, "op")
-        init = loop.init[state]
-        if loop.parent.parent is None:  # a layer, also for a number: RETURNN takes the State's dims and dtype from it
-            return "layer", self.ref(init, loop)
-        if init_is_number:
-            return "number", state.initial
-        return "switch", self.ref(init, loop)
+        if init.op.kind == "state_entry" and init.scope.parent is None:
+            return self.ref(init, loop)
+        return self.ref(loop.init[state], loop)
 
     def bounds(self, loop, layers: dict) -> str:
         """A bounded loop's per-sequence bound, as layers of the enclosing scope: ``<loop>.steps_max`` (the most
@@ -516,11 +516,7 @@ class _Emitter:
                 layer["sparse_dim"] = self.dim(state.sparse_dim)
             return layer
         if state in scope.assigned:  # carried by this loop: the previous iteration's value
-            prev = "prev:" + scope.state_layers[state]
-            how, init = self.initial(scope, state)
-            if how == "switch":
-                return {"class": "switch", "condition": scope.first_step_name, "true_from": init, "false_from": prev}
-            return {"class": "copy", "from": prev}
+            return {"class": "copy", "from": "prev:" + scope.state_layers[state]}
         return {"class": "copy", "from": self.ref(scope.entry_source[state], scope)}
 
 

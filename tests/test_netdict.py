@@ -44,13 +44,17 @@ def test_state_reads_become_prev_references_with_the_initial_output():
     net = g.net_dict()
     unit = net["loop"]["unit"]
     # a number initial is a top-level constant with the State's dims and dtype (RETURNN takes them from it)
-    assert unit["h"] == {"class": "copy", "from": "tanh", "is_output_layer": True, "initial_output": "base:h.initial"}
+    # the assigned value plus zeros of the State's dims (RETURNN guesses a State's dims from its value otherwise)
+    assert unit["h"] == {"class": "combine", "kind": "add", "from": ["tanh", "h.zeros"], "is_output_layer": True,
+                         "initial_output": "base:h.initial"}
+    assert unit["h.zeros"]["class"] == "constant" and unit["h.zeros"]["value"] == 0
     assert net["h.initial"]["class"] == "constant" and net["h.initial"]["value"] == 0.5
     assert net["h.initial"]["with_batch_dim"] and net["h.initial"]["dtype"] == "float32"
     assert unit["h.prev"] == {"class": "copy", "from": "prev:h"}
     inner_unit = unit["loop"]["unit"]
     assert inner_unit["inner_h.prev"]["from"] == "prev:inner_h"
-    assert inner_unit["inner_h"]["initial_output"] == 0  # restarts at its initial value in every outer step
+    # restarts at its initial value (the top-level layer of the number) in every outer step
+    assert inner_unit["inner_h"]["initial_output"] == "base:base:inner_h.initial"
 
 
 def test_stack_and_last_are_exposed_outside_their_loop():
