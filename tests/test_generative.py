@@ -1215,20 +1215,25 @@ def known_bug_patterns(g) -> set:
 
 
 def params_needed(g, loop) -> set:
-    """The parameter ops that ``loop`` (a top-level loop) needs, directly or through the values it reads."""
+    """The parameter ops that stepping ``loop`` (a top-level loop) needs: those of its own ops, and those of the
+    values it reads (through other loops only what those values depend on)."""
     seen, params = set(), set()
-    todo = []
+    todo = [op.out for op in _all_ops(loop)]
+    done_loops = set()
 
-    def add_loop(lp):
-        for op in _all_ops(lp):
-            todo.append(op.out)
-        for inner in [lp] + [c for c in g.loops if lp.contains(c)]:
-            todo.extend(list(inner.init.values()) + list(inner.entry_source.values()))
-            todo.extend(u.op.inputs[0] for u in inner.unstacked)
-            if isinstance(inner.max_seq_len, rd.Tensor):
-                todo.append(inner.max_seq_len)
+    def loop_control(lp):  # what decides a loop's steps
+        if lp in done_loops:
+            return []
+        done_loops.add(lp)
+        out = [u.op.inputs[0] for u in lp.unstacked]
+        if lp.end_cond is not None:
+            out.append(lp.end_cond)
+        if isinstance(lp.max_seq_len, rd.Tensor):
+            out.append(lp.max_seq_len)
+        return out
 
-    add_loop(loop)
+    for lp in [loop] + [c for c in g.loops if loop.contains(c)]:
+        todo += loop_control(lp) + list(lp.init.values()) + list(lp.entry_source.values())
     while todo:
         op = todo.pop().op
         if op in seen:
@@ -1237,11 +1242,19 @@ def params_needed(g, loop) -> set:
         if op.kind == "param":
             params.add(op)
         todo.extend(op.inputs)
-        other = op.attrs.get("loop")
-        if other is not None and op.kind in ("stack", "last", "state_final") and not loop.contains(other):
-            add_loop(other)
-        if op.kind == "state_entry" and isinstance(op.attrs["state"].initial, rd.Tensor):
-            todo.append(op.attrs["state"].initial)
+        a = op.attrs
+        if op.kind == "state_entry":
+            state, scope = a["state"], op.scope
+            if scope.is_loop and state in scope.assigned:
+                todo += [scope.assigned[state], scope.init[state]]
+            elif scope.is_loop:
+                todo.append(scope.entry_source[state])
+            elif isinstance(state.initial, rd.Tensor):
+                todo.append(state.initial)
+        if op.kind in ("stack", "last"):
+            todo += [a["value"]] + loop_control(a["loop"])
+        if op.kind == "state_final":
+            todo += [a["loop"].assigned[a["state"]], a["loop"].init[a["state"]]] + loop_control(a["loop"])
     return params
 
 
