@@ -99,7 +99,7 @@ def _check_margin(a, b, valid):
         raise IllConditioned(f"comparison of nearly equal floats: {a[bad][0]!r} vs {b[bad][0]!r}")
 
 
-def stack_values(frames, axis, template_dims):
+def stack_values(frames, axis):
     """Frames (V) stacked along a new first axis ``axis``; ragged frames are padded (marked invalid)."""
     if not frames:
         return None
@@ -192,7 +192,7 @@ class _Seq:
             if not frames:
                 inner = self._invalid(a["value"], run, None)
                 return V(np.zeros((0,) + inner.arr.shape, inner.arr.dtype), (loop.axis,) + inner.dims)
-            return stack_values(frames, loop.axis, None)
+            return stack_values(frames, loop.axis)
         if k == "unstack":
             x = self.get(op.inputs[0], env)
             axis = a["axis"]
@@ -368,7 +368,7 @@ class _Seq:
                 frames.append(inner)
         if len(frames) < run.n:  # some outer step ran no inner step: pad those steps as invalid
             return self._steps_padded(x, chain, env, run)
-        return stack_values(frames, loop.axis, None)
+        return stack_values(frames, loop.axis)
 
     def _steps_padded(self, x, chain, env, run):
         frames = []
@@ -381,7 +381,7 @@ class _Seq:
         if template is None:
             return None
         frames = [f if f is not None else V(template.arr[:0], template.dims) for f in frames]
-        return stack_values(frames, chain[0].axis, None)
+        return stack_values(frames, chain[0].axis)
 
     # --- ops ---
     def _binary(self, op, env, out_dims) -> V:
@@ -569,12 +569,13 @@ class _Seq:
 class Reference:
     """The interpreted values of a graph for a batch of sequences."""
 
-    def __init__(self, g, inputs: dict, seq_lens: dict, params: dict, targets=None, search=True):
+    def __init__(self, g, inputs: dict, seq_lens: dict, params: dict, targets=None, search=True, target_lens=None):
         if g.scope is not g.top:
             raise ValueError("refinterp: the graph still has an open loop")
         self.graph = g
         self.params = {k: np.asarray(v) for k, v in (params or {}).items()}
         self.targets = dict(targets or {})
+        self.target_lens = {y: np.asarray(n) for y, n in (target_lens or {}).items()}
         self.search = search
         self.inputs = {}
         self.seq_lens = {}
@@ -615,16 +616,12 @@ class Reference:
         return np.asarray(self.targets[y])[b]
 
     def _forced_len(self, loop, b):
+        """With teacher forcing, a loop with an rd.choice runs as many steps as the sequence's reference labels."""
         for y in self.targets:
             if y.scope is loop:
-                lens = self.seq_lens_of_targets(y)
-                return int(lens[b])
+                lens = self.target_lens.get(y)
+                return int(np.asarray(self.targets[y]).shape[1] if lens is None else lens[b])
         return None
-
-    def seq_lens_of_targets(self, y):
-        arr = np.asarray(self.targets[y])
-        lens = self._target_lens.get(y) if hasattr(self, "_target_lens") else None
-        return np.full(arr.shape[0], arr.shape[1]) if lens is None else lens
 
     # --- results ---
     def _assemble(self, per_seq, dims, order, dtype):
@@ -741,9 +738,7 @@ def interpret(g, inputs: dict, seq_lens: dict | None = None, params: dict | None
     ``seq_lens``: {Dim: lengths} (default: the full axis); ``params``: {parameter path: array (Parameter.dims
     order)}; ``targets``: {rd.choice output: int array [batch, steps]} for teacher forcing (``target_lens``: their
     lengths), else every rd.choice is greedy (beam size 1)."""
-    ref = Reference(g, inputs, seq_lens or {}, params or {}, targets=targets, search=search)
-    ref._target_lens = {y: np.asarray(n) for y, n in (target_lens or {}).items()}
-    return ref
+    return Reference(g, inputs, seq_lens or {}, params or {}, targets=targets, search=search, target_lens=target_lens)
 
 
 def param_shapes(g) -> dict:
