@@ -21,8 +21,8 @@ def plot_trace(trace, sequence: int = 0, keys=None, t: int | None = None, figsiz
     for row, key in zip(axes, keys):
         e = trace.entries[key]
         rest = [d for d in e.dims if d not in (axis, "batch")]
-        arr = trace.numpy(key, order=[axis, "batch"] + rest)[:, sequence].reshape(-1, int(np.prod(
-            [trace.dims[d].size or 1 for d in rest])) if rest else 1).astype(np.float64)
+        per_step = trace.numpy(key, order=[axis, "batch"] + rest)[:, sequence]
+        arr = per_step.reshape(per_step.shape[0], -1).astype(np.float64)  # [steps, units]
         steps = arr.shape[0]
         shown = np.ma.masked_invalid(arr.T)
         scale = np.nanmax(np.abs(np.where(np.isfinite(arr[:length]), arr[:length], np.nan))) if length else 1.0

@@ -1,12 +1,13 @@
 """Trace: every in-loop value at every step, as numpy arrays with named dims; save/load without pickle; diff."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import tracefile
 from .errors import DimError, RecDebugError
+from .hierarchy import hierarchy_nodes, net_text as net_dict_text
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,10 @@ class Trace:
         self.in_loop = list(in_loop)
         self.device = device
         self._lookup = lookup or {}  # id(Tensor or State) -> key (only in the process that traced)
-        self.emitted = None  # the net dict and its maps (only in the process that traced; not saved)
+        self.emitted = None  # the net dict and its maps (only in the process that traced)
         self._dim_labels = dim_labels or {}  # id(Dim) -> label
         self.after_choice: set = set()  # with search: keys of values computed from the choice in their own step
+        self._saved: dict = {}  # a loaded trace: what the file kept of the emitted net and the beam searches
 
     # --- addressing ---
     def key(self, x) -> str:
@@ -104,15 +106,38 @@ class Trace:
         key = self.key(choice)
         if key + ".backpointers" not in self.entries:
             raise RecDebugError(f"{key!r} has no beams in this trace: trace with search=True")
-        loop = choice.scope if hasattr(choice, "scope") else None
-        end_key, lens = None, None
-        if loop is not None and loop.end_cond is not None:
-            end_key = self._lookup.get(id(loop.end_cond))
-        by_frames = loop is not None and loop.unstacked and not loop.bounded
-        if by_frames:  # the hypotheses of a sequence end with its frames
-            lens = np.asarray(self.lens(loop.axis))
-        include_eos = bool(loop.include_eos or by_frames) if loop is not None else True
+        end_key, include_eos, lens_axis = self._beam_setup(key, choice)
+        lens = None if lens_axis is None else np.asarray(self.lens(lens_axis))
         return BeamSteps(self, key, end_key, include_eos, lens)
+
+    def _beam_setup(self, key: str, choice=None) -> tuple:
+        """How the hypotheses of a choice end: (key of the loop's end flag or None, include_eos, label of the
+        axis whose lengths end them (a search over unstacked frames) or None). From the choice's loop, else
+        from the file."""
+        if getattr(choice, "scope", None) is None and self.emitted is not None:
+            choice = next((t for t in self.emitted.layer_of if self._lookup.get(id(t)) == key), None)
+        loop = getattr(choice, "scope", None)
+        if loop is None:
+            saved = self._saved.get("beams", {}).get(key)
+            return (saved["end"], saved["include_eos"], saved["lens_axis"]) if saved else (None, True, None)
+        end_key = self._lookup.get(id(loop.end_cond)) if loop.end_cond is not None else None
+        by_frames = loop.unstacked and not loop.bounded  # the hypotheses of a sequence end with its frames
+        return end_key, bool(loop.include_eos or by_frames), self.label(loop.axis) if by_frames else None
+
+    @property
+    def hierarchy(self) -> list:
+        """The emitted RecLayer hierarchy as the debugger's tree shows it: one dict per layer (path, class, from,
+        dims, params, moved out, source line...). Empty for a file of the first format."""
+        if self.emitted is not None:
+            return hierarchy_nodes(self.emitted, set(self.moved_out), set(self.in_loop))
+        return self._saved.get("hierarchy", [])
+
+    @property
+    def net_text(self) -> str:
+        """The emitted RETURNN net dict, as text."""
+        if self.emitted is not None:
+            return net_dict_text(self.emitted)
+        return self._saved.get("net_text", "")
 
     def plot(self, sequence: int = 0, keys=None, t: int | None = None, **kwargs):
         """A static matplotlib rendering (where widgets cannot run): heatmap and norm per State."""
@@ -193,35 +218,23 @@ class Trace:
 
     # --- files ---
     def save(self, path) -> None:
-        """Write an .npz file that ``Trace.load`` reads back without pickle."""
-        arrays, meta_entries = {}, []
-        for i, e in enumerate(self.entries.values()):
-            arrays[f"v{i}"] = e.array
-            meta_entries.append({"key": e.key, "array": f"v{i}", "dims": list(e.dims), "kind": e.kind,
-                                 "loop_axes": list(e.loop_axes), "line": e.line})
-        meta_lens = []
-        for i, (label, (arr, lens_dims)) in enumerate(self._lens.items()):
-            arrays[f"len{i}"] = arr
-            meta_lens.append({"axis": label, "array": f"len{i}", "dims": list(lens_dims)})
-        meta = {"format": "recdebug-trace-1", "entries": meta_entries, "lens": meta_lens,
-                "dims": [vars(d) for d in self.dims.values()], "moved_out": self.moved_out,
-                "in_loop": self.in_loop, "device": self.device, "after_choice": sorted(self.after_choice)}
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        with open(path, "wb") as f:
-            np.savez(f, **arrays)
+        """Write an .npz file that ``Trace.load`` reads back without pickle: the values, their dims and lengths,
+        and what the debugger shows of the emitted net (hierarchy, source lines, net dict)."""
+        tracefile.save(self, path)
 
     @classmethod
-    def load(cls, path) -> "Trace":
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(z["meta"].tobytes().decode())
-            if meta.get("format") != "recdebug-trace-1":
-                raise RecDebugError(f"{path}: not a recdebug trace file")
-            entries = {m["key"]: Entry(m["key"], z[m["array"]], tuple(m["dims"]), m["kind"], tuple(m["loop_axes"]),
-                                       m["line"]) for m in meta["entries"]}
-            lens = {m["axis"]: (z[m["array"]], tuple(m["dims"])) for m in meta["lens"]}
+    def load(cls, path, max_bytes: int = tracefile.MAX_LOAD_BYTES) -> "Trace":
+        """Read a file of ``save``. Every part is checked first: an invalid file raises one RecDebugError.
+        ``max_bytes``: the memory its arrays may take (judged from the zip's header before reading them)."""
+        meta, arrays = tracefile.load(path, max_bytes)
+        entries = {m["key"]: Entry(m["key"], arrays[m["array"]], tuple(m["dims"]), m["kind"], tuple(m["loop_axes"]),
+                                   m["line"]) for m in meta["entries"]}
+        lens = {m["axis"]: (arrays[m["array"]], tuple(m["dims"])) for m in meta["lens"]}
         dims = {d["label"]: DimInfo(**d) for d in meta["dims"]}
         trace = cls(entries, dims, lens, meta["moved_out"], meta["in_loop"], meta["device"])
-        trace.after_choice = set(meta.get("after_choice", []))
+        trace.after_choice = set(meta["after_choice"])
+        trace._saved = {"hierarchy": meta.get("hierarchy", []), "net_text": meta.get("net_text", ""),
+                        "beams": {m["choice"]: m for m in meta.get("beams", [])}}
         return trace
 
     # --- comparing ---

@@ -7,8 +7,8 @@ their arrays cross once as float32 buffers, after that a step only moves the cur
 """
 from __future__ import annotations
 
+import html
 import pathlib
-import pprint
 import sys
 
 import anywidget
@@ -17,6 +17,7 @@ import numpy as np
 import traitlets as tl
 
 from .errors import RecDebugError
+from .hierarchy import hierarchy_nodes, net_text
 
 EXTENSION = pathlib.Path(__file__).resolve().parent.parent / "extension"
 if not (EXTENSION / "heatmap.js").exists():  # installed without the source tree: setup.py's data_files
@@ -114,48 +115,6 @@ class BeamTreeView(anywidget.AnyWidget):
     path = tl.List(tl.List(tl.Int())).tag(sync=True)
 
 
-def _dims_text(dims) -> str:
-    from .dims import dims_str
-
-    return dims_str(dims)
-
-
-def hierarchy_nodes(em, moved_out=(), in_loop=()) -> list:
-    """Tree nodes for the net dict: rec layers with their units, each layer's class, from, dims, params, line."""
-    dims_of = {path: t.dims for t, path in em.layer_of.items()}
-    for state, paths in em.state_layers.items():
-        for p in paths:
-            dims_of[p] = state.dims
-    params = {}
-    for name, layer in em.net.items():
-        if layer.get("class") == "variable":
-            params[name] = "(" + ", ".join(f"{d.dimension}" for d in layer["shape"]) + ")"
-    nodes = []
-
-    def refs(layer):
-        src = layer.get("from", [])
-        src = [src] if isinstance(src, str) else [s[0] if isinstance(s, tuple) else s for s in src]
-        return [s for s in src if isinstance(s, str)]
-
-    def visit(layers: dict, prefix: str, parent: str):
-        for name, layer in layers.items():
-            if name.startswith("trace.") or name in ("output",):
-                continue
-            path = prefix + name
-            used = [r.split(":")[-1] for r in refs(layer) if r.split(":")[-1] in params]
-            node = {"path": path, "name": name, "cls": layer.get("class", ""), "parent": parent,
-                    "from": ", ".join(refs(layer)), "dims": _dims_text(dims_of[path]) if path in dims_of else "",
-                    "params": ", ".join(f"{p} {params[p]}" for p in used) or (params.get(name, "")),
-                    "moved_out": path in moved_out, "in_loop": path in in_loop,
-                    "line": str(em.lines[path]) if path in em.lines else "", "children": "unit" in layer}
-            nodes.append(node)
-            if "unit" in layer:
-                visit(layer["unit"], path + "/", path)
-
-    visit(em.net, "", "")
-    return nodes
-
-
 class Debugger(w.VBox):
     """``rd.debugger(trace_or_stepper)``: step through a loop's hidden states."""
 
@@ -188,7 +147,7 @@ class Debugger(w.VBox):
         self.picked = HeatmapView("", title="(select a layer in the hierarchy to see its values)")
         self.hierarchy = HierarchyView(nodes=self._nodes())
         self.hierarchy.observe(lambda ch: self.select_layer(ch["new"]), "selected")
-        self.net_text = w.Textarea(value=pprint.pformat(self._emitted().net, width=100), disabled=True,
+        self.net_text = w.Textarea(value=self._net_text(), disabled=True,
                                    layout=w.Layout(width="100%", height="300px"))
         raw = w.Accordion(children=[self.net_text], titles=("raw net dict",))
         raw.selected_index = None
@@ -224,12 +183,7 @@ class Debugger(w.VBox):
         key = next((k[:-len(".backpointers")] for k in self.trace.entries if k.endswith(".backpointers")), None)
         if key is None:
             return None
-        choice = next((t for i, t in self._tensors() if self.trace._lookup.get(i) == key), key)
-        return self.trace.beams(choice)
-
-    def _tensors(self):
-        em = self.trace.emitted
-        return [] if em is None else [(id(t), t) for t in em.layer_of]
+        return self.trace.beams(key)
 
     def _send_beams(self):
         """The beam tree of the current sequence; the best hypothesis of the last step selected."""
@@ -284,18 +238,15 @@ class Debugger(w.VBox):
         self._place_cursor(self.t)
 
     # --- sources ---
-    def _emitted(self):
-        if self.trace is not None:
-            return self.trace.emitted if hasattr(self.trace, "emitted") else None
-        return self.stepper.engine.emitted
-
     def _nodes(self):
-        em = self._emitted()
-        if em is None:
-            return []
+        if self.trace is not None:  # a loaded trace has them from its file
+            return self.trace.hierarchy
+        return hierarchy_nodes(self.stepper.engine.emitted)
+
+    def _net_text(self) -> str:
         if self.trace is not None:
-            return hierarchy_nodes(em, set(self.trace.moved_out), set(self.trace.in_loop))
-        return hierarchy_nodes(em)
+            return self.trace.net_text or "(this trace file does not keep the net dict)"
+        return net_text(self.stepper.engine.emitted)
 
     def _main_axis(self):
         if self.trace is not None:
@@ -618,7 +569,7 @@ class Debugger(w.VBox):
         if getattr(self, "_hyp_text", ""):
             parts.append(self._hyp_text)
         self.status = " · ".join(parts)
-        self.status_html.value = f"<span class='rd-status'>{self.status}</span>"
+        self.status_html.value = f"<span class='rd-status'>{html.escape(self.status)}</span>"
 
 
 def _close_tree(widget):
