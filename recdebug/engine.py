@@ -112,11 +112,16 @@ class Engine:
                 graph=self.tf_graph, config=tf.compat.v1.ConfigProto(allow_soft_placement=True))
             self.network.initialize_params(self.session)
             self.session.run(init_extra)
-        self.param_vars = {}  # path -> tf.Variable
+        self.param_vars = {}  # path -> (Parameter, tf.Variable)
+        self.unbuilt_params = {}  # path -> Parameter: not in this build (a step net has only its loop's)
         for op in g.top.ops:
             if op.kind == "param":
                 param = op.attrs["param"]
-                self.param_vars[param.path(g)] = (param, self.network.get_layer(op.name).var)
+                layer = self.network.layers.get(op.name)
+                if layer is None:
+                    self.unbuilt_params[param.path(g)] = param
+                else:
+                    self.param_vars[param.path(g)] = (param, layer.var)
         self.set_params({}, seed)
 
     extra_variables: list = []  # TF variables of a subclass, initialized with the network's
@@ -135,8 +140,11 @@ class Engine:
         by_path = {}
         for key, value in values.items():
             path = key.path(self.graph) if isinstance(key, Parameter) else key
+            if path in self.unbuilt_params:
+                continue
             if path not in self.param_vars:
-                raise RunError(f"params: no parameter {path!r}; the graph has {sorted(self.param_vars)}")
+                raise RunError(f"params: no parameter {path!r}; the graph has "
+                               f"{sorted(set(self.param_vars) | set(self.unbuilt_params))}")
             by_path[path] = value
         for path, (param, var) in self.param_vars.items():
             value = by_path.get(path)
@@ -226,6 +234,13 @@ class Engine:
         for d in seq_lens:
             if d not in sizes and not any(d is y for y in g.choices):
                 raise RunError(f"seq_lens: {d!r} is not a dynamic dim of any input")
+        for name, inp in g.inputs.items():
+            if inp.sparse_dim is not None:
+                arr, order = arrays[name]
+                arr = valid_labels(name, arr, order, inp.sparse_dim, lens)
+                arrays[name] = (arr, order)
+                data = self.network.extern_data.data[inp.op.name]
+                fd[data.placeholder] = arr.transpose([list(order).index(em.rd_dim(t)) for t in data.dim_tags])
         return fd, lens, arrays
 
     def _fetches(self, layer_names: dict, lens: dict):
@@ -320,6 +335,7 @@ class Engine:
             if key in em.trace_unbatched:  # recorded per sequence, the same for each: one of them
                 arr = np.take(arr, 0, axis=dims.index(_batch()))
                 dims = tuple(d for d in dims if d is not _batch())
+            arr, dims = _spread_over_steps(arr, dims, loops or (), fetched_lens, lens)
             entries[key] = Entry(key, arr, tuple(label(d) for d in dims), kind,
                                  tuple(label(axis_of[lp]) for lp in loops), _line(em.lines.get(key)))
         for t, arr in top_values.items():
@@ -498,6 +514,24 @@ def _derived_entry(key, how, entries, arrays, label, kind, axes, line):
     return Entry(key, None, dims, kind, axes, line, derive=combine)
 
 
+def valid_labels(name: str, arr: np.ndarray, order: tuple, sparse_dim, lens: dict) -> np.ndarray:
+    """Labels of the input ``name`` checked in 0..size-1 on valid frames; padding frames (whatever they hold) set
+    to 0, so that an embedding never reads an index out of range there."""
+    valid = np.ones(arr.shape, bool)
+    b_axis = order.index(_batch()) if _batch() in order else None
+    for i, d in enumerate(order):
+        if d in lens and b_axis is not None:
+            steps = np.arange(arr.shape[i]).reshape([-1 if j == i else 1 for j in range(arr.ndim)])
+            valid &= steps < np.asarray(lens[d]).reshape([-1 if j == b_axis else 1 for j in range(arr.ndim)])
+    bad = valid & ((arr < 0) | (arr >= sparse_dim.size))
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        where = ", ".join(f"{d.name}={i}" for d, i in zip(order, idx))
+        raise RunError(f"input {name!r}: label {arr[idx]} at {where} is outside the vocabulary "
+                       f"{sparse_dim.name!r} (0..{sparse_dim.size - 1}); {int(bad.sum())} valid frame(s) are")
+    return np.where(valid, arr, 0).astype(arr.dtype)
+
+
 def value_and_order(value, inp) -> tuple:
     """A fed input: (array, its axis order) from an array (the Input's own order) or an (array, order) pair."""
     if isinstance(value, tuple) and len(value) == 2 and not isinstance(value[0], (int, float)):
@@ -562,8 +596,10 @@ def check_trace_budget(em, fd, lens, arrays, max_bytes):
             elif d in sizes:
                 n *= sizes[d]
             else:
-                loop = next(lp for lp in loops if lp.axis is d)
-                n *= loop.max_seq_len or 1
+                # a while loop's axis (also an inner loop's, stacked in its outer loop): at most max_seq_len steps
+                loop = next((lp for lp in em.rec_paths if lp.axis is d), None)
+                bound = getattr(loop, "max_seq_len", None)
+                n *= bound if isinstance(bound, int) else max(sizes.values(), default=1)
         per_key[key] = 4 * n
     total = sum(per_key.values())
     if total > max_bytes:
@@ -679,3 +715,18 @@ def run_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, seed=
     engine = get_engine(g, optimize, device, seed, search=search, train=train)
     engine.set_params(params or {}, seed)
     return engine.run(inputs, seq_lens, targets)
+
+
+def _spread_over_steps(arr, dims: tuple, loops, fetched_lens: dict, lens: dict) -> tuple:
+    """An in-loop value that is the same at every step (made from values outside its loop only) is computed once
+    by RETURNN, without the loop's axis: repeat it over the loop's steps, as the user wrote it."""
+    for loop in reversed(tuple(loops)):
+        if loop.axis in dims:
+            continue
+        n = fetched_lens.get(loop.axis, lens.get(loop.axis))
+        if n is None:
+            continue
+        steps = int(np.max(n)) if np.size(n) else 0
+        arr = np.repeat(np.expand_dims(arr, 0), steps, axis=0)
+        dims = (loop.axis,) + tuple(dims)
+    return arr, dims

@@ -27,7 +27,9 @@ class Scope:
         self.entries: dict = {}  # State -> Tensor: its value at the start of this scope (lazy)
         self.assigned: dict = {}  # State -> Tensor assigned in this scope (loops: carried over)
         self.assign_lines: dict = {}
-        self.names: set[str] = set()
+        # layer names: nested loop bodies share their outermost loop's names, as RETURNN may move a layer of an
+        # inner loop out into the outer one
+        self.names: set[str] = parent.names if parent is not None and parent.is_loop else set()
 
     @property
     def is_loop(self) -> bool:

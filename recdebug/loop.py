@@ -224,6 +224,15 @@ class Loop(Scope):
         line = user_line()
         self._check_open("last", line)
         v = self._own_value(v, "last", line)
+        # the axis of an inner while loop: its length differs from step to step (RETURNN keeps one length per step
+        # and sequence, which the value at the last step no longer has)
+        inner = [lp for lp in self.graph.loops if lp is not self and self.contains(lp) and lp.axis in v.dims
+                 and (lp.bounded or not lp.unstacked)]
+        if inner:
+            raise LoopError(f"loop.last of {v!r}, which has the axis of the inner {inner[0].describe()}: the inner "
+                            f"loop's length at the last step cannot be taken out of the loop", line=line,
+                            hint=f"stack it instead ({self.name}.stack(...)), or reduce over the inner axis inside "
+                                 f"the loop first (e.g. rd.reduce_sum(v, inner.axis)) and take loop.last of that")
         self.exports[v] = True
         return self.graph.add_op("last", [], v.dims, dtype=v.dtype, sparse_dim=v.sparse_dim,
                                  attrs={"value": v, "loop": self, "after_loop": self}, scope=self.parent,

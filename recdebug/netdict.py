@@ -64,7 +64,10 @@ class _Emitter:
         self.static_inputs: dict = {}  # unstack op over a static dim -> its input with the loop's dynamic steps
         self.static_ranges: dict = {}  # Loop over a static dim -> layer of positions 0..size-1 along that dim
         self.bound_names: dict = {}  # bounded Loop -> its scalar layer of the most steps (max_seq_len_via)
-        self.index_zeros: dict = {}  # loop.index op -> its layer of zeros {batch} (the index is one per sequence)
+        # loop.index op -> its layer of zeros {batch} (the index is one per sequence); unstack op of a while loop
+        # -> its position layer (the step, per sequence)
+        self.index_zeros: dict = {}
+        self.step_zeros: dict = {}  # (id(loop), dtype) -> its layer of a zero computed from the step
 
     def dim(self, d: Dim):
         if d.is_batch:
@@ -109,6 +112,14 @@ class _Emitter:
                 self.index_zeros[op] = self.fresh_name(scope, op.name + ".zeros")
                 layers[self.index_zeros[op]] = {"class": "constant", "value": 0, "dtype": "int32",
                                                 "shape": [returnn_batch_dim], "with_batch_dim": True}
+            if op.kind == "unstack" and scope.is_loop and scope.bounded:
+                # the frame of step t of each sequence: a position with the batch dim (one without it fails to
+                # broadcast against the lengths once RETURNN moves the gather out of the loop)
+                zeros = self.fresh_name(scope, op.name + ".zeros")
+                layers[zeros] = {"class": "constant", "value": 0, "dtype": "int32", "shape": [returnn_batch_dim],
+                                 "with_batch_dim": True}
+                self.index_zeros[op] = self.fresh_name(scope, op.name + ".position")
+                layers[self.index_zeros[op]] = {"class": "combine", "kind": "add", "from": [":i", zeros]}
             layer = self.layer(op, scope)
             if scope.parent is None:
                 layer["is_output_layer"] = True
@@ -182,15 +193,36 @@ class _Emitter:
         for state, name in loop.state_layers.items():
             v = loop.assigned[state]
             layer = {"class": "copy", "from": self.ref(v, loop), "is_output_layer": True}
-            if state.sparse_dim is None:
-                # the value plus zeros of the State's dims: RETURNN guesses the dims of a State's previous value
-                # from the value, which may lack some (e.g. no batch dim when only States feed it)
+            # the value plus zeros of the State's dims: RETURNN guesses the dims of a State's previous value from
+            # the value, which may lack some (e.g. no batch dim when only States feed it). A label State gets the
+            # zeros added to plain ints before they are marked as labels, when its value is made of ints or not
+            # computed in the loop's own step (RETURNN would not stack it); a label picked in the step (rd.choice,
+            # a frame of labels) is taken as it is.
+            labels = state.sparse_dim is not None
+            made_labels = labels and v.op.kind == "sparse" and v.scope is loop
+            outside = labels and not made_labels and (v.scope is not loop or v.op.kind == "state_entry")
+            if not labels or made_labels or outside:
                 zeros = self.fresh_name(loop, name + ".zeros")
                 dims = sorted(state.dims, key=lambda d: d.order)
-                unit[zeros] = {"class": "constant", "value": False if state.dtype == "bool" else 0,
-                               "dtype": state.dtype, "shape": [self.dim(d) for d in dims], "with_batch_dim": True}
+                unit[zeros + ".const"] = {
+                    "class": "constant", "value": False if state.dtype == "bool" else 0, "dtype": state.dtype,
+                    "shape": [self.dim(d) for d in dims], "with_batch_dim": True}
+                # zeros of this step: RETURNN takes a layer that depends on no step of its loop for the same at
+                # every step and may not stack it (a State assigned a value from outside its loop)
+                unit[zeros] = {"class": "combine", "kind": "logical_or" if state.dtype == "bool" else "add",
+                               "from": [zeros + ".const", self.step_zero(loop, unit, state.dtype)]}
+                source = self.ref(v.op.inputs[0] if made_labels else v, loop)
+                if outside:
+                    ints = self.fresh_name(loop, name + ".ints")
+                    unit[ints] = {"class": "reinterpret_data", "from": [source], "set_sparse": False}
+                    source = ints
                 layer = {"class": "combine", "kind": "logical_or" if state.dtype == "bool" else "add",
-                         "from": [self.ref(v, loop), zeros], "is_output_layer": True}
+                         "from": [source, zeros], "is_output_layer": True}
+                if labels:
+                    dense = self.fresh_name(loop, name + ".dense")
+                    unit[dense], layer = layer, {
+                        "class": "reinterpret_data", "from": [dense], "set_sparse": True,
+                        "set_sparse_dim": self.dim(state.sparse_dim), "is_output_layer": True}
             layer["initial_output"] = self.initial(loop, state)
             unit[name] = layer
             self.out.lines[self.path(loop, name)] = loop.assign_lines[state]
@@ -216,17 +248,27 @@ class _Emitter:
         if choices:  # values per new hypothesis (the rest are per hypothesis of the previous step)
             after = readers_of(unit, set(unit), set(choices))
             self.out.after_choice |= {self.path(loop, name) for name in after}
-        output_source = (choices or list(loop.state_layers.values()) or [v.op.name for v in loop.exports]
-                         or [loop.ops[-1].name])[0]
-        unit["output"] = {"class": "copy", "from": output_source}
+        if choices:  # the rec layer's own output: the labels it searches over
+            unit["output"] = {"class": "copy", "from": choices[0]}
+        elif any(reads_inner_loop(loop, loop.assigned[state]) for state in loop.state_layers):
+            # RETURNN works out the unit's shapes starting from "output": starting from a State that other States
+            # and an inner loop depend on, it fails (a dependency loop); starting from a State made from an inner
+            # loop's result, it finds them all
+            unit["output"] = {"class": "copy", "from": next(
+                name for state, name in loop.state_layers.items() if reads_inner_loop(loop, loop.assigned[state]))}
+        else:
+            unit["output"] = {"class": "copy", "from": (list(loop.state_layers.values())
+                                                        or [v.op.name for v in loop.exports] or [loop.ops[-1].name])[0]}
         # A loop with loops inside stays unoptimized itself (its inner loops are still optimized): when RETURNN
         # moves an outer layer out, it may need to stack an inner loop's sub-layer, which it cannot do reliably.
+        # An inner loop over an input stays unoptimized: a frame layer moved out of it reads the outer loop's frame;
+        # a traced inner loop too: the outer loop cannot stack a traced value that RETURNN moved out of it.
         # A search trace reads every layer's values per hypothesis from the loop's step accumulators: it keeps
         # every layer in the loop (a moved-out layer has no such accumulator).
         beams = self.search and self.capture is not None and any(op.kind == "choice" for op in loop.ops)
         rec = {"class": "rec", "from": [], "axis": self.dim(loop.rec_axis), "unit": unit,
                "optimize_move_layers_out": self.optimize and not loop.children and not beams
-               and not moving_out_fails(loop)}
+               and not moving_out_fails(loop) and not (loop.parent.is_loop and (loop.unstacked or self.capture))}
         if loop.bounded:
             rec["max_seq_len_via"] = self.bound_names[loop]
             rec["include_eos"] = bool(loop.include_eos)
@@ -242,6 +284,8 @@ class _Emitter:
         self.out.rec_paths[loop] = self.path(loop.parent, loop.name)
         self.out.lines[self.path(loop.parent, loop.name)] = loop.line
         layers[loop.len_name] = {"class": "length", "from": loop.name, "axis": self.dim(loop.rec_axis)}
+        if not loop.parent.is_loop:  # fetched by every run (the loop's lengths)
+            layers[loop.len_name]["is_output_layer"] = True
         layers[loop.last_index_name] = {"class": "eval", "from": loop.len_name, "eval": "source(0) - 1"}
         if loop.state_finals:
             layers[loop.nonempty_name] = {"class": "compare", "kind": "greater", "from": loop.len_name, "value": 0}
@@ -279,6 +323,16 @@ class _Emitter:
                 # kept in the loop: RETURNN fails to accumulate a value without the batch dim that it moved out
                 layers[loop.name]["optimize_move_layers_out"] = False
         return captured + exported
+
+    def step_zero(self, loop, unit: dict, dtype: str) -> str:
+        """A layer of ``loop``'s unit: a zero (False) of ``dtype`` computed from the step index."""
+        key = (id(loop), dtype)
+        name = self.step_zeros.get(key)
+        if name is None:
+            name = self.step_zeros[key] = self.fresh_name(loop, f"step.zero.{dtype}")
+            unit[name] = {"class": "eval", "from": ":i", "eval": f"tf.zeros_like(source(0), dtype=tf.{dtype})",
+                          "out_type": {"dtype": dtype}}
+        return name
 
     def with_batch(self, unit: dict, name: str, dtype: str) -> str:
         """A layer of ``unit`` that is the layer ``name`` broadcast over the batch (same values per sequence)."""
@@ -476,8 +530,8 @@ class _Emitter:
                     "beam_size": a["beam_size"], "target": a["target_key"], "length_normalization": False}
         if k == "unstack":
             if scope.bounded:  # a while loop: frame t of the input, clipped to its frames
-                return {"class": "gather", "from": src[0], "axis": self.dim(a["axis"]), "position": ":i",
-                        "clip_to_valid": True}
+                return {"class": "gather", "from": src[0], "axis": self.dim(a["axis"]),
+                        "position": self.index_zeros[op], "clip_to_valid": True}
             if a["first"]:
                 return {"class": "copy", "from": "data:source"}
             if op in self.static_inputs:
@@ -525,6 +579,20 @@ _PURE = frozenset({
     "add", "sub", "mul", "truediv", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
     "logical_and", "logical_or", "activation", "softmax", "where", "gather", "reduce", "cast", "concat", "split",
     "split_part", "dot", "embed", "constant", "sparse", "copy"})
+
+
+def reads_inner_loop(loop, v) -> bool:
+    """Whether ``v`` (a value of ``loop``'s step) is made from a result of a loop inside ``loop``."""
+    seen, todo = set(), [v.op]
+    while todo:
+        op = todo.pop()
+        if op in seen or op.scope is not loop:
+            continue
+        seen.add(op)
+        if op.attrs.get("loop") not in (None, loop):  # a stack, last or State after an inner loop
+            return True
+        todo.extend(x.op for x in op.inputs)
+    return False
 
 
 def moving_out_fails(loop) -> bool:

@@ -27,33 +27,23 @@ batch = rd.batch_dim
 
 # Features recdebug is still landing: programs use them only when their name is NOT in this set.
 # Empty it (or remove a name) once the feature works in recdebug.
-PENDING: set = {
-    "static_unstack",  # loop.unstack(x, axis=win) over a static dim (top-level loops)
-    "unstack_end",  # a loop with both loop.unstack(...) and loop.end(...)
-    "tensor_max_seq_len",  # rd.Loop(max_seq_len=<int32 Tensor {batch}>)
-}
+# Features recdebug is still landing: programs use them only when their name is NOT in this set.
+PENDING: set = set()
 ENABLED = {"static_unstack", "unstack_end", "tensor_max_seq_len"} - PENDING
 
-# recdebug bugs this generator found (a minimal program for each: KNOWN_BUG_PROGRAMS below, run as xfail tests).
-# While a name is in this set, the generator avoids what triggers it, so that the test looks further.
-# Remove the name once the bug is fixed (its xfail test then passes, and fails as strict).
-KNOWN_BUGS: set = {
-    "trace_invariant",  # g.trace of an in-loop value that is the same at every step (made from outside values only)
-    "inner_invariant",  # an inner loop that does not depend on its outer loop's step (optimize=True)
-    "all_empty",  # a while loop in which every sequence ends at step 0 (include_eos=False): refused
-    "trace_inner_while_stack",  # g.trace with an inner while loop's stack in the outer loop: StopIteration
-    "label_padding",  # an int32 label input with out-of-range garbage (-1, say) in its padding frames
-    "nested_unstack",  # optimize=True: an inner loop over an input inside a loop over another reads the outer frame
-    "last_inner_stack",  # loop.last(<an inner loop's stack>), reduced/softmaxed over the inner axis: RETURNN assert
-    "stepper_params",  # g.stepper of a loop while a parameter is used only elsewhere: LayerNotFound
-    "trace_tensor_bound",  # g.trace of a loop with max_seq_len=<Tensor>: "no Python truth value"
-    "trace_unstack_end",  # g.trace (optimize=True) of an unstack+end loop whose frame is not used: All inputs...
-    "trace_sparse_state",  # g.trace of a loop with a label State (sparse_dim) assigned computed ints, and another
+# recdebug bugs this generator found and that are not fixed yet (a minimal program for each: BUG_PROGRAMS below, run
+# as strict xfail tests). While a name is in this set, the generator avoids what triggers it, so that the test looks
+# further. Remove the name once the bug is fixed (its test then passes).
+KNOWN_BUGS: set = set()
+# What recdebug refuses with a clear error (RETURNN or TensorFlow cannot do it): the generator avoids it, and its
+# program in BUG_PROGRAMS checks the refusal.
+REFUSED: dict = {
+    "all_empty": rd.RunError,  # a while loop in which every sequence ends at step 0 (TensorFlow cannot stack it)
+    "last_inner_stack": rd.LoopError,  # loop.last(<a value with an inner loop's axis>)
 }
+AVOIDED = KNOWN_BUGS | set(REFUSED)
 
 DEFAULT_EXAMPLES = 300
-# Not yet part of `make test`: it still finds bugs (KNOWN_BUGS) and takes ~2-3 s a program on 2 cores (300 programs
-# ~10 min, over the 5 min CI budget). Run it with RECDEBUG_GEN_EXAMPLES=N.
 # (the minimal programs of the bugs it found, test_bug_program, always run)
 opt_in = pytest.mark.skipif("RECDEBUG_GEN_EXAMPLES" not in os.environ,
                             reason="generative check: set RECDEBUG_GEN_EXAMPLES=N to run N programs")
@@ -214,7 +204,7 @@ class Gen:
     @property
     def var_only(self):
         """Whether in-loop ops must depend on the loop's own step values (KNOWN_BUGS "trace_invariant")."""
-        return bool(self.stack) and (self.force_var or (self.tracing and "trace_invariant" in KNOWN_BUGS))
+        return bool(self.stack) and (self.force_var or (self.tracing and "trace_invariant" in AVOIDED))
 
     def here(self, v):
         return v.loop is (self.stack[-1] if self.stack else None) and bool(v.variant)
@@ -661,7 +651,7 @@ class Gen:
     def new_state(self, kind=None):
         """Declare a State (top level) of a random kind; returns its StateInfo."""
         kinds = ["hid", "hid", "feat", "scalar", "count", "label", "count_feat"]
-        if self.tracing and "trace_sparse_state" in KNOWN_BUGS:
+        if self.tracing and "trace_sparse_state" in AVOIDED:
             kinds.remove("label")
         kind = kind or self.pick(kinds)
         name = self.fresh("s")
@@ -779,8 +769,8 @@ class Gen:
     def stack_or_last(self, lp, v):
         inner_while = lp.parent is not None and lp.kind == "while"
         inner_axes = {lq.axis_sym for lq in self.loops if lq.parent is not None and lq.kind == "while"}
-        use_stack = self.coin(0.7) and not (inner_while and self.tracing and "trace_inner_while_stack" in KNOWN_BUGS)
-        if "last_inner_stack" in KNOWN_BUGS and v.dims & inner_axes:
+        use_stack = self.coin(0.7) and not (inner_while and self.tracing and "trace_inner_while_stack" in AVOIDED)
+        if "last_inner_stack" in AVOIDED and v.dims & inner_axes:
             use_stack = True  # (see KNOWN_BUGS)
         if use_stack:
             name = self.fresh("out")
@@ -841,7 +831,7 @@ def _end_cond(gen, lp):
         stop = gen.input("stop")
         cond = f"{idx} >= {stop.code}"
     elif form == 1:
-        cond = f"{idx} >= {gen.draw(st.integers(1 if 'all_empty' in KNOWN_BUGS else 0, lp.max_steps))}"
+        cond = f"{idx} >= {gen.draw(st.integers(1 if 'all_empty' in AVOIDED else 0, lp.max_steps))}"
     elif form == 2:
         cond = gen.make_bool(allow_scalar=True).code
     else:
@@ -849,7 +839,7 @@ def _end_cond(gen, lp):
         stop = gen.input("stop")
         cond = f"({idx} >= {stop.code}) | {b.code}"
     eos = gen.coin(0.5)
-    if form >= 2 and "all_empty" in KNOWN_BUGS:
+    if form >= 2 and "all_empty" in AVOIDED:
         cond = f"({cond}) & ({idx} >= 1)"  # rarely ends every sequence at step 0
     how = gen.draw(st.integers(0, 2))
     if how == 0:
@@ -922,9 +912,9 @@ def write_loop(gen, kind, states, nested=False, n_ops=None):
 def write_inner_loop(gen, states):
     """An inner loop: a while loop, or an unstack over enc_t of the encoder input."""
     outer_unstacks = gen.stack[-1].kind in ("unstack", "static", "unstack_end")
-    kind = "while" if outer_unstacks and "nested_unstack" in KNOWN_BUGS else gen.pick(["while", "unstack_enc"])
+    kind = "while" if outer_unstacks and "nested_unstack" in AVOIDED else gen.pick(["while", "unstack_enc"])
     max_steps = gen.draw(st.integers(1, 3))
-    if "inner_invariant" in KNOWN_BUGS:  # a value of the outer step, for the inner loop to depend on
+    if "inner_invariant" in AVOIDED:  # a value of the outer step, for the inner loop to depend on
         gen.force_var = True
         try:
             states[0].force_add = gen.make_float({"B"})
@@ -949,7 +939,7 @@ def write_inner_loop(gen, states):
     if kind == "while":
         idx = f"{lp.name}.index"
         form = gen.draw(st.integers(0, 1))
-        first = 1 if "all_empty" in KNOWN_BUGS else 0
+        first = 1 if "all_empty" in AVOIDED else 0
         cond = f"{idx} >= {gen.draw(st.integers(first, max_steps))}" if form == 0 else \
             gen.make_bool(allow_scalar=True).code
         if form == 1 and first:  # rarely ends every sequence at step 0 (KNOWN_BUGS all_empty)
@@ -1094,7 +1084,7 @@ def write_decoder(gen):
     gen.emit(f"{lab.name}.assign({y})")
     if not over_frames:
         cond = f"{y} == 0"
-        if not eos and "all_empty" in KNOWN_BUGS:  # rarely ends every sequence at step 0
+        if not eos and "all_empty" in AVOIDED:  # rarely ends every sequence at step 0
             cond = f"({cond}) & ({lp.name}.index >= 1)"
         gen.emit(f"{lp.name}.end({cond}, include_eos={eos})")
     yv = gen.add(Val(y, {"B"}, "int32", lo=0, hi=4, label=True))
@@ -1114,9 +1104,9 @@ def write_program(data, search=False, tracing=True):
     kinds = ["unstack", "unstack", "while", "while"]
     if "static_unstack" in ENABLED:
         kinds.append("static")
-    if "unstack_end" in ENABLED and not (tracing and "trace_unstack_end" in KNOWN_BUGS):
+    if "unstack_end" in ENABLED and not (tracing and "trace_unstack_end" in AVOIDED):
         kinds.append("unstack_end")
-    if "tensor_max_seq_len" in ENABLED and not (tracing and "trace_tensor_bound" in KNOWN_BUGS):
+    if "tensor_max_seq_len" in ENABLED and not (tracing and "trace_tensor_bound" in AVOIDED):
         kinds.append("bounded")
     gen.pools[0].append(gen.input("ctx"))  # a float {batch, hid} is always at hand
     if gen.coin(0.4):
@@ -1149,7 +1139,7 @@ def make_inputs(g, b, t_lens, e_lens, rng, known_bugs=None):
     """Inputs in each Input's own axis order, with GARBAGE (large values) in the padding frames."""
     sizes = {"B": b, "T": int(t_lens.max()), "E": int(e_lens.max()), "F": 3, "H": 4, "W": 3}
     lens = {"T": t_lens, "E": e_lens}
-    known_bugs = KNOWN_BUGS if known_bugs is None else known_bugs
+    known_bugs = AVOIDED if known_bugs is None else known_bugs
     out = {}
     for name in g.inputs:
         _, dims, dtype = INPUTS[name]
@@ -1260,7 +1250,7 @@ def known_bug_patterns(g) -> set:
         if len(loop.assigned) >= 2 and any(st_.sparse_dim is not None and v.op.kind == "sparse"
                                            for st_, v in loop.assigned.items()):
             found.add("trace_sparse_state")
-    axes = {lp.axis for lp in g.loops if lp.parent.is_loop}
+    axes = {lp.axis for lp in g.loops if lp.parent.is_loop and (lp.bounded or not lp.unstacked)}
     if any(op.kind == "last" and op.attrs["value"].dims & axes for op in g.ops):
         found.add("last_inner_stack")
     if any(inp.sparse_dim is not None and inp.dtype == "int32" and any(d.is_dynamic for d in inp.dims)
@@ -1362,7 +1352,7 @@ def check_program(source, data, optimize=True, checks=("run", "trace", "stepper"
     ns = {"rd": rd, "np": np}
     exec(compile(source, filename, "exec"), ns)
     g = ns["g"]
-    patterns = known_bug_patterns(g) & (KNOWN_BUGS if known_bugs is None else known_bugs) - {"label_padding"}
+    patterns = known_bug_patterns(g) & (AVOIDED if known_bugs is None else known_bugs) - {"label_padding"}
     if "trace" not in checks:
         patterns -= {"trace_invariant", "trace_inner_while_stack", "trace_sparse_state",
                      "trace_tensor_bound", "trace_unstack_end"}
@@ -1394,7 +1384,7 @@ def check_program(source, data, optimize=True, checks=("run", "trace", "stepper"
                     axes = {a.axis for a in lp.ancestors() if a.is_loop}
                     expected_steps["State " + k] = ref.steps_and_mask(s, canonical(s.dims | axes))
         loop_lens = {lp: ref.lens(lp.axis) for lp in g.top.children}
-        if "all_empty" in (KNOWN_BUGS if known_bugs is None else known_bugs) and _a_loop_runs_no_step(g, ref):
+        if "all_empty" in (AVOIDED if known_bugs is None else known_bugs) and _a_loop_runs_no_step(g, ref):
             raise IllConditioned("a while loop in which every sequence ends at step 0 (KNOWN_BUGS all_empty)")
     except IllConditioned as e:
         note(f"rejected: {e}")
@@ -1457,7 +1447,7 @@ def check_stepper(g, ref, inputs, seq_lens, params, states, in_loop, search, kno
     """Live stepping of a top-level loop (the first one the stepper can build): after each step, its States (and a
     few in-loop values) equal the interpreter's step values on the sequences still running."""
     loop = g.top.children[0]
-    if "stepper_params" in (KNOWN_BUGS if known_bugs is None else known_bugs):
+    if "stepper_params" in (AVOIDED if known_bugs is None else known_bugs):
         all_params = {op for op in g.top.ops if op.kind == "param"}
         fit = [lp for lp in g.top.children if params_needed(g, lp) >= all_params]
         if not fit:  # no loop can be stepped (KNOWN_BUGS stepper_params)
@@ -1732,6 +1722,60 @@ BUG_PROGRAMS = {
         label.assign(rd.cast(rd.reduce_sum(x_t, feat) > 0.0, "int32"))
         labels = loop.stack(label.get())
 ''', (2, [3, 1], [1, 1], 0), False, ("run",)),
+    "fixed/inner_loop_state_cycle": ('''
+    enc = rd.Input("enc", {batch, enc_t, hid})
+    ctx = rd.Input("ctx", {batch, hid})
+    stop = rd.Input("stop", {batch}, dtype="int32")
+    s1 = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+    s2 = rd.State({batch, hid}, initial=0)
+    s8 = rd.State({batch, hid}, initial=-1.0)
+    with rd.Loop(max_seq_len=3) as outer:
+        v4 = s1.get()
+        v6 = ctx - s2.get()               # read by the inner loop, and made into s1
+        with rd.Loop() as inner:
+            v10 = inner.unstack(enc)
+            s8.assign(rd.tanh(rd.where(v4 == 0, -1.0, v6)))
+        s1.assign(rd.cast(rd.reduce_max(v6, hid) >= 0.7, "int32"))
+        s2.assign(rd.tanh(s8.get()))      # made from the inner loop's result
+        outer.end(outer.index >= stop)
+''', (3, [4, 3, 1], [2, 1, 2], 0), True, ("run",)),
+    "fixed/inner_label_state_from_outer": ('''
+    ctx = rd.Input("ctx", {batch, hid})
+    stop = rd.Input("stop", {batch}, dtype="int32")
+    bound = rd.Input("bound", {batch}, dtype="int32")
+    s1 = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+    s7 = rd.State({batch, hid}, initial=0)
+    s8 = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+    with rd.Loop(max_seq_len=bound, include_eos=True) as outer:
+        v4 = s1.get()
+        with rd.Loop(max_seq_len=1, include_eos=True) as inner:
+            s7.assign(s7.get() * 0.5 + rd.tanh(ctx))
+            s8.assign(v4)                 # the same at every inner step
+            inner.end(inner.index >= 1)
+        s8.assign(s8.get())
+        outer.end(outer.index >= stop, include_eos=True)
+''', (1, [1], [1], 0), False, ("run",)),
+    "fixed/trace_inner_invariant": ('''
+    stop = rd.Input("stop", {batch}, dtype="int32")
+    s7 = rd.State({batch, hid}, initial=0)
+    with rd.Loop(max_seq_len=3) as outer:
+        with rd.Loop(max_seq_len=2) as inner:
+            v10 = s7.get()                # the same at every inner step
+            inner.end(inner.index >= 2)
+        outer.end(outer.index >= stop)
+''', (2, [3, 3], [2, 3], 1), True, ("trace",)),
+    "fixed/inner_assign_from_outer": ('''
+    ctx = rd.Input("ctx", {batch, hid})
+    stop = rd.Input("stop", {batch}, dtype="int32")
+    s = rd.State({batch, hid})
+    with rd.Loop(max_seq_len=3) as outer:
+        v = rd.tanh(ctx + s.get())
+        with rd.Loop(max_seq_len=2, include_eos=True) as inner:
+            s.assign(v)
+            inner.end(inner.index >= 1)
+        outer.end(outer.index >= stop)
+    f = s.get()
+''', (2, [1, 1], [1, 1], 0), False, ("run",)),
     "stepper_params/linear": ('''
     x = rd.Input("x", {batch, time, feat})
     h = rd.State({batch, feat})
@@ -1754,4 +1798,9 @@ def _bug_param(name):
 @pytest.mark.parametrize("name", [_bug_param(n) for n in BUG_PROGRAMS])
 def test_bug_program(name):
     body, data, optimize, checks = BUG_PROGRAMS[name]
+    if name.split("/")[0] in REFUSED:
+        with pytest.raises(REFUSED[name.split("/")[0]]):
+            check_program(HEADER + "with rd.Graph() as g:" + body, data, optimize=optimize, checks=checks,
+                          known_bugs=set())
+        return
     check_program(HEADER + "with rd.Graph() as g:" + body, data, optimize=optimize, checks=checks, known_bugs=set())

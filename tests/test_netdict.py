@@ -47,7 +47,10 @@ def test_state_reads_become_prev_references_with_the_initial_output():
     # the assigned value plus zeros of the State's dims (RETURNN guesses a State's dims from its value otherwise)
     assert unit["h"] == {"class": "combine", "kind": "add", "from": ["tanh", "h.zeros"], "is_output_layer": True,
                          "initial_output": "base:h.initial"}
-    assert unit["h.zeros"]["class"] == "constant" and unit["h.zeros"]["value"] == 0
+    # zeros computed from the step (RETURNN may not stack a State made from values outside its loop otherwise)
+    assert unit["h.zeros"]["class"] == "combine" and unit["h.zeros"]["from"][0] == "h.zeros.const"
+    assert unit["h.zeros.const"]["class"] == "constant" and unit["h.zeros.const"]["value"] == 0
+    assert unit[unit["h.zeros"]["from"][1]]["from"] == ":i"
     assert net["h.initial"]["class"] == "constant" and net["h.initial"]["value"] == 0.5
     assert net["h.initial"]["with_batch_dim"] and net["h.initial"]["dtype"] == "float32"
     assert unit["h.prev"] == {"class": "copy", "from": "prev:h"}
