@@ -420,8 +420,11 @@ class Engine:
                     dims = [em.rd_dim(tg) for tg in template.dim_tags]
                     b_axis = template.batch_dim_axis
                     shape = tf.shape(steps)
-                    new_shape = tf.concat([shape[:1 + b_axis], [-1, k], shape[2 + b_axis:]], 0)
-                    fetch[key] = tf.reshape(steps, new_shape)
+                    if template.beam is None:  # one value per sequence (a frame of the input): the same for each
+                        fetch[key] = tf.repeat(tf.expand_dims(steps, 2 + b_axis), k, axis=2 + b_axis)
+                    else:
+                        new_shape = tf.concat([shape[:1 + b_axis], [-1, k], shape[2 + b_axis:]], 0)
+                        fetch[key] = tf.reshape(steps, new_shape)
                     dims_of[key] = (loop.axis,) + tuple(dims[:b_axis]) + (_batch(), beam) + tuple(dims[b_axis + 1:])
                 for y in choices:
                     key = f"{path}/{y.name}"

@@ -501,10 +501,20 @@ class _Emitter:
         if k == "softmax":
             return {"class": "softmax_over_spatial", "from": src, "axis": self.dim(a["dim"]), "log_space": a["log"]}
         if k == "where":
-            values = iter(src[1:])
-            true = a["true_value"] if a["true_value"] is not None else next(values)
-            false = a["false_value"] if a["false_value"] is not None else next(values)
-            return {"class": "switch", "condition": src[0], "true_from": true, "false_from": false}
+            # tf.where over the sources made alike (RETURNN's switch layer hides its inputs from the loop's shape
+            # inference, which then fails on States that read each other through it)
+            sources, dtype = [src[0]], op.out.dtype
+
+            def branch(number, at):
+                if number is not None:
+                    return f"tf.constant({number!r}, dtype=tf.{dtype})"
+                sources.append(src[at])
+                return f"source({len(sources) - 1})"
+
+            true = branch(a["true_value"], 1)
+            false = branch(a["false_value"], len(sources))
+            return {"class": "eval", "from": sources, "eval": f"tf.where(source(0), {true}, {false})",
+                    "out_type": {"dtype": dtype}}
         if k == "gather":
             return {"class": "gather", "from": src[0], "position": src[1], "axis": self.dim(a["dim"]),
                     "clip_to_valid": True}

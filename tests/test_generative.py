@@ -1389,6 +1389,7 @@ def check_program(source, data, optimize=True, checks=("run", "trace", "stepper"
     except IllConditioned as e:
         note(f"rejected: {e}")
         g.close()
+        STATS["rejected"] += 1
         reject()
     try:
         if "run" in checks:  # every top-level value and every top-level loop's lengths
@@ -1487,7 +1488,8 @@ def check_stepper(g, ref, inputs, seq_lens, params, states, in_loop, search, kno
 def _settings(n):
     kw = dict(max_examples=n, deadline=None, database=None, print_blob=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-              phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink])
+              phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
+              + ([] if os.environ.get("RECDEBUG_GEN_SHRINK") == "0" else [Phase.shrink]))
     if SEED is None:
         kw["derandomize"] = True
     return settings(**kw)
@@ -1498,6 +1500,16 @@ def _seeded(f):
 
 
 STATS = {"programs": 0, "rejected": 0, "seconds": 0.0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_stats():
+    """Prints how many programs ran and how long their checks took (shown with pytest -s)."""
+    t0 = _time.perf_counter()
+    yield
+    if STATS["programs"]:
+        print(f"\ngenerative check: {STATS['programs']} programs ({STATS['rejected']} rejected), "
+              f"{STATS['seconds']:.0f} s in checks, {_time.perf_counter() - t0:.0f} s in all")
 
 
 def _run_one(data, search):
@@ -1776,6 +1788,19 @@ BUG_PROGRAMS = {
         outer.end(outer.index >= stop)
     f = s.get()
 ''', (2, [1, 1], [1, 1], 0), False, ("run",)),
+    "fixed/label_states_through_where": ('''
+    x = rd.Input("x", {batch, time, feat})
+    s1 = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+    s2 = rd.State({batch}, initial=1, dtype="int32", sparse_dim=vocab)
+    with rd.Loop() as first:
+        v5 = first.unstack(x)
+    with rd.Loop() as loop:               # s1 and s2 read each other through rd.where
+        v20 = loop.unstack(x)
+        v21 = s1.get()
+        v25 = rd.where(v21 >= 0, s2.get(), 2)
+        s1.assign(v25)
+        s2.assign(rd.where(v21 >= 0, v25, 0))
+''', (1, [1], [1], 2), False, ("trace",)),
     "stepper_params/linear": ('''
     x = rd.Input("x", {batch, time, feat})
     h = rd.State({batch, feat})

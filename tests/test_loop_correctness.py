@@ -33,11 +33,13 @@ def _frame_decoder(beam_size):
         label = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
         h = rd.State({batch, hid})
         with rd.Loop() as loop:
-            h_ = rd.tanh(lin_h(rd.concat(embed(label.get()), h.get(), loop.unstack(x))))
+            frame = loop.unstack(x)
+            h_ = rd.tanh(lin_h(rd.concat(embed(label.get()), h.get(), frame)))
             h.assign(h_)
             y = rd.choice(lin_out(h_), beam_size=beam_size)
             label.assign(y)
             labels = loop.stack(y)
+    g.frame = frame
     return g, time, loop, y, labels, h
 
 
@@ -82,7 +84,13 @@ def test_beam_search_over_ragged_frames_scores_exactly_the_valid_frames(rng):
         assert got[b, :n].tolist() == expected[b][0][1], f"sequence {b}"
         np.testing.assert_allclose(scores[b], [hy[0] for hy in expected[b]], rtol=1e-5, atol=1e-5)
 
-    traced = g.trace({"x": x}, seq_lens={time: lens}, params=p, search=True).beams(y)
+    tr = g.trace({"x": x}, seq_lens={time: lens}, params=p, search=True)
+    traced = tr.beams(y)
+    # the input frame is the same for every hypothesis of a sequence
+    frames = tr.numpy(g.frame, order=(loop.axis, batch, tr.label("beam"), tr.dims_of(g.frame)[-1]))
+    for b, n in enumerate(lens):
+        for k in range(3):
+            np.testing.assert_array_equal(frames[:n, b, k], x[b, :n])
     st = g.stepper({"x": x}, seq_lens={time: lens}, params=p)
     st.run_to(st.T)
     for beams in (traced, st.beams()):
