@@ -91,9 +91,15 @@ class Loop(Scope):
                                 hint="unstack a dynamic dim, or drop loop.end")
             # each sequence stops at its end condition or after its frames: the loop's axis is a new dim
             self.unstack_axis, self._axis = self._axis, Dim(f"{self.name}_time")
-            for op in parent.ops:
-                if op.attrs.get("loop") is self and op.kind == "stack":
-                    op.out.dims = (op.out.dims - {self.unstack_axis}) | {self._axis}
+        for op in parent.ops:
+            if op.attrs.get("loop") is self and op.kind == "stack":
+                v = op.attrs["value"]
+                if self._axis in v.dims:
+                    raise DimError(f"{self.name}.stack({v!r}): the value already has the loop's axis "
+                                   f"{self._axis!r}, the result would have it twice", line=op.line,
+                                   hint="reduce over it inside the loop first, or iterate with a while loop and "
+                                        f"rd.gather(x, loop.index, {self._axis.name}): its loop.axis is a new dim")
+                op.out.dims = v.dims | {self._axis}
         if not self.ops:
             raise LoopError(f"{self.describe()} computes nothing", line=self.line)
         for state in self.assigned:

@@ -256,19 +256,30 @@ class _Emitter:
             # loop's result, it finds them all
             unit["output"] = {"class": "copy", "from": next(
                 name for state, name in loop.state_layers.items() if reads_inner_loop(loop, loop.assigned[state]))}
-        else:
-            unit["output"] = {"class": "copy", "from": (list(loop.state_layers.values())
-                                                        or [v.op.name for v in loop.exports] or [loop.ops[-1].name])[0]}
+        else:  # a State, or a value without other dynamic dims (RETURNN loses the loop's lengths of an output
+            # with another dynamic dim)
+            plain = [v.op.name for v in loop.exports if not any(d.is_dynamic and not d.is_batch for d in v.dims)]
+            if loop.state_layers or plain or not loop.exports:
+                unit["output"] = {"class": "copy", "from": (list(loop.state_layers.values()) + plain
+                                                            + [loop.ops[-1].name])[0]}
+            else:  # zeros carried from step to step (a layer RETURNN keeps in the loop)
+                zeros = self.fresh_name(loop, "output.zeros")
+                unit[zeros] = {"class": "constant", "value": 0, "dtype": "int32", "shape": [returnn_batch_dim],
+                               "with_batch_dim": True}
+                unit["output"] = {"class": "combine", "kind": "add", "from": ["prev:output", zeros],
+                                  "initial_output": 0}
         # A loop with loops inside stays unoptimized itself (its inner loops are still optimized): when RETURNN
         # moves an outer layer out, it may need to stack an inner loop's sub-layer, which it cannot do reliably.
         # An inner loop over an input stays unoptimized: a frame layer moved out of it reads the outer loop's frame;
         # a traced inner loop too: the outer loop cannot stack a traced value that RETURNN moved out of it.
+        # A while loop over an input's frames too: RETURNN moves the frame's gather out but not its position.
         # A search trace reads every layer's values per hypothesis from the loop's step accumulators: it keeps
         # every layer in the loop (a moved-out layer has no such accumulator).
         beams = self.search and self.capture is not None and any(op.kind == "choice" for op in loop.ops)
         rec = {"class": "rec", "from": [], "axis": self.dim(loop.rec_axis), "unit": unit,
                "optimize_move_layers_out": self.optimize and not loop.children and not beams
-               and not moving_out_fails(loop) and not (loop.parent.is_loop and (loop.unstacked or self.capture))}
+               and not moving_out_fails(loop) and not (loop.parent.is_loop and (loop.unstacked or self.capture))
+               and not (loop.bounded and loop.unstacked)}
         if loop.bounded:
             rec["max_seq_len_via"] = self.bound_names[loop]
             rec["include_eos"] = bool(loop.include_eos)

@@ -5,7 +5,7 @@ g.stepper, and interpreted in numpy (tests/refinterp.py). All four must agree on
 A failing program is shrunk by hypothesis and printed as code that can be pasted and run (the "program:" note).
 
     RECDEBUG_GEN_EXAMPLES=1000 pytest tests/test_generative.py     # more programs (default: DEFAULT_EXAMPLES)
-    RECDEBUG_GEN_SEED=7 ...                                        # another fixed seed (default: derandomized)
+    RECDEBUG_GEN_SEED=7 ...                                        # other fixed seeds (default: 0)
 """
 from __future__ import annotations
 
@@ -39,14 +39,12 @@ KNOWN_BUGS: set = set()
 # program in BUG_PROGRAMS checks the refusal.
 REFUSED: dict = {
     "all_empty": rd.RunError,  # a while loop in which every sequence ends at step 0 (TensorFlow cannot stack it)
-    "last_inner_stack": rd.LoopError,  # loop.last(<a value with an inner loop's axis>)
+    "last_inner_stack": rd.LoopError,  # loop.last(<a value with an inner while loop's axis>)
+    "stack_own_axis": rd.DimError,  # loop.stack(<a value with the loop's own axis>): that axis twice
 }
 AVOIDED = KNOWN_BUGS | set(REFUSED)
 
 DEFAULT_EXAMPLES = 300
-# (the minimal programs of the bugs it found, test_bug_program, always run)
-opt_in = pytest.mark.skipif("RECDEBUG_GEN_EXAMPLES" not in os.environ,
-                            reason="generative check: set RECDEBUG_GEN_EXAMPLES=N to run N programs")
 MAX_EXAMPLES = int(os.environ.get("RECDEBUG_GEN_EXAMPLES", DEFAULT_EXAMPLES))
 SEED = os.environ.get("RECDEBUG_GEN_SEED")
 RTOL = ATOL = 1e-5
@@ -771,7 +769,11 @@ class Gen:
         inner_axes = {lq.axis_sym for lq in self.loops if lq.parent is not None and lq.kind == "while"}
         use_stack = self.coin(0.7) and not (inner_while and self.tracing and "trace_inner_while_stack" in AVOIDED)
         if "last_inner_stack" in AVOIDED and v.dims & inner_axes:
-            use_stack = True  # (see KNOWN_BUGS)
+            use_stack = True  # (see REFUSED)
+        if lp.axis_sym in v.dims:  # (a value with the loop's own axis: refused, it would have that axis twice)
+            if use_stack and v.dims & inner_axes:
+                return
+            use_stack = False
         if use_stack:
             name = self.fresh("out")
             self.emit(f"{name} = {lp.name}.stack({v.code})")
@@ -1486,17 +1488,11 @@ def check_stepper(g, ref, inputs, seq_lens, params, states, in_loop, search, kno
 # --- the tests ---
 
 def _settings(n):
-    kw = dict(max_examples=n, deadline=None, database=None, print_blob=True,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-              phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
-              + ([] if os.environ.get("RECDEBUG_GEN_SHRINK") == "0" else [Phase.shrink]))
-    if SEED is None:
-        kw["derandomize"] = True
-    return settings(**kw)
-
-
-def _seeded(f):
-    return seed(int(SEED))(f) if SEED is not None else f
+    return settings(max_examples=n, deadline=None, database=None, print_blob=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.filter_too_much],
+                    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
+                    + ([] if os.environ.get("RECDEBUG_GEN_SHRINK") == "0" else [Phase.shrink]))
 
 
 STATS = {"programs": 0, "rejected": 0, "seconds": 0.0}
@@ -1508,8 +1504,12 @@ def _report_stats():
     t0 = _time.perf_counter()
     yield
     if STATS["programs"]:
-        print(f"\ngenerative check: {STATS['programs']} programs ({STATS['rejected']} rejected), "
-              f"{STATS['seconds']:.0f} s in checks, {_time.perf_counter() - t0:.0f} s in all")
+        line = (f"generative check: {STATS['programs']} programs ({STATS['rejected']} rejected), "
+                f"{STATS['seconds']:.0f} s in checks, {_time.perf_counter() - t0:.0f} s in all")
+        print("\n" + line)
+        if os.environ.get("RECDEBUG_GEN_STATS"):  # a file to append the line to (pytest -n runs print nothing)
+            with open(os.environ["RECDEBUG_GEN_STATS"], "a") as f:
+                f.write(line + "\n")
 
 
 def _run_one(data, search):
@@ -1534,24 +1534,29 @@ def _run_one(data, search):
         STATS["programs"] += 1
 
 
-N_SEARCH = max(1, MAX_EXAMPLES // 6)  # greedy decoders (search); the rest: loop programs
-N_LOOPS = max(1, MAX_EXAMPLES - N_SEARCH)
+# The programs are split into shards (each its own test with its own fixed seed), so that `pytest -n 2` runs them
+# side by side: one in six is a greedy decoder (search), the rest loop programs.
+SHARDS = 6
+BASE_SEED = int(SEED) if SEED is not None else 0
 
 
-@opt_in
-@_seeded
-@_settings(N_LOOPS)
-@given(st.data())
-def test_generated_loop_programs_agree_with_the_interpreter(data):
-    _run_one(data, search=False)
+def _shard_test(i: int, search: bool, n: int):
+    @seed(BASE_SEED * 1000 + i)
+    @_settings(n)
+    @given(st.data())
+    def test(data):
+        _run_one(data, search=search)
+
+    test.__name__ = test.__qualname__ = (f"test_generated_greedy_decoders_agree_with_the_interpreter_{i}" if search
+                                         else f"test_generated_loop_programs_agree_with_the_interpreter_{i}")
+    return test
 
 
-@opt_in
-@_seeded
-@_settings(N_SEARCH)
-@given(st.data())
-def test_generated_greedy_decoders_agree_with_the_interpreter(data):
-    _run_one(data, search=True)
+for _i in range(SHARDS):
+    _n = MAX_EXAMPLES // SHARDS + (1 if _i < MAX_EXAMPLES % SHARDS else 0)
+    if _n:
+        _t = _shard_test(_i, search=(_i == SHARDS - 1), n=_n)
+        globals()[_t.__name__] = _t
 
 
 # --- the bugs the generator found, as minimal programs ---
@@ -1801,6 +1806,20 @@ BUG_PROGRAMS = {
         s1.assign(v25)
         s2.assign(rd.where(v21 >= 0, v25, 0))
 ''', (1, [1], [1], 2), False, ("trace",)),
+    "stack_own_axis": ('''
+    x = rd.Input("x", {batch, time, feat})
+    with rd.Loop() as loop:
+        x_t = loop.unstack(x)
+        seen = loop.stack(rd.reduce_sum(x, feat) * rd.reduce_sum(x_t, feat))   # {batch, time} stacked over time
+''', (2, [3, 1], [1, 1], 0), False, ("run",)),
+    "fixed/stack_input_axis_in_unstack_end": ('''
+    x = rd.Input("x", {batch, time, feat})
+    stop = rd.Input("stop", {batch}, dtype="int32")
+    with rd.Loop() as loop:               # unstack + end: loop.axis is a new dim, the stacked value keeps time
+        x_t = loop.unstack(x)
+        seen = loop.stack(rd.reduce_sum(x, feat) * rd.reduce_sum(x_t, feat))
+        loop.end(loop.index >= stop)
+''', (2, [3, 4], [1, 1], 5), True, ("run",)),
     "stepper_params/linear": ('''
     x = rd.Input("x", {batch, time, feat})
     h = rd.State({batch, feat})
