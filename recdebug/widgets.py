@@ -3,7 +3,9 @@
 State lives in traitlets on the Python side; the browser only draws it. Every control is a method here
 (``step``, ``seek``, ``select_sequence``, ``select_layer``, ``show_diff``...) that a test can call and then
 assert on traitlet values. The canvas views are anywidget modules in ``extension/`` (loaded by path, no CDN);
-their arrays cross once as float32 buffers, after that a step only moves the cursor.
+their arrays cross once as float32 buffers, after that a step only moves the cursor. Names (States, layers,
+dims, breakpoint texts, a trace file's keys and device) may hold markup: the modules set them as textContent,
+and the one HTML widget built from them, the status line, escapes them.
 """
 from __future__ import annotations
 
@@ -127,15 +129,17 @@ class Debugger(w.VBox):
     diff_summary = tl.Unicode("")
 
     def __init__(self, source, other=None, layers=()):
-        from .stepper import Stepper
+        layers = _check_arguments(source, other, layers)
+        try:
+            self._build(source, other, layers)
+        except BaseException:
+            self.close()  # what was built so far, now: not a complaint from Widget.__del__ later
+            raise
+
+    def _build(self, source, other, layers):
         from .trace import Trace
 
-        if isinstance(source, Stepper):
-            self.stepper, self.trace = source, None
-        elif isinstance(source, Trace):
-            self.stepper, self.trace = None, source
-        else:
-            raise RecDebugError(f"rd.debugger expects an rd.Trace or an rd.Stepper, got {type(source).__name__}")
+        self.stepper, self.trace = (None, source) if isinstance(source, Trace) else (source, None)
         self._updating = False
         self._edits_seen = len(source.edits) if self.trace is None else 0
         self._rows: dict = {}  # stepper mode: key -> [T, batch, U] values of the steps computed so far
@@ -166,6 +170,9 @@ class Debugger(w.VBox):
             self._send_beams()
             self.beam_tree.observe(lambda ch: ch["new"][0] >= 0 and self.select_hypothesis(*ch["new"]), "selected")
         for layer in layers:
+            if not self._layer_exists(layer):
+                raise RecDebugError(f"rd.debugger(..., layers=): no layer {layer!r} in this loop",
+                                    hint=f"layers with values per step: {self._stepped_layers()[:12]}")
             self.select_layer(layer)
         self.T = self._max_steps()
         self.slider.max = self.T
@@ -405,27 +412,35 @@ class Debugger(w.VBox):
             self.t = self.stepper.t
             self._refresh_status()
             return hit
-        for t in range(self.t, self.T):
-            bad = self._nonfinite_at(t) if predicate is None else (predicate(self, t) and "condition")
-            if bad:
-                self.breakpoint = f"NaN/Inf in {bad} at t={t}" if predicate is None else f"condition at t={t}"
-                self.t = t + 1
-                self._refresh_status()
-                return True
+        if predicate is None:
+            t, key = self._first_nonfinite(self.t)
+            found = t is not None and f"NaN/Inf in {key} at t={t}"
+        else:
+            t = next((t for t in range(self.t, self.T) if predicate(self, t)), None)
+            found = t is not None and f"condition at t={t}"
+        if found:
+            self.breakpoint = found
+            self.t = t + 1
+            self._refresh_status()
+            return True
         self.breakpoint = ""
         self.t = self.T
         return False
 
-    def _nonfinite_at(self, t: int) -> str:
+    def _first_nonfinite(self, start: int) -> tuple:
+        """(t, key): the first step from ``start`` on where a State holds NaN/Inf on a valid frame (the first
+        such State in view order), or (None, ""). One pass over each State's array, not one per step."""
         tr = self.trace
         axis = self._main_axis()
+        found = (None, "")
         for key in self.views:
             e = tr.entries[key]
-            valid = np.take(tr.mask(key, order=e.dims), t, axis=e.dims.index(axis))
-            values = np.take(e.array, t, axis=e.dims.index(axis))
-            if (~np.isfinite(values) & valid).any():
-                return key
-        return ""
+            at = e.dims.index(axis)
+            bad = ~np.isfinite(e.array) & tr.mask(key, order=e.dims)
+            steps = np.nonzero(bad.any(axis=tuple(i for i in range(bad.ndim) if i != at))[start:self.T])[0]
+            if len(steps) and (found[0] is None or start + steps[0] < found[0]):
+                found = (start + int(steps[0]), key)
+        return found
 
     def select_sequence(self, b: int):
         if not 0 <= b < self.batch:
@@ -446,6 +461,14 @@ class Debugger(w.VBox):
         self.picked.key = path
         self._send(self.picked, title=f"layer {path}")
         self.picked.cursor = self.t - 1
+
+    def _layer_exists(self, path: str) -> bool:
+        return any(n["path"] == path for n in self.hierarchy.nodes) or self._layer_has_steps(path)
+
+    def _stepped_layers(self) -> list:
+        if self.trace is not None:
+            return sorted(k for k in self.trace.entries if self._layer_has_steps(k))
+        return [f"{self.stepper.loop.name}/{op.name}" for op in self.stepper.loop.ops]
 
     def _layer_has_steps(self, path: str) -> bool:
         if self.trace is not None:
@@ -489,13 +512,15 @@ class Debugger(w.VBox):
                 view.diff_first = int(steps[0]) if len(steps) else -1
 
     def close(self):
-        """Close this widget and every widget inside it (their comms and registry entries)."""
+        """Close this widget and every widget inside it (their comms and registry entries). Also right for a
+        debugger whose construction failed half-way: it closes what was built."""
         for child in self.children:
             _close_tree(child)
-        for view in [*self.views.values(), self.picked, self.hierarchy, self.play, self.slider, self.seq,
-                     *([self.beam_tree] if self.beam_tree is not None else [])]:
+        parts = [v for v in vars(self).values() if isinstance(v, w.Widget)]
+        for view in [*getattr(self, "views", {}).values(), *parts]:
             _close_tree(view)
-        self.layout.close()
+        if "layout" in self._trait_values:  # never made (a failed construction): not made now to close it
+            self.layout.close()
         super().close()
 
     # --- syncing ---
@@ -570,6 +595,32 @@ class Debugger(w.VBox):
             parts.append(self._hyp_text)
         self.status = " · ".join(parts)
         self.status_html.value = f"<span class='rd-status'>{html.escape(self.status)}</span>"
+
+
+def _check_arguments(source, other, layers) -> list:
+    """The arguments of rd.debugger checked before any widget is built; ``layers`` as a list of paths."""
+    from .stepper import Stepper
+    from .trace import Trace
+
+    if not isinstance(source, (Trace, Stepper)):
+        raise RecDebugError(f"rd.debugger expects an rd.Trace or an rd.Stepper, got {type(source).__name__}")
+    if other is not None and not isinstance(other, Trace):
+        raise RecDebugError(f"rd.debugger(..., other=) is a trace to compare with, got {type(other).__name__}",
+                            hint="pass an rd.Trace of the same graph (g.trace(...) or rd.Trace.load(path))")
+    if other is not None and not isinstance(source, Trace):
+        raise RecDebugError("rd.debugger(..., other=) compares two traces, but the debugger is on a stepper",
+                            hint="open it on a trace: rd.debugger(g.trace(...), other=...)")
+    layers = [layers] if isinstance(layers, str) else layers
+    try:
+        layers = list(layers)
+    except TypeError:
+        raise RecDebugError(f"rd.debugger(..., layers=) is a list of layer paths, got {type(layers).__name__}",
+                            hint='e.g. layers=["loop/tanh"]: the paths the hierarchy view lists') from None
+    wrong = next((p for p in layers if not isinstance(p, str)), None)
+    if wrong is not None:
+        raise RecDebugError(f"rd.debugger(..., layers=) is a list of layer paths, got {wrong!r} in it",
+                            hint='e.g. layers=["loop/tanh"]: the paths the hierarchy view lists')
+    return layers
 
 
 def _close_tree(widget):

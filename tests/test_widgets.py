@@ -1,6 +1,10 @@
 """The debugger widget driven through its Python methods and traitlets, on real traces from RETURNN."""
+import gc
+import sys
+
 import numpy as np
 import pytest
+from ipywidgets.widgets import widget as ipywidget
 
 import recdebug as rd
 from test_design_examples import lstm_loop
@@ -94,6 +98,64 @@ def test_breakpoint_status_on_a_nan(case):
     assert d.run() is True
     assert d.t == 3 and d.breakpoint == "NaN/Inf in loop/lstm.c at t=2"
     assert "breakpoint: NaN/Inf in loop/lstm.c at t=2" in d.status
+
+
+def test_run_reads_each_state_once_not_once_per_step(case):
+    g, time, dim, lstm, loop, x_np, tr = case
+    d = rd.debugger(tr)
+    calls = []
+    mask = tr.mask
+    tr.mask = lambda *a, **k: calls.append(a) or mask(*a, **k)  # the padding mask: O(T) work per call
+    assert d.run() is False and d.t == 6
+    assert len(calls) == len(d.views)  # one pass over each State for all steps, whatever T is
+    x_bad = x_np.copy()
+    x_bad[3, 4, 1] = np.nan  # sequence 3 has 5 frames
+    x_bad[1, 2, 0] = np.nan  # sequence 1 has 3 frames: t=2 is valid
+    x_bad[2, 1, 0] = np.nan  # sequence 2 has 1 frame: t=1 is padding, not a breakpoint
+    d = rd.debugger(g.trace({"x": x_bad}, seq_lens={time: LENS}))
+    d.seek(1)
+    assert d.run() is True and d.t == 3 and d.breakpoint == "NaN/Inf in loop/lstm.c at t=2"
+    assert d.run() is True and d.t == 5 and d.breakpoint == "NaN/Inf in loop/lstm.c at t=4"
+    assert d.run() is False and d.t == 6 and d.breakpoint == ""
+
+
+def test_run_stops_where_a_predicate_holds(case):
+    g, time, dim, lstm, loop, x_np, tr = case
+    d = rd.debugger(tr)
+    assert d.run(lambda dbg, t: t == 3) is True and d.t == 4 and d.breakpoint == "condition at t=3"
+
+
+def _bad_arguments(case):
+    g, time, dim, lstm, loop, x_np, tr = case
+    st = g.stepper({"x": x_np}, seq_lens={time: LENS})
+    return [((42,), "expects an rd.Trace or an rd.Stepper, got int"),
+            ((tr, 42), "other=.*a trace to compare with, got int"),
+            ((st, tr), "other=.*compares two traces, but the debugger is on a stepper"),
+            ((tr, None, 5), "layers=.*a list of layer paths, got int"),
+            ((tr, None, [3]), "layers=.*got 3 in it"),
+            ((tr, None, ["loop/nope"]), "no layer 'loop/nope' in this loop"),
+            ((rd.Trace({}, {}, {}),), "this trace has no loop values")]
+
+
+def test_a_debugger_that_cannot_be_built_raises_and_closes_quietly(case, capfd, monkeypatch):
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # as in a notebook: errors in __del__ print
+    cases = _bad_arguments(case)
+    gc.collect()
+    capfd.readouterr()
+    open_widgets = len(ipywidget._instances)
+    for args, message in cases:
+        with pytest.raises(rd.RecDebugError, match=message):
+            rd.debugger(*args)
+        gc.collect()
+        out, err = capfd.readouterr()
+        assert "Exception ignored" not in out + err and "Traceback" not in err, (args, err)
+        assert len(ipywidget._instances) == open_widgets  # what was built half-way is closed
+
+
+def test_layers_argument_takes_one_path_or_a_list(case):
+    g, time, dim, lstm, loop, x_np, tr = case
+    assert rd.debugger(tr, layers="loop/lstm.tanh").picked.title == "layer loop/lstm.tanh"
+    assert rd.debugger(tr, layers=["loop/lstm.tanh"]).selected_layer == "loop/lstm.tanh"
 
 
 def test_diff_marks_the_first_step_and_units(case):

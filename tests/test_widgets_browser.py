@@ -1,8 +1,8 @@
 """The debugger in a real browser: JupyterLab on localhost, Debian's chromium driven by Playwright.
 
 Checks that the widget renders, that clicking step advances the step shown and moves the heatmap cursor, that
-hovering the heatmap shows a value, and that the hierarchy lists the rec layer and its unit layers.
-A screenshot goes to out/test-artifacts/ (or $RECDEBUG_TEST_OUT).
+hovering the heatmap shows a value, and that the hierarchy lists the rec layer and its unit layers; and that names
+and trace files holding markup are shown as text, their script never run. Screenshots go to out/test-artifacts/ (or $RECDEBUG_TEST_OUT).
 """
 import json
 import os
@@ -84,6 +84,31 @@ rd.debugger(g.stepper({"enc": enc_np}, seed=3))   # the same search, stepped liv
 '''
 
 
+HOSTILE_SETUP = f'''
+import sys
+sys.path.insert(0, {str(ROOT / "tests")!r})
+%load_ext recdebug
+from hostile_names import *   # names and texts with markup in them: IMG, SCRIPT
+g, h = hostile_graph()
+x_np, lens_np = inputs(nan_at=2), LENS
+live = rd.debugger(g.stepper({{"x": inputs()}}, seq_lens={{time: LENS}}))
+live.run(rd.on_state(h, lambda v: np.abs(v).max() > 0, text=SCRIPT + IMG))
+live
+'''
+
+HOSTILE_TRACE_FILE = '''
+path = hostile_trace_file(g.trace({"x": x_np}, seq_lens={time: LENS}), "hostile.npz")
+rd.debugger(rd.Trace.load(path))
+'''
+
+HOSTILE_RECLOOP = '''%%recloop --live --break nan --feed x=x_np --lens time=lens_np
+x = rd.Input("x", {batch, time, feat})
+s = rd.State({batch, hid}, name=IMG)
+with rd.Loop() as loop:
+    s.assign(rd.tanh(rd.Linear(hid)(loop.unstack(x)) + s.get()))
+'''
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -110,6 +135,11 @@ def lab(tmp_path_factory):
     beams.cells.append(nbformat.v4.new_code_cell(LIVE_BEAM_CODE))
     beams.metadata["kernelspec"] = nb.metadata["kernelspec"]
     nbformat.write(beams, root / "beams.ipynb")
+    hostile = nbformat.v4.new_notebook()
+    for code in (HOSTILE_SETUP, HOSTILE_TRACE_FILE, HOSTILE_RECLOOP):
+        hostile.cells.append(nbformat.v4.new_code_cell(code))
+    hostile.metadata["kernelspec"] = nb.metadata["kernelspec"]
+    nbformat.write(hostile, root / "hostile.ipynb")
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(base / "config"), JUPYTER_RUNTIME_DIR=str(base / "runtime"),
                IPYTHONDIR=str(base / "ipython"), JUPYTER_DATA_DIR=str(base / "data"))
     settings = base / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
@@ -292,3 +322,64 @@ def test_beam_tree_renders_and_selects_a_hypothesis(lab, page):
     expect(status).to_contain_text("hypothesis 1 of step 0")
     live.scroll_into_view_if_needed()
     page.screenshot(path=str(OUT / "debugger-live-beam-tree.png"))
+
+
+def test_markup_in_names_and_trace_files_is_shown_as_text_and_never_runs(lab, page):
+    """A State named by name= / a module attribute / a dim, an on_state text, a trace file's keys and device, and
+    a %%recloop --live --break nan cell, all holding <img onerror> or <script>: stepped, hovered, layers picked;
+    the markup shows as literal text and its script never runs."""
+    from playwright.sync_api import expect
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from hostile_names import IMG, SCRIPT
+
+    url, token = lab
+    open_and_run_all(page, url, token, "hostile.ipynb")
+    cells = page.locator(".jp-NotebookPanel:visible .jp-CodeCell")
+    expect(page.locator(".rd-status")).to_have_count(3)
+    live, from_file, magic = (cells.nth(i) for i in range(3))
+    expect(live.locator(".rd-status")).to_contain_text(
+        f"step 1 of 6 · cpu · breakpoint: {SCRIPT + IMG} on {IMG} at t=0")
+    expect(from_file.locator(".rd-status")).to_contain_text(f"step 0 of 6 · {SCRIPT}")
+    expect(magic.locator(".rd-status")).to_contain_text(f"step 3 of 6 · cpu · breakpoint: NaN/Inf in {IMG} at t=2")
+
+    def step_hover_pick(cell, layer, shot):
+        step = cell.get_by_role("button", name="step ▶")
+        step.scroll_into_view_if_needed()
+        before = cell.locator(".rd-status").inner_text()
+        step.click()
+        expect(cell.locator(".rd-status")).not_to_have_text(before)
+        overlay = cell.locator(".rd-heatmap .rd-overlay").first
+        overlay.scroll_into_view_if_needed()
+        overlay.hover()
+        expect(cell.locator(".rd-tooltip").first).to_contain_text("value=")
+        node = cell.locator(f"li.rd-node[data-path='{layer}'] > .rd-node-name")
+        node.scroll_into_view_if_needed()
+        node.click()
+        expect(cell.locator(".rd-heatmap .rd-title", has_text=f"layer {layer}")).to_have_count(1)
+        cell.locator(".rd-status").scroll_into_view_if_needed()
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(OUT / shot))
+
+    step_hover_pick(live, "loop/cell.tanh", "debugger-hostile-live.png")
+    expect(live.locator(".rd-title", has_text=f"State {IMG}")).to_have_count(1)
+    expect(live.locator(".rd-title", has_text=f"State cell/{SCRIPT}")).to_have_count(1)
+    expect(live.locator(".rd-node-dims", has_text=f"{{batch, {IMG}:4}}").first).to_be_attached()
+
+    run = from_file.get_by_role("button", name="run ▶▶")
+    run.scroll_into_view_if_needed()
+    run.click()
+    expect(from_file.locator(".rd-status")).to_contain_text(f"step 3 of 6 · {SCRIPT} · breakpoint: NaN/Inf in loop/")
+    from_file.get_by_role("button", name="◀ back").click()
+    expect(from_file.locator(".rd-status")).to_contain_text("step 2 of 6")
+    step_hover_pick(from_file, f"loop/{IMG}plain", "debugger-hostile-trace-file.png")
+    expect(from_file.locator(".rd-title", has_text=f"State loop/cell.{SCRIPT}")).to_have_count(1)
+    expect(from_file.locator(".rd-node-name", has_text=f"{IMG}plain").first).to_be_attached()
+
+    step_hover_pick(magic, "loop/tanh", "debugger-hostile-recloop.png")
+    expect(magic.locator(".rd-title", has_text=f"State {IMG}")).to_have_count(1)
+
+    page.wait_for_timeout(500)  # an image's onerror fires after its load fails
+    assert page.evaluate("() => window.__rd_pwned") is None
+    assert page.locator('img[src="x"]').count() == 0
+    assert page.evaluate("() => [...document.scripts].filter(s => s.text.includes('__rd_pwned')).length") == 0
