@@ -399,6 +399,8 @@ class _Emitter:
                     operands.append(x.op.name)
                 else:
                     return None
+            if not any(x.scope is loop for x in op.inputs):  # the same at every step: recorded, spread over them
+                return None
             return ("combine", op.kind, tuple(operands))
         return None
 

@@ -259,7 +259,8 @@ def _repeat_for_beam(g, inputs: dict, seq_lens: dict, k: int) -> tuple[dict, dic
     return out, lens
 
 
-def _batch_and_steps(g, loop, inputs: dict, seq_lens: dict) -> tuple[int, int]:
+def _batch_and_steps(g, loop, inputs: dict, seq_lens: dict, params=None, seed: int = 0,
+                     targets=None) -> tuple[int, int]:
     """The batch size and the most steps the loop can take, from the feeds (before anything is built)."""
     from .dims import batch_dim
 
@@ -278,7 +279,10 @@ def _batch_and_steps(g, loop, inputs: dict, seq_lens: dict) -> tuple[int, int]:
         raise RunError("stepping needs an input with the batch dim")
     bounds = [n for n in (axis_size, loop.max_seq_len) if isinstance(n, int)]
     if hasattr(loop.max_seq_len, "op"):  # a bound per sequence, computed before the loop: its largest value
-        res = g.run(inputs, seq_lens)
+        # (with the stepper's parameters; a label of an earlier loop is its reference label or, without
+        # targets, the searched one)
+        res = g.run(inputs, seq_lens, params=params, seed=seed, targets=targets,
+                    search=bool(g.choices) and not targets)
         bounds.append(max(int(np.max(res.numpy(loop.max_seq_len))), 0))
     return batch, min(bounds)
 
@@ -303,7 +307,7 @@ class Stepper:
         self.choice = choice if self.forced is None else None  # the rd.choice this stepper searches with
         self.beam = self.choice.op.attrs["beam_size"] if self.choice is not None else 1
         seq_lens = seq_lens or {}
-        batch, steps = _batch_and_steps(g, loop, inputs, seq_lens)
+        batch, steps = _batch_and_steps(g, loop, inputs, seq_lens, params, seed, targets)
         if self.forced is not None:
             labels, label_lens = reference_labels(self.forced, targets, seq_lens, batch)
             steps = labels.shape[1]

@@ -1820,6 +1820,17 @@ BUG_PROGRAMS = {
         seen = loop.stack(rd.reduce_sum(x, feat) * rd.reduce_sum(x_t, feat))
         loop.end(loop.index >= stop)
 ''', (2, [3, 4], [1, 1], 5), True, ("run",)),
+    "fixed/trace_sum_of_outside_values": ('''
+    x = rd.Input("x", {batch, time, feat})
+    stop = rd.Input("stop", {batch}, dtype="int32")
+    with rd.Loop(max_seq_len=1, include_eos=True) as first:
+        out = first.stack(rd.gather(x, first.index, time))
+        first.end(first.index >= stop, include_eos=True)
+    total = rd.reduce_sum(out, first.axis)
+    with rd.Loop() as loop:
+        x_t = loop.unstack(x)
+        twice = total + total             # the same at every step
+''', (1, [1], [1], 0), False, ("trace",)),
     "stepper_params/linear": ('''
     x = rd.Input("x", {batch, time, feat})
     h = rd.State({batch, feat})
