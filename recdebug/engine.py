@@ -53,10 +53,17 @@ def _setup():
     _ready = True
 
 
-def gpu_available() -> bool:
-    import tensorflow as tf
+_gpu: bool | None = None
 
-    return bool(tf.config.list_physical_devices("GPU"))
+
+def gpu_available() -> bool:
+    """Whether TensorFlow sees a GPU (asked once per process: TensorFlow lists its devices slowly)."""
+    global _gpu
+    if _gpu is None:
+        import tensorflow as tf
+
+        _gpu = bool(tf.config.list_physical_devices("GPU"))
+    return _gpu
 
 
 def resolve_device(device: str | None) -> str:
