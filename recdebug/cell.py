@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import itertools
 import linecache
+import sys
 import traceback
 
 import numpy as np
 
-from .errors import RecDebugError, RunError
+from .engine import value_and_order
+from .errors import BREAK_FILENAME, CELL_PREFIX, RecDebugError, RunError, SourceLine, running_cell
 from .graph import Graph
 
 _cell_counter = itertools.count(1)
-CELL_PREFIX = "<recloop-cell-"
 DEFAULT_BATCH = 3
 DEFAULT_MAX_LEN = 8
 
@@ -87,7 +88,8 @@ def default_inputs(graph: Graph, fed: dict, seq_lens: dict, seed: int):
     sizes: dict = {}
     for name, inp in graph.inputs.items():  # sizes already fixed by fed arrays
         if name in fed:
-            for d, n in zip(inp.order, np.shape(fed[name])):
+            arr, order = value_and_order(fed[name], inp)
+            for d, n in zip(order, arr.shape):
                 sizes.setdefault(d, n)
     for name, inp in graph.inputs.items():
         if name in feeds:
@@ -110,10 +112,12 @@ def default_inputs(graph: Graph, fed: dict, seq_lens: dict, seed: int):
     return feeds, lens
 
 
-def exec_body(body: str, namespace: dict, filename: str, verbose: bool = False) -> Graph:
-    """Run the cell body in the user's namespace inside a fresh rd.Graph (left closed whatever happens)."""
-    linecache.cache[filename] = (len(body), None, body.splitlines(True), filename)
-    code = compile(body, filename, "exec")
+def exec_body(body: str, namespace: dict, filename: str, verbose: bool = False,
+              header: str = "%%recloop") -> Graph:
+    """Run the cell body in the user's namespace inside a fresh rd.Graph (left closed whatever happens).
+    Lines are numbered as in the notebook: line 1 is the ``header`` (the %%recloop line), the body starts on 2."""
+    linecache.cache[filename] = (len(body), None, [header + "\n"] + body.splitlines(True), filename)
+    code = compile("\n" + body, filename, "exec")
     g = Graph()
     try:
         with g:
@@ -126,11 +130,14 @@ def exec_body(body: str, namespace: dict, filename: str, verbose: bool = False) 
 
 
 def _user_frames(e: BaseException, filename: str) -> list[str]:
-    """The traceback of an error, reduced to the frames in the cell (and the error itself)."""
+    """The traceback of an error, reduced to the frames in the cell and the --break expression (and the error
+    itself)."""
     lines = ["Traceback (cell lines only; --verbose shows all):"]
     for frame in traceback.extract_tb(e.__traceback__):
         if frame.filename == filename:
             lines.append(f"  cell line {frame.lineno}: {frame.line}")
+        elif frame.filename == BREAK_FILENAME:
+            lines.append(f"  --break {frame.line}")
     lines.append(f"{type(e).__name__}: {e}")
     return lines
 
@@ -159,19 +166,32 @@ def run_recloop(body: str, namespace: dict, feeds: dict | None = None, seq_lens:
                 seed: int = 0, device: str | None = None, optimize: bool = True, compare_optimize: bool = False,
                 capture=None, breakpoint=None, static: bool = False, verbose: bool = False,
                 show_widget: bool = True, search: bool = False, targets: dict | None = None,
-                live: bool = False) -> RecloopResult:
+                live: bool = False, options: str = "") -> RecloopResult:
     """Build the cell's graph, run it, trace it, make a stepper and the debugger (or a static figure).
 
-    The debugger browses the trace; with ``live`` or a ``breakpoint`` it steps the live stepper instead."""
+    The debugger browses the trace; with ``live`` or a ``breakpoint`` it steps the live stepper instead.
+    ``options``: the text after ``%%recloop`` (errors from the options or the fed data name that line)."""
     filename = cell_filename()
-    g = exec_body(body, namespace, filename, verbose)
+    header = f"%%recloop {options}".strip()
+    g = exec_body(body, namespace, filename, verbose, header)
+    try:
+        with running_cell(SourceLine(filename, 1, header), sys._getframe()):
+            return _run_cell(g, filename, feeds, seq_lens, seed, device, optimize, compare_optimize, capture,
+                             breakpoint, static, verbose, show_widget, search, targets, live)
+    except BaseException:
+        g.close()  # nothing keeps this cell's graph: free its TensorFlow sessions now
+        raise
+
+
+def _run_cell(g, filename, feeds, seq_lens, seed, device, optimize, compare_optimize, capture, breakpoint, static,
+              verbose, show_widget, search, targets, live) -> RecloopResult:
+    """run_recloop after the body has built the graph ``g``."""
     if not g.loops:
         raise RecloopError(["the cell defines no rd.Loop: there is nothing to step through",
                             "  write `with rd.Loop() as loop:` around the recurrent part"])
     unknown = set(feeds or {}) - set(g.inputs)
     if unknown:
         raise RecloopError([f"--feed names {sorted(unknown)}, but the cell's inputs are {sorted(g.inputs)}"])
-    all_feeds, lens = default_inputs(g, feeds or {}, seq_lens or {}, seed)
     if g.choices and not search and not targets:
         raise RecloopError(["the cell uses rd.choice: run it with --search (beam search), or feed reference labels "
                             "with --targets LABEL=VAR (teacher forcing)"])
@@ -184,6 +204,7 @@ def run_recloop(body: str, namespace: dict, feeds: dict | None = None, seq_lens:
         by_name[found[0]] = value
     targets = by_name
     try:
+        all_feeds, lens = default_inputs(g, feeds or {}, seq_lens or {}, seed)
         result = g.run(all_feeds, seq_lens=lens, device=device, optimize=optimize, seed=seed, search=search,
                        targets=targets)
         trace = g.trace(all_feeds, seq_lens=lens, device=device, optimize=optimize, seed=seed, capture=capture,
@@ -209,7 +230,14 @@ def run_recloop(body: str, namespace: dict, feeds: dict | None = None, seq_lens:
         if breakpoint is not None or live:
             widget = debugger(stepper)
             if breakpoint is not None:
-                widget.run(breakpoint)
+                try:
+                    widget.run(breakpoint)
+                except BaseException as e:
+                    widget.close()
+                    if not isinstance(e, Exception):  # Ctrl-C
+                        raise
+                    raise RecloopError([f"the --break predicate failed at t={stepper.t - 1}:"]
+                                       + _user_frames(e, filename)[1:], e, verbose) from None
         else:
             widget = debugger(trace, other=other)
     return RecloopResult(g, result, trace, stepper, widget, other, figure, all_feeds, lens)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import itertools
+import numbers
+
+from .errors import DimError
 
 _counter = itertools.count()
 
@@ -10,10 +13,10 @@ class Dim:
     """A named dimension; ``size=None`` means dynamic (per-sequence lengths)."""
 
     def __init__(self, name: str, size: int | None = None, *, base: "Dim | None" = None, factor: int = 1):
-        if size is not None and (not isinstance(size, int) or size <= 0):
-            raise ValueError(f"Dim {name!r}: size must be a positive int or None, got {size!r}")
+        if size is not None and (not _is_int(size) or size <= 0):
+            raise DimError(f"Dim {name!r}: size must be a positive whole number or None (dynamic), got {size!r}")
         self.name = name
-        self.size = size
+        self.size = None if size is None else int(size)
         self.base = base  # for ``dim * k``: the dim it was multiplied from
         self.factor = factor
         self.order = next(_counter)  # creation order: the default axis order of arrays
@@ -28,8 +31,9 @@ class Dim:
         return self is batch_dim
 
     def __mul__(self, k: int) -> "Dim":
-        if not isinstance(k, int) or k <= 0:
+        if not _is_int(k) or k <= 0:
             return NotImplemented
+        k = int(k)
         if self.size is None:
             raise ValueError(f"{self!r} * {k}: only static dims can be multiplied")
         if k == 1:
@@ -64,6 +68,11 @@ class Dim:
 
     def __repr__(self):
         return f"Dim({self.name!r})" if self.size is None else f"Dim({self.name!r}, {self.size})"
+
+
+def _is_int(n) -> bool:
+    """A whole number: a Python or numpy int (not a bool)."""
+    return isinstance(n, numbers.Integral) and not isinstance(n, bool)
 
 
 batch_dim = Dim("batch")

@@ -1,8 +1,10 @@
 """Running an emitted net on RETURNN/TensorFlow: one tf.Graph and Session per build, on the chosen device."""
 from __future__ import annotations
 
+import fnmatch
 import io
 import os
+import threading
 import zlib
 
 import numpy as np
@@ -114,11 +116,8 @@ class Engine:
             self.network = TFNetwork(config=config, train_flag=self.train, eval_flag=False, search_flag=self.search)
             self.network.construct_from_dict(net)
             self.finish()
-            init_extra = tf.compat.v1.variables_initializer(self.extra_variables)
-            self.session = tf.compat.v1.Session(
-                graph=self.tf_graph, config=tf.compat.v1.ConfigProto(allow_soft_placement=True))
-            self.network.initialize_params(self.session)
-            self.session.run(init_extra)
+            self._init_extra = tf.compat.v1.variables_initializer(self.extra_variables)
+        self.session = self._new_session()
         self.param_vars = {}  # path -> (Parameter, tf.Variable)
         self.unbuilt_params = {}  # path -> Parameter: not in this build (a step net has only its loop's)
         for op in g.top.ops:
@@ -140,10 +139,30 @@ class Engine:
     def finish(self) -> None:
         """Called after the network is built, inside its graph and device scope."""
 
+    def _new_session(self):
+        """A session on this build's graph with every variable initialized (parameters: see set_params)."""
+        import tensorflow as tf
+
+        session = tf.compat.v1.Session(graph=self.tf_graph,
+                                       config=tf.compat.v1.ConfigProto(allow_soft_placement=True))
+        with self.tf_graph.as_default(), tf.device("/gpu:0" if self.device == "gpu" else "/cpu:0"):
+            self.network.initialize_params(session)
+        session.run(self._init_extra)
+        return session
+
+    def _open_session(self):
+        """The session; after an interrupted call closed it, a fresh one with the last parameters loaded again."""
+        if self.session is None:
+            self.session = self._new_session()
+            self.set_params(*self._loaded)
+        return self.session
+
     def set_params(self, values: dict, seed: int):
         """Load parameter values: given ones by path or Parameter, the rest from the seeded initializer."""
         from .module import Parameter
 
+        self._loaded = (values, seed)
+        session = self._open_session()
         by_path = {}
         for key, value in values.items():
             path = key.path(self.graph) if isinstance(key, Parameter) else key
@@ -157,19 +176,20 @@ class Engine:
             value = by_path.get(path)
             if value is None:
                 value = init_value(path, param.dims, param.init, seed)
-            value = np.asarray(value, dtype=np.float32)
+            value = checked_numbers(f"params[{path!r}]", value, "float32").astype(np.float32)
             expected = tuple(d.size for d in param.dims)
             if value.shape != expected:
                 raise RunError(f"params[{path!r}]: shape {value.shape}, expected {expected} "
                                f"(order {tuple(d.name for d in param.dims)})")
-            var.load(value, self.session)
+            var.load(value, session)
 
     def run_session(self, fetches, feed_dict):
-        """``session.run`` with TensorFlow's errors about the user's data turned into clear ones."""
+        """``session.run`` that Ctrl-C interrupts at once, with TensorFlow's errors about the user's data turned
+        into clear ones."""
         import tensorflow as tf
 
         try:
-            return self.session.run(fetches, feed_dict=feed_dict)
+            return self._interruptible_run(fetches, feed_dict)
         except tf.errors.UnimplementedError as e:
             if "TensorArray has size zero" not in str(e):
                 raise
@@ -178,8 +198,36 @@ class Engine:
                            hint="check the loop.end condition, or run a batch in which some sequence takes a step"
                            ) from None
 
+    def _interruptible_run(self, fetches, feed_dict):
+        """``session.run`` in a worker thread, waited for in short slices: Python raises KeyboardInterrupt only
+        between its own steps, never inside TensorFlow's call. On Ctrl-C the session is closed, which cancels
+        TensorFlow's call (there is no other way to stop it), and the next call opens a fresh session. The
+        closing runs in the background: TensorFlow may take a second to reach a point where it can cancel."""
+        session = self._open_session()
+        outcome = {}
+
+        def work():
+            try:
+                outcome["value"] = session.run(fetches, feed_dict=feed_dict)
+            except BaseException as e:  # handed to the caller's thread
+                outcome["error"] = e
+
+        worker = threading.Thread(target=work, name="recdebug-session-run", daemon=True)
+        try:
+            worker.start()
+            while worker.is_alive():
+                worker.join(0.05)
+        except KeyboardInterrupt:
+            self.session = None
+            threading.Thread(target=session.close, name="recdebug-session-close", daemon=True).start()
+            raise
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
     def params(self) -> dict:
-        return {path: self.session.run(var) for path, (param, var) in self.param_vars.items()}
+        session = self._open_session()
+        return {path: session.run(var) for path, (param, var) in self.param_vars.items()}
 
     def feed_targets(self, fd: dict, targets: dict, seq_lens: dict, batch: int) -> None:
         """Teacher forcing: the reference labels of every rd.choice (not used when searching)."""
@@ -195,27 +243,14 @@ class Engine:
     def feed_dict(self, inputs: dict, seq_lens: dict) -> tuple[dict, dict, dict]:
         """(feed_dict, lengths per dynamic dim, fed arrays) with checks that name the input at fault."""
         g, em = self.graph, self.emitted
-        unknown = set(inputs) - set(g.inputs)
-        if unknown:
-            raise RunError(f"unknown input(s) {sorted(unknown)}; the graph's inputs are {sorted(g.inputs)}")
-        missing = [n for n in g.inputs if n not in inputs]
-        if missing:
-            raise RunError(f"missing input(s) {missing}: pass them as run({{name: array}})")
+        checked = check_feeds(g, inputs)
         sizes: dict = {}
         lens: dict = {}
         fd = {}
         arrays = {}
         for name, inp in g.inputs.items():
-            value, order = value_and_order(inputs[name], inp)
-            arr = np.asarray(value)
-            if set(order) != set(inp.dims) or len(order) != len(inp.dims):
-                raise DimError(f"input {name!r}: order {order} is not a permutation of its dims")
-            if arr.ndim != len(order):
-                raise RunError(f"input {name!r}: expected {len(order)} axes {tuple(d.name for d in order)}, "
-                               f"got shape {arr.shape}")
+            arr, order = checked[name]
             for d, n in zip(order, arr.shape):
-                if d.size is not None and n != d.size:
-                    raise RunError(f"input {name!r}: axis {d.name!r} has size {n}, the dim says {d.size}")
                 if d.size is None:
                     if sizes.setdefault(d, n) != n:
                         raise RunError(f"input {name!r}: dim {d.name!r} has size {n} here, {sizes[d]} elsewhere")
@@ -230,7 +265,7 @@ class Engine:
             given = seq_lens.get(d)
             if given is None:
                 given = np.full([sizes[_batch()]], n, dtype=np.int32)
-            given = np.asarray(given, dtype=np.int32)
+            given = checked_numbers(f"seq_lens[{d.name!r}]", given, "int32", (_batch(),)).astype(np.int32)
             if given.shape != (sizes[_batch()],):
                 raise RunError(f"seq_lens[{d.name!r}]: expected one length per sequence ({sizes[_batch()]}), "
                                f"got shape {given.shape}")
@@ -477,7 +512,8 @@ class Engine:
         return sorted(set(moved)), sorted(set(kept) - set(moved))
 
     def close(self):
-        self.session.close()
+        if self.session is not None:
+            self.session.close()
 
 
 def _derived_from(how) -> tuple:
@@ -538,15 +574,88 @@ def valid_labels(name: str, arr: np.ndarray, order: tuple, sparse_dim, lens: dic
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         where = ", ".join(f"{d.name}={i}" for d, i in zip(order, idx))
         raise RunError(f"input {name!r}: label {arr[idx]} at {where} is outside the vocabulary "
-                       f"{sparse_dim.name!r} (0..{sparse_dim.size - 1}); {int(bad.sum())} valid frame(s) are")
+                       f"{sparse_dim.name!r} (0..{sparse_dim.size - 1}); {int(bad.sum())} valid frame(s) hold "
+                       f"such labels", hint="labels are 0..size-1; padding frames may hold anything")
     return np.where(valid, arr, 0).astype(arr.dtype)
 
 
+def check_feeds(g, inputs: dict) -> dict:
+    """Every input of ``g`` fed, and nothing else; ``{name: (array, its axis order)}``, each checked."""
+    unknown = set(inputs) - set(g.inputs)
+    if unknown:
+        raise RunError(f"unknown input(s) {sorted(unknown)}; the graph's inputs are {sorted(g.inputs)}")
+    missing = [n for n in g.inputs if n not in inputs]
+    if missing:
+        raise RunError(f"missing input(s) {missing}: pass them as run({{name: array}})")
+    return {name: value_and_order(inputs[name], inp) for name, inp in g.inputs.items()}
+
+
 def value_and_order(value, inp) -> tuple:
-    """A fed input: (array, its axis order) from an array (the Input's own order) or an (array, order) pair."""
-    if isinstance(value, tuple) and len(value) == 2 and not isinstance(value[0], (int, float)):
-        return value
-    return value, inp.order
+    """A fed input: (array, its axis order) from an array (the Input's own order) or an (array, order) pair,
+    checked against the Input (numbers its dtype holds, one axis per dim, static sizes, no empty axis)."""
+    name, order = inp.input_name, inp.order
+    if isinstance(value, tuple) and len(value) == 2 and _is_order(value[1]):
+        value, order = value[0], tuple(value[1])
+        if set(order) != set(inp.dims) or len(order) != len(inp.dims):
+            raise DimError(f"input {name!r}: order {order} is not a permutation of its dims")
+    arr = checked_numbers(f"input {name!r}", value, inp.dtype, order)
+    if arr.ndim != len(order):
+        raise RunError(f"input {name!r}: expected {len(order)} axes {tuple(d.name for d in order)}, "
+                       f"got shape {arr.shape}")
+    for d, n in zip(order, arr.shape):
+        if d.size is not None and n != d.size:
+            raise RunError(f"input {name!r}: axis {d.name!r} has size {n}, the dim says {d.size}")
+        if n == 0:
+            raise RunError(f"input {name!r}: axis {d.name!r} has size 0 (shape {arr.shape})",
+                           hint="feed at least one sequence" if d.is_batch else
+                           "feed at least one frame; shorter sequences get their lengths in seq_lens")
+    return arr, order
+
+
+def _is_order(x) -> bool:
+    return isinstance(x, (tuple, list)) and len(x) > 0 and all(isinstance(d, Dim) for d in x)
+
+
+def checked_numbers(what: str, value, dtype: str, order=None) -> np.ndarray:
+    """``value`` as a numpy array that ``dtype`` holds without change, else a RunError naming ``what``: ragged
+    lists, strings, objects and complex numbers are refused, and for an int dtype fractions and values outside
+    its range. ``order``: the dims of the axes, to say where a bad value is."""
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # numpy refuses nested lists of different lengths
+        arr = None
+    if arr is None or arr.dtype == object:
+        raise RunError(f"{what}: not an array of numbers (a ragged list, with rows of different lengths?)",
+                       hint="pad the rows to one length (and give the lengths in seq_lens)")
+    if arr.dtype.kind == "c":
+        raise RunError(f"{what}: complex values ({arr.dtype}); recdebug computes with real numbers",
+                       hint="pass the real part (.real) or the magnitude (np.abs) explicitly")
+    if arr.dtype.kind not in "biuf":
+        raise RunError(f"{what}: expected numbers, got {arr.dtype} values")
+    target = np.dtype(dtype)
+    if target.kind in "iu" and arr.size:
+        bad = None
+        if arr.dtype.kind == "f":
+            bad = ~np.isfinite(arr) | (arr != np.round(arr))
+            if bad.any():
+                raise RunError(f"{what}: {dtype} values expected, got {_first(arr, bad, order)}",
+                               hint=f"pass whole numbers (e.g. an array of dtype {dtype})")
+        info = np.iinfo(target)
+        bad = (arr < info.min) | (arr > info.max)
+        if bad.any():
+            raise RunError(f"{what}: {_first(arr, bad, order)} is outside the range of {dtype}")
+    return arr
+
+
+def _first(arr: np.ndarray, bad: np.ndarray, order=None) -> str:
+    """The first value where ``bad`` holds, and where it is (by dim name when ``order`` names the axes)."""
+    idx = tuple(int(i) for i in np.argwhere(bad)[0]) if arr.ndim else ()
+    value = arr[idx].item()
+    if not idx:
+        return f"{value!r}"
+    if order is not None and len(order) == arr.ndim:
+        return f"{value!r} at " + ", ".join(f"{d.name}={i}" for d, i in zip(order, idx))
+    return f"{value!r} at index {idx}"
 
 
 def reference_labels(y, targets: dict, seq_lens: dict, batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -555,13 +664,14 @@ def reference_labels(y, targets: dict, seq_lens: dict, batch: int) -> tuple[np.n
     if labels is None:
         raise RunError(f"{y!r} is an rd.choice: pass its reference labels with targets={{label: array}} "
                        f"(batch, steps), or run with search=True")
-    labels = np.asarray(labels, dtype=np.int32)
+    labels = checked_numbers(f"targets[{y.name!r}]", labels, "int32").astype(np.int32)
     if labels.ndim != 2 or labels.shape[0] != batch or labels.shape[1] < 1:
         raise RunError(f"targets[{y.name!r}]: expected shape (batch={batch}, steps), got {labels.shape}")
     vocab = y.op.attrs["vocab"].size
     if labels.min() < 0 or labels.max() >= vocab:
         raise RunError(f"targets[{y.name!r}]: labels must be in 0..{vocab - 1}")
-    lens = np.asarray(seq_lens.get(y, np.full(batch, labels.shape[1])), dtype=np.int32)
+    lens = checked_numbers(f"seq_lens[{y.name!r}]", seq_lens.get(y, np.full(batch, labels.shape[1])),
+                           "int32", (_batch(),)).astype(np.int32)
     if lens.shape != (batch,) or lens.min() < 1 or lens.max() > labels.shape[1]:
         raise RunError(f"seq_lens[{y.name!r}]: one length in 1..{labels.shape[1]} per sequence, got {lens}")
     return labels, lens
@@ -714,14 +824,34 @@ def trace_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, see
     """One run of the real RecLayer that records every step of the captured in-loop layers (default: all)."""
     if isinstance(capture, str) and capture != "all":
         capture = [capture]
+    if capture not in (None, "all"):
+        check_capture(g, capture)
+    check_feeds(g, inputs)  # before a build that takes seconds
     engine = get_engine(g, optimize, device, seed, capture="all" if capture is None else capture, search=search,
                         train=train)
     engine.set_params(params or {}, seed)
     return engine.trace(inputs, seq_lens, max_bytes, targets)
 
 
+def check_capture(g, patterns) -> None:
+    """Every capture pattern matches a layer or State inside a loop (by name, or by path like ``loop/h``)."""
+    paths = []
+    for loop in g.loops:
+        prefix = "/".join(s.name for s in reversed(list(loop.ancestors())) if s.is_loop)
+        paths += [f"{prefix}/{name}" for name in [op.name for op in loop.ops] + list(loop.state_layers.values())]
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise RunError(f"capture: expected name patterns (str), got {pattern!r}")
+        if not any(fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(p.rsplit("/", 1)[-1], pattern)
+                   for p in paths):
+            shown = ", ".join(paths[:12]) + (", ..." if len(paths) > 12 else "")
+            raise RunError(f"capture pattern {pattern!r} matches no layer or State inside a loop; they are: {shown}",
+                           hint="a pattern (fnmatch) matches a layer's name (h) or its path (loop/h)")
+
+
 def run_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, seed=0, params=None, search=False,
               targets=None, train=False) -> Result:
+    check_feeds(g, inputs)  # before a build that takes seconds
     engine = get_engine(g, optimize, device, seed, search=search, train=train)
     engine.set_params(params or {}, seed)
     return engine.run(inputs, seq_lens, targets)

@@ -4,9 +4,13 @@ from __future__ import annotations
 import linecache
 import os
 import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+CELL_PREFIX = "<recloop-cell-"  # filename of a %%recloop cell's code (line 1 is the %%recloop line)
+BREAK_FILENAME = "<recloop-break>"  # filename of a --break expression's code
 
 
 @dataclass(frozen=True)
@@ -18,15 +22,36 @@ class SourceLine:
     code: str
 
     def __str__(self):
-        if self.filename.startswith("<recloop-cell-"):
+        if self.filename.startswith(CELL_PREFIX):
             return f"cell line {self.lineno}: {self.code}"
+        if self.filename == BREAK_FILENAME:
+            return f"--break {self.code}"
         return f"{self.filename}, line {self.lineno}: {self.code}"
 
 
+# While a %%recloop cell runs: (its %%recloop line, the frame that runs the cell)
+_running_cell: ContextVar = ContextVar("recdebug_running_cell", default=None)
+
+
+@contextmanager
+def running_cell(line: SourceLine, frame):
+    """Errors raised while ``frame`` runs a %%recloop cell, from no line of the cell's body (feeds, options,
+    TensorFlow), name ``line`` (the %%recloop line) instead of IPython's frames that called the magic."""
+    token = _running_cell.set((line, frame))
+    try:
+        yield
+    finally:
+        _running_cell.reset(token)
+
+
 def user_line(skip_internal: bool = True) -> SourceLine | None:
-    """The innermost stack frame outside this package (the user's line)."""
+    """The innermost stack frame outside this package (the user's line); while a %%recloop cell runs, its
+    %%recloop line when no line of its body is on the stack."""
+    cell = _running_cell.get()
     frame = sys._getframe(1)
     while frame is not None:
+        if cell is not None and frame is cell[1]:
+            return cell[0]
         filename = frame.f_code.co_filename
         if not (skip_internal and os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)):
             code = linecache.getline(filename, frame.f_lineno, frame.f_globals).strip()

@@ -1,11 +1,14 @@
 """The IPython extension: ``%load_ext recdebug`` registers ``%%recloop``, a thin shell over ``run_recloop``."""
 from __future__ import annotations
 
+import linecache
+
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from .cell import RecloopResult, run_recloop
+from .errors import BREAK_FILENAME
 
 
 def _pairs(items, what: str) -> list[tuple[str, str]]:
@@ -80,7 +83,7 @@ class RecloopMagics(Magics):
                              optimize=not args.no_optimize, compare_optimize=args.compare_optimize,
                              capture=args.capture, breakpoint=predicate, static=args.static,
                              verbose=args.verbose, search=args.search, targets=targets,
-                             live=args.live)
+                             live=args.live, options=line.strip())
         if args.out:
             ns[args.out] = result
         else:
@@ -104,8 +107,9 @@ class RecloopMagics(Magics):
             expr = expr[1:-1]
         if expr.lower() in ("nan", "inf", "nonfinite"):
             return on_nonfinite()
+        linecache.cache[BREAK_FILENAME] = (len(expr), None, [expr + "\n"], BREAK_FILENAME)  # for its errors
         try:
-            predicate = eval(expr, self.shell.user_ns)
+            predicate = eval(compile(expr, BREAK_FILENAME, "eval"), self.shell.user_ns)
         except Exception as e:
             raise UsageError(f"--break {expr!r}: {type(e).__name__}: {e}") from None
         if not callable(predicate):

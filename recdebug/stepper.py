@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .dims import sorted_dims
-from .engine import Engine, reference_labels, resolve_device, value_and_order
+from .engine import Engine, checked_numbers, reference_labels, resolve_device, value_and_order
 from .errors import DimError, LoopError, RecDebugError, RunError
 from .state import State
 from .stepnet import build_step_net
@@ -512,7 +512,7 @@ class Stepper:
         dims = e.buffers[state][1]
         if self.choice is not None:
             dims = dims[:1] + (self.beam_dim,) + dims[1:]
-        value = np.asarray(value)
+        value = checked_numbers(f"set_state({state.path(self.graph)!r})", value, state.dtype)
         if order is not None:
             if sorted(order, key=id) != sorted(dims, key=id):
                 raise DimError(f"set_state: order {tuple(order)} is not a permutation of {dims}")
@@ -676,9 +676,9 @@ class InnerSteps:
 def _count(n, what: str, hint: str) -> int:
     """A number of steps (or a step): a non-negative integer, else a clear error."""
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
-        raise RecDebugError(f"{what}({n!r}): expected a whole number of steps, got {type(n).__name__}", hint=hint)
+        raise RunError(f"{what}({n!r}): expected a whole number of steps, got {type(n).__name__}", hint=hint)
     if n < 0:
-        raise RecDebugError(f"{what}({n}): the number must not be negative", hint=hint)
+        raise RunError(f"{what}({n}): the number must not be negative", hint=hint)
     return int(n)
 
 

@@ -165,6 +165,18 @@ class Trace:
             raise DimError(f"order {labels} is not a permutation of the dims {list(e.dims)} of {e.key!r}")
         return [e.dims.index(lab) for lab in labels]
 
+    @property
+    def batch_size(self) -> int | None:
+        """The number of sequences recorded (None when no value has the batch dim)."""
+        batch = next((lab for lab, info in self.dims.items() if info.is_batch), None)
+        for arr, dims in self._lens.values():
+            if batch in dims:
+                return int(np.shape(arr)[list(dims).index(batch)])
+        for e in self.entries.values():
+            if batch in e.dims and not e.is_derived:
+                return int(e.array.shape[e.dims.index(batch)])
+        return None
+
     def lens(self, axis) -> np.ndarray:
         """Per-sequence lengths of a loop axis (for an inner loop: one per outer step and sequence)."""
         label = self.label(axis)
@@ -240,6 +252,10 @@ class Trace:
     # --- comparing ---
     def diff(self, other: "Trace", atol: float = 1e-5) -> "TraceDiff":
         """Where two traces of the same graph differ by more than ``atol`` on valid frames."""
+        mine, theirs = self.batch_size, other.batch_size
+        if mine != theirs:
+            raise DimError(f"diff: this trace has a batch of {mine} sequence(s), the other {theirs}",
+                           hint="compare traces of the same inputs (run both with the same batch)")
         found = {}
         for key, e in self.entries.items():
             o = other.entries.get(key)

@@ -482,12 +482,16 @@ class Debugger(w.VBox):
         """Mark where ``other`` (a Trace of the same graph) differs: first step and units, per view."""
         if self.trace is None:
             raise RecDebugError("show_diff compares two traces: open the debugger on a Trace")
+        self._diff = self.trace.diff(other)  # before keeping ``other``: a trace that cannot be compared is refused
         self.other = other
-        self._diff = self.trace.diff(other)
         first = self._diff.first
-        self.diff_summary = "no differences" if first is None else \
-            f"first difference: {first.key} at t={first.step}, units {first.units[:5]} (max |diff| " \
-            f"{first.max_abs:.3g})"
+        if first is None:
+            self.diff_summary = "no differences"
+        elif first.step is None:
+            self.diff_summary = f"{first.key}: {first.note}"
+        else:
+            self.diff_summary = f"first difference: {first.key} at t={first.step}, units {first.units[:5]} " \
+                                f"(max |diff| {first.max_abs:.3g})"
         self._send_diffs()
         self._refresh_status()
 

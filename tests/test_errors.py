@@ -183,3 +183,147 @@ def test_graph_is_usable_after_an_error():
         a = rd.Input("a", {batch, hid})
         b = a * 3.0
     np.testing.assert_allclose(g.run({"a": np.ones((2, 3), np.float32)}).numpy(b), 3.0)
+
+
+# --- bad data and arguments at run time: a RunError (or DimError) naming what is wrong and the caller's line ---
+
+vocab = rd.Dim("vocab", 5)
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    """A loop over a float input x {batch, time, hid} and labels y {batch, time} (sparse over vocab)."""
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, hid})
+        y = rd.Input("y", {batch, time}, dtype="int32", sparse_dim=vocab)
+        h = rd.State({batch, hid}, initial=0)
+        emb = rd.Embedding(vocab, hid)
+        with rd.Loop() as loop:
+            h.assign(rd.tanh(loop.unstack(x) + emb(loop.unstack(y)) + h.get()))
+            loop.stack(h.get())
+    feeds = {"x": np.ones((2, 3, 3), np.float32), "y": np.ones((2, 3), np.int32)}
+    yield g, h, feeds
+    g.close()
+
+
+def test_an_empty_batch_is_refused(labelled):
+    g, h, feeds = labelled
+    with pytest.raises(rd.RunError) as e:
+        g.run({"x": np.ones((0, 3, 3)), "y": np.ones((0, 3), int)})  # misuse: empty-batch
+    check(e, "empty-batch", rd.RunError)
+    assert "input 'x': axis 'batch' has size 0" in str(e.value)
+
+
+def test_an_axis_of_size_zero_is_refused(labelled):
+    g, h, feeds = labelled
+    with pytest.raises(rd.RunError) as e:
+        g.run({"x": np.ones((2, 0, 3)), "y": np.ones((2, 0), int)})  # misuse: no-frames
+    check(e, "no-frames", rd.RunError)
+    assert "input 'x': axis 'time' has size 0" in str(e.value)
+
+
+def test_a_ragged_list_is_refused(labelled):
+    g, h, feeds = labelled
+    ragged = [[[1.0, 2.0, 3.0]], [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]]
+    with pytest.raises(rd.RunError) as e:
+        g.run({"x": ragged, "y": feeds["y"]})  # misuse: ragged
+    check(e, "ragged", rd.RunError)
+    assert "input 'x': not an array of numbers (a ragged list" in str(e.value)
+
+
+@pytest.mark.parametrize("label", [5, -1])
+def test_labels_outside_the_vocabulary_name_the_input_and_frame(labelled, label):
+    g, h, feeds = labelled
+    y = np.array([[1, 2, 3], [4, label, 0]])
+    with pytest.raises(rd.RunError) as e:
+        g.run({"x": feeds["x"], "y": y}, seq_lens={time: [3, 2]})  # misuse: bad-label
+    check(e, "bad-label", rd.RunError)
+    assert f"input 'y': label {label} at batch=1, time=1 is outside the vocabulary 'vocab' (0..4)" in str(e.value)
+
+
+def test_fractional_lengths_are_refused(labelled):
+    g, h, feeds = labelled
+    with pytest.raises(rd.RunError) as e:
+        g.run(feeds, seq_lens={time: [3, 2.7]})  # misuse: fractional-length
+    check(e, "fractional-length", rd.RunError)
+    assert "seq_lens['time']: int32 values expected, got 2.7 at batch=1" in str(e.value)
+
+
+def test_fractional_labels_are_refused_and_whole_float_labels_taken(labelled):
+    g, h, feeds = labelled
+    with pytest.raises(rd.RunError) as e:
+        g.run({"x": feeds["x"], "y": feeds["y"] * 1.5})  # misuse: fractional-label
+    check(e, "fractional-label", rd.RunError)
+    assert "input 'y': int32 values expected, got 1.5 at batch=0, time=0" in str(e.value)
+    as_float = g.trace({"x": feeds["x"], "y": feeds["y"].astype(np.float64)}, capture=["h"])
+    np.testing.assert_array_equal(as_float.numpy(h), g.trace(feeds, capture=["h"]).numpy(h))
+
+
+@pytest.mark.parametrize("value,message", [
+    (np.ones((2, 3, 3)) * 1j, "input 'x': complex values (complex128)"),
+    (np.full((2, 3, 3), "1.5"), "input 'x': expected numbers, got <U3 values"),
+])
+def test_complex_and_string_inputs_are_refused(labelled, value, message):
+    g, h, feeds = labelled
+    with pytest.raises(rd.RunError) as e:
+        g.run({"x": value, "y": feeds["y"]})  # misuse: not-real
+    check(e, "not-real", rd.RunError)
+    assert message in str(e.value)
+
+
+def test_a_capture_pattern_that_matches_nothing_is_refused(labelled):
+    g, h, feeds = labelled
+    with pytest.raises(rd.RunError) as e:
+        g.trace(feeds, capture=["h", "hh*"])  # misuse: capture
+    check(e, "capture", rd.RunError)
+    assert "capture pattern 'hh*' matches no layer or State inside a loop; they are: loop/" in str(e.value)
+
+
+def test_a_diff_against_a_trace_of_another_batch_size_is_refused(labelled):
+    g, h, feeds = labelled
+    tr = g.trace(feeds, capture=["h"])
+    three = g.trace({"x": np.ones((3, 3, 3)), "y": np.ones((3, 3), int)}, capture=["h"])
+    with pytest.raises(rd.DimError) as e:
+        tr.diff(three)  # misuse: diff-batch
+    check(e, "diff-batch", rd.DimError)
+    assert "this trace has a batch of 2 sequence(s), the other 3" in str(e.value)
+    widget = rd.debugger(tr)
+    with pytest.raises(rd.DimError) as e:
+        widget.show_diff(three)  # misuse: show-diff-batch
+    check(e, "show-diff-batch", rd.DimError)
+    widget.show_diff(tr)  # the widget still compares traces that fit
+    assert widget.diff_summary == "no differences"
+    widget.close()
+
+
+@pytest.fixture(scope="module")
+def stepper(labelled):
+    g, h, feeds = labelled
+    return g.stepper(feeds)
+
+
+@pytest.mark.parametrize("t", [2.5, "2", True])
+def test_run_to_something_other_than_a_whole_step_is_refused(stepper, t):
+    with pytest.raises(rd.RunError) as e:
+        stepper.run_to(t)  # misuse: run-to
+    check(e, "run-to", rd.RunError)
+    assert "expected a whole number of steps" in str(e.value)
+
+
+def test_set_state_with_strings_is_refused(labelled, stepper):
+    g, h, feeds = labelled
+    with pytest.raises(rd.RunError) as e:
+        stepper.set_state(h, np.full((2, 3), "a"))  # misuse: set-state
+    check(e, "set-state", rd.RunError)
+    assert "set_state('h'): expected numbers, got <U1 values" in str(e.value)
+
+
+def test_numpy_ints_are_dim_sizes_and_other_sizes_are_refused():
+    z = rd.Dim("z", np.int64(4))
+    assert z.size == 4 and type(z.size) is int and (rd.Dim("w", np.int32(2)) * np.int64(3)).size == 6
+    with pytest.raises(rd.DimError) as e:
+        rd.Dim("z", 2.5)  # misuse: dim-size
+    check(e, "dim-size", rd.DimError)
+    assert "size must be a positive whole number or None" in str(e.value)
+    with pytest.raises(rd.DimError):
+        rd.Dim("z", True)

@@ -122,7 +122,7 @@ def test_an_error_in_the_body_names_the_cell_line_and_hides_internal_frames(ip):
     err = r.error_in_exec
     assert isinstance(err, RecloopError) and isinstance(err.cause, rd.DimError)
     text = "\n".join(err._render_traceback_())
-    assert "cell line 6:" in text and "do not broadcast" in text
+    assert "cell line 7:" in text and "do not broadcast" in text  # numbered as in the notebook: %%recloop is 1
     assert "recdebug/" not in text and "returnn" not in text
     verbose = RecloopError(err.lines, err.cause, verbose=True)._render_traceback_()
     assert any("recdebug" in line for line in verbose)
@@ -131,19 +131,65 @@ def test_an_error_in_the_body_names_the_cell_line_and_hides_internal_frames(ip):
 def test_an_unknown_dim_names_the_cell_line(ip):
     r, _ = run(ip, "%%recloop\n" + CELL.replace("{batch, time, hid}", "{batch, tiem, hid}"))
     text = "\n".join(r.error_in_exec._render_traceback_())
-    assert "cell line 2: x = rd.Input" in text and "NameError: name 'tiem' is not defined" in text
+    assert "cell line 3: x = rd.Input" in text and "NameError: name 'tiem' is not defined" in text
 
 
 def test_a_loop_without_end_is_a_clear_error(ip):
     r, _ = run(ip, "%%recloop\nh = rd.State({batch, hid})\nwith rd.Loop(max_seq_len=3):\n"
                    "    h.assign(h.get() + 1.0)\n")
     text = "\n".join(r.error_in_exec._render_traceback_())
-    assert "LoopError" in text and "neither loop.unstack" in text and "cell line 2" in text
+    assert "LoopError" in text and "neither loop.unstack" in text and "cell line 3" in text
+
+
+def short_error(r) -> str:
+    """The error a failed cell shows: a few lines, none of IPython's, recdebug's or RETURNN's frames."""
+    assert isinstance(r.error_in_exec, RecloopError), r.error_in_exec
+    text = "\n".join(r.error_in_exec._render_traceback_())
+    assert len(text.splitlines()) <= 5, text
+    assert "interactiveshell" not in text and "recdebug/" not in text and "returnn" not in text, text
+    return text
+
+
+@pytest.mark.parametrize("feed,message", [
+    (np.ones((0, 3, 4), np.float32), "RunError: input 'x': axis 'batch' has size 0"),
+    (np.ones((2, 0, 4), np.float32), "RunError: input 'x': axis 'time' has size 0"),
+    ([[[1.0] * 4], [[1.0] * 4] * 2], "RunError: input 'x': not an array of numbers (a ragged list"),
+    (np.ones((2, 3, 4)) * 1j, "RunError: input 'x': complex values"),
+])
+def test_bad_fed_data_is_a_short_error_naming_the_recloop_line(ip, feed, message):
+    ip.user_ns["x_bad"] = feed
+    text = short_error(run(ip, "%%recloop --feed x=x_bad\n" + CELL)[0])
+    assert message in text and "at cell line 1: %%recloop --feed x=x_bad" in text
+
+
+def test_fractional_lengths_are_a_short_error(ip):
+    ip.user_ns["x_np"] = np.ones((2, 3, 4), np.float32)
+    ip.user_ns["lens_np"] = [3, 2.7]
+    text = short_error(run(ip, "%%recloop --feed x=x_np --lens time=lens_np\n" + CELL)[0])
+    assert "seq_lens['time']: int32 values expected, got 2.7 at batch=1" in text
+    assert "cell line 1: %%recloop --feed x=x_np --lens time=lens_np" in text
+
+
+def test_a_capture_that_matches_nothing_is_a_short_error(ip):
+    text = short_error(run(ip, "%%recloop --capture nothing\n" + CELL)[0])
+    assert "capture pattern 'nothing' matches no layer or State inside a loop" in text
+    assert "cell line 1: %%recloop --capture nothing" in text
+
+
+def test_a_break_predicate_that_raises_is_a_short_error(ip):
+    text = short_error(run(ip, "%%recloop --break 'lambda st: 1 / 0'\n" + CELL)[0])
+    assert text.splitlines() == ["the --break predicate failed at t=0:", "  --break lambda st: 1 / 0",
+                                 "ZeroDivisionError: division by zero"]
+    text = short_error(run(ip, "%%recloop --break 'lambda st: st.value(\"hh\") > 0'\n" + CELL)[0])
+    assert "RecDebugError: no State 'hh'" in text and "at --break lambda st: st.value(\"hh\") > 0" in text
 
 
 def test_the_kernel_is_usable_after_errors(ip):
     run(ip, "%%recloop --bogus\n" + CELL)
     run(ip, "%%recloop\nwith rd.Loop() as loop:\n    loop.unstack(undefined)\n")
+    ip.user_ns["x_bad"] = np.ones((0, 3, 4), np.float32)
+    run(ip, "%%recloop --feed x=x_bad\n" + CELL)
+    run(ip, "%%recloop --break 'lambda st: 1 / 0'\n" + CELL)
     r, _ = run(ip, "%%recloop -o res\n" + CELL)
     assert r.success and ip.user_ns["res"].trace is not None
     r, _ = run(ip, "y = 1 + 1")

@@ -40,6 +40,13 @@ def test_an_array_can_come_with_its_own_order(rng):
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_tuple_of_rows_is_an_array_not_an_array_with_its_order(rng):
+    g, time, feat, hid, x, lin, y, out = build()
+    x_tfb = rng.standard_normal((2, 2, 3)).astype(np.float32)  # (time, feat, batch): two rows along time
+    rows = g.run({"x": (x_tfb[0], x_tfb[1])}).numpy(out)
+    np.testing.assert_array_equal(rows, g.run({"x": x_tfb}).numpy(out))
+
+
 def test_given_parameters_are_used_and_read_back():
     g, time, feat, hid, x, lin, y, out = build()
     w = np.arange(6, dtype=np.float32).reshape(2, 3)

@@ -1,0 +1,80 @@
+"""Ctrl-C during a long g.run / g.trace: KeyboardInterrupt comes at once, and the graph still runs correctly.
+
+SIGINT is sent in a subprocess (a test process must not interrupt itself), 0.5 s into a run that takes many
+seconds (T = 20000 steps of a 512-unit loop: about 15 s on 2 CPU cores)."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+CHILD = r'''
+import json, os, signal, threading, time as clock
+import numpy as np
+import recdebug as rd
+
+batch, time, feat, hid = rd.batch_dim, rd.Dim("time"), rd.Dim("feat", 8), rd.Dim("hid", 512)
+with rd.Graph() as g:
+    x = rd.Input("x", {batch, time, feat})
+    h = rd.State({batch, hid}, initial=0)
+    lin_x, lin_h = rd.Linear(hid), rd.Linear(hid)
+    with rd.Loop() as loop:
+        h.assign(rd.tanh(lin_x(loop.unstack(x)) + lin_h(h.get())))
+        last = loop.last(h.get())
+small = {"x": np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32)}
+long = {"x": np.zeros((1, 20000, 8), np.float32)}
+
+
+def delay_of_interrupt(call):
+    """Seconds from SIGINT (0.5 s into ``call``) to its KeyboardInterrupt; None when ``call`` ended first."""
+    sent = []
+
+    def send():
+        sent.append(clock.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Timer(0.5, send)
+    timer.start()
+    try:
+        call()
+    except KeyboardInterrupt:
+        return clock.monotonic() - sent[0]
+    timer.cancel()
+    return None
+
+
+before = g.run(small)
+trace_before = g.trace(small, capture=["h"])
+out = {"run": delay_of_interrupt(lambda: g.run(long)),
+       "trace": delay_of_interrupt(lambda: g.trace(long, capture=["h"]))}
+after = g.run(small)
+trace_after = g.trace(small, capture=["h"])
+out["run_same"] = bool(np.array_equal(before.numpy(last), after.numpy(last)))
+out["trace_same"] = bool(np.array_equal(trace_before.numpy(h), trace_after.numpy(h)))
+p = {name: after.param(m) for name, m in [("wx", lin_x.weight), ("bx", lin_x.bias), ("wh", lin_h.weight),
+                                            ("bh", lin_h.bias)]}
+state = np.zeros((2, 512))
+for t in range(3):
+    state = np.tanh(small["x"][:, t] @ p["wx"] + p["bx"] + state @ p["wh"] + p["bh"])
+out["max_err"] = float(np.abs(after.numpy(last, order=(batch, hid)) - state).max())
+print("RESULT " + json.dumps(out), flush=True)
+'''
+
+
+def test_ctrl_c_interrupts_run_and_trace_at_once_and_the_graph_stays_usable(tmp_path):
+    script = tmp_path / "interrupt_child.py"
+    script.write_text(CHILD)
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=root)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    for what in ("run", "trace"):
+        assert out[what] is not None, f"g.{what} ended before the interrupt: make the loop longer"
+        assert out[what] < 1.0, f"KeyboardInterrupt came {out[what]:.2f} s after SIGINT during g.{what}"
+    assert out["run_same"] and out["trace_same"]
+    np.testing.assert_array_less(out["max_err"], 1e-5)
