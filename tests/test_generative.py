@@ -1524,14 +1524,22 @@ def _run_one(data, search):
     call = f"check_program(SOURCE, {tuple(int(n) if i == 0 or i == 3 else n.tolist() for i, n in enumerate(batch_data))}, " \
            f"optimize={opt}, checks={checks}, search={search})"
     note(f"reproduce with: {call}")
-    t0 = _time.perf_counter()
+    t0, outcome = _time.perf_counter(), "failed"
     try:
         check_program(source, batch_data, optimize=opt, checks=checks, search=search)
+        outcome = "agreed"
     except rd.RecDebugError as e:
         raise AssertionError(f"recdebug refused a valid generated program:\n{source}\n{e}") from e
+    except BaseException as e:
+        if type(e).__name__ in ("UnsatisfiedAssumption", "Rejected"):  # hypothesis' reject()
+            outcome = "rejected"
+        raise
     finally:
         STATS["seconds"] += _time.perf_counter() - t0
         STATS["programs"] += 1
+        if os.environ.get("RECDEBUG_GEN_PROGRESS"):  # a file that gets one line per program, as it runs
+            with open(os.environ["RECDEBUG_GEN_PROGRESS"], "a") as f:
+                f.write(f"{outcome} {_time.perf_counter() - t0:.2f} {'+'.join(checks)} optimize={opt}\n")
 
 
 # The programs are split into shards (each its own test with its own fixed seed), so that `pytest -n 2` runs them
