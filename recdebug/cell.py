@@ -66,10 +66,14 @@ class RecloopResult:
 
         display(self.widget if self.widget is not None else self.figure)
 
-    def close(self):
-        """Free the TensorFlow sessions and the widgets of this run."""
+    def close(self, why: str | None = None, hint: str | None = None):
+        """Free the TensorFlow sessions and the widgets of this run. ``why``, ``hint``: what its stepper says
+        when it is used after this."""
         if self.widget is not None:
             self.widget.close()
+        if self.stepper is not None:
+            self.stepper.close(why or "its %%recloop result was closed (close())",
+                               hint or "run the %%recloop cell again and use its result's stepper")
         self.graph.close()
 
     def __repr__(self):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import os
+import sys
 import threading
 import zlib
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from . import _tf_env  # noqa: F401  (before TensorFlow is imported)
 from .dims import Dim, sorted_dims
-from .errors import DimError, RecDebugError, RunError
+from .errors import DimError, RecDebugError, RunError, running_cell, user_line
 from .netdict import Emitted, emit
 
 BEHAVIOR_VERSION = 21
@@ -514,6 +515,12 @@ class Engine:
     def close(self):
         if self.session is not None:
             self.session.close()
+        from returnn.tensor import batch_dim
+
+        # RETURNN keeps the last build's batch info on its global batch dim, and with it that build's tf.Graph
+        built = self.network.extern_data.get_batch_info(allow_none=True)
+        if built is not None and batch_dim.batch is not None and batch_dim.batch.get_global_base() is built:
+            batch_dim.batch = None
 
 
 def _derived_from(how) -> tuple:
@@ -811,9 +818,40 @@ def get_engine(g, optimize: bool, device: str | None, seed: int, capture=None, s
     capture_key = capture if capture in (None, "all") else tuple(capture)
     key = (bool(optimize), device, seed, len(g.ops), capture_key, bool(search), bool(train))
     if key not in g._engines:
-        g._engines[key] = Engine(g, optimize=bool(optimize), device=device, seed=seed, capture=capture_key,
-                                 search=bool(search), train=bool(train))
+        g._engines[key] = build_apart(lambda: Engine(g, optimize=bool(optimize), device=device, seed=seed,
+                                                     capture=capture_key, search=bool(search), train=bool(train)))
     return g._engines[key]
+
+
+def build_apart(make):
+    """``make()``, a build of a TensorFlow graph, run in a helper thread; its result, or its error, comes back.
+
+    TensorFlow keeps for good the Python stacks its ops were built from when code it has not seen before is on
+    them. Every run of a notebook cell is new code, so builds called from the cell's stack grew the process with
+    every run; the helper's stack holds only recdebug's, RETURNN's and TensorFlow's code. Errors raised there
+    name the caller's line."""
+    from returnn.config import global_config_ctx
+
+    _setup()  # in the caller's thread: RETURNN turns TensorFlow's eager mode off for the thread it runs in
+    line = user_line()
+    outcome = {}
+
+    def work():
+        try:
+            # RETURNN makes each new network's config the global one (and with it that build's graph); the context
+            # gives back the global config of before
+            with running_cell(line, sys._getframe()), global_config_ctx(None):
+                outcome["value"] = make()
+        except BaseException as e:  # handed to the caller's thread
+            outcome["error"] = e
+
+    worker = threading.Thread(target=work, name="recdebug-build", daemon=True)
+    worker.start()
+    while worker.is_alive():  # in slices: Ctrl-C reaches the caller (the build finishes unused)
+        worker.join(0.05)
+    if "error" in outcome:
+        raise outcome.pop("error")
+    return outcome.pop("value")
 
 
 DEFAULT_TRACE_BYTES = 2 * 1024**3

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import weakref
 
 from .errors import LoopError, RecDebugError, SourceLine, user_line
 
@@ -92,6 +93,7 @@ class Graph:
         self.states: list = []
         self.choices: list = []  # rd.choice outputs (beam search / teacher forcing)
         self._engines: dict = {}
+        self._steppers = weakref.WeakSet()  # live steppers (a dropped one frees its build itself)
 
     def __enter__(self):
         _graph_stack.append(self)
@@ -178,7 +180,9 @@ class Graph:
                        targets=targets)
 
     def close(self):
-        """Free the TensorFlow sessions this graph holds."""
+        """Free the TensorFlow sessions this graph holds, its steppers' too (they refuse to step after this)."""
+        for stepper in list(self._steppers):
+            stepper.close(why="its graph was closed (g.close())")
         for engine in self._engines.values():
             engine.close()
         self._engines.clear()

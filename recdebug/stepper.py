@@ -7,10 +7,13 @@ shown is fetched: per step a few flags (which sequences are active, whether a St
 """
 from __future__ import annotations
 
+import weakref
+from contextvars import ContextVar
+
 import numpy as np
 
 from .dims import sorted_dims
-from .engine import Engine, checked_numbers, reference_labels, resolve_device, value_and_order
+from .engine import Engine, build_apart, checked_numbers, reference_labels, resolve_device, value_and_order
 from .errors import DimError, LoopError, RecDebugError, RunError
 from .state import State
 from .stepnet import build_step_net
@@ -18,8 +21,14 @@ from .stepsearch import ENDED_OTHER_LABELS, register_layer_classes, add_beam
 from .tensor import Tensor
 from .trace import Beams
 
-_DEVICE_TENSORS: dict = {}  # key -> tf.Tensor read by "recdebug_tensor" layers while a step net is built
+# While a step net is built: key -> the tf.Tensor a "recdebug_tensor" layer outputs (that build's own)
+_device_tensors: ContextVar = ContextVar("recdebug_device_tensors", default=None)
 _layer_registered = False
+
+
+def device_tensor(key: str):
+    """The tensor given under ``key`` to the step net being built."""
+    return _device_tensors.get()[key]
 
 
 def _register_layer_class():
@@ -36,7 +45,7 @@ def _register_layer_class():
 
         def __init__(self, key, shape, dtype, sparse_dim=None, **kwargs):
             super().__init__(**kwargs)
-            value = _DEVICE_TENSORS[key]
+            value = device_tensor(key)
             perm = [_index_of(shape, tag) for tag in self.output.dim_tags]
             self.output.placeholder = tf.transpose(value, perm) if perm != sorted(perm) else value
 
@@ -74,11 +83,6 @@ def _to_order(data, em, dims_wanted) -> "tf.Tensor":
 class StepEngine(Engine):
     """The single-step build of one top-level loop, with State buffers and the step/init ops."""
 
-    def close(self):
-        for key in [k for k in _DEVICE_TENSORS if k.startswith(f"{id(self)}/")]:
-            del _DEVICE_TENSORS[key]
-        super().close()
-
     def __init__(self, g, loop, device: str, seed: int, batch: int, max_steps: int, choice=None, forced=None):
         """``batch``: entries of the step net's batch (with ``choice``, a search: sequences * beam size).
         ``forced``: the rd.choice op fed its reference labels instead (teacher forcing)."""
@@ -89,7 +93,12 @@ class StepEngine(Engine):
         _register_layer_class()
         if choice is not None:
             register_layer_classes()
-        super().__init__(g, optimize=False, device=device, seed=seed)
+        self.device_tensors = {}  # key -> tf.Tensor of a "recdebug_tensor" layer (State buffer entries, step index)
+        token = _device_tensors.set(self.device_tensors)
+        try:
+            super().__init__(g, optimize=False, device=device, seed=seed)
+        finally:
+            _device_tensors.reset(token)
 
     def prepare(self) -> dict:
         import tensorflow as tf
@@ -107,8 +116,8 @@ class StepEngine(Engine):
             shape = [self.max_steps + 1] + [self.batch if d.is_batch else d.size for d in dims]
             var = tf.Variable(tf.zeros(shape, dtype=state.dtype), trainable=False, name=f"buffer_{len(states)}")
             self.extra_variables.append(var)
-            key = f"{id(self)}/{name}"
-            _DEVICE_TENSORS[key] = tf.gather(var, self.t_ph)
+            key = f"state/{name}"
+            self.device_tensors[key] = tf.gather(var, self.t_ph)
             states[name] = ([em.dims.get(d) if not d.is_batch else _returnn_batch() for d in dims], state.dtype, key,
                             em.dims.get(state.sparse_dim))
             self.buffers[state] = (var, dims, name)
@@ -116,22 +125,22 @@ class StepEngine(Engine):
             self.ended = tf.Variable(tf.zeros([self.max_steps + 1, self.batch], dtype=tf.bool), trainable=False,
                                      name="ended")
             self.extra_variables.append(self.ended)
-        index_key = f"{id(self)}/index"
-        _DEVICE_TENSORS[index_key] = self.t_ph
+        index_key = "index"
+        self.device_tensors[index_key] = self.t_ph
         self.step_net = build_step_net(em, loop, states, index_key)
         self.after_choice = set()
         if self.choice is not None:  # hypotheses' scores, per step; hypothesis k of sequence b is entry b*K+k
             self.scores = tf.Variable(tf.zeros([self.max_steps + 1, self.batch]), trainable=False, name="scores")
             self.extra_variables.append(self.scores)
-            search_key = f"{id(self)}/search"
-            _DEVICE_TENSORS[search_key + "/scores"] = tf.gather(self.scores, self.t_ph)
-            _DEVICE_TENSORS[search_key + "/ended"] = tf.gather(self.ended, self.t_ph)
+            search_key = "search"
+            self.device_tensors[search_key + "/scores"] = tf.gather(self.scores, self.t_ph)
+            self.device_tensors[search_key + "/ended"] = tf.gather(self.ended, self.t_ph)
             self.after_choice = add_beam(self.step_net, self.choice, search_key)
         if self.forced is not None:  # the reference label of step t in place of the choice
             self.labels_ph = tf.compat.v1.placeholder(tf.int32, [self.batch, None], name="reference_labels")
             self.label_lens_ph = tf.compat.v1.placeholder(tf.int32, [self.batch], name="reference_lengths")
-            key = f"{id(self)}/reference"
-            _DEVICE_TENSORS[key] = tf.gather(self.labels_ph, self.t_ph, axis=1)
+            key = "reference"
+            self.device_tensors[key] = tf.gather(self.labels_ph, self.t_ph, axis=1)
             self.step_net.net[self.step_net.layer_names[self.forced.name]] = {
                 "class": "recdebug_tensor", "key": key, "shape": [_returnn_batch()], "dtype": "int32",
                 "is_output_layer": True}
@@ -314,20 +323,29 @@ class Stepper:
         if self.choice is not None:  # hypothesis k of sequence b is entry b*K+k of the step net's batch
             inputs, seq_lens = _repeat_for_beam(g, inputs, seq_lens, self.beam)
         self.device = resolve_device(device)
-        self.engine = StepEngine(g, loop, self.device, seed, batch * self.beam, steps,
-                                 choice=self.choice.op if self.choice is not None else None,
-                                 forced=self.forced.op if self.forced is not None else None)
-        g._engines[("stepper", id(self))] = self.engine
-        self.engine.set_params(params or {}, seed)
-        self._feed, self._lens, _ = self.engine.feed_dict(inputs, seq_lens)
-        self._lens = {d: n[::self.beam] for d, n in self._lens.items()}
-        if self.forced is not None:
-            self._feed[self.engine.labels_ph], self._feed[self.engine.label_lens_ph] = labels, label_lens
-            self._lens[loop.axis] = label_lens
-        self.batch, self.max_steps = batch, steps
-        self.breakpoint: str | None = None  # why the last run_until stopped
-        self.edits: list = []  # the step of every set_state/reset: values of later steps were recomputed
-        self.reset()
+        self.engine = build_apart(lambda: StepEngine(g, loop, self.device, seed, batch * self.beam, steps,
+                                                     choice=self.choice.op if self.choice is not None else None,
+                                                     forced=self.forced.op if self.forced is not None else None))
+        self.closed: str | None = None  # why the stepper was closed, once it is
+        # a stepper dropped without close() frees its build when it is collected (not at exit: TensorFlow may be
+        # half torn down by then)
+        self._release = weakref.finalize(self, self.engine.close)
+        self._release.atexit = False
+        g._steppers.add(self)
+        try:
+            self.engine.set_params(params or {}, seed)
+            self._feed, self._lens, _ = self.engine.feed_dict(inputs, seq_lens)
+            self._lens = {d: n[::self.beam] for d, n in self._lens.items()}
+            if self.forced is not None:
+                self._feed[self.engine.labels_ph], self._feed[self.engine.label_lens_ph] = labels, label_lens
+                self._lens[loop.axis] = label_lens
+            self.batch, self.max_steps = batch, steps
+            self.breakpoint: str | None = None  # why the last run_until stopped
+            self.edits: list = []  # the step of every set_state/reset: values of later steps were recomputed
+            self.reset()
+        except BaseException:
+            self.close("it could not be made")  # its build, now (the error's traceback keeps the stepper)
+            raise
 
     # --- state of the stepper ---
     @property
@@ -382,15 +400,25 @@ class Stepper:
         parts += [f"sequence {b} ended at t={n}" for b, n in sorted(self.ended.items())]
         if self.breakpoint:
             parts.append(f"breakpoint: {self.breakpoint}")
+        if self.closed is not None:
+            parts.append(f"closed: {self.closed}")
         return " · ".join(parts)
 
     def __repr__(self):
         return f"Stepper({self.loop.name!r}, {self.status})"
 
+    def _live_engine(self) -> StepEngine:
+        """The build while the stepper is open; once it is closed, an error saying why."""
+        if self.closed is not None:
+            raise RecDebugError(f"this stepper is closed: {self.closed}; its TensorFlow session is gone",
+                                hint=self._closed_hint)
+        return self.engine
+
     # --- moving ---
     def reset(self) -> "Stepper":
         """Back to t=0 with every State at its initial value (undoes set_state at t=0 too)."""
-        self.engine.session.run(self.engine.init_ops, feed_dict=self._feed)
+        e = self._live_engine()
+        e.session.run(e.init_ops, feed_dict=self._feed)
         self.t = 0
         self.edits.append(0)
         self._active, self._end, self._nonfinite = [], [], []
@@ -400,8 +428,8 @@ class Stepper:
 
     def step(self, n: int = 1) -> "Stepper":
         """Run ``n`` iterations (stops at the end of the loop)."""
+        e = self._live_engine()
         n = _count(n, "step", "step_back(n) goes back")
-        e = self.engine
         for _ in range(n):
             if self.finished:
                 break
@@ -427,6 +455,7 @@ class Stepper:
 
     def step_back(self, n: int = 1) -> "Stepper":
         """Go back ``n`` iterations; the States are exactly what they were then."""
+        self._live_engine()
         n = _count(n, "step_back", "step(n) goes forward")
         self.t = max(0, self.t - n)
         self.breakpoint = None
@@ -434,6 +463,7 @@ class Stepper:
 
     def run_to(self, t: int) -> "Stepper":
         """Step forward or back to step ``t`` (0..T)."""
+        self._live_engine()
         t = _count(t, "run_to", f"give a step in 0..{self.T}")
         if t < self.t:
             return self.step_back(self.t - t)
@@ -441,6 +471,7 @@ class Stepper:
 
     def run_until(self, predicate, max_steps: int | None = None) -> bool:
         """Step until ``predicate(stepper)`` is true (True) or the loop ends (False)."""
+        self._live_engine()
         self.breakpoint = None
         for _ in range(max_steps if max_steps is not None else self.T + 1):
             if self.finished:
@@ -454,24 +485,25 @@ class Stepper:
 
     # --- values ---
     def _state(self, state) -> State:
+        buffers = self._live_engine().buffers
         if isinstance(state, str):
-            for s in self.engine.buffers:
+            for s in buffers:
                 if s.path(self.graph) == state or s.path(self.graph).replace("/", ".") == state:
                     return s
             raise RecDebugError(f"no State {state!r} in {self.loop.describe()}; it has "
-                                f"{sorted(s.path(self.graph) for s in self.engine.buffers)}")
-        if state not in self.engine.buffers:
+                                f"{sorted(s.path(self.graph) for s in buffers)}")
+        if state not in buffers:
             raise RecDebugError(f"{state!r} is not carried by {self.loop.describe()}")
         return state
 
     @property
     def states(self) -> list:
-        return list(self.engine.buffers)
+        return list(self._live_engine().buffers)
 
     def value(self, x, order=None, at: int | None = None) -> np.ndarray:
         """After k steps: a State's value after iteration k-1 (before any step: its initial value), or an
         in-loop tensor's value in iteration k-1. ``at``: that k for an earlier step (default: now, ``t``)."""
-        e = self.engine
+        e = self._live_engine()
         fd = dict(self._feed)
         k = self.t if at is None else at
         if not 0 <= k <= self.t:
@@ -508,7 +540,7 @@ class Stepper:
         """Replace a State's current value (entry t); the next step continues from it.
         With search the value has a beam axis after the batch: one value per hypothesis."""
         state = self._state(state)
-        e = self.engine
+        e = self._live_engine()
         dims = e.buffers[state][1]
         if self.choice is not None:
             dims = dims[:1] + (self.beam_dim,) + dims[1:]
@@ -546,19 +578,22 @@ class Stepper:
         """With search: whether an in-loop tensor is computed before the choice. Its values (``value(x)``) are
         then per hypothesis of the previous step: hypothesis k of step t computed it in slot
         ``beams().backpointers[t, b, k]``. The States and the tensors after the choice are per new hypothesis."""
+        e = self._live_engine()
         if self.choice is None or not isinstance(x, Tensor) or x.scope is not self.loop:
             return False
-        return self.engine.step_net.layer_names[x.op.name] not in self.engine.after_choice
+        return e.step_net.layer_names[x.op.name] not in e.after_choice
 
     def beams(self) -> "StepperBeams":
         """The search so far: labels, scores, backpointers [steps run, batch, beam]; backtracking with
         ``hypothesis(b, k)`` / ``hypotheses(b)``; ``state(s, t, b, k)``: a State of hypothesis k after step t."""
+        self._live_engine()
         if self.choice is None:
             raise RecDebugError(f"{self.loop.describe()} has no rd.choice: there are no beams to show")
         return StepperBeams(self)
 
     def descend(self, inner=None) -> "InnerSteps":
         """The inner loop (default: the first) of the iteration that ran last, to step through its iterations."""
+        e = self._live_engine()
         children = self.loop.children
         if not children:
             raise LoopError(f"{self.loop.describe()} has no inner loop")
@@ -567,7 +602,6 @@ class Stepper:
             raise LoopError(f"{inner.describe()} is not directly inside {self.loop.describe()}")
         if self.t == 0:
             raise RecDebugError("no outer iteration has run yet; call step() first")
-        e = self.engine
         fd = dict(self._feed)
         fd[e.t_ph] = self.t - 1
         exports = {sub: name for key, name in e.step_net.inner_exports.items()
@@ -586,11 +620,18 @@ class Stepper:
 
     def nonfinite_at(self, step: int) -> list:
         """The States that held NaN/Inf (in an active sequence) after iteration ``step``."""
+        self._live_engine()
         return [s for s, bad in self._nonfinite[step].items() if bad]
 
-    def close(self):
-        self.graph._engines.pop(("stepper", id(self)), None)
-        self.engine.close()
+    def close(self, why: str | None = None, hint: str | None = None):
+        """Free this stepper's TensorFlow session and graph; after this every method says it was closed.
+        ``why`` and ``hint``: what that error says (default: close() was called; make a new stepper)."""
+        if self.closed is None:
+            self.closed = why or "its close() was called"
+            self._closed_hint = hint or "make a new stepper: g.stepper(...)"
+            self.graph._steppers.discard(self)
+        self._release()
+        self.engine, self._feed = None, {}  # the feed is keyed by the build's placeholders
 
 
 class StepperBeams(Beams):

@@ -37,11 +37,11 @@ def register_layer_classes():
 
         def __init__(self, beam_size, key, **kwargs):
             super().__init__(**kwargs)
-            from .stepper import _DEVICE_TENSORS
+            from .stepper import device_tensor
 
             k = beam_size
             logp = self.sources[0].output.copy_as_batch_major().placeholder  # [batch * beam, vocab]
-            prev_scores, prev_ended = _DEVICE_TENSORS[key + "/scores"], _DEVICE_TENSORS[key + "/ended"]
+            prev_scores, prev_ended = device_tensor(key + "/scores"), device_tensor(key + "/ended")
             vocab = tf.shape(logp)[1]
             only_eos = tf.where(tf.equal(tf.range(vocab), 0), 0.0, ENDED_OTHER_LABELS)
             local = tf.where(prev_ended[:, None], tf.cast(only_eos, logp.dtype)[None, :], logp)

@@ -150,7 +150,7 @@ class Debugger(w.VBox):
         self._build_views()
         self.picked = HeatmapView("", title="(select a layer in the hierarchy to see its values)")
         self.hierarchy = HierarchyView(nodes=self._nodes())
-        self.hierarchy.observe(lambda ch: self.select_layer(ch["new"]), "selected")
+        self.hierarchy.observe(self._from_browser(lambda ch: self.select_layer(ch["new"])), "selected")
         self.net_text = w.Textarea(value=self._net_text(), disabled=True,
                                    layout=w.Layout(width="100%", height="300px"))
         raw = w.Accordion(children=[self.net_text], titles=("raw net dict",))
@@ -168,7 +168,8 @@ class Debugger(w.VBox):
         self.observe(self._on_sequence, "sequence")
         if self.beam_tree is not None:
             self._send_beams()
-            self.beam_tree.observe(lambda ch: ch["new"][0] >= 0 and self.select_hypothesis(*ch["new"]), "selected")
+            self.beam_tree.observe(self._from_browser(
+                lambda ch: ch["new"][0] >= 0 and self.select_hypothesis(*ch["new"])), "selected")
         for layer in layers:
             if not self._layer_exists(layer):
                 raise RecDebugError(f"rd.debugger(..., layers=): no layer {layer!r} in this loop",
@@ -363,22 +364,33 @@ class Debugger(w.VBox):
         self.b_step = w.Button(description="step ▶", tooltip="one step", layout=w.Layout(width="80px"))
         self.b_run = w.Button(description="run ▶▶", tooltip="to the end or the next breakpoint",
                               layout=w.Layout(width="80px"))
-        self.b_reset.on_click(lambda _: self.reset())
-        self.b_back.on_click(lambda _: self.step_back())
-        self.b_step.on_click(lambda _: self.step())
-        self.b_run.on_click(lambda _: self.run())
+        self.b_reset.on_click(self._from_browser(lambda _: self.reset()))
+        self.b_back.on_click(self._from_browser(lambda _: self.step_back()))
+        self.b_step.on_click(self._from_browser(lambda _: self.step()))
+        self.b_run.on_click(self._from_browser(lambda _: self.run()))
         self.play = w.Play(value=0, min=0, max=1, interval=200, description="play")
         self.speed = w.IntSlider(value=5, min=1, max=50, description="steps/s", layout=w.Layout(width="260px"))
         self.speed.observe(lambda ch: setattr(self.play, "interval", int(1000 / ch["new"])), "value")
         self.play.interval = int(1000 / self.speed.value)
-        self.play.observe(lambda ch: self.seek(ch["new"]), "value")
+        self.play.observe(self._from_browser(lambda ch: self.seek(ch["new"])), "value")
         self.slider = w.IntSlider(value=0, min=0, max=1, description="t", continuous_update=False,
                                   layout=w.Layout(width="60%"))
-        self.slider.observe(lambda ch: self.seek(ch["new"]), "value")
+        self.slider.observe(self._from_browser(lambda ch: self.seek(ch["new"])), "value")
         self.seq = w.BoundedIntText(value=0, min=0, max=max(0, self.batch - 1), description="sequence",
                                     layout=w.Layout(width="180px"))
-        self.seq.observe(lambda ch: self.select_sequence(ch["new"]), "value")
+        self.seq.observe(self._from_browser(lambda ch: self.select_sequence(ch["new"])), "value")
         self.status_html = w.HTML()
+
+    def _from_browser(self, callback):
+        """``callback`` for a control in the page: a recdebug error (e.g. the stepper was closed since) goes to
+        the status line instead of a traceback nobody sees next to the widget."""
+        def shown(*args):
+            try:
+                callback(*args)
+            except RecDebugError as e:
+                self.status = " · ".join(part for part in (e.message, e.hint) if part)
+                self.status_html.value = f"<span class='rd-status rd-error'>{html.escape(self.status)}</span>"
+        return shown
 
     def step(self, n: int = 1):
         self.seek(self.t + n)
@@ -597,6 +609,8 @@ class Debugger(w.VBox):
             parts.append(f"diff: {self.diff_summary}")
         if getattr(self, "_hyp_text", ""):
             parts.append(self._hyp_text)
+        if self.stepper is not None and self.stepper.closed is not None:
+            parts.append(f"stepper closed: {self.stepper.closed}")
         self.status = " · ".join(parts)
         self.status_html.value = f"<span class='rd-status'>{html.escape(self.status)}</span>"
 
