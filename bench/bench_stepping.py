@@ -34,18 +34,24 @@ class Lstm(rd.Module):
         return h
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=500)
-    ap.add_argument("--device", default=None)
-    args = ap.parse_args()
+def bench_lstm():
+    """The bench LSTM graph (input 64, hidden 256): (graph, its loop, the stacked output, the module, time dim)."""
     time, feat, hid = rd.Dim("time"), rd.Dim("feat", 64), rd.Dim("hidden", 256)
     with rd.Graph() as g:
         x = rd.Input("x", {batch, time, feat})
         lstm = Lstm(hid)
         with rd.Loop() as loop:
             out = loop.stack(lstm(loop.unstack(x)))
+    return g, loop, out, lstm, time
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args()
+    g, loop, out, lstm, time = bench_lstm()
     rng = np.random.default_rng(0)
     x_np = rng.standard_normal((8, args.steps, 64)).astype(np.float32)
     feed, lens = {"x": x_np}, {time: np.full(8, args.steps, np.int32)}

@@ -16,18 +16,13 @@ import time as clock
 import numpy as np
 
 import recdebug as rd
-from bench_stepping import Lstm
+from bench_stepping import bench_lstm
 
 batch = rd.batch_dim
 
 
 def build(steps: int):
-    time, feat, hid = rd.Dim("time"), rd.Dim("feat", 64), rd.Dim("hidden", 256)
-    with rd.Graph() as g:
-        x = rd.Input("x", {batch, time, feat})
-        lstm = Lstm(hid)
-        with rd.Loop() as loop:
-            out = loop.stack(lstm(loop.unstack(x)))
+    g, loop, out, lstm, time = bench_lstm()
     rng = np.random.default_rng(0)
     lens = rng.integers(steps // 2, steps + 1, 8).astype(np.int32)
     lens[0] = steps
