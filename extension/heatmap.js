@@ -202,8 +202,9 @@ function render({ model, el: root }) {
       mn = Math.min(mn, v); mx = Math.max(mx, v); sum += v; n++;
     }
     const padded = cursor >= model.get("length");
-    readout.textContent = `t=${cursor}${padded ? " (padding)" : ""}: min ${fmt(mn)} max ${fmt(mx)} ` +
-      `mean ${fmt(n ? sum / n : NaN)}${bad ? `, ${bad} NaN/Inf` : ""}` +
+    const stats = n ? `min ${fmt(mn)} max ${fmt(mx)} mean ${fmt(sum / n)}${bad ? `, ${bad} NaN/Inf` : ""}`
+      : `all ${bad} values NaN/Inf`;
+    readout.textContent = `t=${cursor}${padded ? " (padding)" : ""}: ${stats}` +
       (U <= 8 ? " | " + Array.from(row, fmt).join(" ") : "");
     const bw = W / U;
     for (let u = 0; u < U; u++) {
