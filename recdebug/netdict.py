@@ -11,7 +11,7 @@ from returnn.tensor import batch_dim as returnn_batch_dim
 
 from .dims import Dim, batch_dim
 from .graph import Graph, Scope
-from .stepnet import readers_of
+from .stepnet import layer_refs, readers_of
 
 _ARITH = ("add", "sub", "mul", "truediv")
 _EXACT_IN_NUMPY = ("add", "sub", "mul")  # correctly rounded in float32 by numpy as by TensorFlow
@@ -248,6 +248,12 @@ class _Emitter:
         if choices:  # values per new hypothesis (the rest are per hypothesis of the previous step)
             after = readers_of(unit, set(unit), set(choices))
             self.out.after_choice |= {self.path(loop, name) for name in after}
+            if self.search:  # RETURNN's search fails on a layer that it moved out of the loop and that reads a
+                # value per hypothesis (the step's choice, or a previous step's value): such layers stay in the loop,
+                # next to the choice
+                carried = {name for name in unit if any(r.startswith("prev:") for r in layer_refs(unit[name]))}
+                for name in sorted(readers_of(unit, set(unit), set(choices) | carried) - set(choices)):
+                    unit[name]["collocate_with"] = sorted(set(unit[name].get("collocate_with", [])) | {choices[0]})
         if choices:  # the rec layer's own output: the labels it searches over
             unit["output"] = {"class": "copy", "from": choices[0]}
         elif any(reads_inner_loop(loop, loop.assigned[state]) for state in loop.state_layers):
@@ -597,9 +603,10 @@ class _Emitter:
         return {"class": "copy", "from": self.ref(scope.entry_source[state], scope)}
 
 
-# Ops whose value depends on their inputs only (not on the step, a State, a random draw or a search).
+# The op kinds whose layer RETURNN moves out of a loop when its inputs are: all but those reading the step
+# (index, unstack, choice, a carried State, an inner loop); dropout too (it draws one mask for every step then)
 _PURE = frozenset({
-    "add", "sub", "mul", "truediv", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
+    "dropout", "add", "sub", "mul", "truediv", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
     "logical_and", "logical_or", "activation", "softmax", "where", "gather", "reduce", "cast", "concat", "split",
     "split_part", "dot", "embed", "constant", "sparse", "copy"})
 

@@ -6,6 +6,7 @@ A failing program is shrunk by hypothesis and printed as code that can be pasted
 
     RECDEBUG_GEN_EXAMPLES=1000 pytest tests/test_generative.py     # more programs (default: DEFAULT_EXAMPLES)
     RECDEBUG_GEN_SEED=7 ...                                        # other fixed seeds (default: 0)
+    RECDEBUG_GEN_SHARDS=12 ...                                     # other splits into tests (default: 6)
 """
 from __future__ import annotations
 
@@ -1544,7 +1545,7 @@ def _run_one(data, search):
 
 # The programs are split into shards (each its own test with its own fixed seed), so that `pytest -n 2` runs them
 # side by side: one in six is a greedy decoder (search), the rest loop programs.
-SHARDS = 6
+SHARDS = int(os.environ.get("RECDEBUG_GEN_SHARDS", "6"))
 BASE_SEED = int(SEED) if SEED is not None else 0
 
 
@@ -1570,7 +1571,7 @@ for _i in range(SHARDS):
 # --- the bugs the generator found, as minimal programs ---
 # Each runs as a test: expected to fail (strict xfail) while its KNOWN_BUGS name (before any "/") is in the set, and
 # to pass once fixed. Those whose name is no longer in KNOWN_BUGS were found and fixed: they stay as regression tests.
-# (source after `with rd.Graph() as g:`, (batch, time lengths, enc_t lengths, data seed), optimize, checks)
+# (source after `with rd.Graph() as g:`, (batch, time lengths, enc_t lengths, data seed), optimize, checks[, search])
 BUG_PROGRAMS = {
     "trace_invariant": ('''
     x = rd.Input("x", {batch, time, feat})
@@ -1848,6 +1849,37 @@ BUG_PROGRAMS = {
     with rd.Loop() as second:
         h.assign(rd.tanh(lin(h.get()) + second.unstack(x)))
 ''', (2, [3, 1], [1, 1], 0), False, ("stepper",)),
+    "fixed/search_label_read_by_no_step": ('''
+    x = rd.Input("x", {batch, time, feat})
+    y = rd.State({batch}, initial=1, dtype="int32", sparse_dim=vocab)
+    h = rd.State({batch, hid}, initial=0.5)
+    lin = rd.Linear(vocab)
+    with rd.Loop() as loop:
+        x_t = loop.unstack(x)
+        # a label no later step reads (RETURNN moved its State out of the loop and failed)
+        y.assign(rd.choice(rd.log_softmax(lin(h.get())), beam_size=1, input_type="log_prob"))
+''', (2, [2, 1], [1, 1], 0), True, ("run", "stepper"), True),
+    "fixed/search_previous_label_read_by_no_step": ('''
+    x = rd.Input("x", {batch, time, feat})
+    y = rd.State({batch}, initial=1, dtype="int32", sparse_dim=vocab)
+    h = rd.State({batch, hid}, initial=0.5)
+    emb, lin, lin2 = rd.Embedding(vocab, hid), rd.Linear(vocab), rd.Linear(hid)
+    with rd.Loop() as loop:
+        x_t = loop.unstack(x)
+        e = lin2(emb(y.get()))            # per hypothesis of the previous step, read by no later step
+        y.assign(rd.choice(rd.log_softmax(lin(h.get())), beam_size=1, input_type="log_prob"))
+        out = loop.stack(e)
+''', (2, [3, 1], [1, 1], 0), True, ("run", "stepper"), True),
+    "fixed/last_of_invariant_dropout": ('''
+    ctx = rd.Input("ctx", {batch, hid})
+    stop = rd.Input("stop", {batch}, dtype="int32")
+    s = rd.State({batch, hid})
+    with rd.Loop(max_seq_len=3) as loop:
+        d = rd.dropout(rd.tanh(ctx), 0.3)  # the same at every step: RETURNN moves it out of the loop
+        s.assign(rd.tanh(s.get() + ctx))
+        last = loop.last(d)
+        loop.end(loop.index >= stop)
+''', (2, [3, 1], [1, 1], 0), True, ("run",)),
 }
 
 
@@ -1860,10 +1892,12 @@ def _bug_param(name):
 
 @pytest.mark.parametrize("name", [_bug_param(n) for n in BUG_PROGRAMS])
 def test_bug_program(name):
-    body, data, optimize, checks = BUG_PROGRAMS[name]
+    body, data, optimize, checks, *search = BUG_PROGRAMS[name]  # search (optional): a decoder run with search
+    search = bool(search and search[0])
     if name.split("/")[0] in REFUSED:
         with pytest.raises(REFUSED[name.split("/")[0]]):
             check_program(HEADER + "with rd.Graph() as g:" + body, data, optimize=optimize, checks=checks,
-                          known_bugs=set())
+                          search=search, known_bugs=set())
         return
-    check_program(HEADER + "with rd.Graph() as g:" + body, data, optimize=optimize, checks=checks, known_bugs=set())
+    check_program(HEADER + "with rd.Graph() as g:" + body, data, optimize=optimize, checks=checks, search=search,
+                  known_bugs=set())
