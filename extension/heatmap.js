@@ -1,13 +1,21 @@
-// recdebug state view: a units x time heatmap with a cursor at the current step, padding greyed out,
-// NaN/Inf in colours of their own, exact values on hover, a readout of the values at the cursor and the
-// norm over time. Values arrive once as a float32 buffer [T][U] (time-major); afterwards only the cursor
-// (and, when stepping live, one new row) changes.
+// recdebug state view: a units x t heatmap of one State (or layer) of one sequence, with axes (unit and step
+// ticks, the dims named), a colour bar with its numeric range (or, for labels, a legend), the cursor on the last
+// step run, padding greyed out, NaN/Inf in colours of their own, exact values in a tooltip at the pointer, the
+// norm per step and the values at the cursor. Values arrive once as a float32 buffer [T][U] (time-major);
+// afterwards only the cursor (and, when stepping live, one new row) changes. A row patch also goes into the
+// model's buffer, so every view of the widget (one shown again in a later cell) draws the same values.
+//
+// Step numbering, the same everywhere in the debugger: t=k is iteration k of the loop (loop.index == k), counted
+// from 0; the cursor marks the last step run (t=-1: none yet, the initial values).
 
 const NAN_COLOR = [0, 200, 90];     // green
 const INF_COLOR = [255, 0, 255];    // magenta
-const PAD_COLOR = [205, 205, 205];  // grey
+const PAD_COLOR = [190, 190, 190];  // grey
 const MAX_W = 1200;                 // at most this many pixel columns: longer loops are downsampled
 const MAX_H = 256;                  // at most this many pixel rows: wider states are downsampled
+const LEFT = 48, RIGHT = 70, AXIS_H = 30;  // gutters (CSS px): unit ticks, colour bar, step ticks
+const PALETTE = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
+  [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]];
 
 function floats(view) {
   if (!view || view.byteLength === 0) return new Float32Array(0);
@@ -19,11 +27,20 @@ function bytes(view) {
   return new Uint8Array(view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength));
 }
 
-function color(v, scale) {
-  // diverging blue - white - red
+function diverging(v, scale) {  // blue (-scale) - white (0) - red (+scale)
   const x = Math.max(-1, Math.min(1, v / scale));
   if (x >= 0) return [255, Math.round(255 * (1 - x)), Math.round(255 * (1 - x))];
   return [Math.round(255 * (1 + x)), Math.round(255 * (1 + x)), 255];
+}
+
+function category(v) {  // one colour per label
+  const i = Math.round(v);
+  if (i >= 0 && i < PALETTE.length) return PALETTE[i];
+  const h = ((i * 137.508) % 360 + 360) % 360;  // golden-angle hues after the palette
+  const c = (1 - Math.abs(2 * 0.5 - 1)) * 0.6, x = c * (1 - Math.abs((h / 60) % 2 - 1)), m = 0.5 - c / 2;
+  const [r, g, b] = h < 60 ? [c, x, 0] : h < 120 ? [x, c, 0] : h < 180 ? [0, c, x] : h < 240 ? [0, x, c]
+    : h < 300 ? [x, 0, c] : [c, 0, x];
+  return [Math.round(255 * (r + m)), Math.round(255 * (g + m)), Math.round(255 * (b + m))];
 }
 
 function fmt(v) {
@@ -32,12 +49,29 @@ function fmt(v) {
   return v.toPrecision(6);
 }
 
-function fit(canvas) {
-  // draw lines at the size shown, not at the (downsampled) data resolution
-  const r = window.devicePixelRatio || 1;
-  canvas.width = Math.max(1, Math.round((canvas.clientWidth || 600) * r));
-  canvas.height = Math.max(1, Math.round((canvas.clientHeight || 40) * r));
-  return canvas;
+function short(v) {  // tick labels
+  if (v === 0) return "0";
+  const a = Math.abs(v);
+  if (a >= 1e4 || a < 1e-3) return v.toExponential(1);
+  return String(Number(v.toPrecision(3)));
+}
+
+function ticks(n, room) {  // indices 0..n-1 to label: steps of 1, 2, 5, 10, 20, 50... fitting ``room`` labels
+  const want = Math.max(1, Math.floor(room));
+  let step = 1;
+  for (let k = 0; step * want < n; k++) step = [1, 2, 5][k % 3] * Math.pow(10, Math.floor(k / 3) + (k % 3 === 2 ? 0 : 0)) * (k % 3 === 0 ? 10 : 1);
+  const out = [];
+  for (let i = 0; i < n; i += step) out.push(i);
+  return out;
+}
+
+function niceSteps(n, room) {
+  const want = Math.max(1, Math.floor(room));
+  const steps = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10000, 20000, 50000, 100000];
+  const step = steps.find((s) => Math.ceil(n / s) <= want) || Math.ceil(n / want);
+  const out = [];
+  for (let i = 0; i < n; i += step) out.push(i);
+  return out;
 }
 
 function el(tag, cls, parent) {
@@ -47,61 +81,102 @@ function el(tag, cls, parent) {
   return e;
 }
 
+function sized(canvas) {  // a canvas' buffer at the size shown (lines and text stay sharp)
+  const r = window.devicePixelRatio || 1;
+  canvas.width = Math.max(1, Math.round((canvas.clientWidth || 600) * r));
+  canvas.height = Math.max(1, Math.round((canvas.clientHeight || 40) * r));
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(r, 0, 0, r, 0, 0);
+  return [ctx, canvas.width / r, canvas.height / r];
+}
+
+function plotHeight(U) {  // a one-unit State is one thin strip, a wide one at most 180 px
+  return Math.max(20, Math.min(180, U * (U <= 4 ? 18 : U <= 12 ? 14 : 9)));
+}
+
 function render({ model, el: root }) {
   root.classList.add("rd-heatmap");
-  root.style.fontFamily = "monospace";
+  root.style.fontFamily = "var(--jp-code-font-family, monospace)";
   root.style.fontSize = "12px";
-  root.style.margin = "4px 0 10px 0";
-  const title = el("div", "rd-title", root);
+  root.style.margin = "4px 0 12px 0";
+  root.style.color = "var(--jp-ui-font-color1, #222)";
+  const head = el("div", "rd-head", root);
+  const title = el("span", "rd-title", head);
   title.style.fontWeight = "bold";
+  const dims = el("span", "rd-dims", head);
+  dims.style.opacity = "0.75";
   const wrap = el("div", "rd-wrap", root);
   wrap.style.position = "relative";
   wrap.style.width = "100%";
   const heat = el("canvas", "rd-heat", wrap);
-  const overlay = el("canvas", "rd-overlay", wrap);
-  for (const c of [heat, overlay]) {
-    c.style.width = "100%";
-    c.style.height = "180px";
-    c.style.imageRendering = "pixelated";
-    c.style.display = "block";
-  }
-  overlay.style.position = "absolute";
-  overlay.style.left = "0";
-  overlay.style.top = "0";
-  const tooltip = el("div", "rd-tooltip", root);
-  tooltip.style.minHeight = "1.3em";
-  tooltip.textContent = "hover the heatmap for exact values";
+  heat.style.position = "absolute";
+  heat.style.left = LEFT + "px";
+  heat.style.top = "0";
+  heat.style.width = `calc(100% - ${LEFT + RIGHT}px)`;
+  heat.style.imageRendering = "pixelated";
+  const axes = el("canvas", "rd-overlay", wrap);  // ticks, labels, colour bar, cursor, diff marks; gets the hover
+  axes.style.position = "absolute";
+  axes.style.left = "0";
+  axes.style.top = "0";
+  axes.style.width = "100%";
+  const tooltip = el("div", "rd-tooltip", wrap);
+  Object.assign(tooltip.style, {
+    position: "absolute", display: "none", pointerEvents: "none", whiteSpace: "nowrap", zIndex: "5",
+    padding: "2px 6px", borderRadius: "3px", background: "var(--jp-layout-color0, #fff)",
+    color: "var(--jp-ui-font-color0, #000)", border: "1px solid var(--jp-border-color1, #888)",
+    boxShadow: "0 1px 4px rgba(0,0,0,0.3)",
+  });
+  const legend = el("div", "rd-legend", root);
+  legend.style.margin = `2px 0 2px ${LEFT}px`;
   const norm = el("canvas", "rd-norm", root);
   norm.style.width = "100%";
-  norm.style.height = "40px";
+  norm.style.height = "46px";
   norm.style.display = "block";
   const readout = el("div", "rd-readout", root);
+  readout.style.margin = `2px 0 2px ${LEFT}px`;
   const bars = el("canvas", "rd-bars", root);
   bars.style.width = "100%";
   bars.style.height = "50px";
   bars.style.display = "block";
 
   let values = new Float32Array(0), T = 0, U = 0, scale = 1, diff = new Uint8Array(0);
-  let norms = new Float32Array(0);
+  let norms = new Float32Array(0), present = [];
+
+  const categorical = () => model.get("categorical");
+  const shown = () => {  // steps drawn: computed (known), and with reveal only up to the cursor
+    const known = model.get("known");
+    return model.get("reveal") ? Math.min(known, model.get("cursor") + 1) : known;
+  };
+
+  function textColor() { return getComputedStyle(root).color || "#222"; }
 
   function load() {
     values = floats(model.get("values"));
     [T, U] = model.get("shape");
+    if (values.length !== T * U) values = new Float32Array(T * U);
     diff = bytes(model.get("diff"));
+    const h = plotHeight(U);
+    wrap.style.height = (h + AXIS_H) + "px";
+    heat.style.height = h + "px";
+    axes.style.height = (h + AXIS_H) + "px";
     rescale();
     drawAll();
   }
 
   function rescale() {
+    // the colour range: the valid steps computed so far of this sequence, or the scale shared by the debugger
     let m = 0;
-    const length = model.get("length");
+    const length = Math.min(model.get("length"), model.get("known"));
+    const seen = new Set();
     for (let t = 0; t < Math.min(T, length); t++) {
       for (let u = 0; u < U; u++) {
-        const a = Math.abs(values[t * U + u]);
-        if (Number.isFinite(a) && a > m) m = a;
+        const v = values[t * U + u];
+        if (Number.isFinite(v)) { if (Math.abs(v) > m) m = Math.abs(v); seen.add(Math.round(v)); }
       }
     }
-    scale = m > 0 ? m : 1;
+    const fixed = model.get("scale");
+    scale = fixed > 0 ? fixed : m > 0 ? m : 1;
+    present = Array.from(seen).sort((a, b) => a - b);
     norms = new Float32Array(T);
     for (let t = 0; t < T; t++) {
       let s = 0;
@@ -110,20 +185,27 @@ function render({ model, el: root }) {
     }
   }
 
+  function colorOf(v) {
+    if (Number.isNaN(v)) return NAN_COLOR;
+    if (!Number.isFinite(v)) return INF_COLOR;
+    return categorical() ? category(v) : diverging(v, scale);
+  }
+
   function drawHeat() {
     const W = Math.max(1, Math.min(T, MAX_W)), H = Math.max(1, Math.min(U, MAX_H));
     heat.width = W; heat.height = H;
     const ctx = heat.getContext("2d");
     const img = ctx.createImageData(W, H);
-    const length = model.get("length"), known = model.get("known");
+    const length = model.get("length"), upto = shown();
     for (let px = 0; px < W; px++) {
       const t0 = Math.floor(px * T / W), t1 = Math.max(t0 + 1, Math.floor((px + 1) * T / W));
       for (let py = 0; py < H; py++) {
         const u0 = Math.floor(py * U / H), u1 = Math.max(u0 + 1, Math.floor((py + 1) * U / H));
-        let best = 0, nan = false, inf = false, any = false, pad = true;
+        let best = 0, nan = false, inf = false, any = false, pad = false, run = false;
         for (let t = t0; t < t1; t++) {
-          if (t >= length || t >= known) continue;
-          pad = false;
+          if (t >= upto) continue;  // not run yet (or not revealed): left empty
+          run = true;
+          if (t >= length) { pad = true; continue; }
           for (let u = u0; u < u1; u++) {
             const v = values[t * U + u];
             if (Number.isNaN(v)) nan = true;
@@ -131,33 +213,72 @@ function render({ model, el: root }) {
             else if (!any || Math.abs(v) > Math.abs(best)) { best = v; any = true; }
           }
         }
-        const rgb = pad ? PAD_COLOR : nan ? NAN_COLOR : inf ? INF_COLOR : color(best, scale);
         const i = 4 * (py * W + px);
+        if (!run) { img.data[i + 3] = 0; continue; }
+        const rgb = nan ? NAN_COLOR : inf ? INF_COLOR : any ? colorOf(best) : PAD_COLOR;
         img.data[i] = rgb[0]; img.data[i + 1] = rgb[1]; img.data[i + 2] = rgb[2]; img.data[i + 3] = 255;
       }
     }
     ctx.putImageData(img, 0, 0);
   }
 
-  function drawOverlay() {
-    fit(overlay);
-    const ctx = overlay.getContext("2d");
-    ctx.clearRect(0, 0, overlay.width, overlay.height);
-    const cursor = model.get("cursor");
-    const W = overlay.width, H = overlay.height;
-    if (diff.length === T * U && model.get("diff_first") >= 0) {
-      // differing cells: a dot in the middle of each (downsampled to the shown size)
-      ctx.fillStyle = "rgba(0,0,0,0.8)";
-      const cw = W / T, ch = H / U, r = Math.max(1, Math.min(cw, ch) / 4);
-      for (let t = 0; t < T; t++) for (let u = 0; u < U; u++) {
-        if (diff[t * U + u]) ctx.fillRect((t + 0.5) * cw - r, (u + 0.5) * ch - r, 2 * r, 2 * r);
+  function drawAxes() {
+    const [ctx, W, Hall] = sized(axes);
+    const H = Hall - AXIS_H, pw = W - LEFT - RIGHT;
+    ctx.clearRect(0, 0, W, Hall);
+    const fg = textColor();
+    ctx.font = "11px sans-serif";
+    ctx.fillStyle = fg; ctx.strokeStyle = fg; ctx.lineWidth = 1;
+    // frame of the plot area (the empty part of a loop not run yet is still framed)
+    ctx.globalAlpha = 0.5; ctx.strokeRect(LEFT - 0.5, -0.5 + 0.5, pw + 1, H); ctx.globalAlpha = 1;
+    if (T > 0 && pw > 0) {  // step ticks at the centre of their column
+      ctx.textAlign = "center"; ctx.textBaseline = "top";
+      for (const t of niceSteps(T, pw / 38)) {
+        const x = LEFT + (t + 0.5) * pw / T;
+        ctx.beginPath(); ctx.moveTo(x, H); ctx.lineTo(x, H + 4); ctx.stroke();
+        ctx.fillText(String(t), x, H + 5);
       }
-      const x = (model.get("diff_first") + 0.5) * cw;
+      ctx.textAlign = "right";
+      ctx.fillText(model.get("axis_label") || "t", LEFT + pw, H + 17);
+    }
+    if (U > 0 && H > 0) {  // unit ticks
+      ctx.textAlign = "right"; ctx.textBaseline = "middle";
+      for (const u of niceSteps(U, H / 14)) {
+        const y = (u + 0.5) * H / U;
+        ctx.beginPath(); ctx.moveTo(LEFT - 4, y); ctx.lineTo(LEFT, y); ctx.stroke();
+        ctx.fillText(String(u), LEFT - 6, y);
+      }
+      ctx.save(); ctx.translate(10, H / 2); ctx.rotate(-Math.PI / 2); ctx.textAlign = "center";
+      ctx.fillText("unit", 0, 0); ctx.restore();
+    }
+    if (!categorical() && H > 0) {  // colour bar: its range and zero
+      const x0 = LEFT + pw + 8, bw = 12;
+      const grad = ctx.createLinearGradient(0, 0, 0, H);
+      grad.addColorStop(0, "rgb(255,0,0)"); grad.addColorStop(0.5, "rgb(255,255,255)");
+      grad.addColorStop(1, "rgb(0,0,255)");
+      ctx.fillStyle = grad; ctx.fillRect(x0, 0, bw, H);
+      ctx.strokeStyle = fg; ctx.globalAlpha = 0.6; ctx.strokeRect(x0 + 0.5, 0.5, bw - 1, H - 1); ctx.globalAlpha = 1;
+      ctx.fillStyle = fg; ctx.textAlign = "left"; ctx.textBaseline = "middle";
+      const labels = H >= 40 ? [[0, "+" + short(scale)], [H / 2, "0"], [H, "-" + short(scale)]]
+        : [[4, "±" + short(scale)]];
+      for (const [y, s] of labels) ctx.fillText(s, x0 + bw + 3, Math.max(6, Math.min(H - 4, y)));
+    }
+    // differing cells (another run): a dot in each, the first differing step in orange
+    if (diff.length === T * U && model.get("diff_first") >= 0 && T > 0 && U > 0) {
+      ctx.fillStyle = "rgba(0,0,0,0.8)";
+      const cw = pw / T, ch = H / U, r = Math.max(1, Math.min(cw, ch) / 4);
+      for (let t = 0; t < T; t++) for (let u = 0; u < U; u++) {
+        if (diff[t * U + u]) ctx.fillRect(LEFT + (t + 0.5) * cw - r, (u + 0.5) * ch - r, 2 * r, 2 * r);
+      }
+      const x = LEFT + (model.get("diff_first") + 0.5) * cw;
       ctx.strokeStyle = "orange"; ctx.lineWidth = 2;
       ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, H); ctx.stroke();
     }
-    if (cursor >= 0 && T > 0) {
-      const x = (cursor + 0.5) * W / T;
+    const cursor = model.get("cursor");
+    if (cursor >= 0 && T > 0) {  // the cursor: black with a white edge, seen on any colour and theme
+      const x = LEFT + (cursor + 0.5) * pw / T;
+      ctx.strokeStyle = "white"; ctx.lineWidth = 4;
+      ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, H); ctx.stroke();
       ctx.strokeStyle = "black"; ctx.lineWidth = 2;
       ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, H); ctx.stroke();
       root.dataset.cursorX = x.toFixed(2);
@@ -165,34 +286,72 @@ function render({ model, el: root }) {
       root.dataset.cursorX = "";
     }
     root.dataset.cursor = String(cursor);
+    root.dataset.scale = String(scale);
+  }
+
+  function drawLegend() {
+    legend.textContent = "";
+    if (!categorical()) { legend.style.display = "none"; return; }
+    legend.style.display = "block";
+    const names = model.get("labels") || [];
+    const cap = el("span", "", legend);
+    cap.textContent = present.length ? "labels: " : "labels: (none in the steps shown)";
+    for (const v of present.slice(0, 24)) {
+      const item = el("span", "rd-legend-item", legend);
+      item.style.marginRight = "10px"; item.style.whiteSpace = "nowrap";
+      const sw = el("span", "", item);
+      const [r, g, b] = category(v);
+      Object.assign(sw.style, { display: "inline-block", width: "10px", height: "10px", marginRight: "3px",
+        background: `rgb(${r},${g},${b})`, verticalAlign: "middle" });
+      const name = el("span", "", item);
+      name.textContent = names[v] !== undefined ? `${v} ${names[v]}` : String(v);
+    }
+    if (present.length > 24) el("span", "", legend).textContent = `... ${present.length - 24} more`;
   }
 
   function drawNorm() {
-    fit(norm);
-    const W = norm.width, H = norm.height;
-    const ctx = norm.getContext("2d");
+    const [ctx, W, H] = sized(norm);
+    const pw = W - LEFT - RIGHT;
     ctx.clearRect(0, 0, W, H);
-    const length = Math.min(model.get("length"), model.get("known"));
+    const fg = textColor();
+    ctx.font = "11px sans-serif";
+    const length = Math.min(model.get("length"), shown());
     let m = 0;
     for (let t = 0; t < length; t++) if (Number.isFinite(norms[t]) && norms[t] > m) m = norms[t];
-    ctx.strokeStyle = "#3060c0"; ctx.lineWidth = 1.5; ctx.beginPath();
-    for (let t = 0; t < length; t++) {
-      const x = (t + 0.5) * W / T, y = H - 2 - (Number.isFinite(norms[t]) ? norms[t] / (m || 1) : 1) * (H - 4);
-      if (t === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    ctx.fillStyle = fg; ctx.textAlign = "right"; ctx.textBaseline = "top";
+    ctx.fillText(short(m), LEFT - 6, 1);
+    ctx.textBaseline = "bottom"; ctx.fillText("0", LEFT - 6, H - 1);
+    ctx.textAlign = "left"; ctx.textBaseline = "top"; ctx.globalAlpha = 0.75;
+    ctx.fillText("norm per step (L2 over units)", LEFT + 4, 1);
+    ctx.globalAlpha = 0.4; ctx.strokeStyle = fg;
+    ctx.beginPath(); ctx.moveTo(LEFT, H - 2.5); ctx.lineTo(LEFT + pw, H - 2.5); ctx.stroke();
+    ctx.globalAlpha = 1;
+    if (T > 0) {
+      ctx.strokeStyle = "#3a78d8"; ctx.lineWidth = 1.5; ctx.beginPath();
+      for (let t = 0; t < length; t++) {
+        const x = LEFT + (t + 0.5) * pw / T;
+        const y = H - 3 - (Number.isFinite(norms[t]) ? norms[t] / (m || 1) : 1) * (H - 16);
+        if (t === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+      }
+      ctx.stroke();
+      const cursor = model.get("cursor");
+      if (cursor >= 0) { ctx.fillStyle = fg; ctx.fillRect(LEFT + (cursor + 0.5) * pw / T - 1, 12, 2, H - 14); }
     }
-    ctx.stroke();
-    const cursor = model.get("cursor");
-    if (cursor >= 0) { ctx.fillStyle = "black"; ctx.fillRect((cursor + 0.5) * W / T - 1, 0, 2, H); }
   }
 
   function drawReadout() {
     const cursor = model.get("cursor");
-    fit(bars);
-    const ctx = bars.getContext("2d");
-    const W = bars.width, H = bars.height;
+    const [ctx, W, H] = sized(bars);
     ctx.clearRect(0, 0, W, H);
-    if (cursor < 0 || cursor >= T || cursor >= model.get("known")) {
-      readout.textContent = cursor < 0 ? "t: before the first step (initial values)" : "";
+    bars.style.display = "none";
+    if (cursor < 0) {
+      readout.textContent = "t=-1: no step run yet (the initial values)";
+      return;
+    }
+    if (cursor >= T || cursor >= model.get("known")) { readout.textContent = ""; return; }
+    if (cursor >= model.get("length")) {
+      readout.textContent = `t=${cursor}: padding (this sequence has ${model.get("length")} steps, ` +
+        `t=0…${model.get("length") - 1})`;
       return;
     }
     const row = values.subarray(cursor * U, (cursor + 1) * U);
@@ -201,57 +360,106 @@ function render({ model, el: root }) {
       if (!Number.isFinite(v)) { bad++; continue; }
       mn = Math.min(mn, v); mx = Math.max(mx, v); sum += v; n++;
     }
-    const padded = cursor >= model.get("length");
-    const stats = n ? `min ${fmt(mn)} max ${fmt(mx)} mean ${fmt(sum / n)}${bad ? `, ${bad} NaN/Inf` : ""}`
+    if (categorical()) {
+      const names = model.get("labels") || [];
+      const shownLabels = Array.from(row.slice(0, 16), (v) => names[Math.round(v)] !== undefined
+        ? `${Math.round(v)} ${names[Math.round(v)]}` : fmt(v));
+      readout.textContent = `t=${cursor}: label${U > 1 ? "s" : ""} ${shownLabels.join(", ")}` +
+        (U > 16 ? ` ... (${U} in all)` : "");
+      return;
+    }
+    const stats = n ? `min ${fmt(mn)} · max ${fmt(mx)} · mean ${fmt(sum / n)}${bad ? ` · ${bad} NaN/Inf` : ""}`
       : `all ${bad} values NaN/Inf`;
-    readout.textContent = `t=${cursor}${padded ? " (padding)" : ""}: ${stats}` +
-      (U <= 8 ? " | " + Array.from(row, fmt).join(" ") : "");
-    const bw = W / U;
+    readout.textContent = `t=${cursor}: ${stats}` + (U <= 8 ? ` · values (unit 0…${U - 1}): ` +
+      Array.from(row, fmt).join(" ") : "");
+    bars.style.display = "block";
+    const [ctx2, W2, H2] = sized(bars);
+    const pw = W2 - LEFT - RIGHT;
+    const fg = textColor();
+    ctx2.font = "11px sans-serif"; ctx2.fillStyle = fg; ctx2.textAlign = "right"; ctx2.textBaseline = "middle";
+    ctx2.fillText("at t=" + cursor, LEFT - 6, H2 / 2);
+    ctx2.globalAlpha = 0.4; ctx2.strokeStyle = fg;
+    ctx2.beginPath(); ctx2.moveTo(LEFT, H2 / 2 + 0.5); ctx2.lineTo(LEFT + pw, H2 / 2 + 0.5); ctx2.stroke();
+    ctx2.globalAlpha = 1;
+    const bw = pw / U;
     for (let u = 0; u < U; u++) {
       const v = row[u];
-      const rgb = Number.isNaN(v) ? NAN_COLOR : !Number.isFinite(v) ? INF_COLOR : color(v, scale);
-      ctx.fillStyle = `rgb(${rgb[0]},${rgb[1]},${rgb[2]})`;
-      const h = Number.isFinite(v) ? Math.abs(v) / scale * (H / 2) : H / 2;
-      ctx.fillRect(u * bw, v >= 0 ? H / 2 - h : H / 2, Math.max(1, bw - (bw > 3 ? 1 : 0)), Math.max(1, h));
+      const rgb = colorOf(v);
+      ctx2.fillStyle = `rgb(${rgb[0]},${rgb[1]},${rgb[2]})`;
+      const h = Number.isFinite(v) ? Math.min(1, Math.abs(v) / scale) * (H2 / 2 - 2) : H2 / 2 - 2;
+      ctx2.fillRect(LEFT + u * bw, v >= 0 ? H2 / 2 - h : H2 / 2, Math.max(1, bw - (bw > 3 ? 1 : 0)), Math.max(1, h));
     }
   }
 
   function drawAll() {
     title.textContent = model.get("title");
-    drawHeat(); drawOverlay(); drawNorm(); drawReadout();
+    const label = model.get("unit_label");
+    dims.textContent = label ? `  ${label} × ${model.get("axis_label") || "t"}` : "";
+    drawHeat(); drawAxes(); drawLegend(); drawNorm(); drawReadout();
   }
 
   function onMove(ev) {
-    const r = overlay.getBoundingClientRect();
-    if (!T || !U || r.width === 0) return;
-    const t = Math.min(T - 1, Math.floor((ev.clientX - r.left) / r.width * T));
-    const u = Math.min(U - 1, Math.floor((ev.clientY - r.top) / r.height * U));
+    const r = axes.getBoundingClientRect();
+    const pw = r.width - LEFT - RIGHT, H = r.height - AXIS_H;
+    const x = ev.clientX - r.left - LEFT, y = ev.clientY - r.top;
+    if (!T || !U || pw <= 0 || x < 0 || x >= pw || y < 0 || y >= H) { tooltip.style.display = "none"; return; }
+    const t = Math.min(T - 1, Math.floor(x / pw * T));
+    const u = Math.min(U - 1, Math.floor(y / H * U));
     const v = values[t * U + u];
-    const padded = t >= model.get("length") || t >= model.get("known");
-    tooltip.textContent = `t=${t} unit=${u} value=${padded ? "padding" : fmt(v)}`;
+    let what;
+    if (t >= shown()) what = "not run yet";
+    else if (t >= model.get("length")) what = "padding";
+    else if (categorical()) {
+      const names = model.get("labels") || [];
+      what = names[Math.round(v)] !== undefined ? `${Math.round(v)} (${names[Math.round(v)]})` : fmt(v);
+    } else what = fmt(v);
+    tooltip.textContent = `t=${t} unit=${u} value=${what}`;
+    tooltip.style.display = "block";
+    const left = x + LEFT + 14, wide = tooltip.offsetWidth;
+    tooltip.style.left = Math.max(0, Math.min(left, r.width - wide - 2)) + "px";
+    tooltip.style.top = Math.max(0, y - 28) + "px";
   }
-  overlay.addEventListener("mousemove", onMove);
+  const onLeave = () => { tooltip.style.display = "none"; };
+  axes.addEventListener("mousemove", onMove);
+  axes.addEventListener("mouseleave", onLeave);
 
   function onPatch() {  // int32 step, then that step's float32 row
     const view = model.get("patch");
     if (!view || view.byteLength < 4) return;
     const t = new DataView(view.buffer, view.byteOffset, 4).getInt32(0, true);
     const row = floats(new DataView(view.buffer, view.byteOffset + 4, view.byteLength - 4));
-    if (t >= 0 && t < T && row.length === U) values.set(row, t * U);
-    rescale();
-    drawAll();
+    if (!(t >= 0 && t < T && row.length === U)) return;
+    let same = true;
+    for (let u = 0; u < U; u++) if (!Object.is(values[t * U + u], row[u])) { same = false; break; }
+    if (same) return;  // another view of this widget put it into the model already
+    values.set(row, t * U);
+    // into the model's buffer too: a view drawn later (the widget shown again) starts from these values
+    const copy = new Float32Array(values);
+    model.set("values", new DataView(copy.buffer));
   }
 
   model.on("change:values", load);
   model.on("change:shape", load);
   model.on("change:diff", load);
-  model.on("change:length", drawAll);
-  model.on("change:known", drawAll);
-  model.on("change:title", () => { title.textContent = model.get("title"); });
-  model.on("change:cursor", () => { drawOverlay(); drawNorm(); drawReadout(); });
+  for (const name of ["length", "known", "scale", "categorical", "labels", "reveal"]) {
+    model.on("change:" + name, () => { rescale(); drawAll(); });
+  }
+  model.on("change:title", drawAll);
+  model.on("change:unit_label", drawAll);
+  model.on("change:axis_label", drawAll);
+  model.on("change:cursor", () => {
+    if (model.get("reveal")) { rescale(); drawHeat(); drawLegend(); }
+    drawAxes(); drawNorm(); drawReadout();
+  });
   model.on("change:patch", onPatch);
+  const resize = new ResizeObserver(() => { drawAxes(); drawNorm(); drawReadout(); });
+  resize.observe(wrap);
   load();
-  return () => overlay.removeEventListener("mousemove", onMove);
+  return () => {
+    axes.removeEventListener("mousemove", onMove);
+    axes.removeEventListener("mouseleave", onLeave);
+    resize.disconnect();
+  };
 }
 
 export default { render };

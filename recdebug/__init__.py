@@ -20,11 +20,12 @@ def load_ipython_extension(ip):
     load(ip)
 
 
-def debugger(source, other=None, layers=()):
-    """The debugger widget for an ``rd.Trace`` or an ``rd.Stepper`` (imports ipywidgets on first use)."""
+def debugger(source, other=None, layers=(), reveal=None, shared_scale=False, vocab=None):
+    """The debugger widget for an ``rd.Trace`` or an ``rd.Stepper`` (imports ipywidgets on first use); see
+    ``recdebug.widgets.debugger`` for the options."""
     from .widgets import debugger as make
 
-    return make(source, other=other, layers=layers)
+    return make(source, other=other, layers=layers, reveal=reveal, shared_scale=shared_scale, vocab=vocab)
 
 
 __all__ = [

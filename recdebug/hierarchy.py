@@ -4,7 +4,7 @@ Plain data (strings and flags), so that a saved trace keeps it and a debugger on
 """
 from __future__ import annotations
 
-import pprint
+import json
 
 # Each node of the hierarchy has exactly these fields (a trace file's nodes are checked against them).
 NODE_FIELDS = {"path": str, "name": str, "cls": str, "parent": str, "from": str, "dims": str, "params": str,
@@ -50,5 +50,6 @@ def hierarchy_nodes(em, moved_out=(), in_loop=()) -> list:
 
 
 def net_text(em) -> str:
-    """The emitted net dict as the debugger's raw view shows it."""
-    return pprint.pformat(em.net, width=100)
+    """The emitted net dict as the debugger's raw view shows it: indented like JSON, one key per line (dims and
+    other objects by their repr)."""
+    return json.dumps(em.net, indent=2, default=repr)

@@ -327,6 +327,8 @@ class Stepper:
                                                      choice=self.choice.op if self.choice is not None else None,
                                                      forced=self.forced.op if self.forced is not None else None))
         self.closed: str | None = None  # why the stepper was closed, once it is
+        self._watchers: list = []  # weak references to callbacks told of every move and edit (debuggers)
+        self._quiet = 0  # > 0 while a run tells its watchers once, at its end
         # a stepper dropped without close() frees its build when it is collected (not at exit: TensorFlow may be
         # half torn down by then)
         self._release = weakref.finalize(self, self.engine.close)
@@ -396,8 +398,8 @@ class Stepper:
 
     @property
     def status(self) -> str:
-        parts = [f"step {self.t} of {self.T}", self.device]
-        parts += [f"sequence {b} ended at t={n}" for b, n in sorted(self.ended.items())]
+        parts = [steps_text(self.t, self.T), self.device]
+        parts += [ended_text(b, n) for b, n in sorted(self.ended.items())]
         if self.breakpoint:
             parts.append(f"breakpoint: {self.breakpoint}")
         if self.closed is not None:
@@ -424,6 +426,7 @@ class Stepper:
         self._active, self._end, self._nonfinite = [], [], []
         self._labels, self._backpointers, self._scores, self._hyp_ended = [], [], [], []
         self.breakpoint = None
+        self._moved()
         return self
 
     def step(self, n: int = 1) -> "Stepper":
@@ -451,6 +454,7 @@ class Stepper:
                 prev = self._hyp_ended[-1] if self._hyp_ended else np.zeros((self.batch, k), bool)
                 self._hyp_ended.append(np.take_along_axis(prev, out["backpointers"], axis=1) | self._end[-1])
             self.t += 1
+        self._moved()
         return self
 
     def step_back(self, n: int = 1) -> "Stepper":
@@ -459,6 +463,7 @@ class Stepper:
         n = _count(n, "step_back", "step(n) goes forward")
         self.t = max(0, self.t - n)
         self.breakpoint = None
+        self._moved()
         return self
 
     def run_to(self, t: int) -> "Stepper":
@@ -473,15 +478,39 @@ class Stepper:
         """Step until ``predicate(stepper)`` is true (True) or the loop ends (False)."""
         self._live_engine()
         self.breakpoint = None
-        for _ in range(max_steps if max_steps is not None else self.T + 1):
-            if self.finished:
-                return False
-            self.step()
-            if predicate(self):
-                describe = getattr(predicate, "describe", None)
-                self.breakpoint = describe(self) if describe else f"condition met at t={self.t - 1}"
-                return True
-        return False
+        self._quiet += 1  # watchers hear of the run once, at its end
+        try:
+            for _ in range(max_steps if max_steps is not None else self.T + 1):
+                if self.finished:
+                    return False
+                self.step()
+                if predicate(self):
+                    describe = getattr(predicate, "describe", None)
+                    self.breakpoint = describe(self) if describe else f"condition met at t={self.t - 1}"
+                    return True
+            return False
+        finally:
+            self._quiet -= 1
+            self._moved()
+
+    # --- watchers ---
+    def watch(self, callback) -> None:
+        """Call ``callback()`` after every move or edit of this stepper (step, step_back, run_to, run_until once
+        at its end, set_state, reset, close). A bound method is held weakly: a debugger that is gone is not kept
+        alive by its stepper."""
+        if hasattr(callback, "__self__"):
+            self._watchers.append(weakref.WeakMethod(callback))
+        else:  # a plain function: kept as it is
+            self._watchers.append(lambda: callback)
+
+    def _moved(self):
+        if self._quiet:
+            return
+        self._watchers = [ref for ref in self._watchers if ref() is not None]
+        for ref in list(self._watchers):
+            callback = ref()
+            if callback is not None:
+                callback()
 
     # --- values ---
     def _state(self, state) -> State:
@@ -559,6 +588,7 @@ class Stepper:
         e.session.run(op, feed_dict={ph: value.astype(state.dtype), e.t_ph: self.t})
         self.edits.append(self.t)
         self.breakpoint = None
+        self._moved()
         return self
 
     # --- beam search ---
@@ -632,6 +662,7 @@ class Stepper:
             self.graph._steppers.discard(self)
         self._release()
         self.engine, self._feed = None, {}  # the feed is keyed by the build's placeholders
+        self._moved()
 
 
 class StepperBeams(Beams):
@@ -675,8 +706,8 @@ class InnerSteps:
 
     @property
     def status(self) -> str:
-        parts = [f"outer step {self.outer_step}", f"inner step {self.t} of {self.T}"]
-        return " · ".join(parts + [f"sequence {b} ended at t={n}" for b, n in sorted(self.ended.items())])
+        parts = [f"outer loop at t={self.outer_step}", "inner loop " + steps_text(self.t, self.T)]
+        return " · ".join(parts + [ended_text(b, n) for b, n in sorted(self.ended.items())])
 
     def __repr__(self):
         return f"InnerSteps({self.loop.name!r}, {self.status})"
@@ -714,6 +745,19 @@ class InnerSteps:
         return _ordered(arr, dims[:axis] + dims[axis + 1:], order, x)
 
 
+def steps_text(t: int, T: int) -> str:
+    """Where a stepper or debugger stands, in the one step numbering recdebug uses: t=k is iteration k of the loop
+    (loop.index == k), counted from 0; after ``t`` steps the last one run is t-1."""
+    if t <= 0:
+        return f"before t=0 (0 of {T} steps run)"
+    return f"at t={t - 1} ({t} of {T} steps run)"
+
+
+def ended_text(b: int, n: int) -> str:
+    """Sequence ``b`` ran ``n`` steps (t=0..n-1); later steps are padding."""
+    return f"sequence {b} ended after t={n - 1} ({n} steps)" if n > 0 else f"sequence {b} ended before t=0 (0 steps)"
+
+
 def _count(n, what: str, hint: str) -> int:
     """A number of steps (or a step): a non-negative integer, else a clear error."""
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
@@ -742,7 +786,7 @@ class on_nonfinite:
 
     def describe(self, st: Stepper) -> str:
         bad = st.nonfinite_at(st.t - 1)
-        names = ", ".join(s.path(st.graph).replace("/", ".") for s in bad)
+        names = ", ".join(s.path(st.graph) for s in bad)
         return f"NaN/Inf in {names} at t={st.t - 1}"
 
 

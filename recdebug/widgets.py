@@ -33,7 +33,8 @@ def _module(name: str) -> str:
 
 
 class HeatmapView(anywidget.AnyWidget):
-    """One state view: heatmap units x time for one sequence, cursor, hover, readout, norm over time."""
+    """One state view: heatmap units x t for one sequence with axes and a colour bar (a legend for labels),
+    cursor, hover, readout, norm over time."""
 
     _esm = _module("heatmap.js")
     title = tl.Unicode("").tag(sync=True)
@@ -46,6 +47,12 @@ class HeatmapView(anywidget.AnyWidget):
     diff_first = tl.Int(-1).tag(sync=True)
     patch = tl.Bytes(b"").tag(sync=True)  # one row: int32 step, then float32 [U] (the step is in the bytes, so
     patch_t = tl.Int(-1)  # that two equal rows in a row still change the trait); the step, for Python
+    unit_label = tl.Unicode("").tag(sync=True)  # what the rows are: "hidden (5 units)"
+    axis_label = tl.Unicode("t").tag(sync=True)  # what the columns are: "t (loop steps)"
+    scale = tl.Float(0.0).tag(sync=True)  # the colour bar's range: +-scale (0: this view's own max |value|)
+    categorical = tl.Bool(False).tag(sync=True)  # labels (ints): one colour each and a legend
+    labels = tl.List(tl.Unicode()).tag(sync=True)  # the vocabulary: the name of label i, if given
+    reveal = tl.Bool(False).tag(sync=True)  # draw the steps up to the cursor only
 
     def __init__(self, key: str, **kwargs):
         super().__init__(**kwargs)
@@ -74,6 +81,12 @@ class HeatmapView(anywidget.AnyWidget):
             self.patch = np.int32(t).tobytes() + row.tobytes()
             if known is not None:
                 self.known = known
+        # the whole array as the state of ``values`` too, not sent (the browser patched its copy): a view drawn
+        # later (the widget shown again, the page reloaded) starts from it, and a later show() of equal values
+        # compares with what the browser really has
+        data = self._array.tobytes()
+        with self._lock_property(values=data):
+            self.values = data
 
     def update(self, array: np.ndarray, length: int, known: int, max_rows: int = 4):
         """Bring the view to ``array``: the rows that differ as patches when they are few, else all of it."""
@@ -128,18 +141,22 @@ class Debugger(w.VBox):
     breakpoint = tl.Unicode("")
     diff_summary = tl.Unicode("")
 
-    def __init__(self, source, other=None, layers=()):
+    def __init__(self, source, other=None, layers=(), reveal=None, shared_scale=False, vocab=None):
         layers = _check_arguments(source, other, layers)
+        vocab = _check_vocab(vocab)
         try:
-            self._build(source, other, layers)
+            self._build(source, other, layers, reveal, shared_scale, vocab)
         except BaseException:
             self.close()  # what was built so far, now: not a complaint from Widget.__del__ later
             raise
 
-    def _build(self, source, other, layers):
+    def _build(self, source, other, layers, reveal, shared_scale, vocab):
         from .trace import Trace
 
         self.stepper, self.trace = (None, source) if isinstance(source, Trace) else (source, None)
+        # reveal: draw the steps up to the cursor only (a live stepper always: later steps are not run yet)
+        self.reveal = bool(self.stepper is not None if reveal is None else reveal)
+        self.shared_scale, self.vocab = bool(shared_scale), vocab
         self._updating = False
         self._edits_seen = len(source.edits) if self.trace is None else 0
         self._rows: dict = {}  # stepper mode: key -> [T, batch, U] values of the steps computed so far
@@ -148,21 +165,23 @@ class Debugger(w.VBox):
         self.hypothesis = None  # (step, slot) of the hypothesis shown, with search
         self.views: dict = {}  # key -> HeatmapView
         self._build_views()
-        self.picked = HeatmapView("", title="(select a layer in the hierarchy to see its values)")
+        # the picked layer's view: hidden until a layer is picked in the hierarchy
+        self.picked = HeatmapView("", title="", reveal=self.reveal, layout=w.Layout(display="none"))
         self.hierarchy = HierarchyView(nodes=self._nodes())
         self.hierarchy.observe(self._from_browser(lambda ch: self.select_layer(ch["new"])), "selected")
-        self.net_text = w.Textarea(value=self._net_text(), disabled=True,
-                                   layout=w.Layout(width="100%", height="300px"))
+        self.net_text = w.HTML(value=_pre(self._net_text()), layout=w.Layout(width="100%"))
         raw = w.Accordion(children=[self.net_text], titles=("raw net dict",))
         raw.selected_index = None
         self._controls()
         beam_box = [] if self.beam_tree is None else [w.HTML("<b>beam search</b>"), self.beam_tree]
         super().__init__(children=[
-            w.HBox([self.b_reset, self.b_back, self.b_step, self.b_run, self.play, self.speed]),
-            w.HBox([self.slider, self.seq]), self.status_html, *beam_box,
-            w.HBox([w.VBox(list(self.views.values()) + [self.picked], layout=w.Layout(width="65%")),
+            w.HBox([self.b_reset, self.b_back, self.b_step, self.b_run, self.seq],
+                   layout=w.Layout(flex_flow="row wrap", align_items="center")),
+            self.slider, self.status_html, w.HTML(_CONVENTION), *beam_box,
+            w.HBox([w.VBox(list(self.views.values()) + [self.picked], layout=w.Layout(flex="1 1 62%", min_width="0")),
                     w.VBox([w.HTML("<b>RecLayer hierarchy</b>"), self.hierarchy, raw],
-                           layout=w.Layout(width="35%"))]),
+                           layout=w.Layout(flex="1 1 38%", min_width="0"))],
+                   layout=w.Layout(width="100%")),
         ])
         self.observe(self._on_t, "t")
         self.observe(self._on_sequence, "sequence")
@@ -176,13 +195,14 @@ class Debugger(w.VBox):
                                     hint=f"layers with values per step: {self._stepped_layers()[:12]}")
             self.select_layer(layer)
         self.T = self._max_steps()
-        self.slider.max = self.T
-        self.play.max = self.T
+        self.slider.max = max(self.T - 1, 0)
         self._refresh_all()
         if other is not None:
             self.show_diff(other)
         if self.stepper is not None:
+            self._driving = False  # True while this debugger moves the stepper itself
             self.t = self.stepper.t
+            self.stepper.watch(self._follow)
 
     # --- beam search ---
     def _beam_steps(self):
@@ -239,8 +259,8 @@ class Debugger(w.VBox):
         if self.trace is not None:
             self.breakpoint = ""
         self.diff_summary = ""
-        ended = f", ended at step {hyp['end_step']}" if hyp["end_step"] >= 0 else ""
-        self._hyp_text = f"hypothesis {k} of step {t}: labels {hyp['labels']}, score {hyp['score']:.4f}{ended}"
+        ended = f", ended at t={hyp['end_step']}" if hyp["end_step"] >= 0 else ""
+        self._hyp_text = f"hypothesis {k} at t={t}: labels {hyp['labels']}, score {hyp['score']:.4f}{ended}"
         for view in self._active_views():
             self._send(view)
         self._place_cursor(self.t)
@@ -270,7 +290,36 @@ class Debugger(w.VBox):
 
     def _build_views(self):
         for key in self._state_keys():
-            self.views[key] = HeatmapView(key, title=f"State {key}")
+            self.views[key] = HeatmapView(key, title=f"State {key}", reveal=self.reveal, **self._describe(key))
+
+    def _describe(self, key: str) -> dict:
+        """What a view's axes say (its unit dims and the loop's axis), and whether it holds labels."""
+        if self.trace is not None:
+            e = self.trace.entries[key]
+            axis = self._main_axis()
+            dims = [(d, int(e.array.shape[i])) for i, d in enumerate(e.dims) if d not in (axis, "batch", "beam")]
+            ints, sparse, axis_name = e.array.dtype.kind in "iub", None, axis
+        else:
+            st = self.stepper
+            x = next((s for s in st.states if s.path(st.graph) == key), None)
+            if x is None:
+                x = next(op.out for op in st.loop.ops if f"{st.loop.name}/{op.name}" == key)
+            dims = [(d.name, int(d.size)) for d in sorted(x.dims, key=lambda d: d.order) if not d.is_batch]
+            ints, axis_name = x.dtype in ("int32", "int64", "bool"), st.loop.axis.name
+            sparse = x.sparse_dim.name if getattr(x, "sparse_dim", None) is not None else None
+        n = int(np.prod([size for _, size in dims])) if dims else 1
+        if not dims:
+            unit_label = "one value"
+        elif len(dims) == 1:
+            unit_label = f"{dims[0][0]} ({n} unit{'s' if n != 1 else ''})"
+        else:
+            unit_label = "×".join(name for name, _ in dims) + f" ({n} units, flattened)"
+        labels = []
+        if ints and self.vocab is not None:
+            labels = self.vocab if isinstance(self.vocab, list) else \
+                self.vocab.get(key, self.vocab.get(sparse, []) if sparse else [])
+        return {"unit_label": unit_label, "axis_label": f"t ({axis_name})", "categorical": ints,
+                "labels": list(labels)}
 
     def _max_steps(self) -> int:
         if self.stepper is not None:
@@ -359,25 +408,23 @@ class Debugger(w.VBox):
 
     # --- controls ---
     def _controls(self):
-        self.b_reset = w.Button(description="reset", tooltip="back to t=0", layout=w.Layout(width="70px"))
-        self.b_back = w.Button(description="◀ back", tooltip="step back", layout=w.Layout(width="80px"))
-        self.b_step = w.Button(description="step ▶", tooltip="one step", layout=w.Layout(width="80px"))
-        self.b_run = w.Button(description="run ▶▶", tooltip="to the end or the next breakpoint",
-                              layout=w.Layout(width="80px"))
+        button = w.Layout(width="auto", min_width="64px")
+        self.b_reset = w.Button(description="reset", tooltip="back to before t=0 (the initial values)",
+                                layout=button)
+        self.b_back = w.Button(description="◀ back", tooltip="one step back", layout=button)
+        self.b_step = w.Button(description="step ▶", tooltip="run one step", layout=button)
+        self.b_run = w.Button(description="run ▶▶", tooltip="run to the end, or to the next breakpoint (NaN/Inf)",
+                              layout=button)
         self.b_reset.on_click(self._from_browser(lambda _: self.reset()))
         self.b_back.on_click(self._from_browser(lambda _: self.step_back()))
         self.b_step.on_click(self._from_browser(lambda _: self.step()))
         self.b_run.on_click(self._from_browser(lambda _: self.run()))
-        self.play = w.Play(value=0, min=0, max=1, interval=200, description="play")
-        self.speed = w.IntSlider(value=5, min=1, max=50, description="steps/s", layout=w.Layout(width="260px"))
-        self.speed.observe(lambda ch: setattr(self.play, "interval", int(1000 / ch["new"])), "value")
-        self.play.interval = int(1000 / self.speed.value)
-        self.play.observe(self._from_browser(lambda ch: self.seek(ch["new"])), "value")
-        self.slider = w.IntSlider(value=0, min=0, max=1, description="t", continuous_update=False,
-                                  layout=w.Layout(width="60%"))
-        self.slider.observe(self._from_browser(lambda ch: self.seek(ch["new"])), "value")
+        # the slider shows the cursor's t (the last step run; -1: none yet), as every view does
+        self.slider = w.IntSlider(value=-1, min=-1, max=1, description="t", continuous_update=False,
+                                  layout=w.Layout(width="100%", max_width="900px"))
+        self.slider.observe(self._from_browser(lambda ch: self.seek(ch["new"] + 1)), "value")
         self.seq = w.BoundedIntText(value=0, min=0, max=max(0, self.batch - 1), description="sequence",
-                                    layout=w.Layout(width="180px"))
+                                    layout=w.Layout(width="170px"), style={"description_width": "initial"})
         self.seq.observe(self._from_browser(lambda ch: self.select_sequence(ch["new"])), "value")
         self.status_html = w.HTML()
 
@@ -400,26 +447,53 @@ class Debugger(w.VBox):
 
     def reset(self):
         if self.stepper is not None:
-            self.stepper.reset()
+            self._drive(self.stepper.reset)
         self.breakpoint = ""
         if self.t == 0:  # no move, but the values may have changed
             self._on_t({"new": 0})
         self.seek(0)
 
     def seek(self, t: int):
-        """Move to ``t`` steps done (the time slider; a stepper computes the steps it has not run yet)."""
+        """Move to ``t`` steps done: the cursor on t-1 (a stepper computes the steps it has not run yet)."""
         t = max(0, min(int(t), self.T))
         if self.stepper is not None:
-            self.stepper.run_to(t)
+            if t != self.stepper.t:
+                self._drive(lambda: self.stepper.run_to(t))
             t = self.stepper.t
         self.t = t
+
+    def _drive(self, move):
+        """Move the stepper from here: this debugger follows by itself, not through the stepper's call back."""
+        self._driving = True
+        try:
+            return move()
+        finally:
+            self._driving = False
+
+    def _follow(self):
+        """The stepper moved or was edited by code elsewhere (another cell): show where it is now."""
+        if self._driving:
+            return
+        try:
+            if self.stepper.closed is not None:
+                self._refresh_status()
+            elif self.stepper.t != self.t:
+                self.t = self.stepper.t
+            else:  # the same step, other values (set_state, reset at t=0)
+                self._on_t({"new": self.t})
+            if self.stepper.closed is None:
+                self.breakpoint = self.stepper.breakpoint or ""
+                self._refresh_status()
+        except RecDebugError as e:
+            self.status = " · ".join(part for part in (e.message, e.hint) if part)
+            self.status_html.value = f"<span class='rd-status rd-error'>{html.escape(self.status)}</span>"
 
     def run(self, predicate=None):
         """Run to the end, or to the first later step where a breakpoint holds (default: NaN/Inf in a State)."""
         if self.stepper is not None:
             from .stepper import on_nonfinite
 
-            hit = self.stepper.run_until(predicate or on_nonfinite())
+            hit = self._drive(lambda: self.stepper.run_until(predicate or on_nonfinite()))
             self.breakpoint = self.stepper.breakpoint or "" if hit else ""
             self.t = self.stepper.t
             self._refresh_status()
@@ -467,12 +541,18 @@ class Debugger(w.VBox):
         self.selected_layer = path
         if self.hierarchy.selected != path:
             self.hierarchy.selected = path
+        self.picked.layout.display = None
         if not ok:
-            self.picked.show(np.zeros((0, 0), np.float32), 0, 0, title=f"{path}: no per-step values to show")
+            with self.picked.hold_sync():
+                self.picked.show(np.zeros((0, 0), np.float32), 0, 0, title=f"{path}: no per-step values to show")
+                self.picked.unit_label = ""
             return
         self.picked.key = path
-        self._send(self.picked, title=f"layer {path}")
-        self.picked.cursor = self.t - 1
+        with self.picked.hold_sync():
+            for name, value in self._describe(path).items():
+                setattr(self.picked, name, value)
+            self._send(self.picked, title=f"layer {path}")
+            self.picked.cursor = self.t - 1
 
     def _layer_exists(self, path: str) -> bool:
         return any(n["path"] == path for n in self.hierarchy.nodes) or self._layer_has_steps(path)
@@ -557,6 +637,21 @@ class Debugger(w.VBox):
         self._send_diffs()
         self._on_t({"new": self.t})
 
+    def _share_scale(self):
+        """With shared_scale: one colour range for every State view (the largest |value| among their valid
+        steps computed so far), so that their colours compare."""
+        if not self.shared_scale:
+            return
+        m = 0.0
+        views = [v for v in self.views.values() if not v.categorical]
+        for view in views:
+            a = view._array[:min(view.length, view.known)]
+            finite = np.abs(a[np.isfinite(a)])
+            if finite.size:
+                m = max(m, float(finite.max()))
+        for view in views:
+            view.scale = m or 1.0
+
     def _on_sequence(self, change):
         if self.seq.value != change["new"]:
             self.seq.value = change["new"]
@@ -583,10 +678,9 @@ class Debugger(w.VBox):
     def _place_cursor(self, t: int):
         for view in self._active_views():
             view.cursor = t - 1
-        if self.slider.value != t:
-            self.slider.value = t
-        if self.play.value != t:
-            self.play.value = t
+        if self.slider.value != t - 1:
+            self.slider.value = t - 1
+        self._share_scale()
         self._refresh_status()
 
     def _active_views(self):
@@ -594,15 +688,17 @@ class Debugger(w.VBox):
                                             self._layer_has_steps(self.selected_layer) else [])
 
     def _refresh_status(self):
-        parts = [f"step {self.t} of {self.T}"]
+        from .stepper import ended_text, steps_text
+
+        parts = [steps_text(self.t, self.T)]
         parts.append(self.trace.device if self.trace is not None else self.stepper.device)
         b = self.sequence
         if self.beams is None:
             n = self._length(b)
             if n <= self.t:
-                parts.append(f"sequence {b} ended at t={n}")
+                parts.append(ended_text(b, n))
         elif self.stepper is not None and b in self.stepper.ended:
-            parts.append(f"sequence {b}: search ended at t={self.stepper.ended[b]}")
+            parts.append(f"sequence {b}: search ended after t={self.stepper.ended[b] - 1}")
         if self.breakpoint:
             parts.append(f"breakpoint: {self.breakpoint}")
         if self.diff_summary:
@@ -613,6 +709,35 @@ class Debugger(w.VBox):
             parts.append(f"stepper closed: {self.stepper.closed}")
         self.status = " · ".join(parts)
         self.status_html.value = f"<span class='rd-status'>{html.escape(self.status)}</span>"
+
+
+_CONVENTION = ("<span class='rd-convention' style='opacity:0.75;font-size:11px'>t=k is iteration k of the loop "
+               "(loop.index == k), counted from 0 · the black line marks the last step run · grey: padding (the "
+               "sequence had ended) · empty: not run yet</span>")
+
+
+def _pre(text: str) -> str:
+    """Text (which may hold markup: names) as a scrolling preformatted box."""
+    return (f"<pre class='rd-net' style='max-height:420px;overflow:auto;font-size:11px;line-height:1.3;"
+            f"margin:0;white-space:pre'>{html.escape(text, quote=False)}</pre>")
+
+
+def _check_vocab(vocab):
+    """``vocab``: the names of the labels, a list (every label view) or {State key or dim name: list}."""
+    if vocab is None:
+        return None
+    if isinstance(vocab, dict):
+        out = {}
+        for k, names in vocab.items():
+            if not isinstance(k, str) or isinstance(names, str) or not all(isinstance(n, str) for n in names):
+                raise RecDebugError("rd.debugger(..., vocab=) maps a State key or a dim name to a list of label "
+                                    f"names, got {k!r}: {names!r}", hint='e.g. vocab={"vocab": ["<eos>", "a", "b"]}')
+            out[k] = list(names)
+        return out
+    if isinstance(vocab, str) or not all(isinstance(n, str) for n in vocab):
+        raise RecDebugError(f"rd.debugger(..., vocab=) is a list of label names, got {vocab!r}",
+                            hint='e.g. vocab=["<eos>", "a", "b"]: label i is named vocab[i]')
+    return list(vocab)
 
 
 def _check_arguments(source, other, layers) -> list:
@@ -651,6 +776,11 @@ def _close_tree(widget):
     widget.close()
 
 
-def debugger(source, other=None, layers=()) -> Debugger:
-    """The debugger widget for a Trace (browse every step) or a Stepper (step live on the device)."""
-    return Debugger(source, other=other, layers=layers)
+def debugger(source, other=None, layers=(), reveal=None, shared_scale=False, vocab=None) -> Debugger:
+    """The debugger widget for a Trace (browse every step) or a Stepper (step live on the device).
+
+    ``other``: a trace to compare with; ``layers``: layer paths to show at once; ``reveal``: draw the steps up to
+    the cursor only (default: on for a stepper, off for a trace); ``shared_scale``: one colour range for all
+    State views; ``vocab``: label names (a list, or {State key or dim name: list}) for the legend of label views.
+    """
+    return Debugger(source, other=other, layers=layers, reveal=reveal, shared_scale=shared_scale, vocab=vocab)

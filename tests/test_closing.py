@@ -66,7 +66,7 @@ def test_the_live_debugger_on_a_closed_stepper_says_so_in_its_status(case):
     assert d.t == 1
     g.close()
     for act in (d.b_step.click, d.b_back.click, d.b_run.click, d.b_reset.click, lambda: setattr(d.slider, "value", 3),
-                lambda: setattr(d.play, "value", 2), lambda: setattr(d.seq, "value", 1)):
+                lambda: setattr(d.slider, "value", 1), lambda: setattr(d.seq, "value", 1)):
         act()  # a control in the page: no exception
         assert "closed: its graph was closed (g.close())" in d.status, d.status
         assert "closed" in d.status_html.value and d.t == 1

@@ -243,7 +243,7 @@ def test_debugger_shows_the_beam_tree_and_the_states_of_a_hypothesis(rng):
     node = next(n for n in d.beam_tree.nodes if n["t"] == 1 and n["k"] == 2)
     assert node["src"] == beams.backpointers[1, 0, 2] and node["label"] == beams.labels[1, 0, 2]
     d.beam_tree.selected = [2, 1]  # a click in the tree
-    assert d.hypothesis == (2, 1) and "hypothesis 1 of step 2" in d.status
+    assert d.hypothesis == (2, 1) and "hypothesis 1 at t=2" in d.status
     h_state = g.states[1]
     view = np.frombuffer(d.views["loop/h"].values, np.float32).reshape(steps, 4)
     for t, slot in enumerate(beams.path(2, 0, 1)):
@@ -472,7 +472,7 @@ def test_debugger_on_a_live_search_grows_the_beam_tree(rng):
     d.step()
     assert len(d.beam_tree.nodes) == 9
     best = int(np.argmax([ch[0] for ch in expected[2][0]]))
-    assert d.beam_tree.selected == [2, best] and f"hypothesis {best} of step 2" in d.status
+    assert d.beam_tree.selected == [2, best] and f"hypothesis {best} at t=2" in d.status
     path = st.beams().path(2, 0, best)
     assert [slot for _, slot in d.beam_tree.path] == path
     node = next(n for n in d.beam_tree.nodes if n["t"] == 2 and n["k"] == 1)
@@ -485,7 +485,7 @@ def test_debugger_on_a_live_search_grows_the_beam_tree(rng):
     picked = d.picked._array
     np.testing.assert_allclose(picked[:3], view[:3], atol=1e-6)
     d.beam_tree.selected = [1, 2]  # a click in the tree
-    assert d.hypothesis == (1, 2) and "hypothesis 2 of step 1" in d.status
+    assert d.hypothesis == (1, 2) and "hypothesis 2 at t=1" in d.status
     view = d.views["h"]._array  # what the browser holds: the last full array and the row patches since
     for t, slot in enumerate(st.beams().path(1, 0, 2)):
         np.testing.assert_allclose(view[t], expected[t][0][slot][3], atol=1e-5)

@@ -158,7 +158,7 @@ def assert_same_trace(a, b):
         assert b._lens[axis][1] == dims
     assert (b.moved_out, b.in_loop, b.device, b.after_choice) == (a.moved_out, a.in_loop, a.device, a.after_choice)
     assert b.hierarchy == a.hierarchy and len(b.hierarchy) > 10
-    assert b.net_text == a.net_text and "'class': 'rec'" in b.net_text
+    assert b.net_text == a.net_text and '"class": "rec"' in b.net_text
 
 
 @pytest.mark.parametrize("name", ["lstm", "search"])

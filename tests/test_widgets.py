@@ -25,21 +25,21 @@ def test_controls_move_the_step_and_every_view_follows(case):
     g, time, dim, lstm, loop, x_np, tr = case
     d = rd.debugger(tr)
     assert set(d.views) == {"loop/lstm.h", "loop/lstm.c"} and d.T == 6 and d.t == 0
-    assert d.status == "step 0 of 6 · cpu"
+    assert d.status == "before t=0 (0 of 6 steps run) · cpu"
     d.step()
     d.step()
-    assert d.t == 2 and d.slider.value == 2 and d.play.value == 2
+    assert d.t == 2 and d.slider.value == 1  # the slider shows the cursor: t=1
     assert all(v.cursor == 1 for v in d.views.values())
     h = tr.numpy(lstm.h, order=(batch, time, dim))
     np.testing.assert_array_equal(d.views["loop/lstm.h"].readout(), h[0, 1])
     d.step_back()
     assert d.t == 1 and d.views["loop/lstm.c"].cursor == 0
-    d.slider.value = 5  # the time slider
+    d.slider.value = 4  # the time slider: the cursor to t=4
     assert d.t == 5 and d.views["loop/lstm.h"].cursor == 4
-    d.play.value = 3  # what the play widget does on each tick
-    assert d.t == 3
+    d.slider.value = -1  # before the first step
+    assert d.t == 0 and d.views["loop/lstm.h"].cursor == -1
     d.run()
-    assert d.t == 6 and d.breakpoint == "" and d.status.startswith("step 6 of 6 · cpu · sequence 0 ended at t=6")
+    assert d.t == 6 and d.breakpoint == "" and d.status.startswith("at t=5 (6 of 6 steps run) · cpu · sequence 0 ended after t=5 (6 steps)")
     d.reset()
     assert d.t == 0 and all(v.cursor == -1 for v in d.views.values())
     d.b_step.click()
@@ -61,7 +61,7 @@ def test_sequence_selection_sends_that_sequences_values(case):
     np.testing.assert_array_equal(np.frombuffer(view.values, np.float32).reshape(6, 4), c[1])
     assert len(view.values) == 6 * 4 * 4  # one float32 buffer, exactly the raw bytes
     d.seek(4)
-    assert "sequence 1 ended at t=3" in d.status
+    assert "sequence 1 ended after t=2 (3 steps)" in d.status
     assert view.value_at(2, 3) == pytest.approx(float(c[1, 2, 3]))  # what hovering shows
     with pytest.raises(rd.RecDebugError):
         d.select_sequence(4)
@@ -87,7 +87,7 @@ def test_selecting_a_layer_in_the_hierarchy_shows_its_values(case):
     assert d.picked.cursor == 1
     d.select_layer("lstm.ff_linear.weight")
     assert "no per-step values" in d.picked.title
-    assert "'class': 'rec'" in d.net_text.value
+    assert '"class": "rec"' in d.net_text.value
 
 
 def test_breakpoint_status_on_a_nan(case):
@@ -216,3 +216,81 @@ def test_static_plot(case):
     g, time, dim, lstm, loop, x_np, tr = case
     fig = tr.plot(sequence=1, t=2)
     assert len(fig.axes) == 4 and "loop/lstm.c" in fig.axes[0].get_title()
+
+
+def test_live_debugger_follows_its_stepper_driven_from_code(case):
+    """Moved or edited from code in another cell, the stepper tells its debugger, which shows the new step
+    (not the old one until the next click)."""
+    g, time, dim, lstm, loop, x_np, tr = case
+    st = g.stepper({"x": x_np}, seq_lens={time: LENS})
+    d = rd.debugger(st)
+    view = d.views["lstm/c"]
+    c = tr.numpy(lstm.c, order=(batch, time, dim))
+    st.run_to(4)
+    assert d.t == 4 and d.slider.value == 3 and view.cursor == 3 and view.known == 4
+    assert d.status.startswith("at t=3 (4 of 6 steps run)")
+    np.testing.assert_allclose(np.frombuffer(view.values, np.float32).reshape(6, 4)[:4], c[0, :4], atol=1e-5)
+    st.set_state(lstm.c, np.full((4, 4), 3.0, np.float32))  # an edit at the same step
+    np.testing.assert_allclose(view.readout(), 3.0)
+    st.step_back(2)
+    assert d.t == 2 and view.cursor == 1
+    calls = []
+    st.watch(lambda: calls.append(st.t))
+    assert st.run_until(rd.on_nan()) is False and d.t == 6 and calls == [6]  # a run tells its watchers once
+    st.reset()
+    assert d.t == 0 and view.known == 0 and view.cursor == -1
+    st.close()
+    assert "stepper closed: its close() was called" in d.status
+
+
+def test_a_view_shown_again_starts_from_the_rows_sent_since(case):
+    """A live view's rows arrive as patches; the widget's state (what a view drawn later, or after a page reload,
+    starts from) holds them too, not the values of its first drawing."""
+    g, time, dim, lstm, loop, x_np, tr = case
+    st = g.stepper({"x": x_np}, seq_lens={time: LENS})
+    d = rd.debugger(st)
+    view = d.views["lstm/c"]
+    d.step(3)
+    assert len(view.patch) == 4 + 4 * 4  # sent as a patch
+    state = view.get_state()
+    rows = np.frombuffer(bytes(state["values"]), np.float32).reshape(6, 4)
+    np.testing.assert_allclose(rows[:3], tr.numpy(lstm.c, order=(batch, time, dim))[0, :3], atol=1e-5)
+    first = np.zeros((6, 4), np.float32)
+    view.show(first, 6, 0)  # the values of the first drawing again: a change from what the browser has now
+    assert view.values == first.tobytes() and view.known == 0
+
+
+def test_views_name_their_axes_share_a_scale_and_draw_labels_as_categories(case):
+    g, time, dim, lstm, loop, x_np, tr = case
+    d = rd.debugger(tr)
+    v = d.views["loop/lstm.c"]
+    assert v.unit_label == "dim (4 units)" and v.axis_label == "t (time)" and not v.categorical and v.scale == 0
+    assert not v.reveal and d.picked.layout.display == "none"  # no empty box until a layer is picked
+    d.select_layer("loop/lstm.tanh")
+    assert d.picked.layout.display is None and d.picked.unit_label == "dim (4 units)"
+    shared = rd.debugger(tr, shared_scale=True, reveal=True)
+    h, c = (tr.numpy(s, order=(batch, time, dim))[0] for s in (lstm.h, lstm.c))
+    assert all(view.reveal for view in shared.views.values())
+    assert [view.scale for view in shared.views.values()] == [pytest.approx(float(max(abs(h).max(), abs(c).max())))] * 2
+    shared.select_sequence(2)  # one valid step: the range of that step only
+    h, c = (tr.numpy(s, order=(batch, time, dim))[2, :1] for s in (lstm.h, lstm.c))
+    assert shared.views["loop/lstm.h"].scale == pytest.approx(float(max(abs(h).max(), abs(c).max())))
+    assert rd.debugger(g.stepper({"x": x_np}, seq_lens={time: LENS})).views["lstm/h"].reveal  # live: on
+
+    vocab = rd.Dim("vocab", 4)
+    with rd.Graph() as g2:
+        x = rd.Input("x", {batch, time, dim})
+        n = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+        with rd.Loop() as lp:
+            lp.unstack(x)
+            n.assign(rd.where(n.get() >= 3, n.get() * 0, n.get() + 1))
+    x2 = np.zeros((2, 5, 4), np.float32)
+    names = ["zero", "one", "two", "three"]
+    for dbg in (rd.debugger(g2.trace({"x": x2}, seq_lens={time: [5, 2]}), vocab=names),
+                rd.debugger(g2.stepper({"x": x2}, seq_lens={time: [5, 2]}), vocab={"vocab": names})):
+        view = next(iter(dbg.views.values()))
+        assert view.categorical and view.labels == names and view.unit_label == "one value"
+        dbg.run()
+        np.testing.assert_array_equal(view._array[:, 0], [1, 2, 3, 0, 1])
+    with pytest.raises(rd.RecDebugError, match="vocab"):
+        rd.debugger(tr, vocab="abc")

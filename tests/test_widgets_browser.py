@@ -235,16 +235,16 @@ def test_debugger_renders_steps_hovers_and_lists_the_hierarchy(lab, page):
     expect(heatmaps.first).to_be_visible()
     assert heatmaps.count() >= 2  # lstm.h and lstm.c (plus the picked-layer view)
     status = page.locator(".rd-status")
-    expect(status).to_contain_text("step 0 of 12")
+    expect(status).to_contain_text("before t=0 (0 of 12 steps run)")
     first = heatmaps.first
     assert first.get_attribute("data-cursor") == "-1"
 
     page.get_by_role("button", name="step ▶").click()
-    expect(status).to_contain_text("step 1 of 12")
+    expect(status).to_contain_text("at t=0 (1 of 12 steps run)")
     expect(first).to_have_attribute("data-cursor", "0")
     x1 = float(first.get_attribute("data-cursor-x"))
     page.get_by_role("button", name="step ▶").click()
-    expect(status).to_contain_text("step 2 of 12")
+    expect(status).to_contain_text("at t=1 (2 of 12 steps run)")
     expect(first).to_have_attribute("data-cursor", "1")
     assert float(first.get_attribute("data-cursor-x")) > x1  # the cursor line moved right
 
@@ -274,7 +274,7 @@ def test_debugger_renders_in_notebook_7(lab, page):
     first = page.locator(".rd-heatmap").first
     expect(first).to_be_visible()
     page.get_by_role("button", name="step ▶").click()
-    expect(page.locator(".rd-status")).to_contain_text("step 1 of 12")
+    expect(page.locator(".rd-status")).to_contain_text("at t=0 (1 of 12 steps run)")
     expect(first).to_have_attribute("data-cursor", "0")
     expect(page.locator('.rd-tree li[data-path="loop"]')).to_be_visible()
     page.locator(".rd-status").scroll_into_view_if_needed()
@@ -292,7 +292,7 @@ def test_beam_tree_renders_and_selects_a_hypothesis(lab, page):
     assert nodes.count() % 3 == 0 and nodes.count() >= 3  # steps x 3 beam slots
     expect(tree.locator(".rd-beam-node title").first).to_contain_text("score")
     tree.locator('.rd-beam-node[data-t="1"][data-k="2"]').click()
-    expect(page.locator(".rd-status").first).to_contain_text("hypothesis 2 of step 1")
+    expect(page.locator(".rd-status").first).to_contain_text("hypothesis 2 at t=1")
     page.locator(".rd-status").first.scroll_into_view_if_needed()
     page.screenshot(path=str(OUT / "debugger-beam-tree.png"))
 
@@ -306,8 +306,8 @@ def test_beam_tree_renders_and_selects_a_hypothesis(lab, page):
     step.click()
     expect(live.locator(".rd-beam-node")).to_have_count(6)
     status = page.locator(".rd-status").nth(1)
-    expect(status).to_contain_text("step 2 of 6")
-    expect(status).to_contain_text("of step 1")  # the best hypothesis after the second step is shown
+    expect(status).to_contain_text("at t=1 (2 of 6 steps run)")
+    expect(status).to_contain_text("at t=1:")  # the best hypothesis after the second step is shown
     # h along the selected hypothesis arrived as row patches: hover step 0 of the live debugger's h view
     heat = page.locator(".rd-heatmap", has=page.locator(".rd-title", has_text="State h")).first  # "loop/h" in the trace
     overlay = heat.locator(".rd-overlay")
@@ -319,7 +319,7 @@ def test_beam_tree_renders_and_selects_a_hypothesis(lab, page):
     value = float(tip.inner_text().split("value=")[1])
     assert value != 0.0 and abs(value) < 1.0  # a tanh value, not an empty row
     live.locator('.rd-beam-node[data-t="0"][data-k="1"]').click()
-    expect(status).to_contain_text("hypothesis 1 of step 0")
+    expect(status).to_contain_text("hypothesis 1 at t=0")
     live.scroll_into_view_if_needed()
     page.screenshot(path=str(OUT / "debugger-live-beam-tree.png"))
 
@@ -339,9 +339,9 @@ def test_markup_in_names_and_trace_files_is_shown_as_text_and_never_runs(lab, pa
     expect(page.locator(".rd-status")).to_have_count(3)
     live, from_file, magic = (cells.nth(i) for i in range(3))
     expect(live.locator(".rd-status")).to_contain_text(
-        f"step 1 of 6 · cpu · breakpoint: {SCRIPT + IMG} on {IMG} at t=0")
-    expect(from_file.locator(".rd-status")).to_contain_text(f"step 0 of 6 · {SCRIPT}")
-    expect(magic.locator(".rd-status")).to_contain_text(f"step 3 of 6 · cpu · breakpoint: NaN/Inf in {IMG} at t=2")
+        f"at t=0 (1 of 6 steps run) · cpu · breakpoint: {SCRIPT + IMG} on {IMG} at t=0")
+    expect(from_file.locator(".rd-status")).to_contain_text(f"before t=0 (0 of 6 steps run) · {SCRIPT}")
+    expect(magic.locator(".rd-status")).to_contain_text(f"at t=2 (3 of 6 steps run) · cpu · breakpoint: NaN/Inf in {IMG} at t=2")
 
     def step_hover_pick(cell, layer, shot):
         step = cell.get_by_role("button", name="step ▶")
@@ -369,9 +369,9 @@ def test_markup_in_names_and_trace_files_is_shown_as_text_and_never_runs(lab, pa
     run = from_file.get_by_role("button", name="run ▶▶")
     run.scroll_into_view_if_needed()
     run.click()
-    expect(from_file.locator(".rd-status")).to_contain_text(f"step 3 of 6 · {SCRIPT} · breakpoint: NaN/Inf in loop/")
+    expect(from_file.locator(".rd-status")).to_contain_text(f"at t=2 (3 of 6 steps run) · {SCRIPT} · breakpoint: NaN/Inf in loop/")
     from_file.get_by_role("button", name="◀ back").click()
-    expect(from_file.locator(".rd-status")).to_contain_text("step 2 of 6")
+    expect(from_file.locator(".rd-status")).to_contain_text("at t=1 (2 of 6 steps run)")
     step_hover_pick(from_file, f"loop/{IMG}plain", "debugger-hostile-trace-file.png")
     expect(from_file.locator(".rd-title", has_text=f"State loop/cell.{SCRIPT}")).to_have_count(1)
     expect(from_file.locator(".rd-node-name", has_text=f"{IMG}plain").first).to_be_attached()

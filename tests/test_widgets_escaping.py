@@ -11,7 +11,7 @@ import pytest
 import recdebug as rd
 from hostile_names import HOSTILE, IMG, LENS, SCRIPT, hostile_graph, hostile_trace_file, inputs, time
 
-OWN_TAGS = {"span", "b"}  # what the debugger's HTML widgets use; names arrive as text inside them
+OWN_TAGS = {"span", "b", "pre"}  # what the debugger's HTML widgets use; names arrive as text inside them
 
 
 class _Markup(HTMLParser):
@@ -46,7 +46,7 @@ def shown_text(d) -> str:
     texts = []
     for value in html_values(d):
         parsed = _Markup(value)
-        assert set(parsed.tags) <= OWN_TAGS and set(parsed.attrs) <= {"class"}, value
+        assert set(parsed.tags) <= OWN_TAGS and set(parsed.attrs) <= {"class", "style"}, value
         texts.append("".join(parsed.text))
     return "\n".join(texts)
 
@@ -71,7 +71,7 @@ def test_live_debugger_nan_breakpoint_names_the_states_as_text():
     d = rd.debugger(g.stepper({"x": inputs(nan_at=2)}, seq_lens={time: LENS}))
     assert d.run() is True and d.t == 3
     text = shown_text(d)
-    assert f"breakpoint: NaN/Inf in cell.{SCRIPT.replace('/', '.')}, {IMG}, plain at t=2" in text
+    assert f"breakpoint: NaN/Inf in cell/{SCRIPT}, {IMG}, plain at t=2" in text
     d.close()
 
 
@@ -85,7 +85,7 @@ def test_trace_file_with_markup_in_keys_and_device_is_shown_as_text(tmp_path):
     assert any(IMG in n["path"] for n in d.hierarchy.nodes)
     assert d.run() is True
     text = shown_text(d)
-    assert f"step 3 of 6 · {SCRIPT}" in text  # the device, from the file
+    assert f"at t=2 (3 of 6 steps run) · {SCRIPT}" in text  # the device, from the file
     assert "breakpoint: NaN/Inf in loop/" in text and "diff: first difference: loop/" in text
     assert all(s in text for s in HOSTILE)
     d.select_layer(f"loop/cell.{SCRIPT}")
