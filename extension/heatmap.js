@@ -56,15 +56,6 @@ function short(v) {  // tick labels
   return String(Number(v.toPrecision(3)));
 }
 
-function ticks(n, room) {  // indices 0..n-1 to label: steps of 1, 2, 5, 10, 20, 50... fitting ``room`` labels
-  const want = Math.max(1, Math.floor(room));
-  let step = 1;
-  for (let k = 0; step * want < n; k++) step = [1, 2, 5][k % 3] * Math.pow(10, Math.floor(k / 3) + (k % 3 === 2 ? 0 : 0)) * (k % 3 === 0 ? 10 : 1);
-  const out = [];
-  for (let i = 0; i < n; i += step) out.push(i);
-  return out;
-}
-
 function niceSteps(n, room) {
   const want = Math.max(1, Math.floor(room));
   const steps = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10000, 20000, 50000, 100000];
@@ -384,7 +375,7 @@ function render({ model, el: root }) {
     const bw = pw / U;
     for (let u = 0; u < U; u++) {
       const v = row[u];
-      const rgb = colorOf(v);
+      const rgb = Number.isNaN(v) ? NAN_COLOR : !Number.isFinite(v) ? INF_COLOR : v >= 0 ? [214, 70, 60] : [55, 105, 215];
       ctx2.fillStyle = `rgb(${rgb[0]},${rgb[1]},${rgb[2]})`;
       const h = Number.isFinite(v) ? Math.min(1, Math.abs(v) / scale) * (H2 / 2 - 2) : H2 / 2 - 2;
       ctx2.fillRect(LEFT + u * bw, v >= 0 ? H2 / 2 - h : H2 / 2, Math.max(1, bw - (bw > 3 ? 1 : 0)), Math.max(1, h));

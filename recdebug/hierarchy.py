@@ -8,7 +8,11 @@ import json
 
 # Each node of the hierarchy has exactly these fields (a trace file's nodes are checked against them).
 NODE_FIELDS = {"path": str, "name": str, "cls": str, "parent": str, "from": str, "dims": str, "params": str,
-               "moved_out": bool, "in_loop": bool, "line": str, "children": bool}
+               "moved_out": bool, "in_loop": bool, "line": str, "children": bool, "helper": bool}
+# "helper": a layer recdebug adds to make RETURNN compute the user's loop (zeros that give a State its dims, a
+# loop's lengths, the gather of a last value...), not one of the user's values: the tree hides them by default.
+# Trace files written before the field existed have no "helper" (read as False).
+OPTIONAL_NODE_FIELDS = ("helper",)
 
 
 def hierarchy_nodes(em, moved_out=(), in_loop=()) -> list:
@@ -19,6 +23,7 @@ def hierarchy_nodes(em, moved_out=(), in_loop=()) -> list:
     for state, paths in em.state_layers.items():
         for p in paths:
             dims_of[p] = state.dims
+    users = set(dims_of) | set(em.lines)  # the layers of the user's ops and States, and those with a source line
     params = {}
     for name, layer in em.net.items():
         if layer.get("class") == "variable":
@@ -40,7 +45,8 @@ def hierarchy_nodes(em, moved_out=(), in_loop=()) -> list:
                     "from": ", ".join(refs(layer)), "dims": dims_str(dims_of[path]) if path in dims_of else "",
                     "params": ", ".join(f"{p} {params[p]}" for p in used) or (params.get(name, "")),
                     "moved_out": path in moved_out, "in_loop": path in in_loop,
-                    "line": str(em.lines[path]) if path in em.lines else "", "children": "unit" in layer}
+                    "line": str(em.lines[path]) if path in em.lines else "", "children": "unit" in layer,
+                    "helper": path not in users and layer.get("class") not in ("rec", "variable")}
             nodes.append(node)
             if "unit" in layer:
                 visit(layer["unit"], path + "/", path)

@@ -22,7 +22,7 @@ import zlib
 import numpy as np
 
 from .errors import RecDebugError
-from .hierarchy import NODE_FIELDS
+from .hierarchy import NODE_FIELDS, OPTIONAL_NODE_FIELDS
 
 FORMAT, VERSION = "recdebug-trace", 2
 FORMAT_V1 = "recdebug-trace-1"  # the first format: no version field
@@ -279,7 +279,7 @@ def _parse_meta(raw: bytes) -> dict:
     for i, m in enumerate(meta.get("beams", [])):
         _fields(m, f"beam search {i}", "beam")
     for i, m in enumerate(meta.get("hierarchy", [])):
-        _fields(m, f"hierarchy node {i}", "node")
+        _fields(m, f"hierarchy node {i}", "node", optional=OPTIONAL_NODE_FIELDS)
     return meta
 
 

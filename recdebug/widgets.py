@@ -178,10 +178,12 @@ class Debugger(w.VBox):
             w.HBox([self.b_reset, self.b_back, self.b_step, self.b_run, self.seq],
                    layout=w.Layout(flex_flow="row wrap", align_items="center")),
             self.slider, self.status_html, w.HTML(_CONVENTION), *beam_box,
-            w.HBox([w.VBox(list(self.views.values()) + [self.picked], layout=w.Layout(flex="1 1 62%", min_width="0")),
+            # side by side when there is room, else the hierarchy below the views
+            w.HBox([w.VBox(list(self.views.values()) + [self.picked],
+                           layout=w.Layout(flex="2 1 460px", min_width="0", max_width="100%")),
                     w.VBox([w.HTML("<b>RecLayer hierarchy</b>"), self.hierarchy, raw],
-                           layout=w.Layout(flex="1 1 38%", min_width="0"))],
-                   layout=w.Layout(width="100%")),
+                           layout=w.Layout(flex="1 1 300px", min_width="0", max_width="100%"))],
+                   layout=w.Layout(width="100%", flex_flow="row wrap")),
         ])
         self.observe(self._on_t, "t")
         self.observe(self._on_sequence, "sequence")
@@ -711,7 +713,7 @@ class Debugger(w.VBox):
         self.status_html.value = f"<span class='rd-status'>{html.escape(self.status)}</span>"
 
 
-_CONVENTION = ("<span class='rd-convention' style='opacity:0.75;font-size:11px'>t=k is iteration k of the loop "
+_CONVENTION = ("<span class='rd-convention' style='opacity:0.75;font-size:11px;line-height:1.3;display:block'>t=k is iteration k of the loop "
                "(loop.index == k), counted from 0 · the black line marks the last step run · grey: padding (the "
                "sequence had ended) · empty: not run yet</span>")
 

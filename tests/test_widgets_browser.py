@@ -109,6 +109,17 @@ with rd.Loop() as loop:
 '''
 
 
+VIEW_CELLS = [NOTEBOOK_CODE.replace("dbg = rd.debugger(tr)\ndbg", "rd.debugger(tr)"), """
+st = g.stepper({"x": x_np}, seq_lens={time: np.array([12, 7, 4])})
+live = rd.debugger(st)
+live
+""", """
+st.run_to(3)   # from code: the live debugger above follows
+""", """
+live           # the same widget shown again: it starts from the rows sent so far
+"""]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -140,6 +151,10 @@ def lab(tmp_path_factory):
         hostile.cells.append(nbformat.v4.new_code_cell(code))
     hostile.metadata["kernelspec"] = nb.metadata["kernelspec"]
     nbformat.write(hostile, root / "hostile.ipynb")
+    view = nbformat.v4.new_notebook()
+    view.cells += [nbformat.v4.new_code_cell(code) for code in VIEW_CELLS]
+    view.metadata["kernelspec"] = nb.metadata["kernelspec"]
+    nbformat.write(view, root / "view.ipynb")
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(base / "config"), JUPYTER_RUNTIME_DIR=str(base / "runtime"),
                IPYTHONDIR=str(base / "ipython"), JUPYTER_DATA_DIR=str(base / "data"))
     settings = base / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
@@ -383,3 +398,92 @@ def test_markup_in_names_and_trace_files_is_shown_as_text_and_never_runs(lab, pa
     assert page.evaluate("() => window.__rd_pwned") is None
     assert page.locator('img[src="x"]').count() == 0
     assert page.evaluate("() => [...document.scripts].filter(s => s.text.includes('__rd_pwned')).length") == 0
+
+
+def _heat_pixels(heatmap):
+    """The heatmap canvas' pixels (RGBA), as the browser drew them."""
+    return heatmap.locator(".rd-heat").evaluate(
+        "c => Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)")
+
+
+def test_view_at_1000px_in_the_dark_theme_reads_and_follows_its_stepper(lab, page):
+    """JupyterLab 1000 px wide, dark theme: controls not cut, hierarchy rows on one line, light text; the live
+    debugger follows st.run_to from another cell; shown again, it draws the same rows; padding says so; the
+    hover value sits at the pointer."""
+    from playwright.sync_api import expect
+
+    url, token = lab
+    page.set_viewport_size({"width": 1000, "height": 1000})
+    set_theme(url, token, "JupyterLab Dark")
+    try:
+        open_and_run_all(page, url, token, "view.ipynb")
+        _check_view(page)
+    finally:
+        set_theme(url, token, "JupyterLab Light")
+
+
+def set_theme(url, token, theme):
+    """JupyterLab's theme, through its settings API (the pages opened afterwards have it)."""
+    body = json.dumps({"raw": json.dumps({"theme": theme})}).encode()
+    req = urllib.request.Request(f"{url}/lab/api/settings/@jupyterlab/apputils-extension:themes", data=body,
+                                 method="PUT", headers={"Authorization": f"token {token}",
+                                                        "Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=10).close()
+
+
+def _check_view(page):
+    from playwright.sync_api import expect
+
+    trace_dbg, live, again = (page.locator(".jp-CodeCell").nth(i) for i in (0, 1, 3))
+    expect(live.locator(".rd-status")).to_contain_text("at t=2 (3 of 12 steps run)")  # followed run_to(3)
+    expect(again.locator(".rd-status")).to_contain_text("at t=2 (3 of 12 steps run)")
+    first, second = (c.locator(".rd-heatmap").first for c in (live, again))
+    expect(first).to_have_attribute("data-cursor", "2")
+    expect(second).to_have_attribute("data-cursor", "2")
+    a, b = _heat_pixels(first), _heat_pixels(second)
+    assert a == b  # the second view drew the rows that reached the first as patches
+    assert all(a[4 * k + 3] == 255 and a[4 * k:4 * k + 3] != [255, 255, 255] for k in range(3))  # steps 0-2 drawn
+    assert a[4 * 3 + 3] == 0  # t=3 not run yet: empty
+
+    assert page.locator("body[data-jp-theme-light='false']").count() == 1  # the dark theme is on
+    trace_dbg.locator(".rd-status").scroll_into_view_if_needed()
+    # buttons whole, not cut ("◀ b..."), and every hierarchy row on one line
+    for button in trace_dbg.locator("button.widget-button").all():
+        assert button.evaluate("b => b.scrollWidth <= b.clientWidth + 1"), button.inner_text()
+    rows = trace_dbg.locator(".rd-tree li.rd-node").all()
+    trace_dbg.locator(".jp-OutputArea-output").first.evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(OUT / "debugger-dark-1000.png"))
+    wrapped = [r.get_attribute("data-path") for r in rows if not r.evaluate("""li => {
+        const n = li.querySelector(':scope > .rd-node-name'), d = li.querySelector(':scope > .rd-node-dims');
+        return !d || Math.abs(d.getBoundingClientRect().top - n.getBoundingClientRect().top) < 4; }""")]
+    assert rows and not wrapped, wrapped
+    expect(trace_dbg.locator(".rd-helpers-toggle")).to_contain_text("helper layers")
+    assert trace_dbg.locator('.rd-tree li[data-path="loop.len"]').count() == 0  # a helper: hidden
+    color = trace_dbg.locator(".rd-heatmap .rd-title").first.evaluate("e => getComputedStyle(e).color")
+    rgb = [int(float(v)) for v in color[color.index("(") + 1:color.index(")")].split(",")[:3]]
+    assert sum(rgb) / 3 > 150, color  # light text on the dark theme
+
+    seq = trace_dbg.locator(".widget-text input").first  # sequence 2: 4 steps
+    seq.fill("2")
+    seq.press("Enter")
+    trace_dbg.get_by_role("button", name="run ▶▶").click()
+    heat = trace_dbg.locator(".rd-heatmap").first
+    expect(heat).to_have_attribute("data-cursor", "11")
+    expect(heat.locator(".rd-readout")).to_have_text("t=11: padding (this sequence has 4 steps, t=0…3)")
+    overlay = heat.locator(".rd-overlay")
+    overlay.scroll_into_view_if_needed()
+    box = overlay.bounding_box()
+    x, y = box["x"] + 48 + 2, box["y"] + 10  # over t=0, unit 0
+    page.mouse.move(x, y)
+    tip = heat.locator(".rd-tooltip")
+    expect(tip).to_be_visible()
+    expect(tip).to_contain_text("t=0 unit=0 value=")
+    tb = tip.bounding_box()
+    assert abs(tb["x"] - x) < 60 and abs(tb["y"] - y) < 60  # at the pointer, not in a line below
+    page.mouse.move(x + (box["width"] - 48 - 70) * 0.95, y)  # t=11: padding for this sequence
+    expect(tip).to_contain_text("value=padding")
+    trace_dbg.locator(".jp-OutputArea-output").first.evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.mouse.move(x, y)  # the tooltip again, where the pointer now is
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(OUT / "debugger-dark-1000-padding.png"))
