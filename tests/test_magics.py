@@ -2,6 +2,10 @@
 import contextlib
 import gc
 import io
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -271,3 +275,31 @@ def test_the_profile_config_in_extension_loads_the_magic(tmp_path):
                           "print('recloop' in get_ipython().magics_manager.magics['cell'])"],
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "True", out.stderr
+
+
+def test_tensorflow_log_lines_are_silenced_and_recdebugs_own_warnings_are_not():
+    """A fresh process (as a kernel is): building, running, tracing and stepping write nothing to stderr; a
+    warning of the user's or recdebug's own still shows."""
+    code = """
+import logging, sys, warnings
+sys.path.insert(0, %r)
+import numpy as np, recdebug as rd
+from test_design_examples import lstm_loop
+g, time, dim, x, lstm, h, out, loop = lstm_loop()
+x_np = np.random.default_rng(0).standard_normal((4, 6, 3)).astype(np.float32)
+lens = np.array([6, 3, 1, 5])
+g.run({"x": x_np}, seq_lens={time: lens})
+g.trace({"x": x_np}, seq_lens={time: lens})
+st = g.stepper({"x": x_np}, seq_lens={time: lens})
+st.run_to(6)
+sys.stderr.flush()
+print("QUIET-UNTIL-HERE", file=sys.stderr, flush=True)
+warnings.warn("a user warning")
+logging.getLogger("recdebug").warning("a recdebug warning")
+""" % str(pathlib.Path(__file__).resolve().parent)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, _, after = proc.stderr.partition("QUIET-UNTIL-HERE")
+    assert before == "", before[:2000]
+    assert "a user warning" in after and "a recdebug warning" in after

@@ -60,6 +60,9 @@ def test_notebook_runs_and_its_claims_hold(name):
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     printed = "".join(o.get("text", "") for c in nb.cells if "claim" in c.metadata.get("tags", [])
                       for o in c.get("outputs", []))
+    stderr = [o.get("text", "")[:300] for c in nb.cells for o in c.get("outputs", [])
+              if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+    assert not stderr, f"{name}: red stderr boxes (TensorFlow log lines?): {stderr}"
     for stated, line in CLAIMS[name]:
         assert stated in text, f"{name} no longer says {stated!r}"
         assert line in printed, f"{name} printed {printed!r}"
