@@ -301,6 +301,8 @@ function render({ model, el: root }) {
   }
 
   function drawNorm() {
+    norm.style.display = categorical() ? "none" : "block";  // the norm of labels means nothing
+    if (categorical()) return;
     const [ctx, W, H] = sized(norm);
     const pw = W - LEFT - RIGHT;
     ctx.clearRect(0, 0, W, H);

@@ -127,7 +127,8 @@ class BeamTreeView(anywidget.AnyWidget):
     _esm = _module("beamtree.js")
     nodes = tl.List(tl.Dict()).tag(sync=True)
     selected = tl.List(tl.Int(), [0, 0]).tag(sync=True)
-    path = tl.List(tl.List(tl.Int())).tag(sync=True)
+    path = tl.List(tl.List(tl.Int())).tag(sync=True)  # the selected hypothesis: [step, slot] up to where it ended
+    best = tl.List(tl.List(tl.Int())).tag(sync=True)  # the best hypothesis of the sequence, up to where it ended
 
 
 class Debugger(w.VBox):
@@ -225,14 +226,25 @@ class Debugger(w.VBox):
         self.beam_tree.nodes = nodes
         if steps:
             last = min(steps - 1, bs.last_step(b))
-            self.select_hypothesis(last, bs.best(b, last))
+            k = bs.best(b, last)
+            self.beam_tree.best = self._drawn_path(last, k)
+            self.select_hypothesis(last, k)
             return
         self.hypothesis, self._hyp_text = None, ""  # a live search before its first step
         with self.beam_tree.hold_sync():
+            self.beam_tree.best = []
             self.beam_tree.path = []
             self.beam_tree.selected = [-1, -1]
         for view in self._active_views():
             self._send(view)
+
+    def _drawn_path(self, t: int, k: int) -> list:
+        """[step, slot] pairs of hypothesis k of step t, up to the step where it ended (the tree draws no
+        EOS carried on after that)."""
+        b = self.sequence
+        slots = self.beams.path(t, b, k)
+        end = self.beams.hypothesis(b, k, t)["end_step"]
+        return [[s, slot] for s, slot in enumerate(slots) if end < 0 or s <= end]
 
     def _refresh_live_beams(self):
         """A live search moved (a step, a step back, an edit): new hypotheses, the best one shown."""
@@ -253,10 +265,9 @@ class Debugger(w.VBox):
         if not (0 <= t < steps and 0 <= k < beam):
             raise RecDebugError(f"no hypothesis {k} of step {t}: {steps} steps of beam size {beam} so far")
         self.hypothesis = (int(t), int(k))
-        path = self.beams.path(int(t), b, int(k))
         if self.beam_tree.selected != [int(t), int(k)]:
             self.beam_tree.selected = [int(t), int(k)]
-        self.beam_tree.path = [[s, slot] for s, slot in enumerate(path)]
+        self.beam_tree.path = self._drawn_path(int(t), int(k))
         hyp = self.beams.hypothesis(b, int(k), int(t))
         if self.trace is not None:
             self.breakpoint = ""

@@ -239,11 +239,15 @@ def test_debugger_shows_the_beam_tree_and_the_states_of_a_hypothesis(rng):
     assert d.T == steps and len(d.beam_tree.nodes) == steps * 3
     best = int(np.argmax(beams.scores[-1, 0]))
     assert d.beam_tree.selected == [steps - 1, best]
-    assert [slot for _, slot in d.beam_tree.path] == beams.path(steps - 1, 0, best)
+    end = beams.hypothesis(0, best, steps - 1)["end_step"]  # the tree draws the path up to where it ended
+    drawn = beams.path(steps - 1, 0, best)[:end + 1 if end >= 0 else steps]
+    assert [slot for _, slot in d.beam_tree.path] == drawn and d.beam_tree.best == d.beam_tree.path
+    assert [t for t, _ in d.beam_tree.best] == list(range(len(drawn)))
     node = next(n for n in d.beam_tree.nodes if n["t"] == 1 and n["k"] == 2)
     assert node["src"] == beams.backpointers[1, 0, 2] and node["label"] == beams.labels[1, 0, 2]
     d.beam_tree.selected = [2, 1]  # a click in the tree
     assert d.hypothesis == (2, 1) and "hypothesis 1 at t=2" in d.status
+    assert [slot for _, slot in d.beam_tree.best] == drawn  # the best path stays drawn
     h_state = g.states[1]
     view = np.frombuffer(d.views["loop/h"].values, np.float32).reshape(steps, 4)
     for t, slot in enumerate(beams.path(2, 0, 1)):

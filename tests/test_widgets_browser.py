@@ -75,12 +75,12 @@ with rd.Graph() as g:
         label.assign(y)
         loop.end(y == 0, include_eos=True)
 enc_np = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
-tr = g.trace({"enc": enc_np}, search=True, seed=3)
+tr = g.trace({"enc": enc_np}, search=True, seed=8)   # weights where the beams differ
 rd.debugger(tr)
 '''
 
 LIVE_BEAM_CODE = '''
-rd.debugger(g.stepper({"enc": enc_np}, seed=3))   # the same search, stepped live
+rd.debugger(g.stepper({"enc": enc_np}, seed=8))   # the same search, stepped live
 '''
 
 
@@ -308,6 +308,10 @@ def test_beam_tree_renders_and_selects_a_hypothesis(lab, page):
     expect(tree.locator(".rd-beam-node title").first).to_contain_text("score")
     tree.locator('.rd-beam-node[data-t="1"][data-k="2"]').click()
     expect(page.locator(".rd-status").first).to_contain_text("hypothesis 2 at t=1")
+    expect(tree.locator(".rd-beam-legend")).to_contain_text("best hypothesis")
+    assert tree.locator("line.rd-beam-best").count() >= 1  # the best path stays drawn beside the selected one
+    assert tree.locator("line.rd-beam-selected").count() == 1
+    assert tree.locator("svg text", has_text="beam 2").count() == 1
     page.locator(".rd-status").first.scroll_into_view_if_needed()
     page.screenshot(path=str(OUT / "debugger-beam-tree.png"))
 
