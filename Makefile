@@ -14,11 +14,14 @@ $(STAMP): setup.py pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/ --ServerApp.ip=127.0.0.1 $(ROOT_FLAG)
+	mkdir -p $(VENV)/share/jupyter/lab/settings  # no news toast over the notebook
+	echo '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' \
+		> $(VENV)/share/jupyter/lab/settings/overrides.json
+	$(VENV)/bin/jupyter lab notebooks/ --ServerApp.ip=127.0.0.1 --LabApp.news_url=None $(ROOT_FLAG)
 
 demo-headless: $(STAMP)
 	$(PY) -m recdebug.demo
-	$(VENV)/bin/jupyter nbconvert --to html --execute --ExecutePreprocessor.store_widget_state=True \
+	$(VENV)/bin/jupyter nbconvert --to html --execute --ExecutePreprocessor.store_widget_state=False \
 		--ExecutePreprocessor.timeout=300 --output-dir out/notebooks notebooks/*.ipynb
 
 test: $(STAMP)

@@ -9,7 +9,9 @@ and the one HTML widget built from them, the status line, escapes them.
 """
 from __future__ import annotations
 
+import base64
 import html
+import logging
 import pathlib
 import sys
 
@@ -619,6 +621,28 @@ class Debugger(w.VBox):
             with view.hold_sync():
                 view.diff = mask.tobytes()
                 view.diff_first = int(steps[0]) if len(steps) else -1
+
+    # --- a picture for where widgets cannot run ---
+    def picture(self) -> bytes:
+        """A PNG of what the debugger shows now: the status line and each view with its cursor and colours."""
+        from .plot import draw_views, png
+
+        views = [v for v in self._active_views() if v.shape[0] > 0 and v.shape[1] > 0]
+        return png(draw_views([{
+            "title": v.title, "unit_label": v.unit_label, "axis_label": v.axis_label, "values": v._array,
+            "length": v.length, "known": v.known, "cursor": v.cursor, "scale": v.scale,
+            "categorical": v.categorical, "labels": list(v.labels), "reveal": v.reveal} for v in views],
+            self.status))
+
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget, and beside it a PNG of its view now: exported notebooks (nbconvert, GitHub, nbviewer)
+        show the picture where no widget manager runs; JupyterLab shows the widget."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        try:
+            bundle["image/png"] = base64.b64encode(self.picture()).decode("ascii")
+        except Exception as e:  # the widget still shows; the picture is only for exports
+            logging.getLogger("recdebug").warning("the debugger's picture for exported notebooks failed: %s", e)
+        return bundle
 
     def close(self):
         """Close this widget and every widget inside it (their comms and registry entries). Also right for a

@@ -294,3 +294,51 @@ def test_views_name_their_axes_share_a_scale_and_draw_labels_as_categories(case)
         np.testing.assert_array_equal(view._array[:, 0], [1, 2, 3, 0, 1])
     with pytest.raises(rd.RecDebugError, match="vocab"):
         rd.debugger(tr, vocab="abc")
+
+
+def _picture_colors(d) -> set:
+    """The colours that fill an area (100 pixels or more) of the debugger's picture: not the shades of
+    antialiased text."""
+    import base64
+    import io
+
+    import matplotlib.image
+
+    bundle = d._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "text/plain" in bundle
+    img = matplotlib.image.imread(io.BytesIO(base64.b64decode(bundle["image/png"])), format="png")
+    assert img.shape[0] > 100 and img.shape[1] > 400
+    colors, counts = np.unique((img[..., :3] * 255).round().astype(int).reshape(-1, 3), axis=0, return_counts=True)
+    return {tuple(int(v) for v in c) for c, n in zip(colors, counts) if n >= 100}
+
+
+def test_the_display_bundle_holds_a_picture_of_the_view_now(case):
+    """Beside the widget, a PNG of what it shows (for exported notebooks): padding grey where the sequence shown
+    has padding, NaN green where a State is NaN, each only then."""
+    g, time, dim, lstm, loop, x_np, tr = case
+    grey, green = (190, 190, 190), (0, 200, 90)
+    d = rd.debugger(tr)
+    colors = _picture_colors(d)  # sequence 0: 6 of 6 steps
+    assert grey not in colors and green not in colors and (255, 255, 255) in colors
+    d.select_sequence(1)  # 3 of 6 steps
+    assert grey in _picture_colors(d)
+    x_bad = x_np.copy()
+    x_bad[0, 2, 0] = np.nan
+    bad = rd.debugger(g.trace({"x": x_bad}, seq_lens={time: LENS}))
+    assert green in _picture_colors(bad)
+
+
+def test_picture_colours_follow_the_heatmaps_mapping():
+    from recdebug.plot import view_rgba
+
+    values = np.array([[1.0, -1.0, 0.0], [np.nan, np.inf, 0.5], [2.0, 2.0, 2.0], [3.0, 3.0, 3.0]], np.float32)
+    rgba = view_rgba(values, length=2, shown=3, scale=1.0, categorical=False)  # [units, steps, 4]
+    assert rgba.shape == (3, 4, 4)
+    assert tuple(rgba[0, 0]) == (255, 0, 0, 255) and tuple(rgba[1, 0]) == (0, 0, 255, 255)  # +scale red, -scale blue
+    assert tuple(rgba[2, 0]) == (255, 255, 255, 255)  # 0: white
+    assert tuple(rgba[0, 1]) == (0, 200, 90, 255) and tuple(rgba[1, 1]) == (255, 0, 255, 255)  # NaN, Inf
+    assert tuple(rgba[2, 1]) == (255, 128, 128, 255)  # half the scale
+    assert (rgba[:, 2, :3] == 190).all() and (rgba[:, 2, 3] == 255).all()  # padding: grey
+    assert (rgba[:, 3, 3] == 0).all()  # not shown yet: transparent
+    labels = view_rgba(np.array([[0], [1], [3]], np.float32), 3, 3, 1.0, categorical=True)
+    assert [tuple(c) for c in labels[0, :, :3]] == [(31, 119, 180), (255, 127, 14), (214, 39, 40)]

@@ -491,3 +491,30 @@ def _check_view(page):
     page.mouse.move(x, y)  # the tooltip again, where the pointer now is
     page.wait_for_timeout(300)
     page.screenshot(path=str(OUT / "debugger-dark-1000-padding.png"))
+
+
+def test_exported_html_shows_a_picture_of_the_debugger_offline(page, tmp_path):
+    """A notebook executed headless and exported to HTML (as `make demo-headless` does, no widget manager, no
+    network): where the debugger was, a picture of it, not an empty box."""
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_code_cell(NOTEBOOK_CODE))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    # as `make demo-headless` runs it: no widget state kept (a state would make the export draw a widget box that
+    # needs the widget manager from a CDN, and recdebug's own modules besides)
+    NotebookClient(nb, timeout=300, kernel_name="python3", store_widget_state=False).execute()
+    outputs = nb.cells[0].outputs
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    html_text, _ = HTMLExporter().from_notebook_node(nb)
+    assert "data:image/png;base64," in html_text
+    path = tmp_path / "exported.html"
+    path.write_text(html_text)
+    page.goto(path.as_uri())
+    img = page.locator(".jp-OutputArea-output img").first
+    img.wait_for()
+    size = img.evaluate("i => [i.complete, i.naturalWidth, i.naturalHeight]")
+    assert size[0] and size[1] > 400 and size[2] > 100, size
+    img.scroll_into_view_if_needed()
+    page.screenshot(path=str(OUT / "exported-html-offline.png"))
