@@ -37,7 +37,9 @@ class RecloopError(Exception):
 
 
 class RecloopResult:
-    """Everything one %%recloop run made: the graph, its net dict, the run's outputs, trace, stepper, widget."""
+    """Everything one %%recloop run made (``-o NAME`` keeps it): ``.graph``, ``.net_dict``, ``.result`` (the
+    run, an rd.Result; ``numpy``, ``lens``, ``scores``, ``param``, ``params`` answer as it does), ``.trace``,
+    ``.stepper`` (None when the loop cannot be stepped live), ``.widget`` (the debugger), ``.outputs``."""
 
     def __init__(self, graph, result, trace, stepper, widget, other_trace=None, figure=None, feeds=None,
                  seq_lens=None):
@@ -54,6 +56,25 @@ class RecloopResult:
     @property
     def net_dict(self) -> dict:
         return self.graph.net_dict()
+
+    # the run's values, as rd.Result gives them (``-o res`` then ``res.numpy(out, order=...)``)
+    def numpy(self, t, order=None) -> np.ndarray:
+        """A top-level value of the run as numpy, axes in ``order`` (default: batch, then dims by creation)."""
+        return self.result.numpy(t, order)
+
+    def lens(self, dim) -> np.ndarray:
+        """The per-sequence lengths of a dynamic dim (a loop's axis: how many steps each sequence ran)."""
+        return self.result.lens(dim)
+
+    def scores(self, loop) -> np.ndarray:
+        """With --search: the final score of each sequence's best hypothesis."""
+        return self.result.scores(loop)
+
+    def param(self, p) -> np.ndarray:
+        return self.result.param(p)
+
+    def params(self) -> dict:
+        return self.result.params()
 
     @property
     def outputs(self) -> dict:

@@ -59,7 +59,24 @@ class RecloopMagics(Magics):
         """Build the cell's Loop/State code on RETURNN, run it, and show the step-by-step debugger.
 
         The cell body runs in the notebook's namespace inside a fresh rd.Graph; dims, modules and arrays of
-        earlier cells are visible, and what the body defines stays for later cells.
+        earlier cells are visible, and what the body defines stays for later cells. Inputs not fed get seeded
+        random data. A fed array has the Input's axes in order: batch first, then the dims in the order they were
+        created (rd.Input("x", {batch, time, feat}) takes x_np of shape (batch, time, feat)).
+
+        Example (x_np: float32 (batch, time, feat); lens_np: int32 (batch,), each sequence's number of frames)::
+
+            %%recloop --feed x=x_np --lens time=lens_np -o res
+            x = rd.Input("x", {batch, time, feat})
+            h = rd.State({batch, hid})
+            with rd.Loop() as loop:
+                h.assign(rd.tanh(rd.Linear(hid)(loop.unstack(x)) + h.get()))
+                out = loop.stack(h.get())
+
+        ``-o res`` keeps the run in ``res``: ``res.numpy(out, order=(batch, time, hid))``, ``res.lens(time)``,
+        ``res.scores(loop)``, ``res.params()`` (as rd.Result), ``res.result`` (the rd.Result itself),
+        ``res.trace`` (every in-loop value per step), ``res.stepper`` (live stepping; None when the loop cannot
+        be stepped), ``res.widget`` (the debugger), ``res.net_dict``, ``res.show()``. Without -o the result is
+        closed when the next %%recloop cell runs.
         """
         args = parse_argstring(self.recloop, line)
         ns = self.shell.user_ns

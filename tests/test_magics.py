@@ -43,6 +43,8 @@ def test_help_lists_every_option(ip):
     for option in ("--feed", "--lens", "--seed", "--out", "--device", "--no-optimize", "--compare-optimize",
                    "--capture", "--break", "--static", "--verbose"):
         assert option in doc
+    assert "%%recloop --feed x=x_np --lens time=lens_np -o res" in doc  # an example
+    assert "res.numpy(out, order=" in doc and "res.stepper" in doc  # what -o keeps
 
 
 def test_feed_lens_and_out(ip):
