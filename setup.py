@@ -20,6 +20,7 @@ setup(
         "ipywidgets==8.1.9",
         "anywidget==0.11.0",
         "matplotlib==3.11.2",
+        "tqdm==4.70.1",
     ],
     extras_require={
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],

@@ -110,7 +110,7 @@ class Engine:
         self.capture = capture
         self.emitted: Emitted = emit(g, optimize=optimize, capture=capture, search=search)
         config = Config({"extern_data": self.emitted.extern_data, "debug_print_layer_output_template": False,
-                         "optimize_move_layers_out": optimize})
+                         "optimize_move_layers_out": optimize, **self.config_options()})
         self.tf_graph = tf.Graph()
         with self.tf_graph.as_default(), tf.device("/gpu:0" if device == "gpu" else "/cpu:0"):
             net = self.prepare()
@@ -132,6 +132,10 @@ class Engine:
         self.set_params({}, seed)
 
     extra_variables: list = []  # TF variables of a subclass, initialized with the network's
+
+    def config_options(self) -> dict:
+        """More RETURNN config entries for this build (a subclass: the optimizer)."""
+        return {}
 
     def prepare(self) -> dict:
         """The net dict to build (subclasses add TF objects to the graph first)."""
@@ -867,7 +871,7 @@ def trace_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, see
     check_feeds(g, inputs)  # before a build that takes seconds
     engine = get_engine(g, optimize, device, seed, capture="all" if capture is None else capture, search=search,
                         train=train)
-    engine.set_params(params or {}, seed)
+    engine.set_params(default_params(g, params), seed)
     return engine.trace(inputs, seq_lens, max_bytes, targets)
 
 
@@ -891,8 +895,16 @@ def run_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, seed=
               targets=None, train=False) -> Result:
     check_feeds(g, inputs)  # before a build that takes seconds
     engine = get_engine(g, optimize, device, seed, search=search, train=train)
-    engine.set_params(params or {}, seed)
+    engine.set_params(default_params(g, params), seed)
     return engine.run(inputs, seq_lens, targets)
+
+
+def default_params(g, params) -> dict:
+    """The parameters a run uses: those given, else the ones g.train or g.load left on the graph, else none (the
+    seeded initial values)."""
+    if params is not None:
+        return params
+    return getattr(g, "trained_params", None) or {}
 
 
 def _spread_over_steps(arr, dims: tuple, loops, fetched_lens: dict, lens: dict) -> tuple:

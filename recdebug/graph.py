@@ -93,6 +93,7 @@ class Graph:
         self.states: list = []
         self.choices: list = []  # rd.choice outputs (beam search / teacher forcing)
         self._engines: dict = {}
+        self.trained_params: dict | None = None  # path -> array, left by train() or load(): used by default
         self._steppers = weakref.WeakSet()  # live steppers (a dropped one frees its build itself)
 
     def __enter__(self):
@@ -178,6 +179,24 @@ class Graph:
 
         return Stepper(self, inputs or {}, seq_lens, device=device, seed=seed, params=params, loop=loop,
                        targets=targets)
+
+    def train(self, inputs=None, seq_lens=None, loss=None, steps=100, learning_rate=1e-3, batch_size=32, seed=0,
+              optimize=True, device=None, params=None, targets=None, optimizer=None, progress=True):
+        """Train the graph's parameters with RETURNN's own trainer; returns an ``rd.History`` (``losses``: the
+        mean loss per valid frame of each step).
+
+        ``inputs``/``seq_lens``: the whole training data (as for run); each step takes ``batch_size`` sequences,
+        epoch by epoch in an order drawn from ``seed`` (which also draws the initial parameters, unless the graph
+        was trained or loaded before, or ``params=`` are given). ``loss``: a float32 value after the loop with the
+        batch dim (e.g. ``rd.cross_entropy(logits, labels)``, per frame); padding frames count for nothing.
+        ``optimizer``: RETURNN's optimizer options (default ``{"class": "adam"}``). ``targets``: reference labels
+        of an rd.choice (teacher forcing), as for run. Ctrl-C stops after the current step and keeps what was
+        learned. Afterwards run, trace, stepper and the debugger use the trained parameters."""
+        from .train import train_graph
+
+        return train_graph(self, inputs or {}, seq_lens, loss, steps=steps, learning_rate=learning_rate,
+                           batch_size=batch_size, seed=seed, optimize=optimize, device=device, params=params,
+                           targets=targets, optimizer=optimizer, progress=progress)
 
     def close(self):
         """Free the TensorFlow sessions this graph holds, its steppers' too (they refuse to step after this)."""

@@ -13,7 +13,8 @@ from contextvars import ContextVar
 import numpy as np
 
 from .dims import sorted_dims
-from .engine import Engine, build_apart, checked_numbers, reference_labels, resolve_device, value_and_order
+from .engine import (Engine, build_apart, checked_numbers, default_params, reference_labels, resolve_device,
+                     value_and_order)
 from .errors import DimError, LoopError, RecDebugError, RunError
 from .state import State
 from .stepnet import build_step_net
@@ -335,7 +336,7 @@ class Stepper:
         self._release.atexit = False
         g._steppers.add(self)
         try:
-            self.engine.set_params(params or {}, seed)
+            self.engine.set_params(default_params(g, params), seed)
             self._feed, self._lens, _ = self.engine.feed_dict(inputs, seq_lens)
             self._lens = {d: n[::self.beam] for d, n in self._lens.items()}
             if self.forced is not None:

@@ -1,0 +1,150 @@
+"""g.train: RETURNN's own trainer on the emitted net, checked against numpy (the loss it reports, the update it
+makes), on a task it must learn, with Ctrl-C, and with run/trace/stepper using what was learned."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import recdebug as rd
+
+batch = rd.batch_dim
+
+
+def rnn_tagger(hid_size=3):
+    """A tanh RNN tagger: h_t = tanh(W x_t + U h_{t-1} + b); logits_t = V h_t + c; per-frame cross entropy."""
+    time, feat, hid, classes = rd.Dim("time"), rd.Dim("feat", 2), rd.Dim("hid", hid_size), rd.Dim("classes", 2)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        y = rd.Input("y", {batch, time}, dtype="int32", sparse_dim=classes)
+        lin_x, lin_h, lin_out = rd.Linear(hid), rd.Linear(hid), rd.Linear(classes)
+        h = rd.State({batch, hid})
+        with rd.Loop() as loop:
+            h.assign(rd.tanh(lin_x(loop.unstack(x)) + lin_h(h.get())))
+            logits = loop.stack(lin_out(h.get()))
+        loss = rd.cross_entropy(logits, y)
+    return g, time, loss, logits
+
+
+def numpy_loss(p: dict, x, y, lens) -> float:
+    """The mean cross entropy over the valid frames, computed in numpy (padding frames never read)."""
+    total, frames = 0.0, 0
+    for b in range(x.shape[0]):
+        h = np.zeros(p["linear_1/weight"].shape[1])
+        for t in range(lens[b]):
+            h = np.tanh(x[b, t] @ p["linear/weight"] + p["linear/bias"] + h @ p["linear_1/weight"] + p["linear_1/bias"])
+            z = h @ p["linear_2/weight"] + p["linear_2/bias"]
+            total += np.log(np.exp(z - z.max()).sum()) + z.max() - z[y[b, t]]
+            frames += 1
+    return total / frames
+
+
+def ragged_data(rng, n=6, T=5):
+    x = rng.standard_normal((n, T, 2)).astype(np.float32)
+    y = rng.integers(0, 2, (n, T)).astype(np.int32)
+    lens = rng.integers(1, T + 1, n).astype(np.int32)
+    lens[0] = T
+    pad = np.arange(T)[None, :] >= lens[:, None]
+    x[pad] = 1e3  # garbage in the padding frames: must count for nothing
+    y[pad] = 1
+    return x, y, lens
+
+
+def test_the_reported_loss_and_the_first_adam_step_agree_with_numpy(rng):
+    g, time, loss, logits = rnn_tagger()
+    x, y, lens = ragged_data(rng)
+    before = g.run({"x": x, "y": y}, seq_lens={time: lens}).params()
+    lr = 0.01
+    hist = g.train({"x": x, "y": y}, seq_lens={time: lens}, loss=loss, steps=1, learning_rate=lr,
+                   batch_size=len(x), progress=False)  # one step on all the sequences
+    assert hist.steps == 1 and not hist.interrupted
+    np.testing.assert_allclose(hist.losses[0], numpy_loss({k: v.astype(np.float64) for k, v in before.items()},
+                                                          x, y, lens), rtol=1e-5)
+    after = g.trained_params
+    # Adam's first step moves every parameter by learning_rate against the sign of its gradient: the gradient's
+    # sign from central finite differences of the numpy loss
+    p64 = {k: v.astype(np.float64) for k, v in before.items()}
+    checked = 0
+    for name, value in p64.items():
+        for i in np.ndindex(value.shape):
+            eps = 1e-5
+            plus, minus = {**p64, name: value.copy()}, {**p64, name: value.copy()}
+            plus[name][i] += eps
+            minus[name][i] -= eps
+            grad = (numpy_loss(plus, x, y, lens) - numpy_loss(minus, x, y, lens)) / (2 * eps)
+            if abs(grad) > 1e-4:
+                np.testing.assert_allclose(after[name][i] - before[name][i], -lr * np.sign(grad), rtol=1e-3,
+                                           err_msg=f"{name}{i}")
+                checked += 1
+    assert checked > 20
+
+
+def test_an_lstm_learns_running_parity_and_run_trace_stepper_use_what_it_learned(rng):
+    time, feat, hid, classes = rd.Dim("time"), rd.Dim("feat", 2), rd.Dim("hid", 12), rd.Dim("classes", 2)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        y = rd.Input("y", {batch, time}, dtype="int32", sparse_dim=classes)
+        lstm, lin_out = rd.LSTM(hid), rd.Linear(classes)
+        with rd.Loop() as loop:
+            logits = loop.stack(lin_out(lstm(loop.unstack(x))))
+        loss = rd.cross_entropy(logits, y)
+    n, T = 64, 16
+    x_np = rng.integers(0, 2, (n, T, 2)).astype(np.float32)
+    y_np = (np.cumsum(x_np[:, :, 0], axis=1) % 2).astype(np.int32)  # the parity of the ones so far
+    lens = rng.integers(4, T + 1, n).astype(np.int32)
+    valid = np.arange(T)[None, :] < lens[:, None]
+    x_np[~valid], y_np[~valid] = 7.0, 1
+    hist = g.train({"x": x_np, "y": y_np}, seq_lens={time: lens}, loss=loss, steps=250, learning_rate=1e-2,
+                   batch_size=16, seed=0, progress=False)
+    assert hist.losses[-1] < hist.losses[0] / 2 and hist.losses[0] == pytest.approx(np.log(2), abs=0.05)
+    res = g.run({"x": x_np, "y": y_np}, seq_lens={time: lens})
+    for name, value in g.trained_params.items():
+        np.testing.assert_array_equal(res.param(name), value)
+    pred = res.numpy(logits, order=(batch, time, classes)).argmax(-1)
+    assert (pred == y_np)[valid].mean() >= 0.95
+    tr = g.trace({"x": x_np[:4], "y": y_np[:4]}, seq_lens={time: lens[:4]})
+    st = g.stepper({"x": x_np[:4], "y": y_np[:4]}, seq_lens={time: lens[:4]})
+    st.run_to(3)
+    np.testing.assert_allclose(st.value(lstm.h), tr.numpy(lstm.h, order=(time, batch, hid))[2], atol=1e-5)
+    np.testing.assert_allclose(tr.numpy(logits, order=(batch, time, classes))[valid[:4]],
+                               res.numpy(logits, order=(batch, time, classes))[:4][valid[:4]], atol=1e-5)
+
+
+def test_ctrl_c_stops_training_and_keeps_what_was_learned():
+    code = """
+import os, signal, sys, threading
+sys.path.insert(0, %r)
+import numpy as np
+from test_train import rnn_tagger, ragged_data
+g, time, loss, logits = rnn_tagger()
+x, y, lens = ragged_data(np.random.default_rng(0), n=8)
+g.train({"x": x, "y": y}, seq_lens={time: lens}, loss=loss, steps=1, progress=False)  # built and warm
+first = {k: v.copy() for k, v in g.trained_params.items()}
+threading.Timer(2.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+hist = g.train({"x": x, "y": y}, seq_lens={time: lens}, loss=loss, steps=10**7, learning_rate=1e-3,
+               batch_size=4, progress=False)
+res = g.run({"x": x, "y": y}, seq_lens={time: lens})
+print("RESULT", hist.interrupted, hist.steps > 10, hist.steps < 10**7,
+      all(np.array_equal(res.param(k), v) for k, v in g.trained_params.items()),
+      any(not np.array_equal(first[k], v) for k, v in g.trained_params.items()))
+""" % os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RESULT True True True True True" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_bad_training_arguments_get_clear_errors(rng):
+    g, time, loss, logits = rnn_tagger()
+    x, y, lens = ragged_data(rng)
+    feeds = {"x": x, "y": y}
+    with pytest.raises(rd.RecDebugError, match="expects an rd.Tensor"):
+        g.train(feeds, seq_lens={time: lens}, loss="loss")
+    with pytest.raises(rd.RecDebugError, match="steps must be"):
+        g.train(feeds, seq_lens={time: lens}, loss=loss, steps=-1)
+    with pytest.raises(rd.RecDebugError, match="batch_size must be"):
+        g.train(feeds, seq_lens={time: lens}, loss=loss, batch_size=0.5)
+    with pytest.raises(rd.RecDebugError, match="after the loop"):
+        g.train(feeds, seq_lens={time: lens}, loss=g.loops[0].ops[-1].out)
+    with pytest.raises(rd.RunError, match="one length per sequence"):
+        g.train(feeds, seq_lens={time: lens[:3]}, loss=loss)
