@@ -191,16 +191,19 @@ def run_recloop(body: str, namespace: dict, feeds: dict | None = None, seq_lens:
                 seed: int = 0, device: str | None = None, optimize: bool = True, compare_optimize: bool = False,
                 capture=None, breakpoint=None, static: bool = False, verbose: bool = False,
                 show_widget: bool = True, search: bool = False, targets: dict | None = None,
-                live: bool = False, options: str = "") -> RecloopResult:
+                live: bool = False, options: str = "", params=None) -> RecloopResult:
     """Build the cell's graph, run it, trace it, make a stepper and the debugger (or a static figure).
 
     The debugger browses the trace; with ``live`` or a ``breakpoint`` it steps the live stepper instead.
+    ``params``: a directory of g.save (or a RETURNN checkpoint prefix) whose parameters the cell's graph uses.
     ``options``: the text after ``%%recloop`` (errors from the options or the fed data name that line)."""
     filename = cell_filename()
     header = f"%%recloop {options}".strip()
     g = exec_body(body, namespace, filename, verbose, header)
     try:
         with running_cell(SourceLine(filename, 1, header), sys._getframe()):
+            if params is not None:
+                g.load(params)
             return _run_cell(g, filename, feeds, seq_lens, seed, device, optimize, compare_optimize, capture,
                              breakpoint, static, verbose, show_widget, search, targets, live)
     except BaseException:

@@ -259,11 +259,7 @@ class Engine:
                 if d.size is None:
                     if sizes.setdefault(d, n) != n:
                         raise RunError(f"input {name!r}: dim {d.name!r} has size {n} here, {sizes[d]} elsewhere")
-            arr = arr.astype(inp.dtype)
-            arrays[name] = (arr, tuple(order))
-            data = self.network.extern_data.data[inp.op.name]  # the extern data key (a reserved name is renamed)
-            target = [em.rd_dim(t) for t in data.dim_tags]
-            fd[data.placeholder] = arr.transpose([list(order).index(d) for d in target])
+            arrays[name] = (arr.astype(inp.dtype), tuple(order))
         for d, n in sizes.items():
             if d.is_batch:
                 continue
@@ -282,12 +278,15 @@ class Engine:
             if d not in sizes and not any(d is y for y in g.choices):
                 raise RunError(f"seq_lens: {d!r} is not a dynamic dim of any input")
         for name, inp in g.inputs.items():
+            arr, order = arrays[name]
+            for i, d in enumerate(order):  # frames after the longest sequence: RETURNN's axis ends there
+                if d in lens and arr.shape[i] > int(lens[d].max()):
+                    arr = arr.take(np.arange(int(lens[d].max())), axis=i)
             if inp.sparse_dim is not None:
-                arr, order = arrays[name]
                 arr = valid_labels(name, arr, order, inp.sparse_dim, lens)
-                arrays[name] = (arr, order)
-                data = self.network.extern_data.data[inp.op.name]
-                fd[data.placeholder] = arr.transpose([list(order).index(em.rd_dim(t)) for t in data.dim_tags])
+            arrays[name] = (arr, order)
+            data = self.network.extern_data.data[inp.op.name]  # the extern data key (a reserved name is renamed)
+            fd[data.placeholder] = arr.transpose([list(order).index(em.rd_dim(t)) for t in data.dim_tags])
         return fd, lens, arrays
 
     def _fetches(self, layer_names: dict, lens: dict):
@@ -902,6 +901,10 @@ def run_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, seed=
 def default_params(g, params) -> dict:
     """The parameters a run uses: those given, else the ones g.train or g.load left on the graph, else none (the
     seeded initial values)."""
+    if isinstance(params, (str, os.PathLike)):  # a directory of g.save, or a RETURNN checkpoint prefix
+        from .checkpoint import load_params
+
+        return load_params(g, params)
     if params is not None:
         return params
     return getattr(g, "trained_params", None) or {}

@@ -94,6 +94,7 @@ class Graph:
         self.choices: list = []  # rd.choice outputs (beam search / teacher forcing)
         self._engines: dict = {}
         self.trained_params: dict | None = None  # path -> array, left by train() or load(): used by default
+        self.trained_loss = self.trained_optimizer = None  # what train() trained with (save() writes them)
         self._steppers = weakref.WeakSet()  # live steppers (a dropped one frees its build itself)
 
     def __enter__(self):
@@ -197,6 +198,26 @@ class Graph:
         return train_graph(self, inputs or {}, seq_lens, loss, steps=steps, learning_rate=learning_rate,
                            batch_size=batch_size, seed=seed, optimize=optimize, device=device, params=params,
                            targets=targets, optimizer=optimizer, progress=progress)
+
+    def save(self, path, loss=None, inputs=None, seq_lens=None, learning_rate=1e-3, batch_size=32, optimizer=None):
+        """Write ``path/returnn.config`` (RETURNN's config: dims, extern_data, the net dict with its loss layer,
+        the optimizer) and ``path/model.001`` (a RETURNN checkpoint of the current parameters: trained, loaded,
+        or the seeded initial ones). ``loss``: default the one g.train used. ``inputs``/``seq_lens``: training
+        data to store beside it (``train_data.npz``) as the config's ``train`` dataset, so that RETURNN's command
+        line trains on with no more arguments (``python -m returnn returnn.config ++num_epochs 2``). Returns the
+        config's path."""
+        from .checkpoint import save_graph
+
+        return save_graph(self, path, loss=loss, inputs=inputs, seq_lens=seq_lens, learning_rate=learning_rate,
+                          batch_size=batch_size, optimizer=optimizer)
+
+    def load(self, path) -> dict:
+        """Load the parameters of the newest checkpoint in ``path`` (a g.save directory, RETURNN's command line
+        training on in it included, or a checkpoint prefix); run, trace, stepper use them from now on."""
+        from .checkpoint import load_params
+
+        self.trained_params = load_params(self, path)
+        return self.trained_params
 
     def close(self):
         """Free the TensorFlow sessions this graph holds, its steppers' too (they refuse to step after this)."""

@@ -52,6 +52,9 @@ class RecloopMagics(Magics):
               help="rd.choice does beam search (the debugger shows the beams); without it, give --targets")
     @argument("--targets", action="append", metavar="LABEL=VAR",
               help="teacher forcing: reference labels VAR (batch, steps) for the rd.choice named LABEL")
+    @argument("--params", metavar="DIR",
+              help="use the parameters saved with g.save(DIR) (the newest checkpoint there; also a RETURNN "
+                   "checkpoint prefix) instead of the seeded initial ones")
     @argument("--static", action="store_true", help="show a static matplotlib figure instead of widgets")
     @argument("--verbose", action="store_true", help="show full tracebacks, recdebug's and RETURNN's frames too")
     @cell_magic
@@ -102,7 +105,7 @@ class RecloopMagics(Magics):
                              optimize=not args.no_optimize, compare_optimize=args.compare_optimize,
                              capture=args.capture, breakpoint=predicate, static=args.static,
                              verbose=args.verbose, search=args.search, targets=targets,
-                             live=args.live, options=line.strip())
+                             live=args.live, options=line.strip(), params=args.params)
         if args.out:
             ns[args.out] = result
         else:

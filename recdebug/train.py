@@ -141,7 +141,9 @@ def train_graph(g, inputs: dict, seq_lens: dict | None, loss, steps: int, learni
     engine = g._engines.get(key)
     if engine is None:
         engine = g._engines[key] = build_apart(lambda: TrainEngine(g, loss, bool(optimize), device, seed, optimizer))
-    start = params if params is not None else getattr(g, "trained_params", None) or {}
+    from .engine import default_params
+
+    start = default_params(g, params)
     engine.set_params(start, seed)
     session = engine._open_session()
     engine.updater.set_learning_rate(learning_rate, session=session)
@@ -175,4 +177,5 @@ def train_graph(g, inputs: dict, seq_lens: dict | None, loss, steps: int, learni
     finally:
         bar.close()
         g.trained_params = engine.params()
+        g.trained_loss, g.trained_optimizer = loss, optimizer
     return History(losses, interrupted, time.perf_counter() - t0, batch_size)

@@ -116,3 +116,36 @@ def test_running_with_a_loop_still_open_is_an_error():
             loop.stack(loop.unstack(x) * 2.0)
             with pytest.raises(rd.RunError, match="open loop"):
                 g.run({"x": np.ones((1, 1, 2))})
+
+
+def test_frames_after_the_longest_sequence_are_cut_not_a_shape_error(rng):
+    """Arrays padded past the longest sequence (a fixed size of 10, sequences of at most 7 frames), with a
+    per-frame loss that gathers the labels: run, trace and the stepper agree with numpy on the valid frames."""
+    time, feat, classes = rd.Dim("time"), rd.Dim("feat", 2), rd.Dim("classes", 2)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        y = rd.Input("y", {batch, time}, dtype="int32", sparse_dim=classes)
+        s = rd.State({batch, classes})
+        lin = rd.Linear(classes)
+        with rd.Loop() as loop:
+            s.assign(rd.tanh(lin(loop.unstack(x)) + s.get()))
+            z = loop.stack(s.get())
+        ce = rd.cross_entropy(z, y)
+    x_np = rng.standard_normal((3, 10, 2)).astype(np.float32)
+    y_np = rng.integers(0, 2, (3, 10)).astype(np.int32)
+    lens = np.array([7, 2, 5], np.int32)
+    res = g.run({"x": x_np, "y": y_np}, seq_lens={time: lens})
+    w, b = res.param(lin.weight), res.param(lin.bias)
+    got = res.numpy(ce, order=(batch, time))
+    assert got.shape == (3, 7)
+    tr = g.trace({"x": x_np, "y": y_np}, seq_lens={time: lens})
+    st = g.stepper({"x": x_np, "y": y_np}, seq_lens={time: lens})
+    st.run_to(7)
+    for k in range(3):
+        h = np.zeros(2)
+        for t in range(lens[k]):
+            h = np.tanh(x_np[k, t] @ w + b + h)
+            logp = h - np.log(np.exp(h).sum())
+            assert got[k, t] == pytest.approx(-logp[y_np[k, t]], abs=1e-5)
+            np.testing.assert_allclose(tr.numpy(s, order=(batch, time, classes))[k, t], h, atol=1e-5)
+            np.testing.assert_allclose(st.value(s, at=t + 1)[k], h, atol=1e-5)

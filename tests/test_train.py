@@ -148,3 +148,93 @@ def test_bad_training_arguments_get_clear_errors(rng):
         g.train(feeds, seq_lens={time: lens}, loss=g.loops[0].ops[-1].out)
     with pytest.raises(rd.RunError, match="one length per sequence"):
         g.train(feeds, seq_lens={time: lens[:3]}, loss=loss)
+
+
+def parity_lstm():
+    time, feat, hid, classes = rd.Dim("time"), rd.Dim("feat", 3), rd.Dim("hid", 8), rd.Dim("classes", 2)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        y = rd.Input("y", {batch, time}, dtype="int32", sparse_dim=classes)
+        lstm, lin_out = rd.LSTM(hid), rd.Linear(classes)
+        with rd.Loop() as loop:
+            logits = loop.stack(lin_out(lstm(loop.unstack(x))))
+        loss = rd.cross_entropy(logits, y)
+    return g, time, classes, lstm, logits, loss
+
+
+def parity_data(rng, n=16, T=10):
+    x = rng.integers(0, 2, (n, T, 3)).astype(np.float32)
+    lens = rng.integers(3, T + 1, n).astype(np.int32)
+    y = (np.cumsum(x[:, :, 0], axis=1) % 2).astype(np.int32)
+    pad = np.arange(T)[None, :] >= lens[:, None]
+    x[pad], y[pad] = -5.0, 1
+    return x, y, lens
+
+
+def mean_ce(res, logits, classes, time, y, lens) -> float:
+    """The mean cross entropy over the valid frames, in numpy, from a run's logits."""
+    z = res.numpy(logits, order=(batch, time, classes)).astype(np.float64)
+    y = y[:, :z.shape[1]]  # the run's axis ends at the longest sequence
+    logp = z - z.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    valid = np.arange(y.shape[1])[None, :] < lens[:, None]
+    return float(-np.take_along_axis(logp, y[..., None], -1)[..., 0][valid].mean())
+
+
+def test_save_then_load_into_a_fresh_graph_and_returnns_command_line_trains_on(rng, tmp_path, shell):
+    g, time, classes, lstm, logits, loss = parity_lstm()
+    x, y, lens = parity_data(rng)
+    feeds = {"x": x, "y": y}
+    g.train(feeds, seq_lens={time: lens}, loss=loss, steps=20, learning_rate=1e-2, batch_size=8, progress=False)
+    trained = g.run(feeds, seq_lens={time: lens})
+    config = g.save(tmp_path / "model", inputs=feeds, seq_lens={time: lens})
+    assert (tmp_path / "model" / "model.001.index").exists()
+    text = open(config).read()
+    assert "network = {" in text and "extern_data = {" in text and "'loss': 'as_is'" in text
+
+    g2, time2, classes2, lstm2, logits2, loss2 = parity_lstm()  # built again, as a later session would
+    for source in ({"params": str(tmp_path / "model")}, {}):
+        if not source:
+            g2.load(tmp_path / "model")
+        res = g2.run(feeds, seq_lens={time2: lens}, **source)
+        np.testing.assert_array_equal(res.numpy(logits2, order=(batch, time2, classes2)),
+                                      trained.numpy(logits, order=(batch, time, classes)))
+    tr = g2.trace(feeds, seq_lens={time2: lens})
+    valid = np.arange(x.shape[1])[None, :lens.max()] < lens[:, None]
+    np.testing.assert_allclose(tr.numpy(logits2, order=(batch, time2, classes2))[valid],
+                               trained.numpy(logits, order=(batch, time, classes))[valid], atol=1e-5)
+
+    # RETURNN's own command line: load the config and the checkpoint, train one more epoch on the saved data
+    env = dict(os.environ, DISABLE_CUDA="1")
+    proc = subprocess.run([sys.executable, "-m", "returnn", config, "++num_epochs", "2"], cwd=tmp_path / "model",
+                          capture_output=True, text=True, timeout=600, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "loading weights from" in out and "model.001" in out and "start training at epoch 2" in out
+    score = float(out.split("epoch 2 score: ")[1].split()[0])
+    # its one step (all 16 sequences: max_seqs 32) scored the saved parameters: the same mean loss per valid
+    # frame as numpy computes from recdebug's run
+    assert score == pytest.approx(mean_ce(trained, logits, classes, time, y, lens), rel=1e-4)
+    assert (tmp_path / "model" / "model.002.index").exists()
+    after = g2.load(tmp_path / "model")  # the newest checkpoint: epoch 2
+    assert any(not np.array_equal(after[k], g.trained_params[k]) for k in after)
+
+    # %%recloop --params DIR
+    shell.run_cell("%load_ext recdebug")
+    shell.user_ns.update(x_save=x, y_save=y, lens_save=lens, rd=rd, time=time2,
+                         **{"feat": rd.Dim("feat", 3), "hid": rd.Dim("hid", 8), "classes": rd.Dim("classes", 2)})
+    r = shell.run_cell(f"%%recloop --params {tmp_path / 'model'} --feed x=x_save --feed y=y_save "
+                       f"--lens time=lens_save -o saved\n" + '''
+x = rd.Input("x", {rd.batch_dim, time, feat})
+y = rd.Input("y", {rd.batch_dim, time}, dtype="int32", sparse_dim=classes)
+lstm, lin_out = rd.LSTM(hid), rd.Linear(classes)
+with rd.Loop() as loop:
+    logits = loop.stack(lin_out(lstm(loop.unstack(x))))
+''')
+    assert r.success, r.error_in_exec
+    saved = shell.user_ns["saved"]
+    for name, value in after.items():
+        np.testing.assert_array_equal(saved.param(name), value)
+    saved.close()
+    with pytest.raises(rd.RecDebugError, match="no RETURNN checkpoint"):
+        g2.load(tmp_path)
