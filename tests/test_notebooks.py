@@ -40,6 +40,8 @@ CLAIMS = {
     "07_beam_search.ipynb": [("sorted by score, best first", "CLAIM sorted best first: True"),
                              ("backtracking the best one gives exactly", "CLAIM backtracking gives the result: True"),
                              ("greedy decoding, checked against numpy", "CLAIM beam size 1 is greedy: True"),
+                             ("beam search beats greedy on sequence 0",
+                              "CLAIM beam search beats greedy on sequence 0: True"),
                              ("finds exactly the hypotheses of the trace", "CLAIM live search equals the trace: True")],
     "06_hunting_nan.ipynb": [(f"the first Inf appears at t={first_overflow_step()}",
                               f"CLAIM breakpoint: NaN/Inf in h at t={first_overflow_step()}"),
