@@ -131,7 +131,7 @@ function render({ model, el: root }) {
   bars.style.display = "block";
 
   let values = new Float32Array(0), T = 0, U = 0, scale = 1, diff = new Uint8Array(0);
-  let norms = new Float32Array(0), present = [];
+  let norms = new Float32Array(0), present = [], grads = new Float32Array(0);
 
   const categorical = () => model.get("categorical");
   const shown = () => {  // steps drawn: computed (known), and with reveal only up to the cursor
@@ -311,6 +311,9 @@ function render({ model, el: root }) {
     const length = Math.min(model.get("length"), shown());
     let m = 0;
     for (let t = 0; t < length; t++) if (Number.isFinite(norms[t]) && norms[t] > m) m = norms[t];
+    grads = floats(model.get("grad_norms"));
+    let gm = 0;
+    for (let t = 0; t < Math.min(length, grads.length); t++) if (Number.isFinite(grads[t]) && grads[t] > gm) gm = grads[t];
     ctx.fillStyle = fg; ctx.textAlign = "right"; ctx.textBaseline = "top";
     ctx.fillText(short(m), LEFT - 6, 1);
     ctx.textBaseline = "bottom"; ctx.fillText("0", LEFT - 6, H - 1);
@@ -327,6 +330,16 @@ function render({ model, el: root }) {
         if (t === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
       }
       ctx.stroke();
+      if (grads.length === T && gm > 0) {  // the gradient of the loss with respect to the value, per step
+        ctx.strokeStyle = "#e07020"; ctx.lineWidth = 1.5; ctx.setLineDash([4, 2]); ctx.beginPath();
+        for (let t = 0; t < Math.min(length, T); t++) {
+          const x = LEFT + (t + 0.5) * pw / T, y = H - 3 - grads[t] / gm * (H - 16);
+          if (t === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+        }
+        ctx.stroke(); ctx.setLineDash([]);
+        ctx.fillStyle = "#e07020"; ctx.textAlign = "right"; ctx.textBaseline = "top";
+        ctx.fillText(`- - |dloss/dvalue| per step (max ${short(gm)})`, LEFT + pw, 1);
+      }
       const cursor = model.get("cursor");
       if (cursor >= 0) { ctx.fillStyle = fg; ctx.fillRect(LEFT + (cursor + 0.5) * pw / T - 1, 12, 2, H - 14); }
     }
@@ -434,7 +447,7 @@ function render({ model, el: root }) {
   model.on("change:values", load);
   model.on("change:shape", load);
   model.on("change:diff", load);
-  for (const name of ["length", "known", "scale", "categorical", "labels", "reveal"]) {
+  for (const name of ["length", "known", "scale", "categorical", "labels", "reveal", "grad_norms"]) {
     model.on("change:" + name, () => { rescale(); drawAll(); });
   }
   model.on("change:title", drawAll);

@@ -108,13 +108,14 @@ class Engine:
         self.optimize = optimize
         self.device = device
         self.capture = capture
-        self.emitted: Emitted = emit(g, optimize=optimize, capture=capture, search=search)
+        self.emitted: Emitted = emit(g, optimize=optimize, capture=capture, search=search, perturb=self.perturb)
         config = Config({"extern_data": self.emitted.extern_data, "debug_print_layer_output_template": False,
                          "optimize_move_layers_out": optimize, **self.config_options()})
         self.tf_graph = tf.Graph()
         with self.tf_graph.as_default(), tf.device("/gpu:0" if device == "gpu" else "/cpu:0"):
             net = self.prepare()
-            self.network = TFNetwork(config=config, train_flag=self.train, eval_flag=False, search_flag=self.search)
+            self.network = TFNetwork(config=config, train_flag=self.train_flag(), eval_flag=False,
+                                     search_flag=self.search)
             self.network.construct_from_dict(net)
             self.finish()
             self._init_extra = tf.compat.v1.variables_initializer(self.extra_variables)
@@ -132,6 +133,19 @@ class Engine:
         self.set_params({}, seed)
 
     extra_variables: list = []  # TF variables of a subclass, initialized with the network's
+    perturb = False  # a subclass' net: every State of a loop over an input plus a perturbation fed as zeros
+
+    def extra_trace(self, fd: dict, lens: dict) -> dict:
+        """More tensors a trace fetches (a subclass: gradients), with their feeds added to ``fd``."""
+        return {}
+
+    def extra_entries(self, values: dict, label) -> dict:
+        """Trace entries made of what extra_trace fetched."""
+        return {}
+
+    def train_flag(self):
+        """RETURNN's train flag for this build (a subclass may give a tensor, see grads.GradEngine)."""
+        return self.train
 
     def config_options(self) -> dict:
         """More RETURNN config entries for this build (a subclass: the optimizer)."""
@@ -346,9 +360,11 @@ class Engine:
             values = self.run_session(fetch, feed_dict=fd)
             top_values, fetched_lens = self.run_session(
                 (top, {d: p for d, (p, _) in length_fetch.items()}), feed_dict=fd)
+            extra_values = {}
         else:
-            values, top_values, fetched_lens = self.run_session(
-                (fetch, top, {d: p for d, (p, _) in length_fetch.items()}), feed_dict=fd)
+            extra = self.extra_trace(fd, lens)
+            values, top_values, fetched_lens, extra_values = self.run_session(
+                (fetch, top, {d: p for d, (p, _) in length_fetch.items()}, extra), feed_dict=fd)
         alias = self._label_axes()
         if alias:
             dims_of = {k: tuple(alias.get(d, d) for d in dims) for k, dims in dims_of.items()}
@@ -384,6 +400,7 @@ class Engine:
             arr, dims = _spread_over_steps(arr, dims, loops or (), fetched_lens, lens)
             entries[key] = Entry(key, arr, tuple(label(d) for d in dims), kind,
                                  tuple(label(axis_of[lp]) for lp in loops), _line(em.lines.get(key)))
+        entries.update(self.extra_entries(extra_values, label))
         for t, arr in top_values.items():
             key = em.fetch[t]
             entries[key] = Entry(key, arr, tuple(label(d) for d in top_dims[t]), "value", (), _line(em.lines.get(key)))
@@ -861,8 +878,14 @@ DEFAULT_TRACE_BYTES = 2 * 1024**3
 
 
 def trace_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, seed=0, params=None, capture=None,
-                max_bytes=DEFAULT_TRACE_BYTES, search=False, targets=None, train=False):
-    """One run of the real RecLayer that records every step of the captured in-loop layers (default: all)."""
+                max_bytes=DEFAULT_TRACE_BYTES, search=False, targets=None, train=False, grad_of=None):
+    """One run of the real RecLayer that records every step of the captured in-loop layers (default: all);
+    ``grad_of``: a loss whose gradient with respect to each State's value is recorded too, per step."""
+    if grad_of is not None:
+        from .grads import grad_trace
+
+        return grad_trace(g, inputs, seq_lens, grad_of, device=device, optimize=optimize, seed=seed,
+                          params=default_params(g, params), max_bytes=max_bytes, targets=targets)
     if isinstance(capture, str) and capture != "all":
         capture = [capture]
     if capture not in (None, "all"):

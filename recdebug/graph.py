@@ -158,18 +158,21 @@ class Graph:
                          params=params, search=search, targets=targets or {}, train=train)
 
     def trace(self, inputs=None, seq_lens=None, device=None, optimize=True, seed=0, params=None, capture=None,
-              max_bytes=None, search=False, targets=None, train=False):
+              max_bytes=None, search=False, targets=None, train=False, grad_of=None):
         """Run once on RETURNN and record every step of every in-loop layer and State; returns an ``rd.Trace``.
 
         ``capture``: name patterns (fnmatch, on the layer name or its path like ``loop/h``) to record fewer
         layers. ``max_bytes``: refuse (with a clear error) a trace that would need more memory (default 2 GiB).
+        ``grad_of``: a loss after the loop (e.g. ``rd.cross_entropy(logits, labels)``): also record, per step,
+        the gradient of its mean over the valid frames with respect to each State's value (``tr.grad(h)``), for the
+        States of a loop over an input's axis.
         """
         from .engine import DEFAULT_TRACE_BYTES, trace_graph
 
         return trace_graph(self, inputs or {}, seq_lens or {}, device=device, optimize=optimize, seed=seed,
                            params=params, capture=capture,
                            max_bytes=DEFAULT_TRACE_BYTES if max_bytes is None else max_bytes, search=search,
-                           targets=targets, train=train)
+                           targets=targets, train=train, grad_of=grad_of)
 
     def stepper(self, inputs=None, seq_lens=None, device=None, seed=0, params=None, loop=None, targets=None):
         """Live stepping of a top-level loop (default: the first); returns an ``rd.Stepper`` at t=0.

@@ -39,6 +39,8 @@ class Emitted:
     trace_derived: dict = field(default_factory=dict)
     after_choice: set = field(default_factory=set)  # in-loop layer paths computed from an rd.choice in their step
     trace_unbatched: set = field(default_factory=set)  # in-loop layer paths without the batch dim, recorded with it
+    # With perturb: State layer path -> (extern data key of its zero perturbation [batch, axis, ...], State, Loop)
+    perturb: dict = field(default_factory=dict)
 
     def rd_dim(self, returnn_dim) -> Dim | None:
         if returnn_dim.is_batch_dim():
@@ -52,9 +54,11 @@ class Emitted:
 
 
 class _Emitter:
-    def __init__(self, g: Graph, optimize: bool, capture=None, search: bool = False):
+    def __init__(self, g: Graph, optimize: bool, capture=None, search: bool = False, perturb: bool = False):
         self.g = g
         self.search = search
+        self.perturb = perturb
+        self.perturbed: dict = {}  # id(Tensor) -> the layer of its value plus a perturbation (see perturbations)
         self.optimize = optimize
         self.capture = capture
         self.taken: dict = {}  # id(scope) -> layer names in use (trace exports are named against it)
@@ -80,7 +84,7 @@ class _Emitter:
     def ref(self, t, frm: Scope) -> str:
         """How a layer in scope ``frm`` names the layer of tensor ``t`` (``base:`` per level up)."""
         assert t.scope.contains(frm), (t, frm)
-        base = f"data:{t.op.name}" if t.op.kind == "input" else t.op.name
+        base = f"data:{t.op.name}" if t.op.kind == "input" else self.perturbed.get(id(t), t.op.name)
         if t.scope.is_loop and frm is not t.scope:
             # An enclosing loop's layer used by an inner loop must stay in that enclosing loop: RETURNN's nested
             # rec layer looks it up there, and would not find it if it had been moved out.
@@ -186,7 +190,21 @@ class _Emitter:
     def emit_loop(self, loop, layers: dict) -> list:
         """Emit the rec layer of ``loop`` into ``layers``; returns the (path, unit layer) pairs to trace."""
         unit: dict = {}
+        perturbed = self.perturbations(loop) if self.perturb else {}
         exported = self.emit_scope(loop, unit)
+        for state, (v, name) in perturbed.items():
+            # the State's new value plus a perturbation fed as zeros, read by everything that reads the value (in
+            # this step and, through the State, in the next): the gradient of a loss with respect to the
+            # perturbation at step t is exactly the gradient with respect to the State's value of step t
+            key = "grad." + loop.state_layers[state]
+            dims = sorted(state.dims, key=lambda d: d.order)
+            self.out.extern_data[key] = {"dim_tags": [self.dim(dims[0]), self.dim(loop.rec_axis)]
+                                         + [self.dim(d) for d in dims[1:]], "dtype": "float32",
+                                         "available_for_inference": True}
+            unit[name + ".delta"] = {"class": "gather", "from": "base:data:" + key,
+                                     "axis": self.dim(loop.rec_axis), "position": ":i"}
+            unit[name] = {"class": "combine", "kind": "add", "from": [v.op.name, name + ".delta"]}
+            self.out.perturb[self.path(loop, loop.state_layers[state])] = (key, state, loop)
         for (scope_id, name), recs in self.collocate.items():
             if scope_id == id(loop):
                 unit[name]["collocate_with"] = sorted(recs)
@@ -340,6 +358,20 @@ class _Emitter:
                 # kept in the loop: RETURNN fails to accumulate a value without the batch dim that it moved out
                 layers[loop.name]["optimize_move_layers_out"] = False
         return captured + exported
+
+    def perturbations(self, loop) -> dict:
+        """State -> (its new value, the layer of that value plus a perturbation): gradients through time are taken
+        for the float States of a top-level loop over an input's axis whose new value the step computes."""
+        if loop.parent is not self.g.top or not loop.unstacked or loop.bounded or loop.axis.size is not None:
+            return {}
+        out = {}
+        for state in loop.state_layers:
+            v = loop.assigned[state]
+            if state.dtype == "float32" and v.scope is loop and v.op.kind not in ("state_entry", "unstack") \
+                    and all(v is not w for w, _ in out.values()):
+                out[state] = (v, self.fresh_name(loop, v.op.name + ".perturbed"))
+                self.perturbed[id(v)] = out[state][1]
+        return out
 
     def step_zero(self, loop, unit: dict, dtype: str) -> str:
         """A layer of ``loop``'s unit: a zero (False) of ``dtype`` computed from the step index."""
@@ -639,12 +671,12 @@ def moving_out_fails(loop) -> bool:
                for op in loop.ops)
 
 
-def emit(g: Graph, optimize: bool = True, capture=None, search: bool = False) -> Emitted:
+def emit(g: Graph, optimize: bool = True, capture=None, search: bool = False, perturb: bool = False) -> Emitted:
     """The RETURNN net dict of ``g`` (``optimize``: let RETURNN move layers out of loops).
 
     ``capture``: None, "all", or name patterns of in-loop layers whose every step is exposed at the top level.
     ``search``: the net runs beam search (a trace then reads every hypothesis of every step, see Engine.trace).
     """
-    e = _Emitter(g, optimize, capture, search)
+    e = _Emitter(g, optimize, capture, search, perturb)
     e.emit_scope(g.top, e.out.net)
     return e.out

@@ -67,6 +67,15 @@ class Trace:
         self.after_choice: set = set()  # with search: keys of values computed from the choice in their own step
         self._saved: dict = {}  # a loaded trace: what the file kept of the emitted net and the beam searches
 
+    def grad(self, state, order=None) -> np.ndarray:
+        """With ``g.trace(..., grad_of=loss)``: dLoss/d(the State's value) at every step, axes in ``order``
+        (default: batch, the loop's axis, the State's other dims)."""
+        key = self.key(state) + ".grad"
+        if key not in self.entries:
+            raise RecDebugError(f"the trace has no gradient of {self.key(state)!r}",
+                                hint="trace with g.trace(..., grad_of=loss): States of a loop over an input's axis")
+        return self.numpy(key, order=order)
+
     # --- addressing ---
     def key(self, x) -> str:
         if isinstance(x, str):

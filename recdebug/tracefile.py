@@ -33,7 +33,7 @@ MAX_COMPRESSION_RATIO = 200  # numpy writes members stored; real float data defl
 MAX_META_DEPTH = 6  # the deepest valid metadata: top level, list, object, list of labels
 MAX_NDIM = 32
 _CHUNK = 16 * 1024 ** 2
-_KINDS = ("layer", "state", "value", "search")
+_KINDS = ("layer", "state", "value", "search", "grad")
 _BATCH, _BEAM = "batch", "beam"
 
 

@@ -55,6 +55,7 @@ class HeatmapView(anywidget.AnyWidget):
     categorical = tl.Bool(False).tag(sync=True)  # labels (ints): one colour each and a legend
     labels = tl.List(tl.Unicode()).tag(sync=True)  # the vocabulary: the name of label i, if given
     reveal = tl.Bool(False).tag(sync=True)  # draw the steps up to the cursor only
+    grad_norms = tl.Bytes(b"").tag(sync=True)  # float32 [T]: |dLoss/dvalue| per step (a trace with grad_of)
 
     def __init__(self, key: str, **kwargs):
         super().__init__(**kwargs)
@@ -666,9 +667,21 @@ class Debugger(w.VBox):
         else:
             view.show(arr, self._length(b), known, title)
 
+    def _send_grads(self, view: HeatmapView):
+        """A trace with grad_of: the norm of dLoss/d(the State's value) per step of the shown sequence."""
+        if self.trace is None or view.key + ".grad" not in self.trace.entries or self.beams is not None:
+            return
+        e = self.trace.entries[view.key + ".grad"]
+        axis = self._main_axis()
+        rest = [d for d in e.dims if d not in (axis, "batch")]
+        g = self.trace.numpy(e.key, order=[axis, "batch"] + rest)[:, self.sequence]
+        norms = np.sqrt((g.reshape(g.shape[0], -1).astype(np.float64) ** 2).sum(axis=1)).astype(np.float32)
+        view.grad_norms = norms.tobytes()
+
     def _refresh_all(self):
         for view in self.views.values():
             self._send(view)
+            self._send_grads(view)
         if self.selected_layer and self._layer_has_steps(self.selected_layer):
             self._send(self.picked)
         self._send_diffs()
