@@ -7,6 +7,7 @@ A failing program is shrunk by hypothesis and printed as code that can be pasted
     RECDEBUG_GEN_EXAMPLES=1000 pytest tests/test_generative.py     # more programs (default: DEFAULT_EXAMPLES)
     RECDEBUG_GEN_SEED=7 ...                                        # other fixed seeds (default: 0)
     RECDEBUG_GEN_SHARDS=12 ...                                     # other splits into tests (default: 6)
+    RECDEBUG_GEN_FAILURES=/tmp/fails ...                           # each failing program as a script there
 """
 from __future__ import annotations
 
@@ -1513,6 +1514,19 @@ def _report_stats():
                 f.write(line + "\n")
 
 
+def _write_failure(directory: str, source: str, call: str, error: BaseException):
+    """A failing program as a script that reproduces it (long runs without shrinking lose nothing to the end)."""
+    import traceback
+
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"fail_{os.getpid()}_{_time.time_ns()}.py")
+    text = "".join(traceback.format_exception_only(type(error), error))[-3000:]
+    with open(path, "w") as f:
+        f.write("import sys; sys.path.insert(0, %r)\nfrom test_generative import *\nSOURCE = '''%s'''\n%s\n"
+                "print('PASS')\n" % (os.path.dirname(os.path.abspath(__file__)), source, call))
+        f.write("".join("# " + line + "\n" for line in text.splitlines()))
+
+
 def _run_one(data, search):
     # g.run or g.trace (one build each costs most of a program's time), and in 45% the stepper too
     checks = ("run",) if search or data.draw(st.integers(0, 9), label="run or trace") < 5 else ("trace",)
@@ -1534,6 +1548,8 @@ def _run_one(data, search):
     except BaseException as e:
         if type(e).__name__ in ("UnsatisfiedAssumption", "Rejected"):  # hypothesis' reject()
             outcome = "rejected"
+        elif os.environ.get("RECDEBUG_GEN_FAILURES"):  # a directory that gets each failing program as a script
+            _write_failure(os.environ["RECDEBUG_GEN_FAILURES"], source, call, e)
         raise
     finally:
         STATS["seconds"] += _time.perf_counter() - t0
