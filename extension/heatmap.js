@@ -117,6 +117,9 @@ function render({ model, el: root }) {
     color: "var(--jp-ui-font-color0, #000)", border: "1px solid var(--jp-border-color1, #888)",
     boxShadow: "0 1px 4px rgba(0,0,0,0.3)",
   });
+  const units = el("div", "rd-units", root);  // the unit selection over a brushed step range
+  units.style.margin = `2px 0 2px ${LEFT}px`;
+  units.style.color = "#d0a000";
   const legend = el("div", "rd-legend", root);
   legend.style.margin = `2px 0 2px ${LEFT}px`;
   const norm = el("canvas", "rd-norm", root);
@@ -278,6 +281,25 @@ function render({ model, el: root }) {
     }
     root.dataset.cursor = String(cursor);
     root.dataset.scale = String(scale);
+    const picked = model.get("highlight") || [];
+    if (picked.length && U > 0) {  // selected units: a marker at their rows and a frame around the brushed range
+      ctx.fillStyle = "#f0b400";
+      for (const u of picked) {
+        const y = (u + 0.5) * H / U;
+        ctx.beginPath(); ctx.moveTo(LEFT - 1, y); ctx.lineTo(LEFT - 7, y - 4); ctx.lineTo(LEFT - 7, y + 4); ctx.fill();
+      }
+      const b = model.get("brush") || [];
+      if (b.length === 2 && T > 0) {
+        ctx.strokeStyle = "#f0b400"; ctx.lineWidth = 2;
+        const x0 = LEFT + Math.min(b[0], b[1]) * pw / T, x1 = LEFT + (Math.max(b[0], b[1]) + 1) * pw / T;
+        for (const u of picked) ctx.strokeRect(x0, u * H / U + 1, x1 - x0, Math.max(2, H / U - 2));
+      }
+    }
+    if (dragging && T > 0) {  // the range being brushed
+      ctx.fillStyle = "rgba(240, 180, 0, 0.25)";
+      const a = Math.min(dragging[0], dragging[1]), z = Math.max(dragging[0], dragging[1]);
+      ctx.fillRect(LEFT + a * pw / T, 0, (z - a + 1) * pw / T, H);
+    }
   }
 
   function drawLegend() {
@@ -399,6 +421,8 @@ function render({ model, el: root }) {
 
   function drawAll() {
     title.textContent = model.get("title");
+    units.textContent = model.get("units_text") || "";
+    units.style.display = units.textContent ? "block" : "none";
     const label = model.get("unit_label");
     dims.textContent = label ? `  ${label} × ${model.get("axis_label") || "t"}` : "";
     drawHeat(); drawAxes(); drawLegend(); drawNorm(); drawReadout();
@@ -429,6 +453,40 @@ function render({ model, el: root }) {
   axes.addEventListener("mousemove", onMove);
   axes.addEventListener("mouseleave", onLeave);
 
+  // brushing a step range (unit selection): press, drag across steps, release
+  let dragging = null;
+  function stepAt(ev) {
+    const r = axes.getBoundingClientRect();
+    const pw = r.width - LEFT - RIGHT;
+    const x = ev.clientX - r.left - LEFT;
+    if (!T || pw <= 0) return null;
+    return Math.max(0, Math.min(T - 1, Math.floor(x / pw * T)));
+  }
+  function onDown(ev) {
+    const r = axes.getBoundingClientRect();
+    if (ev.clientY - r.top > r.height - AXIS_H) return;
+    const t = stepAt(ev);
+    if (t === null) return;
+    dragging = [t, t];
+    ev.preventDefault();
+  }
+  function onDrag(ev) {
+    if (!dragging) return;
+    const t = stepAt(ev);
+    if (t !== null && t !== dragging[1]) { dragging[1] = t; drawAxes(); }
+  }
+  function onUp() {
+    if (!dragging) return;
+    const b = [Math.min(dragging[0], dragging[1]), Math.max(dragging[0], dragging[1])];
+    dragging = null;
+    model.set("brush", b);
+    model.save_changes();
+    drawAxes();
+  }
+  axes.addEventListener("mousedown", onDown);
+  axes.addEventListener("mousemove", onDrag);
+  window.addEventListener("mouseup", onUp);
+
   function onPatch() {  // int32 step, then that step's float32 row
     const view = model.get("patch");
     if (!view || view.byteLength < 4) return;
@@ -458,12 +516,17 @@ function render({ model, el: root }) {
     drawAxes(); drawNorm(); drawReadout();
   });
   model.on("change:patch", onPatch);
+  model.on("change:highlight", drawAxes);
+  model.on("change:units_text", drawAll);
   const resize = new ResizeObserver(() => { drawAxes(); drawNorm(); drawReadout(); });
   resize.observe(wrap);
   load();
   return () => {
     axes.removeEventListener("mousemove", onMove);
     axes.removeEventListener("mouseleave", onLeave);
+    axes.removeEventListener("mousedown", onDown);
+    axes.removeEventListener("mousemove", onDrag);
+    window.removeEventListener("mouseup", onUp);
     resize.disconnect();
   };
 }

@@ -67,6 +67,27 @@ class Trace:
         self.after_choice: set = set()  # with search: keys of values computed from the choice in their own step
         self._saved: dict = {}  # a loaded trace: what the file kept of the emitted net and the beam searches
 
+    def units_matching(self, state, t0: int, t1: int, threshold: float, sequence: int = 0) -> list:
+        """Unit selection (as LSTMVis does): the units of ``state`` (flattened, in the order of its dims after the
+        batch) whose value is at least ``threshold`` at every step t0..t1 (inclusive) of ``sequence``; a negative
+        threshold selects the units at most that value. Steps must be valid frames of the sequence."""
+        key = self.key(state)
+        e = self.entries[key]
+        axis = e.loop_axes[-1] if e.loop_axes else None
+        if axis is None:
+            raise RecDebugError(f"units_matching: {key!r} has no values per step")
+        if not (isinstance(t0, (int, np.integer)) and isinstance(t1, (int, np.integer)) and 0 <= t0 <= t1):
+            raise RecDebugError(f"units_matching: need steps 0 <= t0 <= t1, got t0={t0!r}, t1={t1!r}")
+        n = int(np.asarray(self.lens(axis))[sequence])
+        if t1 >= n:
+            raise RecDebugError(f"units_matching: sequence {sequence} has {n} steps (t=0..{n - 1}), t1={t1} is "
+                                "padding")
+        rest = [d for d in e.dims if d not in (axis, "batch")]
+        values = self.numpy(key, order=[axis, "batch"] + rest)[t0:t1 + 1, sequence]
+        values = values.reshape(values.shape[0], -1)
+        hit = (values >= threshold) if threshold >= 0 else (values <= threshold)
+        return [int(u) for u in np.nonzero(hit.all(axis=0))[0]]
+
     def grad(self, state, order=None) -> np.ndarray:
         """With ``g.trace(..., grad_of=loss)``: dLoss/d(the State's value) at every step, axes in ``order``
         (default: batch, the loop's axis, the State's other dims)."""

@@ -56,6 +56,9 @@ class HeatmapView(anywidget.AnyWidget):
     labels = tl.List(tl.Unicode()).tag(sync=True)  # the vocabulary: the name of label i, if given
     reveal = tl.Bool(False).tag(sync=True)  # draw the steps up to the cursor only
     grad_norms = tl.Bytes(b"").tag(sync=True)  # float32 [T]: |dLoss/dvalue| per step (a trace with grad_of)
+    brush = tl.List(tl.Int(), []).tag(sync=True)  # [t0, t1]: a step range brushed in the heatmap (from the page)
+    highlight = tl.List(tl.Int(), []).tag(sync=True)  # units selected over the brushed range
+    units_text = tl.Unicode("").tag(sync=True)  # what the selection says
 
     def __init__(self, key: str, **kwargs):
         super().__init__(**kwargs)
@@ -179,7 +182,7 @@ class Debugger(w.VBox):
         self._controls()
         beam_box = [] if self.beam_tree is None else [w.HTML("<b>beam search</b>"), self.beam_tree]
         super().__init__(children=[
-            w.HBox([self.b_reset, self.b_back, self.b_step, self.b_run, self.seq],
+            w.HBox([self.b_reset, self.b_back, self.b_step, self.b_run, self.seq, self.threshold],
                    layout=w.Layout(flex_flow="row wrap", align_items="center")),
             self.slider, self.status_html, w.HTML(_CONVENTION), *beam_box,
             # side by side when there is room, else the hierarchy below the views
@@ -307,6 +310,38 @@ class Debugger(w.VBox):
     def _build_views(self):
         for key in self._state_keys():
             self.views[key] = HeatmapView(key, title=f"State {key}", reveal=self.reveal, **self._describe(key))
+            self._watch_brush(self.views[key])
+
+    def _watch_brush(self, view: HeatmapView):
+        def brushed(change):
+            if len(change["new"]) == 2:
+                self.select_units(view.key, *change["new"])
+        view.observe(self._from_browser(brushed), "brush")
+
+    def select_units(self, key: str, t0: int, t1: int, threshold: float | None = None) -> list:
+        """Unit selection in a view (what dragging over steps t0..t1 of its heatmap does): the units whose value
+        is at least ``threshold`` (default: the threshold box; at most it, if negative) at every valid step of the
+        range, highlighted and listed in that view."""
+        view = self.picked if key == self.picked.key and key not in self.views else self.views.get(key)
+        if view is None:
+            raise RecDebugError(f"select_units: no view {key!r}; the views are {sorted(self.views)}")
+        threshold = float(self.threshold.value if threshold is None else threshold)
+        t0, t1 = sorted((int(t0), int(t1)))
+        last = min(view.length, view.known) - 1
+        t0, t1 = max(t0, 0), min(t1, last)
+        if t0 > t1:
+            units, text = [], "no valid step in the brushed range"
+        else:
+            values = view._array[t0:t1 + 1]
+            hit = (values >= threshold) if threshold >= 0 else (values <= threshold)
+            units = [int(u) for u in np.nonzero(hit.all(axis=0))[0]]
+            sign = ">=" if threshold >= 0 else "<="
+            shown = ", ".join(map(str, units[:40])) + (f" ... ({len(units)} in all)" if len(units) > 40 else "")
+            text = f"units {sign} {threshold:g} at every t={t0}…{t1}: {shown or 'none'}"
+        with view.hold_sync():
+            view.highlight = units
+            view.units_text = text
+        return units
 
     def _describe(self, key: str) -> dict:
         """What a view's axes say (its unit dims and the loop's axis), and whether it holds labels."""
@@ -441,6 +476,11 @@ class Debugger(w.VBox):
         self.slider.observe(self._from_browser(lambda ch: self.seek(ch["new"] + 1)), "value")
         self.seq = w.BoundedIntText(value=0, min=0, max=max(0, self.batch - 1), description="sequence",
                                     layout=w.Layout(width="170px"), style={"description_width": "initial"})
+        # unit selection: drag over steps in a heatmap to list the units at least this value throughout them
+        self.threshold = w.FloatText(value=0.3, step=0.05, description="unit threshold",
+                                     tooltip="drag over a step range in a heatmap: the units at least this value "
+                                             "(at most, if negative) at every step of it are highlighted and listed",
+                                     layout=w.Layout(width="190px"), style={"description_width": "initial"})
         self.seq.observe(self._from_browser(lambda ch: self.select_sequence(ch["new"])), "value")
         self.status_html = w.HTML()
 
@@ -564,7 +604,11 @@ class Debugger(w.VBox):
                 self.picked.unit_label = ""
             return
         self.picked.key = path
+        if not getattr(self, "_picked_watched", False):
+            self._watch_brush(self.picked)
+            self._picked_watched = True
         with self.picked.hold_sync():
+            self.picked.highlight, self.picked.units_text = [], ""
             for name, value in self._describe(path).items():
                 setattr(self.picked, name, value)
             self._send(self.picked, title=f"layer {path}")

@@ -291,3 +291,25 @@ def test_the_debugger_draws_the_gradient_norm_per_step_beside_the_state(rng):
         norms = np.frombuffer(view.grad_norms, np.float32)
         np.testing.assert_allclose(norms, np.linalg.norm(tr.grad(g.states[0])[b], axis=-1), rtol=1e-5)
     assert rd.debugger(g.trace({"x": x, "y": y}, seq_lens={time: lens})).views["loop/h"].grad_norms == b""
+
+
+def test_unit_selection_in_the_trace_and_by_brushing_the_heatmap(rng):
+    g, time, loss, logits = rnn_tagger(hid_size=6)
+    x, y, lens = ragged_data(rng)
+    tr = g.trace({"x": x, "y": y}, seq_lens={time: lens})
+    h = g.states[0]
+    values = tr.numpy(h, order=(batch, time, next(d for d in h.dims if d is not batch)))
+    for b, (t0, t1, thr) in [(0, (1, 3, 0.2)), (0, (0, 4, -0.1)), (2, (0, lens[2] - 1, 0.0))]:
+        window = values[b, t0:t1 + 1]
+        expected = [u for u in range(6) if (window[:, u] >= thr).all()] if thr >= 0 else \
+            [u for u in range(6) if (window[:, u] <= thr).all()]
+        assert tr.units_matching(h, t0, t1, thr, sequence=b) == expected
+    with pytest.raises(rd.RecDebugError, match="padding"):
+        tr.units_matching(h, 0, lens[1], 0.1, sequence=1)
+    d = rd.debugger(tr)
+    view = d.views["loop/h"]
+    d.threshold.value = 0.2
+    view.brush = [3, 1]  # what a drag over t=3..1 in the page sends
+    assert view.highlight == tr.units_matching(h, 1, 3, 0.2) and "at every t=1…3" in view.units_text
+    d.select_sequence(2)
+    assert d.select_units("loop/h", 0, 10, -0.1) == tr.units_matching(h, 0, lens[2] - 1, -0.1, sequence=2)

@@ -487,6 +487,12 @@ def _check_view(page):
     assert abs(tb["x"] - x) < 60 and abs(tb["y"] - y) < 60  # at the pointer, not in a line below
     page.mouse.move(x + (box["width"] - 48 - 70) * 0.95, y)  # t=11: padding for this sequence
     expect(tip).to_contain_text("value=padding")
+    # unit selection: drag over t=0..2 (sequence 2 has 4 steps)
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + (box["width"] - 48 - 70) * 2.5 / 12, y, steps=4)
+    page.mouse.up()
+    expect(heat.locator(".rd-units")).to_contain_text("at every t=0…2")
     trace_dbg.locator(".jp-OutputArea-output").first.evaluate("e => e.scrollIntoView({block: 'start'})")
     page.mouse.move(x, y)  # the tooltip again, where the pointer now is
     page.wait_for_timeout(300)
