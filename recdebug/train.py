@@ -19,10 +19,12 @@ from .errors import RecDebugError, RunError, user_line
 
 class History:
     """What ``g.train`` did: ``losses`` (the mean loss per valid frame of each step's minibatch), ``steps`` run,
-    ``interrupted`` (Ctrl-C stopped it; what was learned is kept), ``seconds``."""
+    ``interrupted`` (Ctrl-C stopped it; what was learned is kept), ``seconds``, ``step_seconds`` (each step's
+    time: its minibatch fed and RETURNN's update run)."""
 
-    def __init__(self, losses: list, interrupted: bool, seconds: float, batch_size: int):
+    def __init__(self, losses: list, interrupted: bool, seconds: float, batch_size: int, step_seconds=()):
         self.losses = losses
+        self.step_seconds = list(step_seconds)
         self.steps = len(losses)
         self.interrupted = interrupted
         self.seconds = seconds
@@ -153,11 +155,13 @@ def train_graph(g, inputs: dict, seq_lens: dict | None, loss, steps: int, learni
     rng = np.random.default_rng(seed)
     order: list = []
     losses: list = []
+    step_seconds: list = []
     interrupted = False
     t0 = time.perf_counter()
     bar = tqdm(total=steps, desc="training", unit="step", disable=not progress or steps == 0)
     try:
         for _ in range(steps):
+            t_step = time.perf_counter()
             if len(order) < min(batch_size, n_seq):  # a new epoch: every sequence once, in a seeded order
                 order = list(rng.permutation(n_seq))
             idx = np.array(sorted(order[:batch_size]))
@@ -166,6 +170,7 @@ def train_graph(g, inputs: dict, seq_lens: dict | None, loss, steps: int, learni
             fd, lens, arrays = engine.feed_dict(mb_inputs, mb_lens)
             engine.feed_targets(fd, mb_targets, mb_lens, len(idx))
             value = engine.train_step(fd)
+            step_seconds.append(time.perf_counter() - t_step)
             losses.append(value)
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}", refresh=False)
@@ -178,4 +183,4 @@ def train_graph(g, inputs: dict, seq_lens: dict | None, loss, steps: int, learni
         bar.close()
         g.trained_params = engine.params()
         g.trained_loss, g.trained_optimizer = loss, optimizer
-    return History(losses, interrupted, time.perf_counter() - t0, batch_size)
+    return History(losses, interrupted, time.perf_counter() - t0, batch_size, step_seconds)

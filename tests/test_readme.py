@@ -34,6 +34,14 @@ def test_readme_cells_and_script_run_as_written(shell, tmp_path):
         script_ns = {k: ns[k] for k in ("np", "rd", "batch", "time", "feat", "hid", "x_np", "lens_np")}
         exec(compile(script, "README script", "exec"), script_ns)
         assert (tmp_path / "trace.png").stat().st_size > 1000
+        # the training block, after the first cell's names
+        training = next(b for b in python_blocks() if "g.train(" in b)
+        train_ns = {k: ns[k] for k in ("np", "rd", "batch", "time", "feat", "hid", "x_np", "lens_np")}
+        exec(compile(training, "README training", "exec"), train_ns)
+        hist = train_ns["hist"]
+        assert hist.steps == 50 and hist.losses[-1] < hist.losses[0]
+        assert train_ns["tr"].grad(train_ns["lstm"].h).shape == (3, 7, 4)
+        assert (tmp_path / "model" / "returnn.config").exists() and (tmp_path / "model" / "model.001.index").exists()
         h = script_ns["res"].numpy(script_ns["out"], order=(ns["batch"], ns["time"], ns["hid"]))
         w, b = script_ns["res"].param("linear/weight"), script_ns["res"].param("linear/bias")
         ref, state = [], np.zeros((3, 4), np.float32)
