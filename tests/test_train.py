@@ -313,3 +313,44 @@ def test_unit_selection_in_the_trace_and_by_brushing_the_heatmap(rng):
     assert view.highlight == tr.units_matching(h, 1, 3, 0.2) and "at every t=1…3" in view.units_text
     d.select_sequence(2)
     assert d.select_units("loop/h", 0, 10, -0.1) == tr.units_matching(h, 0, lens[2] - 1, -0.1, sequence=2)
+
+
+def test_a_decoder_trained_with_teacher_forcing_then_searches_the_reversed_input(rng):
+    """An encoder LSTM and a decoder with rd.choice: trained on reference labels (targets=, the per-step cross
+    entropy of the choice's logits against the label it was fed), then beam search reverses unseen inputs."""
+    src_t, vocab, emb, hid = rd.Dim("src_t"), rd.Dim("vocab", 6), rd.Dim("emb", 8), rd.Dim("hid", 32)
+    with rd.Graph() as g:
+        src = rd.Input("src", {batch, src_t}, dtype="int32", sparse_dim=vocab)
+        embed, enc = rd.Embedding(vocab, emb), rd.LSTM(hid)
+        with rd.Loop() as enc_loop:
+            enc(embed(enc_loop.unstack(src)))
+        dec_emb, lin_h, lin_out = rd.Embedding(vocab, emb), rd.Linear(hid), rd.Linear(vocab)
+        label = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+        h = rd.State({batch, hid}, initial=enc.h.get())
+        with rd.Loop(max_seq_len=8) as loop:
+            h.assign(rd.tanh(lin_h(rd.concat(dec_emb(label.get()), h.get()))))
+            logits = lin_out(h.get())
+            y = rd.choice(logits, beam_size=4)
+            label.assign(y)
+            loop.end(y == 0, include_eos=True)
+            ce = loop.stack(rd.cross_entropy(logits, y))  # with targets: y is the reference label
+            out = loop.stack(y)
+
+    def reversed_task(n, T=5):
+        s = rng.integers(1, 6, (n, T)).astype(np.int32)
+        n_ = rng.integers(2, T + 1, n).astype(np.int32)
+        t = np.zeros((n, T + 1), np.int32)  # the reversed frames, then EOS (0)
+        for b in range(n):
+            t[b, :n_[b]] = s[b, :n_[b]][::-1]
+        s[np.arange(T)[None, :] >= n_[:, None]] = 5  # garbage in the padding
+        return s, n_, t
+
+    src_np, lens, tgt = reversed_task(256)
+    hist = g.train({"src": src_np}, seq_lens={src_t: lens, y: lens + 1}, targets={y: tgt}, loss=ce, steps=400,
+                   learning_rate=1e-2, batch_size=32, seed=0, progress=False)
+    assert hist.losses[0] == pytest.approx(np.log(6), abs=0.1) and hist.losses[-1] < 0.05
+    test_src, test_lens, test_tgt = reversed_task(16)
+    res = g.run({"src": test_src}, seq_lens={src_t: test_lens}, search=True)
+    got, n_out = res.numpy(out), res.lens(loop.axis)
+    right = sum(got[b, :n_out[b]].tolist() == test_tgt[b, :test_lens[b] + 1].tolist() for b in range(16))
+    assert right >= 14
