@@ -439,6 +439,7 @@ def _check_view(page):
     from playwright.sync_api import expect
 
     trace_dbg, live, again = (page.locator(".jp-CodeCell").nth(i) for i in (0, 1, 3))
+    expect(again.locator(".jp-InputPrompt")).to_contain_text("[4]", timeout=300_000)  # every cell has run
     expect(live.locator(".rd-status")).to_contain_text("at t=2 (3 of 12 steps run)")  # followed run_to(3)
     expect(again.locator(".rd-status")).to_contain_text("at t=2 (3 of 12 steps run)")
     first, second = (c.locator(".rd-heatmap").first for c in (live, again))
