@@ -120,6 +120,26 @@ live           # the same widget shown again: it starts from the rows sent so fa
 """]
 
 
+TRAIN_CODE = '''
+import numpy as np
+import recdebug as rd
+
+batch, time = rd.batch_dim, rd.Dim("time")
+feat, hid, classes = rd.Dim("feat", 2), rd.Dim("hid", 8), rd.Dim("classes", 2)
+with rd.Graph() as g:
+    x = rd.Input("x", {batch, time, feat})
+    y = rd.Input("y", {batch, time}, dtype="int32", sparse_dim=classes)
+    lstm, lin_out = rd.LSTM(hid), rd.Linear(classes)
+    with rd.Loop() as loop:
+        logits = loop.stack(lin_out(lstm(loop.unstack(x))))
+    loss = rd.cross_entropy(logits, y)
+x_np = np.random.default_rng(0).integers(0, 2, (32, 8, 2)).astype(np.float32)
+y_np = (x_np[:, :, 0] > 0).astype(np.int32)
+hist = g.train({"x": x_np, "y": y_np}, seq_lens={time: np.full(32, 8)}, loss=loss, steps=60, learning_rate=1e-2,
+               batch_size=8)
+'''
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -151,6 +171,10 @@ def lab(tmp_path_factory):
         hostile.cells.append(nbformat.v4.new_code_cell(code))
     hostile.metadata["kernelspec"] = nb.metadata["kernelspec"]
     nbformat.write(hostile, root / "hostile.ipynb")
+    train = nbformat.v4.new_notebook()
+    train.cells.append(nbformat.v4.new_code_cell(TRAIN_CODE))
+    train.metadata["kernelspec"] = nb.metadata["kernelspec"]
+    nbformat.write(train, root / "train.ipynb")
     view = nbformat.v4.new_notebook()
     view.cells += [nbformat.v4.new_code_cell(code) for code in VIEW_CELLS]
     view.metadata["kernelspec"] = nb.metadata["kernelspec"]
@@ -525,3 +549,20 @@ def test_exported_html_shows_a_picture_of_the_debugger_offline(page, tmp_path):
     assert size[0] and size[1] > 400 and size[2] > 100, size
     img.scroll_into_view_if_needed()
     page.screenshot(path=str(OUT / "exported-html-offline.png"))
+
+
+def test_training_shows_a_progress_bar_with_the_running_loss(lab, page):
+    """g.train in JupyterLab: tqdm's widget bar, at 60/60 with the last loss, no red stderr box."""
+    from playwright.sync_api import expect
+
+    url, token = lab
+    open_and_run_all(page, url, token, "train.ipynb")
+    cell = page.locator(".jp-CodeCell").first
+    expect(cell.locator(".jp-InputPrompt")).to_contain_text("[1]", timeout=300_000)
+    bar = cell.locator(".widget-hprogress, .widget-progress").first
+    expect(bar).to_be_visible()
+    expect(cell.locator(".jp-OutputArea-output").first).to_contain_text("60/60")
+    expect(cell.locator(".jp-OutputArea-output").first).to_contain_text("loss=")
+    assert cell.locator("[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
+    cell.locator(".jp-OutputArea-output").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(OUT / "training-progress.png"))
