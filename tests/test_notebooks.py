@@ -46,6 +46,29 @@ CLAIMS = {
     "06_hunting_nan.ipynb": [(f"the first Inf appears at t={first_overflow_step()}",
                               f"CLAIM breakpoint: NaN/Inf in h at t={first_overflow_step()}"),
                              ("stepping continues from it", "CLAIM finite after set_state: True")],
+    "08_lstm_memory.ipynb": [
+        ("the frame accuracy on the held-out data is at least 0.95", "CLAIM frame accuracy >= 0.95: True"),
+        ("the depth is 3 throughout `t=9` to `t=15`, and 0 again from `t=21` to `t=24`",
+         "CLAIM sequence 0: depth 3 at t=9..15, depth 0 again at t=21..24"),
+        ("waits 16 steps on fillers", "CLAIM sequence 1: 16 fillers at depth 3"),
+        ("a correlation with the depth above 0.9 in magnitude",
+         "CLAIM best selected unit tracks the depth, |correlation| > 0.9: True"),
+        ("monotonic from depth 0 to depth 4", "CLAIM mean per depth is monotonic: True"),
+        ("the unit moves less than the smallest step between the mean levels",
+         "CLAIM moves less than a step between depth levels during the fillers: True")],
+    "09_vanishing_gradients.ipynb": [
+        ("on sequence 0 the tanh RNN's gradient decays from the last step to `t=0`\nby a larger factor than the "
+         "LSTM's", "CLAIM rnn decays more than lstm: True"),
+        ("the RNN's median decay is larger than the LSTM's", "CLAIM median decay: rnn more than lstm: True"),
+        ("decays by a larger factor than the RNN on every held-out string",
+         "CLAIM lstm with forget bias 0 decays more than the rnn on every string: True"),
+        ("below 5% of its height in the RNN's `h`, above 20% in the\nLSTM's `h` and above 90% in the LSTM's `c`",
+         "CLAIM orange line at t=0: rnn h below 5%, lstm h above 20%, lstm c above 90%: True"),
+        ("the LSTM is at least 0.95 accurate", "CLAIM lstm accuracy >= 0.95: True"),
+        ("the tanh RNN is still below 0.65", "CLAIM rnn accuracy < 0.65: True"),
+        ("gets its loss below 0.1 sooner than the one with bias 0",
+         "CLAIM forget bias 3 learns sooner than bias 0: True"),
+        ("whose forget gate opened\nduring training", "CLAIM the forget gate opened during training: True")],
 }
 
 
