@@ -59,6 +59,7 @@ class _Emitter:
         self.search = search
         self.perturb = perturb
         self.perturbed: dict = {}  # id(Tensor) -> the layer of its value plus a perturbation (see perturbations)
+        self.perturbed_states: dict = {}  # Loop -> perturbations(loop)
         self.optimize = optimize
         self.capture = capture
         self.taken: dict = {}  # id(scope) -> layer names in use (trace exports are named against it)
@@ -190,7 +191,7 @@ class _Emitter:
     def emit_loop(self, loop, layers: dict) -> list:
         """Emit the rec layer of ``loop`` into ``layers``; returns the (path, unit layer) pairs to trace."""
         unit: dict = {}
-        perturbed = self.perturbations(loop) if self.perturb else {}
+        perturbed = self.perturbed_states.get(loop, {})
         exported = self.emit_scope(loop, unit)
         for state, (v, name) in perturbed.items():
             # the State's new value plus a perturbation fed as zeros, read by everything that reads the value (in
@@ -246,7 +247,7 @@ class _Emitter:
             self.out.lines[self.path(loop, name)] = loop.assign_lines[state]
             self.out.state_layers.setdefault(state, []).append(self.path(loop, name))
         for v in loop.exports:
-            unit[v.op.name]["is_output_layer"] = True
+            unit[self.perturbed.get(id(v), v.op.name)]["is_output_layer"] = True
         if loop.bounded:
             unit["end.bound"] = {"class": "compare", "kind": "greater_equal",
                                  "from": [":i", "base:" + self.bounds(loop, layers)]}
@@ -610,9 +611,9 @@ class _Emitter:
             if loop in self.static_ranges:  # back from the rec layer's dynamic steps to the static dim
                 return {"class": "gather", "from": f"{loop.name}/{a['value'].op.name}",
                         "axis": self.dim(loop.rec_axis), "position": self.static_ranges[loop]}
-            return {"class": "copy", "from": f"{loop.name}/{a['value'].op.name}"}
+            return {"class": "copy", "from": f"{loop.name}/{self.perturbed.get(id(a['value']), a['value'].op.name)}"}
         if k == "last":
-            return self.gather_last(a["loop"], a["value"].op.name)
+            return self.gather_last(a["loop"], self.perturbed.get(id(a["value"]), a["value"].op.name))
         raise NotImplementedError(f"no RETURNN layer for op kind {k!r}")
 
     def state_entry(self, op, scope: Scope) -> dict:
@@ -678,5 +679,7 @@ def emit(g: Graph, optimize: bool = True, capture=None, search: bool = False, pe
     ``search``: the net runs beam search (a trace then reads every hypothesis of every step, see Engine.trace).
     """
     e = _Emitter(g, optimize, capture, search, perturb)
+    if perturb:  # before anything refers to the values they perturb (stack and last after the loop too)
+        e.perturbed_states = {loop: e.perturbations(loop) for loop in g.top.children}
     e.emit_scope(g.top, e.out.net)
     return e.out

@@ -339,6 +339,7 @@ class Debugger(w.VBox):
             shown = ", ".join(map(str, units[:40])) + (f" ... ({len(units)} in all)" if len(units) > 40 else "")
             text = f"units {sign} {threshold:g} at every t={t0}…{t1}: {shown or 'none'}"
         with view.hold_sync():
+            view.brush = [t0, t1]  # the range the selection frames (also when it was made from code)
             view.highlight = units
             view.units_text = text
         return units

@@ -354,3 +354,61 @@ def test_a_decoder_trained_with_teacher_forcing_then_searches_the_reversed_input
     got, n_out = res.numpy(out), res.lens(loop.axis)
     right = sum(got[b, :n_out[b]].tolist() == test_tgt[b, :test_lens[b] + 1].tolist() for b in range(16))
     assert right >= 14
+
+
+@pytest.mark.parametrize("readout", ["last", "stack"])
+def test_gradients_through_time_when_the_value_leaves_the_loop(rng, readout):
+    """The State's new value read after the loop (loop.last, or loop.stack then a per-frame loss): the gradient
+    includes that path (finite differences of the numpy loss)."""
+    time, feat, hid, cls = rd.Dim("time"), rd.Dim("feat", 2), rd.Dim("hid", 3), rd.Dim("cls", 2)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        y = rd.Input("y", {batch} if readout == "last" else {batch, time}, dtype="int32", sparse_dim=cls)
+        lin, out = rd.Linear(hid), rd.Linear(cls)
+        h = rd.State({batch, hid})
+        with rd.Loop() as loop:
+            h_ = rd.tanh(lin(loop.unstack(x)) + h.get())
+            h.assign(h_)
+            read = loop.last(h_) if readout == "last" else loop.stack(h_)
+        loss = rd.cross_entropy(out(read), y)
+    x_np = rng.standard_normal((3, 4, 2)).astype(np.float32)
+    lens = np.array([4, 3, 2], np.int32)
+    y_np = rng.integers(0, 2, (3,) if readout == "last" else (3, 4)).astype(np.int32)
+    tr = g.trace({"x": x_np, "y": y_np}, seq_lens={time: lens}, grad_of=loss)
+    p = {k: v.astype(np.float64) for k, v in g.run({"x": x_np, "y": y_np}, seq_lens={time: lens}).params().items()}
+
+    def numpy_loss(b0, t0, delta):
+        total, n = 0.0, 0
+        for b in range(3):
+            hb = np.zeros(3)
+            for t in range(lens[b]):
+                hb = np.tanh(x_np[b, t] @ p["linear/weight"] + p["linear/bias"] + hb)
+                if (b, t) == (b0, t0):
+                    hb = hb + delta
+                if readout == "stack" or t == lens[b] - 1:
+                    z = hb @ p["linear_1/weight"] + p["linear_1/bias"]
+                    label = y_np[b] if readout == "last" else y_np[b, t]
+                    total += np.log(np.exp(z).sum()) - z[label]
+                    n += 1
+        return total / n
+
+    grad = tr.grad(h)
+    for b in range(3):
+        for t in range(lens[b]):
+            for u in range(3):
+                d = np.zeros(3)
+                d[u] = 1e-5
+                fd = (numpy_loss(b, t, d) - numpy_loss(b, t, -d)) / 2e-5
+                assert grad[b, t, u] == pytest.approx(fd, rel=1e-3, abs=1e-7), (b, t, u)
+
+
+def test_training_from_the_same_parameters_and_seed_gives_the_same_result_whatever_ran_before(rng):
+    g, time, loss, logits = rnn_tagger()
+    x, y, lens = ragged_data(rng, n=8)
+    feeds = {"x": x, "y": y}
+    start = g.run(feeds, seq_lens={time: lens}).params()
+    g.train(feeds, seq_lens={time: lens}, loss=loss, steps=5, batch_size=4, params=start, progress=False)
+    first = dict(g.trained_params)
+    g.train(feeds, seq_lens={time: lens}, loss=loss, steps=5, batch_size=4, params=start, progress=False)
+    for name, value in g.trained_params.items():
+        np.testing.assert_array_equal(value, first[name])
