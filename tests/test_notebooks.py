@@ -40,9 +40,24 @@ CLAIMS = {
     "07_beam_search.ipynb": [("sorted by score, best first", "CLAIM sorted best first: True"),
                              ("backtracking the best one gives exactly", "CLAIM backtracking gives the result: True"),
                              ("greedy decoding, checked against numpy", "CLAIM beam size 1 is greedy: True"),
-                             ("beam search beats greedy on sequence 0",
-                              "CLAIM beam search beats greedy on sequence 0: True"),
-                             ("finds exactly the hypotheses of the trace", "CLAIM live search equals the trace: True")],
+                             ("beam search beats greedy on sequence 1",
+                              "CLAIM beam search beats greedy on sequence 1: True"),
+                             ("at `t=3` greedy takes 2, the most probable label there",
+                              "CLAIM sequence 1 parts at t=3: greedy takes 2, beam search's best 5, "
+                              "behind greedy there: True"),
+                             ("takes 5 and is behind greedy at that step",
+                              "CLAIM sequence 1 parts at t=3: greedy takes 2, beam search's best 5, "
+                              "behind greedy there: True"),
+                             ("`[4, 3, 2, 5, 0]`, greedy ends with `[4, 3, 2, 2, 5, 0]`",
+                              "CLAIM sequence 1: beam search [4, 3, 2, 5, 0] is right, greedy [4, 3, 2, 2, 5, 0] "
+                              "is not: True"),
+                             ("gets 6 right, greedy 4", "CLAIM right: beam search 6 of 8, greedy 4 of 8"),
+                             ("finds exactly the hypotheses of the trace", "CLAIM live search equals the trace: True"),
+                             ("every final hypothesis extends the edited one, and none of them is the right answer",
+                              "CLAIM after the edit every final hypothesis extends the edited one, "
+                              "none is right: True"),
+                             ("higher than the second-best hypothesis did before it",
+                              "CLAIM after the edit the best scores higher than the second-best before: True")],
     "06_hunting_nan.ipynb": [(f"the first Inf appears at t={first_overflow_step()}",
                               f"CLAIM breakpoint: NaN/Inf in h at t={first_overflow_step()}"),
                              ("stepping continues from it", "CLAIM finite after set_state: True")],
