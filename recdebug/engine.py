@@ -349,8 +349,13 @@ class Engine:
         fd, lens, arrays = self.feed_dict(inputs, seq_lens)
         self.feed_targets(fd, targets or {}, seq_lens, _batch_size(arrays))
         check_trace_budget(em, fd, lens, arrays, max_bytes)
+        plain, plain_dims = {}, {}
         if self.search:
-            fetch, dims_of, length_fetch = self._beam_fetches()
+            fetch, dims_of, length_fetch = (dict(x) for x in self._beam_fetches())
+            # the loops without a search (an encoder before the decoder) are recorded as without search
+            plain, plain_dims, plain_lens = self._fetches(
+                {k: v for k, v in em.trace_fetch.items() if k not in fetch}, lens)
+            length_fetch.update(plain_lens)
         else:
             fetch, dims_of, length_fetch = self._fetches(em.trace_fetch, lens)
         top_layers = {t: em.decided.get(t, n) if self.search else n for t, n in em.fetch.items()}
@@ -358,8 +363,10 @@ class Engine:
         length_fetch.update(top_lens)
         if self.search:  # RETURNN reads its step accumulators once per run: the raw beams need a run of their own
             values = self.run_session(fetch, feed_dict=fd)
-            top_values, fetched_lens = self.run_session(
-                (top, {d: p for d, (p, _) in length_fetch.items()}), feed_dict=fd)
+            top_values, fetched_lens, plain_values = self.run_session(
+                (top, {d: p for d, (p, _) in length_fetch.items()}, plain), feed_dict=fd)
+            values.update(plain_values)
+            dims_of.update(plain_dims)
             extra_values = {}
         else:
             extra = self.extra_trace(fd, lens)

@@ -590,3 +590,41 @@ def test_choice_input_types_search_alike_in_returnn_and_live(rng, input_type):
     np.testing.assert_allclose(live.scores, traced.scores, rtol=1e-5, atol=1e-5)
     for b in range(3):
         assert [hy["labels"] for hy in live.hypotheses(b)] == [hy["labels"] for hy in traced.hypotheses(b)]
+
+
+def test_a_search_trace_also_records_the_loops_without_search(rng):
+    """An encoder loop before the searching decoder: trace(search=True) records the encoder's steps too (as numpy
+    computes them from the run's parameters, padding frames with garbage), and the decoder's beams."""
+    src_t, hid, vocab, emb = rd.Dim("src_t"), rd.Dim("hid", 4), rd.Dim("vocab", 5), rd.Dim("emb", 3)
+    with rd.Graph() as g:
+        src = rd.Input("src", {batch, src_t, hid})
+        e = rd.State({batch, hid})
+        lin_e = rd.Linear(hid)
+        with rd.Loop() as enc_loop:
+            e.assign(rd.tanh(lin_e(enc_loop.unstack(src)) + e.get()))
+        embed, lin_h, lin_out = rd.Embedding(vocab, emb), rd.Linear(hid), rd.Linear(vocab)
+        label = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+        h = rd.State({batch, hid}, initial=e.get())
+        with rd.Loop(max_seq_len=5) as loop:
+            h.assign(rd.tanh(lin_h(rd.concat(embed(label.get()), h.get()))))
+            y = rd.choice(lin_out(h.get()), beam_size=3)
+            label.assign(y)
+            loop.end(y == 0, include_eos=True)
+            out = loop.stack(y)
+    src_np = rng.standard_normal((3, 4, 4)).astype(np.float32)
+    lens = np.array([4, 2, 3], np.int32)
+    src_np[1, 2:] = 1e3
+    src_np[2, 3:] = -1e3
+    tr = g.trace({"src": src_np}, seq_lens={src_t: lens}, search=True)
+    res = g.run({"src": src_np}, seq_lens={src_t: lens}, search=True)
+    w, b = res.param(lin_e.weight), res.param(lin_e.bias)
+    got = tr.numpy(e, order=(batch, src_t, hid))
+    for k in range(3):
+        state = np.zeros(4)
+        for t in range(lens[k]):
+            state = np.tanh(src_np[k, t] @ w + b + state)
+            np.testing.assert_allclose(got[k, t], state, atol=1e-5)
+    beams = tr.beams(y)
+    for k in range(3):
+        best = beams.hypotheses(k)[0]
+        assert best["labels"] == res.numpy(out)[k, :res.lens(loop.axis)[k]].tolist()
