@@ -11,7 +11,7 @@ from returnn.tensor import batch_dim as returnn_batch_dim
 
 from .dims import Dim, batch_dim
 from .graph import Graph, Scope
-from .stepnet import layer_refs, readers_of
+from .stepnet import layer_refs as _refs, readers_of
 
 _ARITH = ("add", "sub", "mul", "truediv")
 _EXACT_IN_NUMPY = ("add", "sub", "mul")  # correctly rounded in float32 by numpy as by TensorFlow
@@ -60,6 +60,7 @@ class _Emitter:
         self.perturb = perturb
         self.perturbed: dict = {}  # id(Tensor) -> the layer of its value plus a perturbation (see perturbations)
         self.perturbed_states: dict = {}  # Loop -> perturbations(loop)
+        self.export_alias: dict = {}  # (Loop, layer name) -> the layer that stack/last read instead (search)
         self.optimize = optimize
         self.capture = capture
         self.taken: dict = {}  # id(scope) -> layer names in use (trace exports are named against it)
@@ -267,14 +268,27 @@ class _Emitter:
         if choices:  # values per new hypothesis (the rest are per hypothesis of the previous step)
             after = readers_of(unit, set(unit), set(choices))
             self.out.after_choice |= {self.path(loop, name) for name in after}
-            if self.search:  # RETURNN's search fails on a layer that it moved out of the loop and that reads a
-                # value per hypothesis (the step's choice, or a previous step's value): such layers stay in the loop,
-                # next to the choice
-                carried = {name for name in unit if any(r.startswith("prev:") for r in layer_refs(unit[name]))}
-                for name in sorted(readers_of(unit, set(unit), set(choices) | carried) - set(choices)):
-                    unit[name]["collocate_with"] = sorted(set(unit[name].get("collocate_with", [])) | {choices[0]})
+        if choices and self.search:  # a value stacked (or its last taken) that is the same for every hypothesis:
+            # RETURNN cannot accumulate a value without the search's beam in a searching loop; given the beam by
+            # adding a zero of every hypothesis, it is stacked like the others
+            carried = {n for n in unit if any(str(r).startswith("prev:") for r in _refs(unit[n]))}
+            beamed = readers_of(unit, set(unit), set(choices) | carried)
+            for v in loop.exports:
+                name = self.perturbed.get(id(v), v.op.name)
+                if name in beamed:
+                    continue
+                zero = self.fresh_name(loop, name + ".beam_zero")
+                unit[zero] = {"class": "eval", "from": "prev:output", "out_type": {"dtype": v.dtype},
+                              "eval": f"tf.zeros_like(source(0), dtype=tf.{v.dtype})"}
+                beamed_name = self.fresh_name(loop, name + ".beam")
+                unit[beamed_name] = {"class": "combine", "kind": "logical_or" if v.dtype == "bool" else "add",
+                                     "from": [name, zero], "is_output_layer": True}
+                self.export_alias[(loop, name)] = beamed_name
+                unit[name].pop("is_output_layer", None)  # read from outside through the beamed one only
         if choices:  # the rec layer's own output: the labels it searches over
             unit["output"] = {"class": "copy", "from": choices[0]}
+            if any(lp is loop for lp, _ in self.export_alias):  # read as prev:output at step 0 by the beam zeros
+                unit["output"]["initial_output"] = 0
         elif any(reads_inner_loop(loop, loop.assigned[state]) for state in loop.state_layers):
             # RETURNN works out the unit's shapes starting from "output": starting from a State that other States
             # and an inner loop depend on, it fails (a dependency loop); starting from a State made from an inner
@@ -301,8 +315,11 @@ class _Emitter:
         # A search trace reads every layer's values per hypothesis from the loop's step accumulators: it keeps
         # every layer in the loop (a moved-out layer has no such accumulator).
         beams = self.search and self.capture is not None and any(op.kind == "choice" for op in loop.ops)
+        # A searching loop keeps every layer in it: RETURNN's search fails on a layer it moved out of the loop
+        # that reads one still in it (it accumulates that one without the search's beam context).
         rec = {"class": "rec", "from": [], "axis": self.dim(loop.rec_axis), "unit": unit,
                "optimize_move_layers_out": self.optimize and not loop.children and not beams
+               and not (self.search and choices)
                and not moving_out_fails(loop) and not (loop.parent.is_loop and (loop.unstacked or self.capture))
                and not (loop.bounded and loop.unstacked)}
         if loop.bounded:
@@ -317,6 +334,11 @@ class _Emitter:
             rec["max_seq_len"] = loop.max_seq_len
             rec["include_eos"] = bool(loop.include_eos)
         layers[loop.name] = rec
+        for (lp, name), alias in self.export_alias.items():  # stack/last after the loop read the beamed value
+            if lp is loop:
+                for layer in layers.values():
+                    if layer.get("from") == f"{loop.name}/{name}":
+                        layer["from"] = f"{loop.name}/{alias}"
         self.out.rec_paths[loop] = self.path(loop.parent, loop.name)
         self.out.lines[self.path(loop.parent, loop.name)] = loop.line
         layers[loop.len_name] = {"class": "length", "from": loop.name, "axis": self.dim(loop.rec_axis)}

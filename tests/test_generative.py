@@ -1886,6 +1886,18 @@ BUG_PROGRAMS = {
         y.assign(rd.choice(rd.log_softmax(lin(h.get())), beam_size=1, input_type="log_prob"))
         out = loop.stack(e)
 ''', (2, [3, 1], [1, 1], 0), True, ("run", "stepper"), True),
+    "fixed/search_stack_of_a_value_without_the_beam": ('''
+    ctx = rd.Input("ctx", {batch, hid})
+    y = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+    h = rd.State({batch, hid}, initial=rd.reduce_mean(ctx, hid))
+    emb, lin_h, lin_c, lin_out = rd.Embedding(vocab, hid), rd.Linear(hid), rd.Linear(hid), rd.Linear(vocab)
+    with rd.Loop(max_seq_len=2) as loop:
+        h.assign(rd.tanh(lin_h(rd.concat(emb(y.get()), h.get()))))
+        c = lin_c(rd.tanh(ctx))           # the same for every hypothesis: RETURNN could not stack it in a search
+        y.assign(rd.choice(rd.log_softmax(lin_out(h.get()) * 2.0), beam_size=1, input_type="log_prob"))
+        loop.end(y.get() == 0, include_eos=True)
+        out = loop.stack(c)
+''', (2, [3, 2], [2, 2], 17297), True, ("run", "stepper"), True),
     "fixed/last_of_invariant_dropout": ('''
     ctx = rd.Input("ctx", {batch, hid})
     stop = rd.Input("stop", {batch}, dtype="int32")
