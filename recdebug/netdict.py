@@ -536,18 +536,19 @@ class _Emitter:
     def layer(self, op, scope: Scope) -> dict:
         k, a = op.kind, op.attrs
         src = [self.ref(t, scope) for t in op.inputs]
-        if k in _ARITH and len(src) == 2:
-            return {"class": "combine", "kind": k, "from": src}
+        if k in _ARITH and len(src) == 2:  # (each source may lack some dims of the other: moved out of the loop,
+            # both may, e.g. a State read after the loop's steps and an input with a dim of its own)
+            return {"class": "combine", "kind": k, "from": src, "allow_broadcast_all_sources": True}
         if k in _ARITH:
             expr = f"{a['scalar']!r} {_EVAL_SYMBOL[k]} source(0)" if a["scalar_first"] else \
                 f"source(0) {_EVAL_SYMBOL[k]} {a['scalar']!r}"
             return {"class": "eval", "from": src, "eval": expr}
         if k in _COMPARE:
             if len(src) == 2:
-                return {"class": "compare", "kind": k, "from": src}
+                return {"class": "compare", "kind": k, "from": src, "allow_broadcast_all_sources": True}
             return {"class": "compare", "kind": k, "from": src, "value": a["scalar"]}
         if k in ("logical_and", "logical_or"):
-            return {"class": "combine", "kind": k, "from": src}
+            return {"class": "combine", "kind": k, "from": src, "allow_broadcast_all_sources": True}
         if k == "activation":
             return {"class": "activation", "activation": a["activation"], "from": src}
         if k == "param":

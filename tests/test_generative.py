@@ -1898,6 +1898,15 @@ BUG_PROGRAMS = {
         loop.end(y.get() == 0, include_eos=True)
         out = loop.stack(c)
 ''', (2, [3, 2], [2, 2], 17297), True, ("run", "stepper"), True),
+    "fixed/broadcast_of_both_sources": ('''
+    x = rd.Input("x", {batch, time, feat})
+    enc = rd.Input("enc", {batch, enc_t, hid})
+    s = rd.State({batch}, initial=0.5)
+    with rd.Loop() as loop:
+        x_t = loop.unstack(x)
+        c = enc <= s.get()                # read by nothing in the loop: RETURNN computes it after it, both sources
+        s.assign(rd.tanh(s.get() + rd.reduce_sum(x_t, feat)))  # broadcast (s over enc_t, hid; enc over the steps)
+''', (2, [3, 2], [2, 1], 0), True, ("trace",)),
     "fixed/last_of_invariant_dropout": ('''
     ctx = rd.Input("ctx", {batch, hid})
     stop = rd.Input("stop", {batch}, dtype="int32")
