@@ -4,7 +4,9 @@ The model: an LSTM tagger (input 16, hidden 128, 2 classes, per-frame cross entr
 frames, 32 sequences per step. g.train runs it in this process; then g.save writes the config, checkpoint and data,
 and RETURNN's command line (python -m returnn) trains three more epochs (8 steps each) from it, printing its
 time per step (log_verbosity 5). Both medians exclude the first steps (graph warm-up). Target: g.train's time per
-step at most 1.2x RETURNN's. Usage: python bench/bench_train.py [--steps 40]
+step at most 1.2x RETURNN's. Then the teaching notebooks that train (07, 08, 09): each executed top to bottom
+(nbclient), its time in all and the time of its g.train calls (their builds included, timed in its kernel).
+Usage: python bench/bench_train.py [--steps 40] [--no-notebooks]
 """
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--no-notebooks", action="store_true")
     args = ap.parse_args()
     g, time, loss = tagger()
     feeds, lens = data()
@@ -71,6 +74,40 @@ def main():
     print(f"{'RETURNN command line':32s}{len(theirs):8d}{b:16.4f}{1.0:8.2f}")
     print(f"{'g.train':32s}{len(ours):8d}{a:16.4f}{a / b:8.2f}")
     print(f"target: g.train <= 1.2x RETURNN's time per step: {'met' if a / b <= 1.2 else 'NOT met'}")
+    if not args.no_notebooks:
+        notebook_times()
+
+
+def notebook_times():
+    """Each notebook that trains, executed as the tests do: its time in all and in g.train."""
+    import pathlib
+    import time as clock
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    root = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
+    print(f"\n{'notebook':32s}{'all s':>8s}{'g.train s':>12s}")
+    for path in sorted(root.glob("0[789]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        # the kernel times its g.train calls (their builds included) and reports after the notebook's own cells
+        nb.cells.insert(0, nbformat.v4.new_code_cell(
+            "import time as _clock, recdebug.graph as _graph\n"
+            "_train, _spent = _graph.Graph.train, [0.0]\n"
+            "def _timed(self, *args, **kwargs):\n"
+            "    t0 = _clock.perf_counter()\n"
+            "    try:\n"
+            "        return _train(self, *args, **kwargs)\n"
+            "    finally:\n"
+            "        _spent[0] += _clock.perf_counter() - t0\n"
+            "_graph.Graph.train = _timed"))
+        nb.cells.append(nbformat.v4.new_code_cell("print('TRAIN_SECONDS', _spent[0])"))
+        t0 = clock.perf_counter()
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(root)}}).execute()
+        total = clock.perf_counter() - t0
+        out = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
+        train = float(out.split("TRAIN_SECONDS")[1].split()[0]) if "TRAIN_SECONDS" in out else float("nan")
+        print(f"{path.name:32s}{total:8.1f}{train:12.1f}")
 
 
 if __name__ == "__main__":
