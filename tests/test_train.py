@@ -412,3 +412,16 @@ def test_training_from_the_same_parameters_and_seed_gives_the_same_result_whatev
     g.train(feeds, seq_lens={time: lens}, loss=loss, steps=5, batch_size=4, params=start, progress=False)
     for name, value in g.trained_params.items():
         np.testing.assert_array_equal(value, first[name])
+
+
+def test_a_trace_with_gradients_saves_and_loads_them(rng, tmp_path):
+    g, time, loss, logits = rnn_tagger()
+    x, y, lens = ragged_data(rng)
+    tr = g.trace({"x": x, "y": y}, seq_lens={time: lens}, grad_of=loss)
+    tr.save(tmp_path / "grads.npz")
+    back = rd.Trace.load(tmp_path / "grads.npz")
+    np.testing.assert_array_equal(back.grad("loop/h"), tr.grad(g.states[0]))
+    assert back.entries["loop/h.grad"].kind == "grad"
+    d = rd.debugger(back)
+    np.testing.assert_allclose(np.frombuffer(d.views["loop/h"].grad_norms, np.float32),
+                               np.linalg.norm(tr.grad(g.states[0])[0], axis=-1), rtol=1e-6)
