@@ -1544,6 +1544,8 @@ def _run_one(data, search):
         check_program(source, batch_data, optimize=opt, checks=checks, search=search)
         outcome = "agreed"
     except rd.RecDebugError as e:
+        if os.environ.get("RECDEBUG_GEN_FAILURES"):
+            _write_failure(os.environ["RECDEBUG_GEN_FAILURES"], source, call, e)
         raise AssertionError(f"recdebug refused a valid generated program:\n{source}\n{e}") from e
     except BaseException as e:
         if type(e).__name__ in ("UnsatisfiedAssumption", "Rejected"):  # hypothesis' reject()
