@@ -370,6 +370,14 @@ class _Emitter:
                     captured.append((path, name))
                 else:
                     self.out.trace_derived[path] = how
+        # values derived from each other in a ring (States that swap their values): one of them is recorded
+        own_paths = {self.path(loop, name): name for name, _, _ in own}
+        while True:
+            ring = _derivation_ring({p: h for p, h in self.out.trace_derived.items() if p in own_paths})
+            if ring is None:
+                break
+            del self.out.trace_derived[ring]
+            captured.append((ring, own_paths[ring]))
         for i, (path, name) in enumerate(captured):
             op = next((o for o in loop.ops if o.name == name), None)
             if op is None or batch_dim in op.out.dims:
@@ -679,6 +687,22 @@ def reads_inner_loop(loop, v) -> bool:
             return True
         todo.extend(x.op for x in op.inputs)
     return False
+
+
+def _derivation_ring(derived: dict):
+    """A path of ``derived`` (path -> how) that derives, through others, from itself; None when there is none."""
+    from .engine import _derived_from
+
+    for start in derived:
+        seen, todo = set(), [start]
+        while todo:
+            for src in _derived_from(derived[todo.pop()]):
+                if src == start:
+                    return start
+                if src in derived and src not in seen:
+                    seen.add(src)
+                    todo.append(src)
+    return None
 
 
 def moving_out_fails(loop) -> bool:

@@ -1909,6 +1909,17 @@ BUG_PROGRAMS = {
         c = enc <= s.get()                # read by nothing in the loop: RETURNN computes it after it, both sources
         s.assign(rd.tanh(s.get() + rd.reduce_sum(x_t, feat)))  # broadcast (s over enc_t, hid; enc over the steps)
 ''', (2, [3, 2], [2, 1], 0), True, ("trace",)),
+    "fixed/trace_states_that_swap": ('''
+    x = rd.Input("x", {batch, time, feat})
+    a = rd.State({batch}, initial=1, dtype="int32", sparse_dim=vocab)
+    b = rd.State({batch}, initial=2, dtype="int32", sparse_dim=vocab)
+    with rd.Loop() as loop:
+        x_t = loop.unstack(x)
+        a_prev, b_prev = a.get(), b.get()
+        a.assign(b_prev)                  # each State's steps were derived from the other's: a ring
+        b.assign(a_prev)
+        out = loop.stack(a_prev)
+''', (3, [2, 3, 1], [1, 1, 1], 0), False, ("trace", "stepper")),
     "fixed/last_of_invariant_dropout": ('''
     ctx = rd.Input("ctx", {batch, hid})
     stop = rd.Input("stop", {batch}, dtype="int32")
