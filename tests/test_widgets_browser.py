@@ -243,7 +243,7 @@ def page(tmp_path):
 def open_and_run_all(page, url, token, path, app="lab"):
     """Open a notebook in JupyterLab (app="lab") or Notebook 7 ("notebook"), wait for its kernel, run all cells."""
     if app == "lab":
-        page.goto(f"{url}/lab/tree/{path}?token={token}")
+        page.goto(f"{url}/lab/tree/{path}?token={token}&reset")  # reset: no tabs restored from earlier pages
         page.locator(".jp-NotebookPanel:visible .jp-Notebook").wait_for()
     else:
         page.goto(f"{url}/notebooks/{path}?token={token}")
