@@ -29,15 +29,7 @@ def rnn_tagger(hid_size=3):
 
 def numpy_loss(p: dict, x, y, lens) -> float:
     """The mean cross entropy over the valid frames, computed in numpy (padding frames never read)."""
-    total, frames = 0.0, 0
-    for b in range(x.shape[0]):
-        h = np.zeros(p["linear_1/weight"].shape[1])
-        for t in range(lens[b]):
-            h = np.tanh(x[b, t] @ p["linear/weight"] + p["linear/bias"] + h @ p["linear_1/weight"] + p["linear_1/bias"])
-            z = h @ p["linear_2/weight"] + p["linear_2/bias"]
-            total += np.log(np.exp(z - z.max()).sum()) + z.max() - z[y[b, t]]
-            frames += 1
-    return total / frames
+    return numpy_loss_perturbed(p, x, y, lens)
 
 
 def ragged_data(rng, n=6, T=5):
