@@ -150,6 +150,7 @@ class Gen:
         self.embeddings: list = []
         self.lstms: list = []  # (name, out symbol): rd.LSTM modules
         self.accs: list = []  # (name, dim symbol)
+        self.acc_inputs: dict = {}  # name -> the static dim of its first input (its Linear is built for it)
         self.counters: list = []
         self.states: list = []  # StateInfo
         self.extra_dims: dict = {}  # concat out dims: symbol -> (code, size)
@@ -627,9 +628,12 @@ class Gen:
         if not free:
             raise _NoWay()
         name, d = self.pick(free)
-        a = self.float_val(lambda v: len(self.static_dims(v)) == 1 and v.dims - set(self.static_dims(v)) == {"B"})
+        want = self.acc_inputs.get(name)  # a second call takes the same input dim (recdebug refuses another)
+        a = self.float_val(lambda v: len(self.static_dims(v)) == 1 and v.dims - set(self.static_dims(v)) == {"B"}
+                           and (want is None or list(self.static_dims(v))[0] == want))
         if a is None:
             raise _NoWay()
+        self.acc_inputs[name] = list(self.static_dims(a))[0]
         lp.used_modules.add(name)
         return self.let(f"{name}({self.squash(a, 2.0).code})", {"B", d}, mag=1.0)
 
