@@ -103,15 +103,10 @@ def _number(value, what: str, kind, low, high=None):
 
 
 def _minibatch(checked: dict, seq_lens: dict, targets: dict, idx: np.ndarray) -> tuple[dict, dict, dict]:
-    """The sequences ``idx`` of the whole data, each dynamic axis cut to its longest sequence in the minibatch."""
+    """The sequences ``idx`` of the whole data (the feed cuts each dynamic axis to the minibatch's longest one)."""
     lens = {d: np.asarray(n)[idx] for d, n in seq_lens.items()}
-    inputs = {}
-    for name, (arr, order) in checked.items():
-        take = arr.take(idx, axis=list(order).index(batch_dim))
-        for i, d in enumerate(order):
-            if d in lens and d.is_dynamic:
-                take = take.take(np.arange(int(lens[d].max())), axis=i)
-        inputs[name] = (np.ascontiguousarray(take), tuple(order))
+    inputs = {name: (arr.take(idx, axis=list(order).index(batch_dim)), tuple(order))
+              for name, (arr, order) in checked.items()}
     tg = {}
     for key, labels in targets.items():
         labels = np.asarray(labels)[idx]

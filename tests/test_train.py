@@ -73,14 +73,8 @@ def test_the_reported_loss_and_the_first_adam_step_agree_with_numpy(rng):
 
 
 def test_an_lstm_learns_running_parity_and_run_trace_stepper_use_what_it_learned(rng):
-    time, feat, hid, classes = rd.Dim("time"), rd.Dim("feat", 2), rd.Dim("hid", 12), rd.Dim("classes", 2)
-    with rd.Graph() as g:
-        x = rd.Input("x", {batch, time, feat})
-        y = rd.Input("y", {batch, time}, dtype="int32", sparse_dim=classes)
-        lstm, lin_out = rd.LSTM(hid), rd.Linear(classes)
-        with rd.Loop() as loop:
-            logits = loop.stack(lin_out(lstm(loop.unstack(x))))
-        loss = rd.cross_entropy(logits, y)
+    g, time, classes, lstm, logits, loss = parity_lstm(feat_size=2, hid_size=12)
+    hid = lstm.out_dim
     n, T = 64, 16
     x_np = rng.integers(0, 2, (n, T, 2)).astype(np.float32)
     y_np = (np.cumsum(x_np[:, :, 0], axis=1) % 2).astype(np.int32)  # the parity of the ones so far
@@ -142,8 +136,10 @@ def test_bad_training_arguments_get_clear_errors(rng):
         g.train(feeds, seq_lens={time: lens[:3]}, loss=loss)
 
 
-def parity_lstm():
-    time, feat, hid, classes = rd.Dim("time"), rd.Dim("feat", 3), rd.Dim("hid", 8), rd.Dim("classes", 2)
+def parity_lstm(feat_size=3, hid_size=8):
+    """An LSTM tagger: per frame, 2 classes from the LSTM's h; per-frame cross entropy."""
+    time, feat, hid = rd.Dim("time"), rd.Dim("feat", feat_size), rd.Dim("hid", hid_size)
+    classes = rd.Dim("classes", 2)
     with rd.Graph() as g:
         x = rd.Input("x", {batch, time, feat})
         y = rd.Input("y", {batch, time}, dtype="int32", sparse_dim=classes)
