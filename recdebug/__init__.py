@@ -20,6 +20,14 @@ def load_ipython_extension(ip):
     load(ip)
 
 
+def from_returnn(config, checkpoint=None, extern_data=None, device=None):
+    """A RETURNN config (a file, or a net dict with ``extern_data``) and its checkpoint, to run, trace and step
+    through: see ``recdebug.returnn_model.from_returnn``."""
+    from .returnn_model import from_returnn as load
+
+    return load(config, checkpoint=checkpoint, extern_data=extern_data, device=device)
+
+
 def debugger(source, other=None, layers=(), reveal=None, shared_scale=False, vocab=None):
     """The debugger widget for an ``rd.Trace`` or an ``rd.Stepper`` (imports ipywidgets on first use); see
     ``recdebug.widgets.debugger`` for the options."""
@@ -33,5 +41,5 @@ __all__ = [
     "Loop", "choice", "tanh", "sigmoid", "relu", "exp", "log", "abs", "softmax", "log_softmax", "where", "gather",
     "dropout", "cross_entropy", "split", "concat", "zeros", "constant", "reduce_sum", "reduce_max", "reduce_min",
     "reduce_mean", "cast",
-    "Trace", "TraceDiff", "Stepper", "on_nan", "on_nonfinite", "on_state", "debugger", "RecDebugError", "LoopError", "DimError", "RunError",
+    "Trace", "TraceDiff", "from_returnn", "Stepper", "on_nan", "on_nonfinite", "on_state", "debugger", "RecDebugError", "LoopError", "DimError", "RunError",
 ]

@@ -288,7 +288,12 @@ class ModelBuild:
 
         self.model, self.kind, self.rec = model, kind, rec
         net = copy.deepcopy(model.net)
+        if kind == "run":  # every top-level layer (RETURNN builds the output layers and what they read)
+            for layer in net.values():
+                if isinstance(layer, dict):
+                    layer["is_output_layer"] = True
         if kind in ("trace", "templates"):
+            net[rec]["is_output_layer"] = True
             unit = net[rec]["unit"]
             for name, layer in unit.items():
                 layer["is_output_layer"] = True

@@ -1,0 +1,260 @@
+"""rd.from_returnn on RETURNN's own demo configs, trained briefly with RETURNN's command line.
+
+Each in-loop layer that recdebug's trace records is checked against a numpy computation of the same unit from the
+checkpoint's weights (read with TensorFlow's checkpoint reader, not through a RETURNN network), on ragged lengths
+with garbage in the padding frames; the layer after the loop against RETURNN's own forward task (its command
+line); the live stepper against the trace at every step.
+"""
+import numpy as np
+import pytest
+
+import recdebug as rd
+from returnn_cli import DEMOS, evaluate, forward, train
+
+ATOL = 1e-5
+LSTM_CONFIG, ATT_CONFIG = "demo-tf-rec-explicit-lstm.config", "demo-tf-attention.config"
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def weights(ckpt) -> dict:
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(ckpt))
+    return {k: reader.get_tensor(k).astype(np.float64) for k in reader.get_variable_to_shape_map()
+            if "Adam" not in k and k != "global_step"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("returnn_demos")
+    lstm = train(LSTM_CONFIG, root / "lstm", '{"class": "Task12AXDataset", "num_seqs": 200}',
+                 '{"class": "Task12AXDataset", "num_seqs": 20, "fixed_random_seed": 42}')
+    att = train(ATT_CONFIG, root / "att", '{"class": "TaskXmlModelingDataset", "num_seqs": 200}',
+                '{"class": "TaskXmlModelingDataset", "num_seqs": 20, "fixed_random_seed": 42}')
+    return {"lstm": lstm, "att": att, "root": root}
+
+
+def lstm_feed(rng):
+    lens = np.array([7, 1, 4, 2, 6])
+    x = rng.standard_normal((5, 7, 9)).astype(np.float32)
+    pad = np.arange(7)[None, :] >= lens[:, None]
+    x[pad] = rng.uniform(-1e3, 1e3, size=(pad.sum(), 9))  # garbage in the padding frames
+    return x, lens
+
+
+def numpy_explicit_lstm(w, x, lens) -> dict:
+    """The unit of demo-tf-rec-explicit-lstm.config: input = [prev:output, data:source], four gates, c, output."""
+    B, T, _ = x.shape
+    out = {k: np.zeros((B, T, 19 if k == "input" else 10)) for k in
+           ("input", "input_gate", "forget_gate", "output_gate", "cell_in", "c", "output")}
+    for b in range(B):
+        h, c = np.zeros(10), np.zeros(10)
+        for t in range(lens[b]):
+            inp = np.concatenate([h, x[b, t]])
+            lin = {g: inp @ w[f"lstm/rec/{g}/W"] + w[f"lstm/rec/{g}/b"]
+                   for g in ("input_gate", "forget_gate", "output_gate", "cell_in")}
+            ig, fg, og = sigmoid(lin["input_gate"]), sigmoid(lin["forget_gate"]), sigmoid(lin["output_gate"])
+            ci = np.tanh(lin["cell_in"])
+            c = ig * ci + fg * c
+            h = og * c
+            for k, v in (("input", inp), ("input_gate", ig), ("forget_gate", fg), ("output_gate", og),
+                         ("cell_in", ci), ("c", c), ("output", h)):
+                out[k][b, t] = v
+    return out
+
+
+def assert_frames(got, ref, lens, what, atol=ATOL):
+    for b, n in enumerate(lens):
+        np.testing.assert_allclose(got[b, :n], ref[b, :n], atol=atol, rtol=0, err_msg=f"{what}, sequence {b}")
+
+
+def test_explicit_lstm_trace_equals_numpy_and_returnn_forward(trained, rng, tmp_path):
+    x, lens = lstm_feed(rng)
+    m = rd.from_returnn(DEMOS / LSTM_CONFIG, checkpoint=trained["lstm"])
+    assert m.rec_layers == ["lstm"]
+    tr = m.trace({"data": x}, seq_lens={"data": lens})
+    np.testing.assert_array_equal(tr.lens("lstm:time"), lens)
+    ref = numpy_explicit_lstm(weights(trained["lstm"]), x.astype(np.float64), lens)
+    for name, want in ref.items():
+        e = tr.entries[f"lstm/{name}"]
+        assert e.kind == ("state" if name in ("c", "output") else "layer"), name
+        rest = [d for d in e.dims if d not in ("batch", "lstm:time")]
+        assert_frames(tr.numpy(f"lstm/{name}", order=["batch", "lstm:time"] + rest), want, lens, name)
+    # the layer after the loop: recdebug's run and the trace's output through it, against RETURNN's forward task
+    w = weights(trained["lstm"])
+    probs = softmax(ref["output"] @ w["output/W"] + w["output/b"])
+    res = m.run({"data": x}, seq_lens={"data": lens})
+    assert_frames(res.numpy("output"), probs, lens, "run: output")
+    fwd = forward(LSTM_CONFIG, trained["lstm"], tmp_path / "fwd",
+                  [{"data": x[b, :n], "classes": np.zeros(n, np.int32)} for b, n in enumerate(lens)],
+                  {"data": [9, 2], "classes": [2, 1]})
+    for b, n in enumerate(lens):
+        assert fwd[b].shape == (n, 2)
+        np.testing.assert_allclose(fwd[b], probs[b, :n], atol=ATOL, rtol=0, err_msg=f"RETURNN forward, seq {b}")
+
+
+def test_explicit_lstm_stepper_equals_trace_at_every_step(trained, rng):
+    x, lens = lstm_feed(rng)
+    m = rd.from_returnn(DEMOS / LSTM_CONFIG, checkpoint=trained["lstm"])
+    tr = m.trace({"data": x}, seq_lens={"data": lens})
+    st = m.stepper({"data": x}, seq_lens={"data": lens})
+    assert [s.key for s in st.states] == ["lstm/c", "lstm/output"]
+    assert st.T == 7
+    np.testing.assert_array_equal(st.value("lstm/c"), 0)  # before t=0: the initial value
+    layers = [k for k in tr.keys() if tr.entries[k].loop_axes]
+    for t in range(st.T):
+        st.step()
+        for key in layers:
+            e = tr.entries[key]
+            rest = [d for d in e.dims if d not in ("batch", "lstm:time")]
+            want = tr.numpy(key, order=["lstm:time", "batch"] + rest)[t]
+            got = st.value(key)
+            valid = t < lens
+            np.testing.assert_allclose(got[valid], want[valid], atol=ATOL, rtol=0, err_msg=f"{key} at t={t}")
+    assert st.finished and st.ended == {b: int(n) for b, n in enumerate(lens)}
+    # a State keeps its last value after its sequence ended
+    np.testing.assert_allclose(st.value("lstm/c")[1], tr.numpy("lstm/c", order=["batch", "lstm:time", "input_gate:feature-dense"])[1, 0], atol=ATOL)
+
+
+def test_explicit_lstm_stepper_back_and_edit(trained, rng):
+    x, lens = lstm_feed(rng)
+    m = rd.from_returnn(DEMOS / LSTM_CONFIG, checkpoint=trained["lstm"])
+    w = weights(trained["lstm"])
+    st = m.stepper({"data": x}, seq_lens={"data": lens})
+    st.step(3)
+    c3 = st.value("lstm/c")
+    st.step(2).step_back(2)
+    np.testing.assert_array_equal(st.value("lstm/c"), c3)  # exact: nothing recomputed
+    st.set_state("lstm/c", np.zeros_like(c3))
+    st.set_state("lstm/output", np.ones_like(c3))
+    st.step()
+    # numpy of one step from the edited States
+    valid = 3 < lens  # the sequences still running at t=3 (the others hold garbage there)
+    inp = np.concatenate([np.ones((5, 10)), np.where(valid[:, None], x[:, 3], 0).astype(np.float64)], axis=1)
+    g = {k: inp @ w[f"lstm/rec/{k}/W"] + w[f"lstm/rec/{k}/b"] for k in ("input_gate", "cell_in", "output_gate")}
+    c = sigmoid(g["input_gate"]) * np.tanh(g["cell_in"])
+    np.testing.assert_allclose(st.value("lstm/c")[valid], c[valid], atol=ATOL)
+    np.testing.assert_allclose(st.value("lstm/output")[valid], (sigmoid(g["output_gate"]) * c)[valid], atol=ATOL)
+    np.testing.assert_array_equal(st.value("lstm/c")[~valid], 0)  # ended sequences keep their (edited) value
+    with pytest.raises(rd.RunError, match="shape"):
+        st.set_state("lstm/c", np.zeros((5, 3)))
+    with pytest.raises(rd.RecDebugError, match="no layer 'lstm/nothing' in the unit of 'lstm'; it has"):
+        st.value("lstm/nothing")
+
+
+def att_feed(rng):
+    x_lens, y_lens = np.array([6, 2, 4, 1]), np.array([5, 3, 1, 2])
+    x = rng.standard_normal((4, 6, 12)).astype(np.float32)
+    pad = np.arange(6)[None, :] >= x_lens[:, None]
+    x[pad] = rng.uniform(-1e3, 1e3, size=(pad.sum(), 12))
+    y = rng.integers(0, 12, (4, 5)).astype(np.int32)
+    return {"data": x, "classes": y}, {"data": x_lens, "classes": y_lens}
+
+
+def numpy_attention_decoder(w, enc, ctx, x_lens, y, y_lens) -> dict:
+    """The decoder unit of demo-tf-attention.config, the encoder's outputs given: orth_embed of the target label,
+    s an LSTMBlock cell on [prev:c, prev:orth_embed], c_in, c = dot attention over the valid encoder frames,
+    output = softmax over [prev:s, c]."""
+    B, T = y.shape
+    out = {"orth_embed": np.zeros((B, T, 10)), "s": np.zeros((B, T, 20)), "c_in": np.zeros((B, T, 20)),
+           "c": np.zeros((B, T, 20)), "output": np.zeros((B, T, 12))}
+    p = "output/rec/"
+    for b in range(B):
+        h, cell, c_prev, emb_prev = np.zeros(20), np.zeros(20), np.zeros(20), np.zeros(10)
+        for t in range(y_lens[b]):
+            emb = w[p + "orth_embed/W"][y[b, t]] + w[p + "orth_embed/b"]
+            gates = np.concatenate([c_prev, emb_prev, h]) @ w[p + "s/rec/lstm_cell/kernel"] + \
+                w[p + "s/rec/lstm_cell/bias"]
+            i, ci, f, o = np.split(gates, 4)
+            cell = sigmoid(f + 1.0) * cell + sigmoid(i) * np.tanh(ci)
+            h_new = sigmoid(o) * np.tanh(cell)
+            c_in = np.tanh(np.concatenate([h_new, emb_prev]) @ w[p + "c_in/W"] + w[p + "c_in/b"])
+            n = x_lens[b]
+            att = softmax(ctx[b, :n] @ c_in)
+            c = att @ enc[b, :n]
+            probs = softmax(np.concatenate([h, c]) @ w[p + "output/W"] + w[p + "output/b"])
+            for k, v in (("orth_embed", emb), ("s", h_new), ("c_in", c_in), ("c", c), ("output", probs)):
+                out[k][b, t] = v
+            h, c_prev, emb_prev = h_new, c, emb
+    return out
+
+
+def test_attention_trace_equals_numpy_and_returnn_forward(trained, rng, tmp_path):
+    inputs, lens = att_feed(rng)
+    m = rd.from_returnn(DEMOS / ATT_CONFIG, checkpoint=trained["att"])
+    assert m.rec_layers == ["output"]
+    tr = m.trace(inputs, seq_lens=lens)
+    y_lens = lens["classes"]
+    np.testing.assert_array_equal(tr.lens("output:time"), y_lens)
+    assert {e.key for e in tr.entries.values() if e.kind == "state"} == {"output/s", "output/c", "output/orth_embed"}
+    res = m.run(inputs, seq_lens=lens)  # the encoder: RETURNN's forward of the layers before the loop
+    enc, ctx = res.numpy("encoder").astype(np.float64), res.numpy("enc_ctx").astype(np.float64)
+    ref = numpy_attention_decoder(weights(trained["att"]), enc, ctx, lens["data"], inputs["classes"], y_lens)
+    for name, want in ref.items():
+        e = tr.entries[f"output/{name}"]
+        rest = [d for d in e.dims if d not in ("batch", "output:time")]
+        assert_frames(tr.numpy(f"output/{name}", order=["batch", "output:time"] + rest), want, y_lens, name)
+    # RETURNN's eval task (its forward task cannot build this config: the targets the decoder reads are not
+    # available to it): the loss per sequence, cross-entropy of the decoder's output
+    scores = evaluate(ATT_CONFIG, trained["att"], tmp_path / "eval",
+                      [{"data": inputs["data"][b, :lens["data"][b]], "classes": inputs["classes"][b, :n]}
+                       for b, n in enumerate(y_lens)], {"data": [12, 2], "classes": [12, 1]})
+    for b, n in enumerate(y_lens):  # RETURNN's score of a sequence: the mean cross-entropy over its frames
+        ce = -np.log(ref["output"][b, np.arange(n), inputs["classes"][b, :n]])
+        assert scores[b] == pytest.approx(ce.mean(), abs=1e-5), (b, scores[b], ce.mean())
+
+
+def test_attention_stepper_equals_trace_at_every_step(trained, rng):
+    inputs, lens = att_feed(rng)
+    m = rd.from_returnn(DEMOS / ATT_CONFIG, checkpoint=trained["att"])
+    tr = m.trace(inputs, seq_lens=lens)
+    st = m.stepper(inputs, seq_lens=lens)
+    y_lens = lens["classes"]
+    assert st.T == 5
+    for t in range(st.T):
+        st.step()
+        for key in tr.keys():
+            e = tr.entries[key]
+            rest = [d for d in e.dims if d not in ("batch", "output:time")]
+            want = tr.numpy(key, order=["output:time", "batch"] + rest)[t]
+            valid = t < y_lens
+            np.testing.assert_allclose(st.value(key)[valid], want[valid], atol=ATOL, rtol=0,
+                                       err_msg=f"{key} at t={t}")
+    assert st.finished
+
+
+def test_model_errors_name_what_to_do(trained, rng, tmp_path):
+    with pytest.raises(rd.RecDebugError, match="no config file"):
+        rd.from_returnn(tmp_path / "missing.config")
+    with pytest.raises(rd.RecDebugError, match="no RETURNN checkpoint"):
+        rd.from_returnn(DEMOS / LSTM_CONFIG, checkpoint=tmp_path / "model.007")
+    with pytest.raises(rd.RecDebugError, match="extern_data"):
+        rd.from_returnn({"out": {"class": "copy", "from": "data"}})
+    m = rd.from_returnn(DEMOS / LSTM_CONFIG, checkpoint=trained["lstm"])
+    x, lens = lstm_feed(rng)
+    with pytest.raises(rd.RunError, match="no extern_data 'x'"):
+        m.trace({"x": x}, seq_lens={"data": lens})
+    with pytest.raises(rd.RunError, match="axis 2 .* has size 4, expected 9"):
+        m.trace({"data": x[..., :4]}, seq_lens={"data": lens})
+    with pytest.raises(rd.RunError, match="lengths must be 1..7"):
+        m.trace({"data": x}, seq_lens={"data": lens + 1})
+    with pytest.raises(rd.RecDebugError, match="no rec layer 'nope'"):
+        m.trace({"data": x}, seq_lens={"data": lens}, rec="nope")
+    # a layer that keeps a hidden state of its own (a rec layer with an LSTM unit inside the unit): stepping is
+    # refused with its name, the trace still works
+    net = {"loop": {"class": "rec", "from": "data", "unit": {
+        "inner": {"class": "rec", "unit": "lstm", "n_out": 4, "from": ["data:source", "prev:output"]},
+        "output": {"class": "linear", "activation": "tanh", "n_out": 3, "from": "inner"}}}}
+    m2 = rd.from_returnn(net, extern_data={"data": {"dim": 9}})
+    tr = m2.trace({"data": x}, seq_lens={"data": lens})
+    assert tr.numpy("loop/output", order=["batch", "loop:time", tr.dims_of("loop/output")[-1]]).shape == (5, 7, 3)
+    with pytest.raises(rd.RecDebugError, match=r"(?s)loop/inner \(class .rec.\) keeps a hidden state.*m.trace"):
+        m2.stepper({"data": x}, seq_lens={"data": lens})
