@@ -666,6 +666,51 @@ class Stepper:
         self._moved()
 
 
+    # --- what the debugger asks (by key: a State's path, or "<loop>/<layer>") ---
+    def view_keys(self) -> list:
+        """The keys of the States (one heatmap each)."""
+        return [s.path(self.graph) for s in self.states]
+
+    def layer_keys(self) -> list:
+        """The keys of the loop's layers, with values per step."""
+        return [f"{self.loop.name}/{op.name}" for op in self.loop.ops]
+
+    def _by_key(self, key: str):
+        x = next((s for s in self.states if s.path(self.graph) == key), None)
+        if x is None:
+            x = next((op.out for op in self.loop.ops if f"{self.loop.name}/{op.name}" == key), None)
+        if x is None:
+            raise RecDebugError(f"no State or layer {key!r} in {self.loop.describe()}")
+        return x
+
+    def describe_key(self, key: str) -> tuple:
+        """(unit dims [(name, size)] after the batch, whether it holds labels, its sparse dim's name, the loop
+        axis' name)."""
+        x = self._by_key(key)
+        dims = [(d.name, int(d.size)) for d in sorted(x.dims, key=lambda d: d.order) if not d.is_batch]
+        sparse = x.sparse_dim.name if getattr(x, "sparse_dim", None) is not None else None
+        return dims, x.dtype in ("int32", "int64", "bool"), sparse, self.loop.axis.name
+
+    def key_value(self, key: str, at: int) -> np.ndarray:
+        """After ``at`` steps: a State's value, or a layer's value in iteration at-1 (its first before a step)."""
+        x = self._by_key(key)
+        return self.value(x, at=at) if isinstance(x, State) else self.value(x, at=max(1, at))
+
+    def key_before_choice(self, key: str) -> bool:
+        x = self._by_key(key)
+        return isinstance(x, Tensor) and self.before_choice(x)
+
+    def hierarchy_nodes(self) -> list:
+        from .hierarchy import hierarchy_nodes
+
+        return hierarchy_nodes(self._live_engine().emitted)
+
+    def net_dict_text(self) -> str:
+        from .hierarchy import net_text
+
+        return net_text(self._live_engine().emitted)
+
+
 class StepperBeams(Beams):
     """The hypotheses of a live search after the steps run so far (``Stepper.beams()``)."""
 

@@ -288,12 +288,12 @@ class Debugger(w.VBox):
     def _nodes(self):
         if self.trace is not None:  # a loaded trace has them from its file
             return self.trace.hierarchy
-        return hierarchy_nodes(self.stepper.engine.emitted)
+        return self.stepper.hierarchy_nodes()
 
     def _net_text(self) -> str:
         if self.trace is not None:
             return self.trace.net_text or "(this trace file does not keep the net dict)"
-        return net_text(self.stepper.engine.emitted)
+        return self.stepper.net_dict_text()
 
     def _main_axis(self):
         if self.trace is not None:
@@ -305,7 +305,7 @@ class Debugger(w.VBox):
             axis = self._main_axis()
             return [e.key for e in self.trace.entries.values()
                     if e.kind == "state" and e.loop_axes == (axis,)]
-        return [s.path(self.stepper.graph) for s in self.stepper.states]
+        return self.stepper.view_keys()
 
     def _build_views(self):
         for key in self._state_keys():
@@ -352,13 +352,7 @@ class Debugger(w.VBox):
             dims = [(d, int(e.array.shape[i])) for i, d in enumerate(e.dims) if d not in (axis, "batch", "beam")]
             ints, sparse, axis_name = e.array.dtype.kind in "iub", None, axis
         else:
-            st = self.stepper
-            x = next((s for s in st.states if s.path(st.graph) == key), None)
-            if x is None:
-                x = next(op.out for op in st.loop.ops if f"{st.loop.name}/{op.name}" == key)
-            dims = [(d.name, int(d.size)) for d in sorted(x.dims, key=lambda d: d.order) if not d.is_batch]
-            ints, axis_name = x.dtype in ("int32", "int64", "bool"), st.loop.axis.name
-            sparse = x.sparse_dim.name if getattr(x, "sparse_dim", None) is not None else None
+            dims, ints, sparse, axis_name = self.stepper.describe_key(key)
         n = int(np.prod([size for _, size in dims])) if dims else 1
         if not dims:
             unit_label = "one value"
@@ -429,9 +423,7 @@ class Debugger(w.VBox):
 
     def _before_choice(self, key: str) -> bool:
         """A live search: whether ``key`` is a tensor computed before the choice (per previous hypothesis)."""
-        st = self.stepper
-        tensor = next((op.out for op in st.loop.ops if f"{st.loop.name}/{op.name}" == key), None)
-        return tensor is not None and st.before_choice(tensor)
+        return self.stepper.key_before_choice(key)
 
     def _stepper_rows(self, key: str) -> np.ndarray:
         """[T, batch, U] (a search: [T, batch, beam, U]) values of the steps computed so far."""
@@ -451,12 +443,7 @@ class Debugger(w.VBox):
         return self._rows[key]
 
     def _stepper_value(self, key: str, at: int | None = None) -> np.ndarray:
-        st = self.stepper
-        for s in st.states:
-            if s.path(st.graph) == key:
-                return st.value(s, at=at)
-        tensor = next(op.out for op in st.loop.ops if f"{st.loop.name}/{op.name}" == key)
-        return st.value(tensor, at=max(1, at or st.t))
+        return self.stepper.key_value(key, self.stepper.t if at is None else at)
 
     # --- controls ---
     def _controls(self):
@@ -621,15 +608,14 @@ class Debugger(w.VBox):
     def _stepped_layers(self) -> list:
         if self.trace is not None:
             return sorted(k for k in self.trace.entries if self._layer_has_steps(k))
-        return [f"{self.stepper.loop.name}/{op.name}" for op in self.stepper.loop.ops]
+        return self.stepper.layer_keys()
 
     def _layer_has_steps(self, path: str) -> bool:
         if self.trace is not None:
             e = self.trace.entries.get(path)
             axis = self._main_axis()
             return e is not None and (e.loop_axes == (axis,) or (e.kind == "value" and axis in e.dims))
-        st = self.stepper
-        return any(f"{st.loop.name}/{op.name}" == path for op in st.loop.ops)
+        return path in self.stepper.layer_keys()
 
     def show_diff(self, other):
         """Mark where ``other`` (a Trace of the same graph) differs: first step and units, per view."""
@@ -837,11 +823,13 @@ def _check_vocab(vocab):
 
 def _check_arguments(source, other, layers) -> list:
     """The arguments of rd.debugger checked before any widget is built; ``layers`` as a list of paths."""
+    from .returnn_stepper import ReturnnStepper
     from .stepper import Stepper
     from .trace import Trace
 
-    if not isinstance(source, (Trace, Stepper)):
-        raise RecDebugError(f"rd.debugger expects an rd.Trace or an rd.Stepper, got {type(source).__name__}")
+    if not isinstance(source, (Trace, Stepper, ReturnnStepper)):
+        raise RecDebugError(f"rd.debugger expects an rd.Trace or a stepper (g.stepper, m.stepper), got "
+                            f"{type(source).__name__}")
     if other is not None and not isinstance(other, Trace):
         raise RecDebugError(f"rd.debugger(..., other=) is a trace to compare with, got {type(other).__name__}",
                             hint="pass an rd.Trace of the same graph (g.trace(...) or rd.Trace.load(path))")

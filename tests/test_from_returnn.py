@@ -258,3 +258,38 @@ def test_model_errors_name_what_to_do(trained, rng, tmp_path):
     assert tr.numpy("loop/output", order=["batch", "loop:time", tr.dims_of("loop/output")[-1]]).shape == (5, 7, 3)
     with pytest.raises(rd.RecDebugError, match=r"(?s)loop/inner \(class .rec.\) keeps a hidden state.*m.trace"):
         m2.stepper({"data": x}, seq_lens={"data": lens})
+
+
+def test_debugger_shows_the_configs_layers_and_lines(trained, rng):
+    inputs, lens = att_feed(rng)
+    m = rd.from_returnn(DEMOS / ATT_CONFIG, checkpoint=trained["att"])
+    text = (DEMOS / ATT_CONFIG).read_text().splitlines()
+    tr = m.trace(inputs, seq_lens=lens)
+    d = rd.debugger(tr)
+    assert sorted(d.views) == ["output/c", "output/orth_embed", "output/s"]  # the layers read with prev:
+    nodes = {n["path"]: n for n in d.hierarchy.nodes}
+    for path, cls in (("output", "rec"), ("output/s", "rnn_cell"), ("output/c", "dot_attention"),
+                      ("output/output", "softmax"), ("encoder", "linear"), ("lstm0_fw", "rec")):
+        node = nodes[path]
+        assert node["cls"] == cls
+        file, line = node["line"].split(":")
+        assert file == ATT_CONFIG
+        name = path.rsplit("/", 1)[-1]
+        assert f'"{name}"' in text[int(line) - 1] or f"'{name}'" in text[int(line) - 1], (path, text[int(line) - 1])
+    assert nodes["output/orth_embed"]["moved_out"] and nodes["output/s"]["in_loop"]
+    assert "dot_attention" in d.net_text.value
+    d.close()
+    st = m.stepper(inputs, seq_lens=lens)
+    d = rd.debugger(st)
+    assert sorted(d.views) == ["output/c", "output/orth_embed", "output/s"]
+    d.step()
+    d.step()
+    b = d.sequence
+    np.testing.assert_array_equal(d.views["output/s"]._array[:2], np.stack([st.value("output/s", at=k)[b]
+                                                                           for k in (1, 2)]))
+    d.select_layer("output/c_in")
+    np.testing.assert_array_equal(d.picked._array[:2], np.stack([st.value("output/c_in", at=k)[b] for k in (1, 2)]))
+    st.step()  # driven from elsewhere: the debugger follows
+    assert d.t == 3 and "3 of 5 steps" in d.status
+    d.close()
+    st.close()

@@ -128,7 +128,7 @@ def test_run_stops_where_a_predicate_holds(case):
 def _bad_arguments(case):
     g, time, dim, lstm, loop, x_np, tr = case
     st = g.stepper({"x": x_np}, seq_lens={time: LENS})
-    return [((42,), "expects an rd.Trace or an rd.Stepper, got int"),
+    return [((42,), r"expects an rd.Trace or a stepper \(g.stepper, m.stepper\), got int"),
             ((tr, 42), "other=.*a trace to compare with, got int"),
             ((st, tr), "other=.*compares two traces, but the debugger is on a stepper"),
             ((tr, None, 5), "layers=.*a list of layer paths, got int"),
