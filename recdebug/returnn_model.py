@@ -30,14 +30,19 @@ _LINE_KEYS_SKIPPED = ("class",)
 
 @contextmanager
 def behavior_version(version: int):
-    """RETURNN's behavior version while a config's network is built: the config's own (0 when it sets none).
-    RETURNN keeps one per process; recdebug's own nets use a newer one."""
+    """While a config's network is built: RETURNN's behavior version of the config (0 when it sets none; RETURNN
+    keeps one per process, and recdebug's own nets use a newer one), and TensorFlow's deprecation warnings about
+    the cells old configs use (tf.nn.rnn_cell...) kept quiet."""
+    import warnings
+
     from returnn.util.basic import BehaviorVersion
 
     old = BehaviorVersion._behavior_version
     BehaviorVersion._behavior_version = int(version)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"tensorflow\.")
+            yield
     finally:
         BehaviorVersion._behavior_version = old
 
