@@ -172,6 +172,7 @@ class ReturnnModel:
         self.behavior_version = config.int("behavior_version", 0)
         self.lines = config_lines(text, net)
         self._builds: dict = {}
+        self._initial_params = None  # without a checkpoint: the parameters of the first build, by variable name
 
     @property
     def rec_layers(self) -> list:
@@ -210,9 +211,11 @@ class ReturnnModel:
             self._builds[key] = build_apart(lambda: ModelBuild(self, kind, rec))
         return self._builds[key]
 
-    def run(self, inputs: dict, seq_lens: dict | None = None) -> "ModelResult":
-        """The top-level layers' outputs (RETURNN's forward with the train flag off), batch-major."""
-        b = self._build("run", None)
+    def run(self, inputs: dict, seq_lens: dict | None = None, search: bool = False) -> "ModelResult":
+        """The top-level layers' outputs (RETURNN's forward with the train flag off), batch-major. ``search=True``:
+        RETURNN's own beam search; a rec layer with a choice layer then gives its best hypothesis' labels
+        (``res.numpy(rec)``, ``res.lens(rec)``) and the final scores of its beam (``res.scores(rec)``)."""
+        b = self._build("search" if search else "run", None)
         return b.run(inputs, seq_lens or {})
 
     def trace(self, inputs: dict, seq_lens: dict | None = None, rec=None):
@@ -268,8 +271,14 @@ class ReturnnModel:
 class ModelResult:
     """Top-level layer outputs of ``ReturnnModel.run``: ``numpy(name)`` (batch-major), ``lens(name)``."""
 
-    def __init__(self, values: dict, lens: dict):
-        self._values, self._lens = values, lens
+    def __init__(self, values: dict, lens: dict, scores: dict | None = None):
+        self._values, self._lens, self._scores = values, lens, scores or {}
+
+    def scores(self, rec: str) -> np.ndarray:
+        """With search: the scores (log-probabilities) of the final beam of a rec layer, [batch, beam], best first."""
+        if rec not in self._scores:
+            raise RecDebugError(f"no beam scores of {rec!r}: run(..., search=True) of a rec layer with a choice layer")
+        return self._scores[rec]
 
     def numpy(self, name: str) -> np.ndarray:
         if name not in self._values:
@@ -293,24 +302,36 @@ class ModelBuild:
 
         self.model, self.kind, self.rec = model, kind, rec
         net = copy.deepcopy(model.net)
-        if kind == "run":  # every top-level layer (RETURNN builds the output layers and what they read)
+        self.searched = {}  # with search: rec layer -> its best hypothesis' layer
+        if kind in ("run", "search"):  # every top-level layer (RETURNN builds the output layers and what they read)
             for layer in net.values():
                 if isinstance(layer, dict):
                     layer["is_output_layer"] = True
-        if kind in ("trace", "templates"):
+        if kind == "search":
+            for name in model.rec_layers:
+                if any(isinstance(x, dict) and x.get("class") == "choice" for x in net[name]["unit"].values()):
+                    best = f"{name}.best"
+                    # the best by the scores the search ends with (a choice layer's length_normalization included)
+                    net[best] = {"class": "decide", "from": name, "is_output_layer": True,
+                                 "length_normalization": False}
+                    self.searched[name] = best
+        searching = kind in ("search", "templates_search")
+        if kind in ("trace", "templates", "templates_search"):
             net[rec]["is_output_layer"] = True
             unit = net[rec]["unit"]
             for name, layer in unit.items():
                 layer["is_output_layer"] = True
-            if kind == "templates":  # every layer in the loop: its in-loop template, its state
+            if kind.startswith("templates"):  # every layer in the loop: its in-loop template, its state
                 net[rec]["optimize_move_layers_out"] = False
         self.tf_graph = tf.Graph()
         dev = "/gpu:0" if model.device == "gpu" else "/cpu:0"
         with self.tf_graph.as_default(), tf.device(dev), behavior_version(model.behavior_version):
-            # the train flag as RETURNN's engine gives it: a tensor fed False (some configs build only so)
-            self.train_flag = tf.compat.v1.placeholder_with_default(False, shape=(), name="train_flag")
-            self.network = TFNetwork(config=model.config, train_flag=self.train_flag, eval_flag=True,
-                                     search_flag=False)
+            # the train flag as RETURNN's engine gives it: a tensor fed False (some configs build only so); for a
+            # search a plain False (a tensor would turn RETURNN's eval flag on, and with it the loop over the targets)
+            self.train_flag = False if searching else \
+                tf.compat.v1.placeholder_with_default(False, shape=(), name="train_flag")
+            self.network = TFNetwork(config=model.config, train_flag=self.train_flag, eval_flag=not searching,
+                                     search_flag=searching)
             try:
                 self.network.construct_from_dict(net)
             except Exception as e:
@@ -321,7 +342,14 @@ class ModelBuild:
             self.network.initialize_params(self.session)
             if model.checkpoint:
                 self.network.load_params_from_file(model.checkpoint, session=self.session)
-            if kind == "templates":
+            else:  # RETURNN's random initialization, once: every build of the model has the same parameters
+                params = self.network.get_params_list()
+                if model._initial_params is None:
+                    model._initial_params = {v.name: self.session.run(v) for v in params}
+                for v in params:
+                    if v.name in model._initial_params:
+                        v.load(model._initial_params[v.name], self.session)
+            if kind.startswith("templates"):
                 self._templates()
 
     def _templates(self):
@@ -350,17 +378,26 @@ class ModelBuild:
 
     def run(self, inputs: dict, seq_lens: dict) -> ModelResult:
         fd = self.feed_dict(inputs, seq_lens)
-        fetch, lens = {}, {}
+        fetch, lens, scores = {}, {}, {}
+        for rec, best in self.searched.items():
+            scores[rec] = self.network.layers[rec].get_search_choices().beam_scores
         for name, layer in self.network.layers.items():
-            if "/" in name or ":" in name or layer.output.placeholder is None:
+            if "/" in name or ":" in name or layer.output.placeholder is None or name in self.searched:
                 continue
             out = layer.output.copy_as_batch_major()
+            if name in self.searched.values():  # the best hypothesis of a search, named by its rec layer
+                name = name[:-len(".best")]
+                rec_out = self.network.layers[name].output
+                lens[name + ".all"] = rec_out.get_sequence_lengths()
             fetch[name] = out.placeholder
-            tag = out.get_time_dim_tag() if out.time_dim_axis is not None else None
+            tag = out.get_time_dim_tag() if out.time_dim_axis is not None and name not in lens else None
             if tag is not None and tag.dyn_size_ext is not None and tag.dyn_size_ext.raw_tensor is not None:
                 lens[name] = tag.dyn_size_ext.raw_tensor
-        values, lens_v = self.session.run((fetch, lens), feed_dict=fd)
-        return ModelResult(values, lens_v)
+        values, lens_v, scores_v = self.session.run((fetch, lens, scores), feed_dict=fd)
+        for rec in self.searched:  # the lengths of the best hypotheses: the decide layer took the best score's
+            all_lens = np.asarray(lens_v.pop(rec + ".all")).reshape(scores_v[rec].shape)
+            lens_v[rec] = all_lens[np.arange(len(all_lens)), np.argmax(scores_v[rec], axis=1)]
+        return ModelResult(values, lens_v, scores_v)
 
     def trace(self, inputs: dict, seq_lens: dict):
         from .trace import DimInfo, Entry, Trace

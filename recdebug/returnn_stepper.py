@@ -13,6 +13,7 @@ is a top-k over (score + log-probability) of each sequence's K * V candidates, a
 """
 from __future__ import annotations
 
+import os
 import weakref
 
 import numpy as np
@@ -218,7 +219,7 @@ class StepBuild:
                         raise RecDebugError(
                             f"stepping {rec!r}: RETURNN could not build its unit as one step: {type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}",
-                            hint="m.trace(...) records every step of the rec layer as RETURNN runs it") from None
+                            hint="m.trace(...) records every step of the rec layer as RETURNN runs it") from (e if os.environ.get("RECDEBUG_DEBUG") else None)
             finally:
                 _device_tensors.reset(token)
             self.session = tf.compat.v1.Session(graph=self.tf_graph,
@@ -303,10 +304,10 @@ class ReturnnStepper:
         unit = model.net[rec]["unit"]
         rec_dict = model.net[rec]
         self.loop_name = rec
-        source = model._build("templates", rec)
+        self.search = bool(search)
+        source = model._build("templates_search" if self.search else "templates", rec)
         self._analyze(source, unit)
         choices = [n for n, layer in unit.items() if layer.get("class") == "choice"]
-        self.search = bool(search)
         if self.search and not choices:
             raise RecDebugError(f"rec layer {rec!r} has no choice layer: there is no search to step",
                                 hint="step it without search=True (teacher forcing)")
@@ -400,7 +401,7 @@ class ReturnnStepper:
             self._states[name] = st
         for name, layer in source.loop_layers.items():
             extra = getattr(layer, "rec_vars_outputs", {}) or {}
-            if not extra:
+            if not extra or unit[name].get("class") == "choice":  # a search's scores: the stepper keeps them
                 continue
             if unit[name].get("class") != "rnn_cell" or set(extra) != {"state"}:
                 raise RecDebugError(

@@ -293,3 +293,54 @@ def test_debugger_shows_the_configs_layers_and_lines(trained, rng):
     assert d.t == 3 and "3 of 5 steps" in d.status
     d.close()
     st.close()
+
+
+SEARCH_NET = {  # an attention decoder that picks its own labels: a choice layer, an end layer, max_seq_len
+    "encoder": {"class": "linear", "activation": "tanh", "from": "data", "n_out": 16},
+    "enc_ctx": {"class": "linear", "activation": "tanh", "from": "encoder", "n_out": 16},
+    "output": {"class": "rec", "from": [], "max_seq_len": "max_len_from('base:encoder') * 2", "include_eos": True,
+               "unit": {
+                   "embed": {"class": "linear", "activation": None, "from": "output", "n_out": 8},
+                   "s": {"class": "rnn_cell", "unit": "LSTMBlock", "from": ["prev:c", "prev:embed"], "n_out": 16},
+                   "c_in": {"class": "linear", "activation": "tanh", "from": ["s", "prev:embed"], "n_out": 16},
+                   "c": {"class": "dot_attention", "from": "c_in", "base": "base:encoder", "base_ctx": "base:enc_ctx",
+                         "n_out": 16},
+                   "prob": {"class": "softmax", "from": ["s", "c"], "target": "classes"},
+                   "output": {"class": "choice", "from": "prob", "target": "classes", "beam_size": 4,
+                              "length_normalization": False},
+                   "end": {"class": "compare", "from": "output", "value": 5}}},
+}
+SEARCH_DATA = {"data": {"dim": 5}, "classes": {"dim": 6, "sparse": True, "available_for_inference": False}}
+
+
+@pytest.mark.parametrize("beam", [4, 1])
+def test_live_search_equals_returnns_own_search(rng, beam):
+    net = {k: dict(v) for k, v in SEARCH_NET.items()}
+    net["output"]["unit"] = {k: dict(v) for k, v in net["output"]["unit"].items()}
+    net["output"]["unit"]["output"]["beam_size"] = beam
+    m = rd.from_returnn(net, extern_data=SEARCH_DATA)
+    x = rng.standard_normal((5, 4, 5)).astype(np.float32)
+    lens = np.array([4, 2, 3, 1, 4])
+    x[np.arange(4)[None, :] >= lens[:, None]] = 1e3  # garbage in the padding frames
+    res = m.run({"data": x}, seq_lens={"data": lens}, search=True)  # RETURNN's own beam search
+    st = m.stepper({"data": x}, seq_lens={"data": lens}, search=True)
+    assert st.beam == beam and st.T == 8  # max_len_from('base:encoder') * 2
+    st.run_until(lambda s: False)
+    assert st.finished
+    beams = st.beams()
+    got_lens = []
+    for b in range(5):
+        hyps = beams.hypotheses(b)
+        best = hyps[0]
+        n = int(res.lens("output")[b])
+        got_lens.append(best["length"])
+        assert best["labels"] == res.numpy("output")[b, :n].tolist(), b
+        np.testing.assert_allclose(sorted((h["score"] for h in hyps), reverse=True), res.scores("output")[b],
+                                   atol=ATOL, rtol=0, err_msg=f"final beam of sequence {b}")
+    np.testing.assert_array_equal(got_lens, res.lens("output"))
+    assert len(set(got_lens)) > 1  # hypotheses ended at different steps
+    if beam > 1:
+        d = rd.debugger(st)
+        assert d.beam_tree is not None and len(d.beam_tree.nodes) == beams.shape[0] * beam
+        d.close()
+    st.close()
