@@ -344,3 +344,40 @@ def test_live_search_equals_returnns_own_search(rng, beam):
         assert d.beam_tree is not None and len(d.beam_tree.nodes) == beams.shape[0] * beam
         d.close()
     st.close()
+
+
+def test_explicit_rnn_demo_and_trace_files(rng, tmp_path):
+    """demo-tf-rec-explicit-rnn.config (a tanh RNN whose output reads prev:output) with RETURNN's random
+    initialization: trace against numpy from the model's own parameters, stepper against the trace, and the trace
+    saved and loaded with what the debugger shows."""
+    import tensorflow as tf
+
+    m = rd.from_returnn(DEMOS / "demo-tf-rec-explicit-rnn.config")
+    x, lens = lstm_feed(rng)
+    tr = m.trace({"data": x}, seq_lens={"data": lens})
+    b = m._build("trace", "rnn")
+    with b.tf_graph.as_default():
+        w = {v.name.split(":")[0]: b.session.run(v).astype(np.float64) for v in tf.compat.v1.global_variables()}
+    h = np.zeros((5, 20))
+    ref = np.zeros((5, 7, 20))
+    for t in range(7):
+        h_new = np.tanh(np.concatenate([h, x[:, t].astype(np.float64)], axis=1) @ w["rnn/rec/output/W"]
+                        + w["rnn/rec/output/b"])
+        h = np.where((t < lens)[:, None], h_new, h)
+        ref[:, t] = h
+    feat = tr.dims_of("rnn/output")[-1]
+    assert_frames(tr.numpy("rnn/output", order=["batch", "rnn:time", feat]), ref, lens, "rnn/output")
+    st = m.stepper({"data": x}, seq_lens={"data": lens})
+    st.run_until(lambda s: False)
+    got = np.stack([st.value("rnn/output", at=t + 1) for t in range(7)], axis=1)
+    assert_frames(got, tr.numpy("rnn/output", order=["batch", "rnn:time", feat]), lens, "stepper")
+    path = tmp_path / "rnn.npz"
+    tr.save(path)
+    loaded = rd.Trace.load(path)
+    np.testing.assert_array_equal(loaded.numpy("rnn/output"), tr.numpy("rnn/output"))
+    assert loaded.hierarchy == tr.hierarchy and loaded.net_text == tr.net_text
+    d = rd.debugger(loaded)
+    assert list(d.views) == ["rnn/output"]
+    assert any(n["path"] == "rnn/output" and n["line"].startswith("demo-tf-rec-explicit-rnn.config:")
+               for n in d.hierarchy.nodes)
+    d.close()
