@@ -320,7 +320,9 @@ class ModelBuild:
             net[rec]["is_output_layer"] = True
             unit = net[rec]["unit"]
             for name, layer in unit.items():
-                layer["is_output_layer"] = True
+                # (the end layer of a loop over its targets is not built: RETURNN then misses its prev:end)
+                if name != "end":
+                    layer["is_output_layer"] = True
             if kind.startswith("templates"):  # every layer in the loop: its in-loop template, its state
                 net[rec]["optimize_move_layers_out"] = False
         self.tf_graph = tf.Graph()

@@ -381,3 +381,31 @@ def test_explicit_rnn_demo_and_trace_files(rng, tmp_path):
     assert any(n["path"] == "rnn/output" and n["line"].startswith("demo-tf-rec-explicit-rnn.config:")
                for n in d.hierarchy.nodes)
     d.close()
+
+
+def test_enc_dec_demo_trace_against_returnns_eval_and_refused_stepping(rng, tmp_path):
+    """demo-tf-enc-dec.config: its decoder's unit holds a rec layer with a native LSTM unit (a layer with a hidden
+    state of its own) and a choice layer. The trace records it (teacher-forced over classes0, the targets with EOS
+    appended by a layer of the config); its softmax gives RETURNN's own per-sequence loss; stepping is refused by
+    name."""
+    ckpt = train("demo-tf-enc-dec.config", tmp_path / "encdec",
+                 '{"class": "TaskNumberBaseConvertDataset", "num_seqs": 100}',
+                 '{"class": "TaskNumberBaseConvertDataset", "num_seqs": 10, "fixed_random_seed": 42}')
+    m = rd.from_returnn(DEMOS / "demo-tf-enc-dec.config", checkpoint=ckpt)
+    x = rng.integers(0, 8, (4, 6)).astype(np.int32)
+    x_lens = np.array([6, 3, 4, 1])
+    y = rng.integers(0, 2, (4, 9)).astype(np.int32)
+    y_lens = np.array([9, 5, 7, 2])
+    x[np.arange(6)[None, :] >= x_lens[:, None]] = 7  # (labels: the padding must still be valid labels)
+    tr = m.trace({"data": x, "classes": y}, seq_lens={"data": x_lens, "classes": y_lens})
+    np.testing.assert_array_equal(tr.lens("output:time"), y_lens + 1)  # one step more: the EOS label 2
+    prob = tr.numpy("output/prob", order=["batch", "output:time", tr.dims_of("output/prob")[-1]])
+    scores = evaluate("demo-tf-enc-dec.config", ckpt, tmp_path / "eval",
+                      [{"data": x[b, :x_lens[b]], "classes": y[b, :n]} for b, n in enumerate(y_lens)],
+                      {"data": [8, 1], "classes": [2, 1]}, loss="output/prob")
+    for b, n in enumerate(y_lens):
+        target = np.concatenate([y[b, :n], [2]])
+        ce = -np.log(prob[b, np.arange(n + 1), target].astype(np.float64))
+        assert scores[b] == pytest.approx(ce.mean(), abs=1e-5), b
+    with pytest.raises(rd.RecDebugError, match=r"(?s)output/s \(class 'rec'\) keeps a hidden state.*m.trace"):
+        m.stepper({"data": x, "classes": y}, seq_lens={"data": x_lens, "classes": y_lens})
