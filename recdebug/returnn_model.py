@@ -336,6 +336,8 @@ class ModelBuild:
                                      search_flag=searching)
             try:
                 self.network.construct_from_dict(net)
+                self.sizes = extern_sizes(self.network)
+                self._lengths()
             except Exception as e:
                 raise RecDebugError(f"RETURNN could not build the network: {type(e).__name__}: "
                                     f"{str(e).splitlines()[0] if str(e) else ''}") from None
@@ -376,25 +378,35 @@ class ModelBuild:
 
     # --- feeding ---
     def feed_dict(self, inputs: dict, seq_lens: dict, need=None) -> dict:
-        return feed_extern_data(self.network, inputs, seq_lens, need)
+        return feed_extern_data(self.network, inputs, seq_lens, need, self.sizes)
 
-    def run(self, inputs: dict, seq_lens: dict) -> ModelResult:
-        fd = self.feed_dict(inputs, seq_lens)
+    def _lengths(self):
+        """Right after the build (the dims are shared by every build of a config, their lengths tensors are the
+        newest build's): what run fetches, the rec layer's lengths, every top-level layer's lengths."""
         fetch, lens, scores = {}, {}, {}
         for rec, best in self.searched.items():
             scores[rec] = self.network.layers[rec].get_search_choices().beam_scores
+        self.layer_lens = {}
         for name, layer in self.network.layers.items():
             if "/" in name or ":" in name or layer.output.placeholder is None or name in self.searched:
                 continue
             out = layer.output.copy_as_batch_major()
             if name in self.searched.values():  # the best hypothesis of a search, named by its rec layer
                 name = name[:-len(".best")]
-                rec_out = self.network.layers[name].output
-                lens[name + ".all"] = rec_out.get_sequence_lengths()
+                lens[name + ".all"] = self.network.layers[name].output.get_sequence_lengths()
             fetch[name] = out.placeholder
             tag = out.get_time_dim_tag() if out.time_dim_axis is not None and name not in lens else None
             if tag is not None and tag.dyn_size_ext is not None and tag.dyn_size_ext.raw_tensor is not None:
                 lens[name] = tag.dyn_size_ext.raw_tensor
+                self.layer_lens[name] = lens[name]
+        self._run_fetch = (fetch, lens, scores)
+        self.rec_lens = None
+        if self.rec is not None and self.kind != "templates_search":
+            self.rec_lens = self.network.layers[self.rec].output.get_sequence_lengths()
+
+    def run(self, inputs: dict, seq_lens: dict) -> ModelResult:
+        fd = self.feed_dict(inputs, seq_lens)
+        fetch, lens, scores = self._run_fetch
         values, lens_v, scores_v = self.session.run((fetch, lens, scores), feed_dict=fd)
         for rec in self.searched:  # the lengths of the best hypotheses: the decide layer took the best score's
             all_lens = np.asarray(lens_v.pop(rec + ".all")).reshape(scores_v[rec].shape)
@@ -445,7 +457,7 @@ class ModelBuild:
                     axes.append(label(tag))
             fetch[path] = out.placeholder
             dims_of[path] = tuple(axes)
-        fetch_lens = rec_layer.output.get_sequence_lengths()
+        fetch_lens = self.rec_lens
         values, lens = self.session.run((fetch, fetch_lens), feed_dict=fd)
         entries = {}
         for path, arr in values.items():
@@ -466,7 +478,19 @@ class ModelBuild:
         return tr
 
 
-def feed_extern_data(network, inputs: dict, seq_lens: dict, need=None) -> dict:
+def extern_sizes(network) -> dict:
+    """The length placeholders of a network's extern data: key -> {axis: tensor}, taken right after the build
+    (the dims are shared by every build of a config; each build's own placeholders are kept here)."""
+    out = {}
+    for key, d in network.extern_data.data.items():
+        for i, tag in enumerate(d.dim_tags):
+            if not tag.is_batch_dim() and tag.dimension is None and tag.dyn_size_ext is not None \
+                    and tag.dyn_size_ext.placeholder is not None:
+                out.setdefault(key, {})[i] = tag.dyn_size_ext.placeholder
+    return out
+
+
+def feed_extern_data(network, inputs: dict, seq_lens: dict, need=None, sizes=None) -> dict:
     """The feed dict for a RETURNN network's extern data: arrays by extern_data name, in the order of RETURNN's
     placeholder (batch-major: ``(batch, time, feature)``; sparse: ``(batch, time)``), lengths by name."""
     if not isinstance(inputs, dict):
@@ -514,5 +538,6 @@ def feed_extern_data(network, inputs: dict, seq_lens: dict, need=None) -> dict:
                     b, t = (int(v) for v in np.argwhere(bad)[0])
                     raise RunError(f"input {key!r}: label {arr[b, t]} at sequence {b}, frame {t} is not in 0.."
                                    f"{d.dim - 1}")
-            fd[tag.dyn_size_ext.placeholder] = lens.astype(np.int32)
+            size = (sizes or {}).get(key, {}).get(i)
+            fd[size if size is not None else tag.dyn_size_ext.placeholder] = lens.astype(np.int32)
     return fd

@@ -19,7 +19,7 @@ import weakref
 import numpy as np
 
 from .errors import RecDebugError, RunError
-from .returnn_model import NOT_REFS, ModelBuild, behavior_version, feed_extern_data, layer_refs
+from .returnn_model import NOT_REFS, ModelBuild, behavior_version, extern_sizes, feed_extern_data, layer_refs
 from .stepper import _count, ended_text, steps_text
 from .stepsearch import ENDED_OTHER_LABELS
 from .trace import Beams
@@ -215,6 +215,7 @@ class StepBuild:
                                              search_flag=False)
                     try:
                         self.network.construct_from_dict(top)
+                        self.sizes = extern_sizes(self.network)
                     except Exception as e:
                         raise RecDebugError(
                             f"stepping {rec!r}: RETURNN could not build its unit as one step: {type(e).__name__}: "
@@ -348,12 +349,13 @@ class ReturnnStepper:
             self._lens = None
             self.max_steps = self._max_seq_len(source, fd)
             if self.unstacked:
-                self._lens = np.asarray(source.session.run(
-                    source.network.layers[rec].output.get_sequence_lengths(), feed_dict=fd))
+                src = rec_dict["from"] if isinstance(rec_dict["from"], str) else rec_dict["from"][0]
+                key = src[len("data:"):] if src.startswith("data:") else ("data" if src == "data" else None)
+                lens = next(iter(source.sizes.get(key, {}).values()), None) if key else source.layer_lens.get(src)
+                self._lens = np.asarray(source.session.run(lens, feed_dict=fd))
                 self.max_steps = int(min(self.max_steps, self._lens.max()))
         else:
-            self._lens = np.asarray(source.session.run(source.network.layers[rec].output.get_sequence_lengths(),
-                                                       feed_dict=fd))
+            self._lens = np.asarray(source.session.run(source.rec_lens, feed_dict=fd))
             self.max_steps = int(self._lens.max())
         self._by_lengths = self._lens is not None and (not self.search or self.unstacked)
         if self.search:  # hypothesis k of sequence b is entry b*K+k
@@ -366,7 +368,7 @@ class ReturnnStepper:
         self._feed = feed_extern_data(self.engine.network, {k: v for k, v in inputs.items()
                                                             if k in self.engine.network.extern_data.data},
                                       {k: v for k, v in seq_lens.items()
-                                       if k in self.engine.network.extern_data.data})
+                                       if k in self.engine.network.extern_data.data}, sizes=self.engine.sizes)
         if self.search:
             missing = [k for k in self.forced.values() if k not in inputs]
             del missing
@@ -432,11 +434,10 @@ class ReturnnStepper:
         if isinstance(m, str):
             def max_len_from(src: str) -> int:
                 name = src[len("base:"):] if src.startswith("base:") else src
-                if name.startswith("data:"):
-                    data = source.network.extern_data.data[name[len("data:"):]]
-                    lens = data.get_sequence_lengths()
-                else:
-                    lens = source.network.get_layer(name).output.get_sequence_lengths()
+                key = name[len("data:"):] if name.startswith("data:") else None
+                lens = next(iter(source.sizes.get(key, {}).values()), None) if key else source.layer_lens.get(name)
+                if lens is None:
+                    raise RecDebugError(f"max_len_from({src!r}): no layer with lengths named {name!r}")
                 return int(np.max(source.session.run(lens, feed_dict=fd)))
             try:
                 return int(eval(m, {"max_len_from": max_len_from, "__builtins__": {"min": min, "max": max,

@@ -409,3 +409,20 @@ def test_enc_dec_demo_trace_against_returnns_eval_and_refused_stepping(rng, tmp_
         assert scores[b] == pytest.approx(ce.mean(), abs=1e-5), b
     with pytest.raises(rd.RecDebugError, match=r"(?s)output/s \(class 'rec'\) keeps a hidden state.*m.trace"):
         m.stepper({"data": x, "classes": y}, seq_lens={"data": x_lens, "classes": y_lens})
+
+
+def test_builds_in_any_order_feed_their_own_lengths(rng):
+    """The dims of a config are shared by every build of it: run, trace, stepper and run again, each with other
+    lengths, read their own (run after trace once failed to feed its lengths)."""
+    m = rd.from_returnn(DEMOS / LSTM_CONFIG)
+    x, lens = lstm_feed(rng)
+    first = m.run({"data": x}, seq_lens={"data": lens}).numpy("output")
+    tr = m.trace({"data": x}, seq_lens={"data": lens})
+    st = m.stepper({"data": x[:3]}, seq_lens={"data": lens[:3]})
+    again = m.run({"data": x}, seq_lens={"data": lens})
+    np.testing.assert_array_equal(again.lens("output"), lens)
+    assert_frames(again.numpy("output"), first, lens, "run again")
+    np.testing.assert_array_equal(m.trace({"data": x[:2]}, seq_lens={"data": lens[:2]}).lens("lstm:time"), lens[:2])
+    assert st.T == 7 and st.run_to(7).ended == {0: 7, 1: 1, 2: 4}
+    np.testing.assert_array_equal(tr.lens("lstm:time"), lens)
+    st.close()

@@ -55,3 +55,41 @@ def test_readme_cells_and_script_run_as_written(shell, tmp_path):
         os.chdir(cwd)
         shell.user_ns.clear()
         shell.user_ns.update(saved)
+
+
+def test_readme_returnn_config_example_runs_as_written(tmp_path):
+    """The README's "Your own RETURNN config" example: its RETURNN command line, then its Python block."""
+    import shlex
+    import subprocess
+    import sys
+
+    import recdebug as rd
+    from test_from_returnn import numpy_explicit_lstm, weights
+
+    text = README.read_text()
+    section = text[text.index("### Your own RETURNN config"):text.index("### Reading the debugger")]
+    command = re.search(r"```sh\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    root = README.parent
+    args = [a.replace("tests/returnn_demos", str(root / "tests" / "returnn_demos")) for a in shlex.split(command)]
+    assert args[:3] == ["python", "-m", "returnn"]
+    env = dict(os.environ, DISABLE_CUDA="1")
+    proc = subprocess.run([sys.executable] + args[1:] + ["++log_verbosity", "2"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        ns = {"np": np, "rd": rd}
+        exec(compile(code.replace("tests/returnn_demos", str(root / "tests" / "returnn_demos")), "README config",
+                     "exec"), ns)
+    finally:
+        os.chdir(cwd)
+    tr, x, lens = ns["tr"], ns["x"], ns["lens"]
+    assert tr.numpy("lstm/c").shape == (3, 7, 10)
+    ref = numpy_explicit_lstm(weights(tmp_path / "lstm" / "model.001"), x.astype(np.float64), lens)
+    got = tr.numpy("lstm/c", order=["batch", "lstm:time", tr.dims_of("lstm/c")[-1]])
+    for b, n in enumerate(lens):
+        np.testing.assert_allclose(got[b, :n], ref["c"][b, :n], atol=1e-5)
+    assert ns["res"].numpy("output").shape == (3, 7, 2)
+    ns["st"].close()
