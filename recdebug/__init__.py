@@ -14,7 +14,7 @@ from .trace import Trace, TraceDiff
 
 
 def load_ipython_extension(ip):
-    """``%load_ext recdebug``: registers the ``%%recloop`` cell magic."""
+    """``%load_ext recdebug``: registers the ``%%recloop`` cell magic and the ``%recdebug`` line magic."""
     from .magics import load_ipython_extension as load
 
     load(ip)

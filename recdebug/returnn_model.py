@@ -14,7 +14,9 @@ layer's own output is ``"<rec>/output"``. Inputs, lengths and teacher-forced tar
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import os
 import pprint
 import re
@@ -335,7 +337,8 @@ class ModelBuild:
             self.network = TFNetwork(config=model.config, train_flag=self.train_flag, eval_flag=not searching,
                                      search_flag=searching)
             try:
-                self.network.construct_from_dict(net)
+                with contextlib.redirect_stdout(io.StringIO()):  # RETURNN prints a failed layer's options at length
+                    self.network.construct_from_dict(net)
                 self.sizes = extern_sizes(self.network)
                 self._lengths()
             except Exception as e:

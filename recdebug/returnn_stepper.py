@@ -13,6 +13,8 @@ is a top-k over (score + log-probability) of each sequence's K * V candidates, a
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import weakref
 
@@ -214,7 +216,8 @@ class StepBuild:
                     self.network = TFNetwork(config=model.config, train_flag=self.train_flag, eval_flag=True,
                                              search_flag=False)
                     try:
-                        self.network.construct_from_dict(top)
+                        with contextlib.redirect_stdout(io.StringIO()):  # RETURNN prints a failed layer at length
+                            self.network.construct_from_dict(top)
                         self.sizes = extern_sizes(self.network)
                     except Exception as e:
                         raise RecDebugError(
@@ -306,6 +309,10 @@ class ReturnnStepper:
         rec_dict = model.net[rec]
         self.loop_name = rec
         self.search = bool(search)
+        if self.search and "end" not in unit and not rec_dict.get("from"):
+            raise RecDebugError(f"rec layer {rec!r} has no end layer: a search needs one in the unit (RETURNN ends each "
+                                "hypothesis where it is true)", hint='e.g. "end": {"class": "compare", "from": '
+                                                                     '"output", "value": 0}')
         source = model._build("templates_search" if self.search else "templates", rec)
         self._analyze(source, unit)
         choices = [n for n, layer in unit.items() if layer.get("class") == "choice"]

@@ -426,3 +426,14 @@ def test_builds_in_any_order_feed_their_own_lengths(rng):
     assert st.T == 7 and st.run_to(7).ended == {0: 7, 1: 1, 2: 4}
     np.testing.assert_array_equal(tr.lens("lstm:time"), lens)
     st.close()
+
+
+def test_search_without_end_layer_is_refused_clearly(rng):
+    net = {k: dict(v) for k, v in SEARCH_NET.items()}
+    net["output"]["unit"] = {k: dict(v) for k, v in net["output"]["unit"].items() if k != "end"}
+    m = rd.from_returnn(net, extern_data=SEARCH_DATA)
+    x = rng.standard_normal((2, 4, 5)).astype(np.float32)
+    with pytest.raises(rd.RecDebugError, match="no end layer: a search needs one"):
+        m.stepper({"data": x}, seq_lens={"data": np.array([4, 2])}, search=True)
+    with pytest.raises(rd.RecDebugError, match="no choice layer"):
+        rd.from_returnn(DEMOS / LSTM_CONFIG).stepper({"data": np.zeros((1, 3, 9), np.float32)}, search=True)
