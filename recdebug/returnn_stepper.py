@@ -777,11 +777,11 @@ class ReturnnStepper:
             st = self._states[name]
             dims = [(t.description or "dim", int(t.dimension)) for t in st.dims if not t.is_batch_dim()]
             return dims, st.dtype.startswith(("int", "uint", "bool")), st.sparse, "time"
-        arr = self._vals.get(name)
-        out = self.engine.outputs[name]
-        shape = arr.shape[2:] if arr is not None else tuple(out.shape.as_list()[1:])
-        dims = [(f"{name}:{i}", int(s or 0)) for i, s in enumerate(shape)]
-        return dims, out.dtype.is_integer or out.dtype.is_bool, None, "time"
+        data = self.engine.network.layers[PREFIX + name].output.copy_as_batch_major()
+        dims = [((t.description or f"{name}:{i}").replace(PREFIX, "", 1), int(t.dimension or 0))
+                for i, t in enumerate(data.dim_tags[1:])]
+        sparse = data.sparse_dim.description if data.sparse_dim is not None else None
+        return dims, data.dtype.startswith(("int", "uint", "bool")), sparse, "time"
 
     def key_value(self, key: str, at: int) -> np.ndarray:
         name = key[len(self.rec) + 1:]

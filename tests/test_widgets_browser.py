@@ -140,6 +140,15 @@ hist = g.train({"x": x_np, "y": y_np}, seq_lens={time: np.full(32, 8)}, loss=los
 '''
 
 
+CONFIG_CODE = f"""
+%load_ext recdebug
+import numpy as np
+x = np.random.default_rng(0).standard_normal((3, 9, 9)).astype(np.float32)
+lens = np.array([9, 5, 2])
+%recdebug {str(pathlib.Path(__file__).resolve().parent / "returnn_demos" / "demo-tf-rec-explicit-lstm.config")!r} --feed data=x --lens data=lens --live -o dbg
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -175,6 +184,10 @@ def lab(tmp_path_factory):
     train.cells.append(nbformat.v4.new_code_cell(TRAIN_CODE))
     train.metadata["kernelspec"] = nb.metadata["kernelspec"]
     nbformat.write(train, root / "train.ipynb")
+    config = nbformat.v4.new_notebook()
+    config.cells.append(nbformat.v4.new_code_cell(CONFIG_CODE))
+    config.metadata["kernelspec"] = nb.metadata["kernelspec"]
+    nbformat.write(config, root / "config.ipynb")
     view = nbformat.v4.new_notebook()
     view.cells += [nbformat.v4.new_code_cell(code) for code in VIEW_CELLS]
     view.metadata["kernelspec"] = nb.metadata["kernelspec"]
@@ -566,3 +579,35 @@ def test_training_shows_a_progress_bar_with_the_running_loss(lab, page):
     assert cell.locator("[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
     cell.locator(".jp-OutputArea-output").first.scroll_into_view_if_needed()
     page.screenshot(path=str(OUT / "training-progress.png"))
+
+
+def test_a_returnn_configs_rec_layer_steps_live_with_its_own_names_and_lines(lab, page):
+    """%recdebug on RETURNN's 12AX demo config: the States c and output (read with prev:) as heatmaps, stepping
+    live, and the hierarchy with the config's layer names, classes and lines."""
+    from playwright.sync_api import expect
+
+    url, token = lab
+    open_and_run_all(page, url, token, "config.ipynb")
+    heatmaps = page.locator(".rd-heatmap:visible")
+    expect(heatmaps.first).to_be_visible(timeout=180_000)
+    assert heatmaps.count() == 2
+    expect(page.locator(".rd-heatmap .rd-title", has_text="State lstm/c")).to_be_visible()
+    status = page.locator(".rd-status")
+    expect(status).to_contain_text("before t=0 (0 of 9 steps run)")
+    for _ in range(3):
+        page.get_by_role("button", name="step ▶").click()
+    expect(status).to_contain_text("at t=2 (3 of 9 steps run)")
+    expect(heatmaps.first).to_have_attribute("data-cursor", "2")
+    tree = page.locator(".rd-tree")
+    for layer, cls in (("lstm", "rec"), ("lstm/c", "eval"), ("lstm/input_gate", "linear"), ("output", "softmax")):
+        expect(tree.locator(f'li[data-path="{layer}"]')).to_have_count(1)
+        expect(tree.locator(f'li[data-path="{layer}"]')).to_contain_text(cls)
+    tree.locator('li[data-path="lstm/c"] > .rd-node-name').click()  # picked: its line in the config
+    expect(tree.locator('li[data-path="lstm/c"] .rd-node-info')).to_contain_text("demo-tf-rec-explicit-lstm.config:30")
+    expect(page.locator(".rd-heatmap .rd-title", has_text="layer lstm/c")).to_be_visible()
+    tree.locator('li[data-path="lstm/cell_in"] > .rd-node-name').click()
+    expect(page.locator(".rd-heatmap .rd-title", has_text="layer lstm/cell_in")).to_be_visible()
+    assert page.locator("[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
+    page.locator(".rd-status").scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(OUT / "debugger-returnn-config.png"))
