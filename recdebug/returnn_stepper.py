@@ -130,6 +130,7 @@ class StepBuild:
 
         _register_layer_class()
         register_layer_classes()
+        _register_config_topk()
         self.model, self.rec = model, rec
         net = model.net
         unit = net[rec]["unit"]
@@ -177,7 +178,7 @@ class StepBuild:
                             top[f"{PREFIX}{name}.log_prob"] = {"class": "activation", "activation": "safe_log",
                                                                "from": src}
                             src = f"{PREFIX}{name}.log_prob"
-                        top[PREFIX + name] = {"class": "recdebug_beam_topk", "from": src, "beam_size": beam,
+                        top[PREFIX + name] = {"class": "recdebug_config_beam_topk", "from": src, "beam_size": beam,
                                               "key": "search", "is_output_layer": True}
                         continue
                     top[PREFIX + name] = {"class": "copy", "from": flat.data_layer(forced[name]),
@@ -264,6 +265,31 @@ class StepBuild:
         if self.session is not None:
             self.session.close()
             self.session = None
+
+
+def _register_config_topk():
+    """The search's top-k for a config's choice layer: its labels in the layout of a gathered input's labels
+    (version 1), so that a config's layers reading them (a linear layer used as an embedding) take their own
+    default dtype, as they do reading the choice layer inside RETURNN's loop."""
+    from returnn.tf.layers.basic import get_layer_class, register_layer_class
+
+    try:
+        get_layer_class("recdebug_config_beam_topk")
+        return
+    except Exception:
+        pass
+    base = get_layer_class("recdebug_beam_topk")
+
+    class ConfigBeamTopKLayer(base):
+        layer_class = "recdebug_config_beam_topk"
+
+        @classmethod
+        def get_out_data_from_opts(cls, **kwargs):
+            out = base.get_out_data_from_opts(**kwargs)
+            return out.copy_template().__class__(name=out.name, dims=out.dims, dtype=out.dtype,
+                                                 sparse_dim=out.sparse_dim, batch=out.batch, version=1)
+
+    register_layer_class(ConfigBeamTopKLayer)
 
 
 def _readers(net: dict, names: set, choice: str) -> set:

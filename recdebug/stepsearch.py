@@ -58,10 +58,7 @@ def register_layer_classes():
             src = sources[0].output.copy_template().copy_as_batch_major()
             dims = list(src.dim_tags)
             vocab = dims.pop(src.feature_dim_axis)
-            # version 1 as the labels of a gathered input have it: layers reading them (a linear layer as an
-            # embedding) take their dtype from their own defaults
-            return Data(name=f"{name}_output", dims=dims, dtype="int32", sparse_dim=vocab, batch=src.batch,
-                        version=1)
+            return Data(name=f"{name}_output", dims=dims, dtype="int32", sparse_dim=vocab, batch=src.batch)
 
     class BeamReorderLayer(LayerBase):
         """A value computed before the choice, per new hypothesis: gathered along the batch by the backpointers."""
