@@ -84,7 +84,22 @@ CLAIMS = {
         ("gets its loss below 0.1 sooner than the one with bias 0",
          "CLAIM forget bias 3 learns sooner than bias 0: True"),
         ("whose forget gate opened\nduring training", "CLAIM the forget gate opened during training: True")],
+    "10_bring_your_own_returnn.ipynb": [
+        ("the dev score is below 1.5", "CLAIM dev score < 1.5: True"),
+        ("the trace reproduces RETURNN's dev score and error of the last epoch",
+         "CLAIM trace reproduces RETURNN's dev score and error: True"),
+        ("in more frames than always guessing the blank", "CLAIM accuracy above always-blank: True"),
+        ("its accuracy is at least 0.55", "CLAIM accuracy >= 0.55: True"),
+        ("reproduce the `c` that RETURNN computed", "CLAIM recomputed attention reproduces c within 1e-5: True"),
+        ("the peak lies on frame 0 in more than half of the steps that write a closing",
+         "CLAIM peak on frame 0 in most closing-tag steps, rarely elsewhere: True"),
+        ("the live stepper's values equal the trace's at every step",
+         "CLAIM stepper equals the trace at every step: True")],
 }
+
+# seconds a notebook may take (60 unless named here): 10 trains RETURNN's demo with RETURNN's command line, which on
+# a machine without RETURNN's op cache first compiles its native ops (about 40 s idle, up to 100 s on a busy 2-core one)
+TIME_LIMIT = {"10_bring_your_own_returnn.ipynb": 180}
 
 
 def test_every_notebook_is_checked():
@@ -94,8 +109,10 @@ def test_every_notebook_is_checked():
 @pytest.mark.parametrize("name", sorted(CLAIMS))
 def test_notebook_runs_and_its_claims_hold(name):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    limit = TIME_LIMIT.get(name, 60)
     start = time.perf_counter()
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    NotebookClient(nb, timeout=max(120, limit), kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     elapsed = time.perf_counter() - start
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     printed = "".join(o.get("text", "") for c in nb.cells if "claim" in c.metadata.get("tags", [])
@@ -107,4 +124,4 @@ def test_notebook_runs_and_its_claims_hold(name):
         assert stated in text, f"{name} no longer says {stated!r}"
         assert line in printed, f"{name} printed {printed!r}"
     assert nb.cells[-2].cell_type == "markdown" and nb.cells[-2].source.startswith("## Exercise")
-    assert elapsed < 60, f"{name} took {elapsed:.0f} s"
+    assert elapsed < limit, f"{name} took {elapsed:.0f} s"
