@@ -810,9 +810,14 @@ class ReturnnStepper:
         return dims, data.dtype.startswith(("int", "uint", "bool")), sparse, "time"
 
     def key_value(self, key: str, at: int) -> np.ndarray:
+        """After ``at`` steps: a State's value, or a layer's value in iteration at-1 (zeros before any step)."""
         name = key[len(self.rec) + 1:]
         if name in self._states:
             return self.value(key, at=at)
+        if self.t == 0:
+            dims, _, _, _ = self.describe_key(key)
+            shape = (self.batch,) + ((self.beam,) if self.search else ()) + tuple(size for _, size in dims)
+            return np.zeros(shape, np.float32)
         return self.value(key, at=max(1, at))
 
     def key_before_choice(self, key: str) -> bool:

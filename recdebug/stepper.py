@@ -694,7 +694,12 @@ class Stepper:
     def key_value(self, key: str, at: int) -> np.ndarray:
         """After ``at`` steps: a State's value, or a layer's value in iteration at-1 (its first before a step)."""
         x = self._by_key(key)
-        return self.value(x, at=at) if isinstance(x, State) else self.value(x, at=max(1, at))
+        if isinstance(x, State):
+            return self.value(x, at=at)
+        if self.t == 0:  # no iteration yet: zeros in the layer's shape
+            sizes = tuple(d.size for d in sorted_dims(x.dims) if not d.is_batch)
+            return np.zeros((self.batch,) + ((self.beam,) if self.choice is not None else ()) + sizes, np.float32)
+        return self.value(x, at=max(1, at))
 
     def key_before_choice(self, key: str) -> bool:
         x = self._by_key(key)

@@ -293,6 +293,12 @@ def test_debugger_shows_the_configs_layers_and_lines(trained, rng):
     assert d.t == 3 and "3 of 5 steps" in d.status
     d.close()
     st.close()
+    st = m.stepper(inputs, seq_lens=lens)  # a layer picked before the first step: empty until it runs
+    d = rd.debugger(st, layers=["output/c_in"])
+    d.step()
+    np.testing.assert_array_equal(d.picked._array[0], st.value("output/c_in")[d.sequence])
+    d.close()
+    st.close()
 
 
 SEARCH_NET = {  # an attention decoder that picks its own labels: a choice layer, an end layer, max_seq_len
