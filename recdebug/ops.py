@@ -117,6 +117,18 @@ def gather(x: Tensor, index: Tensor, dim: Dim | None = None) -> Tensor:
         raise DimError(f"rd.gather: {x!r} has no dim {dim!r}", line=line)
     if dim in index.dims:
         raise DimError(f"rd.gather: the index {index!r} has the gathered dim {dim!r} itself", line=line)
+    # the axis of an inner while loop, in a value stacked out of an enclosing loop: its length differs per outer
+    # step and sequence, and RETURNN's gather along it mixes the outer steps with the sequences (wrong values)
+    inner = next((lp for lp in x.graph.loops if lp.axis is dim and lp.parent.is_loop
+                  and (lp.bounded or not lp.unstacked)), None)
+    if inner is not None:
+        outer = [s for s in inner.parent.ancestors() if s.is_loop and s.axis in x.dims]
+        if outer:
+            raise DimError(f"rd.gather along the axis of the inner {inner.describe()} of {x!r}, which also has the "
+                           f"axis of {outer[0].describe()}: the inner loop's length differs from one outer step to "
+                           f"the next, and RETURNN cannot gather along it there", line=line,
+                           hint=f"gather inside {outer[0].name} (on the inner loop's stacked value, before stacking "
+                                f"it over {outer[0].name}), then stack the result")
     rest = x.dims - {dim}
     return x.graph.add_op("gather", [x, index], rest | index.dims, dtype=x.dtype, sparse_dim=x.sparse_dim,
                           attrs={"dim": dim}, line=line)

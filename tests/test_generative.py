@@ -43,6 +43,9 @@ REFUSED: dict = {
     "all_empty": rd.RunError,  # a while loop in which every sequence ends at step 0 (TensorFlow cannot stack it)
     "last_inner_stack": rd.LoopError,  # loop.last(<a value with an inner while loop's axis>)
     "stack_own_axis": rd.DimError,  # loop.stack(<a value with the loop's own axis>): that axis twice
+    # rd.gather along an inner while loop's axis of a value that also has an enclosing loop's axis (RETURNN's gather
+    # mixed the outer steps with the sequences there: found by the generator, now refused)
+    "gather_ragged_axis": rd.DimError,
 }
 AVOIDED = KNOWN_BUGS | set(REFUSED)
 
@@ -236,6 +239,18 @@ class Gen:
 
     def static_dims(self, v):
         return [d for d in v.dims if self.is_static(d)]
+
+    def ragged_in(self, d, v) -> bool:
+        """Whether ``d`` is an inner while loop's axis and ``v`` also has the axis of a loop enclosing it."""
+        lp = next((lq for lq in self.loops if lq.axis_sym == d), None)
+        if lp is None or lp.parent is None or lp.kind != "while":
+            return False
+        outer = lp.parent
+        while outer is not None:
+            if outer.axis_sym in v.dims:
+                return True
+            outer = outer.parent
+        return False
 
     def dyn_dims(self, v):
         return [d for d in v.dims if d != "B" and not self.is_static(d)]
@@ -586,7 +601,12 @@ class Gen:
             a = self.float_val(lambda v: bool(self.dyn_dims(v)))
             if a is None:
                 raise _NoWay()
-            d = self.pick(self.dyn_dims(a))
+            dims = self.dyn_dims(a)
+            if "gather_ragged_axis" in AVOIDED:  # (see REFUSED)
+                dims = [d for d in dims if not self.ragged_in(d, a)]
+            if not dims:
+                raise _NoWay()
+            d = self.pick(dims)
             idx = self.visible(lambda v: v.dtype == "int32" and v.dims <= {"B"})
             if not idx:
                 raise _NoWay()
@@ -1258,6 +1278,12 @@ def known_bug_patterns(g) -> set:
         if len(loop.assigned) >= 2 and any(st_.sparse_dim is not None and v.op.kind == "sparse"
                                            for st_, v in loop.assigned.items()):
             found.add("trace_sparse_state")
+    for op in g.ops:
+        if op.kind == "gather":
+            lp = next((lq for lq in g.loops if lq.axis is op.attrs["dim"] and lq.parent.is_loop
+                       and (lq.bounded or not lq.unstacked)), None)
+            if lp is not None and any(s.is_loop and s.axis in op.inputs[0].dims for s in lp.parent.ancestors()):
+                found.add("gather_ragged_axis")
     axes = {lp.axis for lp in g.loops if lp.parent.is_loop and (lp.bounded or not lp.unstacked)}
     if any(op.kind == "last" and op.attrs["value"].dims & axes for op in g.ops):
         found.add("last_inner_stack")
@@ -1837,6 +1863,18 @@ BUG_PROGRAMS = {
         s1.assign(v25)
         s2.assign(rd.where(v21 >= 0, v25, 0))
 ''', (1, [1], [1], 2), False, ("trace",)),
+    "gather_ragged_axis": ('''
+    x = rd.Input("x", {batch, time, feat})
+    ctx = rd.Input("ctx", {batch, hid})
+    s = rd.State({batch}, initial=1, dtype="int32", sparse_dim=vocab)
+    with rd.Loop() as outer:
+        v = outer.unstack(x)
+        with rd.Loop(max_seq_len=1, include_eos=True) as inner:
+            ys = inner.stack(ctx * 0.5)
+            inner.end(inner.index >= 1)
+        out = outer.stack(ys)
+    picked = rd.gather(out, s.get(), inner.axis)
+''', (3, [3, 2, 1], [1, 1, 1], 0), False, ("run",)),
     "stack_own_axis": ('''
     x = rd.Input("x", {batch, time, feat})
     with rd.Loop() as loop:
