@@ -353,17 +353,15 @@ def test_live_search_equals_returnns_own_search(rng, beam):
 
 
 def test_explicit_rnn_demo_and_trace_files(rng, tmp_path):
-    """demo-tf-rec-explicit-rnn.config (a tanh RNN whose output reads prev:output) with RETURNN's random
-    initialization: trace against numpy from the model's own parameters, stepper against the trace, and the trace
-    saved and loaded with what the debugger shows."""
-    import tensorflow as tf
-
-    m = rd.from_returnn(DEMOS / "demo-tf-rec-explicit-rnn.config")
+    """demo-tf-rec-explicit-rnn.config (a tanh RNN whose output reads prev:output), trained briefly with RETURNN's
+    command line: trace against numpy from the checkpoint's weights, stepper against the trace, and the trace saved
+    and loaded with what the debugger shows."""
+    ckpt = train("demo-tf-rec-explicit-rnn.config", tmp_path / "rnn", '{"class": "Task12AXDataset", "num_seqs": 100}',
+                 '{"class": "Task12AXDataset", "num_seqs": 10, "fixed_random_seed": 42}')
+    m = rd.from_returnn(DEMOS / "demo-tf-rec-explicit-rnn.config", checkpoint=ckpt)
     x, lens = lstm_feed(rng)
     tr = m.trace({"data": x}, seq_lens={"data": lens})
-    b = m._build("trace", "rnn")
-    with b.tf_graph.as_default():
-        w = {v.name.split(":")[0]: b.session.run(v).astype(np.float64) for v in tf.compat.v1.global_variables()}
+    w = weights(ckpt)
     h = np.zeros((5, 20))
     ref = np.zeros((5, 7, 20))
     for t in range(7):
