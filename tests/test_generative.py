@@ -153,7 +153,7 @@ class Gen:
         self.embeddings: list = []
         self.lstms: list = []  # (name, out symbol): rd.LSTM modules
         self.accs: list = []  # (name, dim symbol)
-        self.acc_inputs: dict = {}  # name -> the static dim of its first input (its Linear is built for it)
+        self.acc_inputs: dict = {}  # module name -> the static dim of its first input (its Linear is built for it)
         self.counters: list = []
         self.states: list = []  # StateInfo
         self.extra_dims: dict = {}  # concat out dims: symbol -> (code, size)
@@ -635,10 +635,12 @@ class Gen:
         free = [n for n in self.lstms if n not in self.busy_modules()]
         if not free:
             raise _NoWay()
-        a = self.float_val(lambda v: v.dims in ({"B", "F"}, {"B", "H"}))
+        name = self.pick(free)
+        want = self.acc_inputs.get(name)  # a second call takes the same input dim (recdebug refuses another)
+        a = self.float_val(lambda v: v.dims in ({"B", "F"}, {"B", "H"}) and (want is None or want in v.dims))
         if a is None:
             raise _NoWay()
-        name = self.pick(free)
+        self.acc_inputs[name] = "F" if "F" in a.dims else "H"
         lp.used_modules.add(name)
         return self.let(f"{name}({self.squash(a, 2.0).code})", {"B", "H"}, mag=1.0)
 
