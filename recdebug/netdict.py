@@ -596,8 +596,11 @@ class _Emitter:
 
             true = branch(a["true_value"], 1)
             false = branch(a["false_value"], len(sources))
-            return {"class": "eval", "from": sources, "eval": f"tf.where(source(0), {true}, {false})",
-                    "out_type": {"dtype": dtype}}
+            layer = {"class": "eval", "from": sources, "eval": f"tf.where(source(0), {true}, {false})",
+                     "out_type": {"dtype": dtype}}
+            if len(sources) > 1:  # (a branch's template may lack a dim of the condition, e.g. while searching)
+                layer["allow_broadcast_all_sources"] = True
+            return layer
         if k == "gather":
             return {"class": "gather", "from": src[0], "position": src[1], "axis": self.dim(a["dim"]),
                     "clip_to_valid": True}

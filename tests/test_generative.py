@@ -1921,6 +1921,33 @@ BUG_PROGRAMS = {
         # a label no later step reads (RETURNN moved its State out of the loop and failed)
         y.assign(rd.choice(rd.log_softmax(lin(h.get())), beam_size=1, input_type="log_prob"))
 ''', (2, [2, 1], [1, 1], 0), True, ("run", "stepper"), True),
+    "fixed/search_where_number_and_value": ('''
+    ctx = rd.Input("ctx", {batch, hid})
+    s1 = rd.State({batch}, initial=3, dtype="int32", sparse_dim=vocab)
+    s2 = rd.State({batch, hid}, initial=0.5)
+    emb3 = rd.Embedding(vocab, hid)
+    lin4 = rd.Linear(vocab)
+    lin8 = rd.Linear(hid)
+    with rd.Loop(max_seq_len=4) as loop5:
+        v6 = emb3(s1.get())
+        v7 = s2.get()
+        v9 = rd.tanh(lin8(rd.concat(v6, v7)))
+        s2.assign(v9)
+        v10 = rd.reduce_max(v7, hid)
+        v11 = v10 > -0.3
+        v12 = v10 > 0.15
+        v13 = rd.cast(v11, "int32") + rd.cast(v12, "int32") * 2
+        v14 = v13 > 3
+        v15 = rd.where(v14, -1.0, v9)     # a number and a value of the step (RETURNN refused to broadcast them)
+        v16 = lin4(v15) * 2.0
+        v17 = rd.softmax(v16)
+        y18 = rd.choice(v17, beam_size=1, input_type="prob")
+        s1.assign(y18)
+        loop5.end((y18 == 0) & (loop5.index >= 1), include_eos=False)
+        last19 = loop5.last(y18)
+        last20 = loop5.last(v9)
+    v21 = s2.get()
+''', (2, [1, 2], [2, 1], 54898), False, ("run",), True),
     "fixed/search_previous_label_read_by_no_step": ('''
     x = rd.Input("x", {batch, time, feat})
     y = rd.State({batch}, initial=1, dtype="int32", sparse_dim=vocab)
