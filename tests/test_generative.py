@@ -37,9 +37,11 @@ ENABLED = {"static_unstack", "unstack_end", "tensor_max_seq_len"} - PENDING
 # as strict xfail tests). While a name is in this set, the generator avoids what triggers it, so that the test looks
 # further. Remove the name once the bug is fixed (its test then passes).
 KNOWN_BUGS: set = {
-    # a searching while loop whose label no State carries (only `end` or a stack reads it): RETURNN fails to build it
-    # (an AssertionError on the loop's dynamic size). Found by minimizing a program of the 5000-program run; the
-    # generator always feeds the label back through a State, so it does not write this pattern.
+    # a searching while loop with a State that does not depend on the searched label (here: no State carries the
+    # label): RETURNN fails to build the accumulated State read after the loop (an AssertionError on the loop's
+    # dynamic size; the value has no beam, and the beam zeros netdict adds to such values cover stack/last, not a
+    # State's final value). Found by minimizing a program of the 5000-program run; the generator's searching loops
+    # feed the label back into their States, so it does not write this pattern.
     "search_unfed_label",
 }
 # What recdebug refuses with a clear error (RETURNN or TensorFlow cannot do it): the generator avoids it, and its
