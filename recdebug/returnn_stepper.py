@@ -22,7 +22,8 @@ import numpy as np
 
 from .errors import RecDebugError, RunError
 from .returnn_model import NOT_REFS, ModelBuild, behavior_version, extern_sizes, feed_extern_data, layer_refs
-from .stepper import _count, ended_text, steps_text
+from .stepnet import readers_of
+from .stepper import SteppingControls, _count
 from .stepsearch import ENDED_OTHER_LABELS
 from .trace import Beams
 
@@ -187,11 +188,9 @@ class StepBuild:
                 out = {}
                 for k, v in d.items():
                     out[k] = v if k in NOT_REFS else _rewrite(v, names, set(states), flat)
-                if "target" in out:  # inside a unit the target gives the dim; the step net has the dim itself
-                    target = out.pop("target")
+                if out.pop("target", None) is not None:  # inside a unit the target gives the dim: give it here
                     if "n_out" not in out and "out_dim" not in out and name in source.templates:
                         out["n_out"] = source.templates[name].dim
-                    del target
                 if name in cell_states:
                     parts = cell_states[name]
                     refs = [f"{PREFIX}{name}.state{i}" for i in range(len(parts))]
@@ -201,9 +200,9 @@ class StepBuild:
                 top[PREFIX + name] = out
             self.after_choice = set()
             if search_choice is not None:
-                self.after_choice = _readers(top, {PREFIX + n for n in unit} | {f"{PREFIX}{n}.at_step"
-                                                                                for n in states},
-                                             PREFIX + search_choice)
+                in_step = {PREFIX + n for n in unit} | {f"{PREFIX}{n}.at_step" for n in states}
+                self.after_choice = readers_of(top, in_step, {PREFIX + search_choice},
+                                               refs=lambda d: [r.partition("/")[0] for r in layer_refs(d)])
                 for lname in self.after_choice - {PREFIX + search_choice}:
                     layer = top[lname]
                     for k in list(layer):
@@ -292,20 +291,6 @@ def _register_config_topk():
     register_layer_class(ConfigBeamTopKLayer)
 
 
-def _readers(net: dict, names: set, choice: str) -> set:
-    """The layers among ``names`` that read ``choice`` in the same step, directly or through others."""
-    reads = {n: [r.partition("/")[0] for r in layer_refs(net[n])] for n in names if n in net}
-    after = {choice}
-    changed = True
-    while changed:
-        changed = False
-        for n, refs in reads.items():
-            if n not in after and any(r in after for r in refs):
-                after.add(n)
-                changed = True
-    return after
-
-
 def _reorder(value, after: set, choice: str, net: dict, unit: dict):
     """In a layer after the choice: a reference to a unit layer computed before it (or a State of the previous
     hypotheses) reads it through the backpointers."""
@@ -324,7 +309,7 @@ def _reorder(value, after: set, choice: str, net: dict, unit: dict):
     return name
 
 
-class ReturnnStepper:
+class ReturnnStepper(SteppingControls):
     """Live stepping of a RETURNN config's rec layer; the same controls as ``rd.Stepper``."""
 
     def __init__(self, model, rec: str, inputs: dict, seq_lens: dict, search: bool = False, beam_size=None):
@@ -402,9 +387,6 @@ class ReturnnStepper:
                                                             if k in self.engine.network.extern_data.data},
                                       {k: v for k, v in seq_lens.items()
                                        if k in self.engine.network.extern_data.data}, sizes=self.engine.sizes)
-        if self.search:
-            missing = [k for k in self.forced.values() if k not in inputs]
-            del missing
         self._top_cache = None
         self.closed = None
         self._closed_hint = ""
@@ -514,16 +496,6 @@ class ReturnnStepper:
                     out[b] = self.T
         return out
 
-    @property
-    def status(self) -> str:
-        parts = [steps_text(self.t, self.T), self.device]
-        parts += [ended_text(b, n) for b, n in sorted(self.ended.items())]
-        if self.breakpoint:
-            parts.append(f"breakpoint: {self.breakpoint}")
-        if self.closed is not None:
-            parts.append(f"closed: {self.closed}")
-        return " · ".join(parts)
-
     def __repr__(self):
         return f"ReturnnStepper({self.rec!r}, {self.status})"
 
@@ -531,7 +503,7 @@ class ReturnnStepper:
     def states(self) -> list:
         return list(self._states.values())
 
-    def _live(self) -> StepBuild:
+    def _live_engine(self) -> StepBuild:
         if self.closed is not None:
             raise RecDebugError(f"this stepper is closed: {self.closed}; its TensorFlow session is gone",
                                 hint=self._closed_hint or "make a new stepper: m.stepper(...)")
@@ -548,7 +520,7 @@ class ReturnnStepper:
 
     # --- moving ---
     def reset(self):
-        e = self._live()
+        e = self._live_engine()
         n = self.batch * self.beam
         self._buf = {name: np.zeros((self.T + 1, n) + st.shape, st.dtype) for name, st in self._states.items()}
         for name, st in self._states.items():
@@ -580,7 +552,7 @@ class ReturnnStepper:
         return self
 
     def step(self, n: int = 1):
-        e = self._live()
+        e = self._live_engine()
         n = _count(n, "step", "step_back(n) goes back")
         for _ in range(n):
             if self.finished:
@@ -679,63 +651,15 @@ class ReturnnStepper:
             self._hyp_ended.append(np.take_along_axis(prev, out["slot"], axis=1) | self._end[-1])
         self.t = t + 1
 
-    def step_back(self, n: int = 1):
-        self._live()
-        n = _count(n, "step_back", "step(n) goes forward")
-        self.t = max(0, self.t - n)
-        self.breakpoint = None
-        self._moved()
-        return self
-
-    def run_to(self, t: int):
-        self._live()
-        t = _count(t, "run_to", f"give a step in 0..{self.T}")
-        if t < self.t:
-            return self.step_back(self.t - t)
-        return self.step(t - self.t)
-
-    def run_until(self, predicate, max_steps: int | None = None) -> bool:
-        self._live()
-        self.breakpoint = None
-        self._quiet += 1
-        try:
-            for _ in range(max_steps if max_steps is not None else self.T + 1):
-                if self.finished:
-                    return False
-                self.step()
-                if predicate(self):
-                    describe = getattr(predicate, "describe", None)
-                    self.breakpoint = describe(self) if describe else f"condition met at t={self.t - 1}"
-                    return True
-            return False
-        finally:
-            self._quiet -= 1
-            self._moved()
-
-    def watch(self, callback) -> None:
-        if hasattr(callback, "__self__"):
-            self._watchers.append(weakref.WeakMethod(callback))
-        else:
-            self._watchers.append(lambda: callback)
-
-    def _moved(self):
-        if self._quiet:
-            return
-        self._watchers = [ref for ref in self._watchers if ref() is not None]
-        for ref in list(self._watchers):
-            callback = ref()
-            if callback is not None:
-                callback()
-
     def nonfinite_at(self, step: int) -> list:
-        self._live()
+        self._live_engine()
         return [self._state(k) for k, bad in self._nonfinite[step].items() if bad]
 
     # --- values ---
     def value(self, x, at: int | None = None) -> np.ndarray:
         """After k steps (default: now): a State's value (``"output/s"`` or its ConfigState), or a unit layer's
         value in iteration k-1; batch first (with search: [batch, beam, ...]), as RETURNN's batch-major layout."""
-        self._live()
+        self._live_engine()
         k = self.t if at is None else at
         if not 0 <= k <= self.t:
             raise RecDebugError(f"value at step {k}: only steps 0..{self.t} have run")
@@ -757,7 +681,7 @@ class ReturnnStepper:
     def set_state(self, state, value) -> "ReturnnStepper":
         """Replace a State's current value (step t; batch first, with search [batch, beam, ...])."""
         st = self._state(state)
-        self._live()
+        self._live_engine()
         value = np.asarray(value)
         expected = (self.batch,) + ((self.beam,) if self.search else ()) + st.shape
         if value.shape != expected:
@@ -771,7 +695,7 @@ class ReturnnStepper:
         return self
 
     def beams(self) -> Beams:
-        self._live()
+        self._live_engine()
         if not self.search:
             raise RecDebugError(f"{self.rec!r} is stepped without search: there are no beams",
                                 hint="m.stepper(..., search=True)")

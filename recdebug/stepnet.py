@@ -34,10 +34,12 @@ def layer_refs(layer: dict) -> list:
     return out
 
 
-def readers_of(net: dict, names, sources: set) -> set:
+def readers_of(net: dict, names, sources: set, refs=None) -> set:
     """The layers among ``names`` that read one of ``sources`` in the same step, directly or through others
-    (``sources`` included): with a choice as source, the layers whose values are per new hypothesis."""
-    reads = {name: [r for r in layer_refs(net[name]) if r in names] for name in names}
+    (``sources`` included): with a choice as source, the layers whose values are per new hypothesis. ``refs``: the
+    layer names a layer dict reads (default: ``layer_refs``, the options recdebug's own layers use)."""
+    refs = refs or layer_refs
+    reads = {name: [r for r in refs(net[name]) if r in names] for name in names if name in net}
     after = set(sources)
     changed = True
     while changed:

@@ -297,7 +297,79 @@ def _batch_and_steps(g, loop, inputs: dict, seq_lens: dict, params=None, seed: i
     return batch, min(bounds)
 
 
-class Stepper:
+class SteppingControls:
+    """What every live stepper shares (rd.Stepper, and a RETURNN config's stepper): the status line, moving back
+    and to a step, running to a breakpoint, and telling its watchers (debuggers) of each move. A subclass gives
+    ``t``, ``T``, ``ended``, ``device``, ``breakpoint``, ``closed``, ``step``, and ``_live_engine``, which raises
+    once the stepper is closed."""
+
+    @property
+    def status(self) -> str:
+        parts = [steps_text(self.t, self.T), self.device]
+        parts += [ended_text(b, n) for b, n in sorted(self.ended.items())]
+        if self.breakpoint:
+            parts.append(f"breakpoint: {self.breakpoint}")
+        if self.closed is not None:
+            parts.append(f"closed: {self.closed}")
+        return " · ".join(parts)
+
+    def step_back(self, n: int = 1) -> "SteppingControls":
+        """Go back ``n`` iterations; the States are exactly what they were then."""
+        self._live_engine()
+        n = _count(n, "step_back", "step(n) goes forward")
+        self.t = max(0, self.t - n)
+        self.breakpoint = None
+        self._moved()
+        return self
+
+    def run_to(self, t: int) -> "SteppingControls":
+        """Step forward or back to step ``t`` (0..T)."""
+        self._live_engine()
+        t = _count(t, "run_to", f"give a step in 0..{self.T}")
+        if t < self.t:
+            return self.step_back(self.t - t)
+        return self.step(t - self.t)
+
+    def run_until(self, predicate, max_steps: int | None = None) -> bool:
+        """Step until ``predicate(stepper)`` is true (True) or the loop ends (False)."""
+        self._live_engine()
+        self.breakpoint = None
+        self._quiet += 1  # watchers hear of the run once, at its end
+        try:
+            for _ in range(max_steps if max_steps is not None else self.T + 1):
+                if self.finished:
+                    return False
+                self.step()
+                if predicate(self):
+                    describe = getattr(predicate, "describe", None)
+                    self.breakpoint = describe(self) if describe else f"condition met at t={self.t - 1}"
+                    return True
+            return False
+        finally:
+            self._quiet -= 1
+            self._moved()
+
+    # --- watchers ---
+    def watch(self, callback) -> None:
+        """Call ``callback()`` after every move or edit of this stepper (step, step_back, run_to, run_until once
+        at its end, set_state, reset, close). A bound method is held weakly: a debugger that is gone is not kept
+        alive by its stepper."""
+        if hasattr(callback, "__self__"):
+            self._watchers.append(weakref.WeakMethod(callback))
+        else:  # a plain function: kept as it is
+            self._watchers.append(lambda: callback)
+
+    def _moved(self):
+        if self._quiet:
+            return
+        self._watchers = [ref for ref in self._watchers if ref() is not None]
+        for ref in list(self._watchers):
+            callback = ref()
+            if callback is not None:
+                callback()
+
+
+class Stepper(SteppingControls):
     """Live stepping of one top-level loop (default: the first): ``step``, ``step_back``, ``run_until``..."""
 
     def __init__(self, g, inputs: dict, seq_lens: dict | None = None, device=None, seed: int = 0, params=None,
@@ -397,16 +469,6 @@ class Stepper:
                     out[b] = self.T
         return out
 
-    @property
-    def status(self) -> str:
-        parts = [steps_text(self.t, self.T), self.device]
-        parts += [ended_text(b, n) for b, n in sorted(self.ended.items())]
-        if self.breakpoint:
-            parts.append(f"breakpoint: {self.breakpoint}")
-        if self.closed is not None:
-            parts.append(f"closed: {self.closed}")
-        return " · ".join(parts)
-
     def __repr__(self):
         return f"Stepper({self.loop.name!r}, {self.status})"
 
@@ -457,61 +519,6 @@ class Stepper:
             self.t += 1
         self._moved()
         return self
-
-    def step_back(self, n: int = 1) -> "Stepper":
-        """Go back ``n`` iterations; the States are exactly what they were then."""
-        self._live_engine()
-        n = _count(n, "step_back", "step(n) goes forward")
-        self.t = max(0, self.t - n)
-        self.breakpoint = None
-        self._moved()
-        return self
-
-    def run_to(self, t: int) -> "Stepper":
-        """Step forward or back to step ``t`` (0..T)."""
-        self._live_engine()
-        t = _count(t, "run_to", f"give a step in 0..{self.T}")
-        if t < self.t:
-            return self.step_back(self.t - t)
-        return self.step(t - self.t)
-
-    def run_until(self, predicate, max_steps: int | None = None) -> bool:
-        """Step until ``predicate(stepper)`` is true (True) or the loop ends (False)."""
-        self._live_engine()
-        self.breakpoint = None
-        self._quiet += 1  # watchers hear of the run once, at its end
-        try:
-            for _ in range(max_steps if max_steps is not None else self.T + 1):
-                if self.finished:
-                    return False
-                self.step()
-                if predicate(self):
-                    describe = getattr(predicate, "describe", None)
-                    self.breakpoint = describe(self) if describe else f"condition met at t={self.t - 1}"
-                    return True
-            return False
-        finally:
-            self._quiet -= 1
-            self._moved()
-
-    # --- watchers ---
-    def watch(self, callback) -> None:
-        """Call ``callback()`` after every move or edit of this stepper (step, step_back, run_to, run_until once
-        at its end, set_state, reset, close). A bound method is held weakly: a debugger that is gone is not kept
-        alive by its stepper."""
-        if hasattr(callback, "__self__"):
-            self._watchers.append(weakref.WeakMethod(callback))
-        else:  # a plain function: kept as it is
-            self._watchers.append(lambda: callback)
-
-    def _moved(self):
-        if self._quiet:
-            return
-        self._watchers = [ref for ref in self._watchers if ref() is not None]
-        for ref in list(self._watchers):
-            callback = ref()
-            if callback is not None:
-                callback()
 
     # --- values ---
     def _state(self, state) -> State:

@@ -28,20 +28,28 @@ def train(config: str, workdir: Path, train_data: str, dev_data: str) -> Path:
     return ckpt
 
 
+def _eval_data(workdir: Path, seqs: list, output_dim: dict) -> Path:
+    """A config file that makes the given sequences RETURNN's ``eval`` dataset (a StaticDataset read from an .npz),
+    and the only one (``dev = None``: RETURNN writes scores per sequence for one dataset only)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    np.savez(workdir / "feed.npz", **{f"{k}_{i}": v for i, seq in enumerate(seqs) for k, v in seq.items()})
+    keys = sorted(seqs[0])
+    extra = workdir / "eval_data.config"
+    extra.write_text(
+        "#!rnn.py\nimport numpy as _np\n"
+        f"_d = _np.load({str(workdir / 'feed.npz')!r})\n"
+        f"eval = {{'class': 'StaticDataset', 'output_dim': {output_dim!r}, 'data': "
+        f"[{{_k: _d['%s_%d' % (_k, _i)] for _k in {keys!r}}} for _i in range({len(seqs)})]}}\n"
+        "dev = None\n")
+    return extra
+
+
 def forward(config: str, ckpt: Path, workdir: Path, seqs: list, output_dim: dict, layer: str = "output") -> list:
     """RETURNN's forward task (``++task forward``) of ``layer`` over the given sequences (dicts of arrays by
     extern_data name, unpadded): one array [frames, ...] per sequence, in the given order."""
     import h5py
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    np.savez(workdir / "feed.npz", **{f"{k}_{i}": v for i, seq in enumerate(seqs) for k, v in seq.items()})
-    keys = sorted(seqs[0])
-    extra = workdir / "forward_data.config"
-    extra.write_text(
-        "#!rnn.py\nimport numpy as _np\n"
-        f"_d = _np.load({str(workdir / 'feed.npz')!r})\n"
-        f"eval = {{'class': 'StaticDataset', 'output_dim': {output_dim!r}, 'data': "
-        f"[{{_k: _d['%s_%d' % (_k, _i)] for _k in {keys!r}}} for _i in range({len(seqs)})]}}\n")
+    extra = _eval_data(workdir, seqs, output_dim)
     out = workdir / "forward.hdf"
     returnn(DEMOS / config, extra, "++task", "forward", "++model", str(ckpt)[:-len(".001")], "++load_epoch", 1,
             "++forward_output_layer", layer, "++output_file", out, "++forward_batch_size", 100000,
@@ -56,16 +64,7 @@ def forward(config: str, ckpt: Path, workdir: Path, seqs: list, output_dim: dict
 
 def evaluate(config: str, ckpt: Path, workdir: Path, seqs: list, output_dim: dict, loss: str = "output") -> dict:
     """RETURNN's eval task (``++task eval``) over the given sequences: the config's loss per sequence, by index."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    np.savez(workdir / "feed.npz", **{f"{k}_{i}": v for i, seq in enumerate(seqs) for k, v in seq.items()})
-    keys = sorted(seqs[0])
-    extra = workdir / "eval_data.config"
-    extra.write_text(
-        "#!rnn.py\nimport numpy as _np\n"
-        f"_d = _np.load({str(workdir / 'feed.npz')!r})\n"
-        f"eval = {{'class': 'StaticDataset', 'output_dim': {output_dim!r}, 'data': "
-        f"[{{_k: _d['%s_%d' % (_k, _i)] for _k in {keys!r}}} for _i in range({len(seqs)})]}}\n"
-        "dev = None\n")  # one dataset: RETURNN writes scores per sequence for one only
+    extra = _eval_data(workdir, seqs, output_dim)
     out = workdir / "scores.py"
     returnn(DEMOS / config, extra, "++task", "eval", "++model", str(ckpt)[:-len(".001")], "++load_epoch", 1,
             "++eval_output_file_per_seq", out, "++output_per_seq_file_format", "py", "++loss_name", loss,
