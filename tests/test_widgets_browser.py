@@ -611,3 +611,33 @@ def test_a_returnn_configs_rec_layer_steps_live_with_its_own_names_and_lines(lab
     page.locator(".rd-status").scroll_into_view_if_needed()
     page.wait_for_timeout(300)
     page.screenshot(path=str(OUT / "debugger-returnn-config.png"))
+
+
+def test_a_returnn_configs_debugger_at_1000px_in_the_dark_theme(lab, page):
+    """The same %recdebug line, JupyterLab 1000 px wide and dark: the controls whole, the config's hierarchy rows on
+    one line, and a layer's config line readable."""
+    from playwright.sync_api import expect
+
+    url, token = lab
+    page.set_viewport_size({"width": 1000, "height": 1000})
+    set_theme(url, token, "JupyterLab Dark")
+    try:
+        open_and_run_all(page, url, token, "config.ipynb")
+        expect(page.locator(".rd-heatmap:visible").first).to_be_visible(timeout=180_000)
+        assert page.locator("body[data-jp-theme-light='false']").count() == 1
+        page.get_by_role("button", name="step ▶").click()
+        expect(page.locator(".rd-status")).to_contain_text("at t=0 (1 of 9 steps run)")
+        for name in ("reset", "◀ back", "step ▶", "run ▶▶"):
+            button = page.get_by_role("button", name=name)
+            assert button.evaluate("b => b.scrollWidth <= b.clientWidth + 1"), name  # the label is whole
+        tree = page.locator(".rd-tree")
+        row = tree.locator('li[data-path="lstm/input_gate"]')
+        assert row.evaluate("li => li.firstElementChild.getBoundingClientRect().height < 24")  # one line
+        tree.locator('li[data-path="lstm/c"] > .rd-node-name').click()
+        info = tree.locator('li[data-path="lstm/c"] .rd-node-info')
+        expect(info).to_contain_text("demo-tf-rec-explicit-lstm.config:30")
+        page.locator(".rd-status").scroll_into_view_if_needed()
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(OUT / "debugger-returnn-config-dark-1000.png"))
+    finally:
+        set_theme(url, token, "JupyterLab Light")
