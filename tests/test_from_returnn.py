@@ -441,3 +441,49 @@ def test_search_without_end_layer_is_refused_clearly(rng):
         m.stepper({"data": x}, seq_lens={"data": np.array([4, 2])}, search=True)
     with pytest.raises(rd.RecDebugError, match="no choice layer"):
         rd.from_returnn(DEMOS / LSTM_CONFIG).stepper({"data": np.zeros((1, 3, 9), np.float32)}, search=True)
+
+
+def test_live_greedy_search_equals_numpy(rng):
+    """Beam 1 against numpy of the decoder (from the model's own parameters): at each step the most probable label,
+    fed back through its embedding, until the end label 5 (included) or max_len_from(encoder) * 2 steps; ragged
+    input lengths with garbage in the padding frames."""
+    import tensorflow as tf
+
+    net = {k: dict(v) for k, v in SEARCH_NET.items()}
+    net["output"]["unit"] = {k: dict(v) for k, v in net["output"]["unit"].items()}
+    net["output"]["unit"]["output"]["beam_size"] = 1
+    m = rd.from_returnn(net, extern_data=SEARCH_DATA)
+    x = rng.standard_normal((5, 4, 5)).astype(np.float32)
+    lens = np.array([4, 2, 3, 1, 4])
+    x[np.arange(4)[None, :] >= lens[:, None]] = 1e3
+    st = m.stepper({"data": x}, seq_lens={"data": lens}, search=True)
+    st.run_until(lambda s: False)
+    b_ = m._build("templates_search", "output")
+    with b_.tf_graph.as_default():
+        w = {v.name.split(":")[0]: b_.session.run(v).astype(np.float64) for v in tf.compat.v1.global_variables()}
+    p = "output/rec/"
+    beams = st.beams()
+    for b in range(5):
+        n = lens[b]
+        enc = np.tanh(x[b, :n].astype(np.float64) @ w["encoder/W"] + w["encoder/b"])
+        ctx = np.tanh(enc @ w["enc_ctx/W"] + w["enc_ctx/b"])
+        h, cell, c, emb = np.zeros(16), np.zeros(16), np.zeros(16), np.zeros(8)
+        labels, score = [], 0.0
+        for t in range(8):  # max_len_from('base:encoder') * 2: the longest input has 4 frames
+            gates = np.concatenate([c, emb, h]) @ w[p + "s/rec/lstm_cell/kernel"] + w[p + "s/rec/lstm_cell/bias"]
+            i, ci, f, o = np.split(gates, 4)
+            cell = sigmoid(f + 1.0) * cell + sigmoid(i) * np.tanh(ci)
+            h = sigmoid(o) * np.tanh(cell)
+            c_in = np.tanh(np.concatenate([h, emb]) @ w[p + "c_in/W"] + w[p + "c_in/b"])
+            c = softmax(ctx @ c_in) @ enc
+            probs = softmax(np.concatenate([h, c]) @ w[p + "prob/W"] + w[p + "prob/b"])
+            y = int(np.argmax(probs))
+            labels.append(y)
+            score += np.log(probs[y])
+            emb = w[p + "embed/W"][y] + w[p + "embed/b"]
+            if y == 5:
+                break
+        hyp = beams.hypotheses(b)[0]
+        assert hyp["labels"] == labels, (b, hyp["labels"], labels)
+        assert hyp["score"] == pytest.approx(score, abs=1e-4), b
+    st.close()
