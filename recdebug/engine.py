@@ -481,7 +481,7 @@ class Engine:
                 k = beam.size
                 keys = [key for key, (_, _, loops) in em.trace_info.items() if loops[-1:] == (loop,)]
                 for key in keys:
-                    name = key.rsplit("/", 1)[-1]
+                    name = em.beam_alias.get(key, key.rsplit("/", 1)[-1])  # the same for every hypothesis: its copy
                     ta = acc.get(f"output_{name}")
                     if ta is None:
                         continue

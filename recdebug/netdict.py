@@ -38,7 +38,9 @@ class Emitted:
     # Values a trace derives instead of recording them again (path -> how), see _Emitter.derived():
     trace_derived: dict = field(default_factory=dict)
     after_choice: set = field(default_factory=set)  # in-loop layer paths computed from an rd.choice in their step
-    trace_unbatched: set = field(default_factory=set)  # in-loop layer paths without the batch dim, recorded with it
+    trace_unbatched: set = field(default_factory=set)
+    # In a searching loop: layer path -> the unit layer read for it, with the search's beam (see give_beam)
+    beam_alias: dict = field(default_factory=dict)  # in-loop layer paths without the batch dim, recorded with it
     # With perturb: State layer path -> (extern data key of its zero perturbation [batch, axis, ...], State, Loop)
     perturb: dict = field(default_factory=dict)
 
@@ -60,7 +62,6 @@ class _Emitter:
         self.perturb = perturb
         self.perturbed: dict = {}  # id(Tensor) -> the layer of its value plus a perturbation (see perturbations)
         self.perturbed_states: dict = {}  # Loop -> perturbations(loop)
-        self.export_alias: dict = {}  # (Loop, layer name) -> the layer that stack/last read instead (search)
         self.optimize = optimize
         self.capture = capture
         self.taken: dict = {}  # id(scope) -> layer names in use (trace exports are named against it)
@@ -268,27 +269,8 @@ class _Emitter:
         if choices:  # values per new hypothesis (the rest are per hypothesis of the previous step)
             after = readers_of(unit, set(unit), set(choices))
             self.out.after_choice |= {self.path(loop, name) for name in after}
-        if choices and self.search:  # a value stacked (or its last taken) that is the same for every hypothesis:
-            # RETURNN cannot accumulate a value without the search's beam in a searching loop; given the beam by
-            # adding a zero of every hypothesis, it is stacked like the others
-            carried = {n for n in unit if any(str(r).startswith("prev:") for r in _refs(unit[n]))}
-            beamed = readers_of(unit, set(unit), set(choices) | carried)
-            for v in loop.exports:
-                name = self.perturbed.get(id(v), v.op.name)
-                if name in beamed:
-                    continue
-                zero = self.fresh_name(loop, name + ".beam_zero")
-                unit[zero] = {"class": "eval", "from": "prev:output", "out_type": {"dtype": v.dtype},
-                              "eval": f"tf.zeros_like(source(0), dtype=tf.{v.dtype})"}
-                beamed_name = self.fresh_name(loop, name + ".beam")
-                unit[beamed_name] = {"class": "combine", "kind": "logical_or" if v.dtype == "bool" else "add",
-                                     "from": [name, zero], "is_output_layer": True}
-                self.export_alias[(loop, name)] = beamed_name
-                unit[name].pop("is_output_layer", None)  # read from outside through the beamed one only
         if choices:  # the rec layer's own output: the labels it searches over
             unit["output"] = {"class": "copy", "from": choices[0]}
-            if any(lp is loop for lp, _ in self.export_alias):  # read as prev:output at step 0 by the beam zeros
-                unit["output"]["initial_output"] = 0
         elif any(reads_inner_loop(loop, loop.assigned[state]) for state in loop.state_layers):
             # RETURNN works out the unit's shapes starting from "output": starting from a State that other States
             # and an inner loop depend on, it fails (a dependency loop); starting from a State made from an inner
@@ -334,11 +316,6 @@ class _Emitter:
             rec["max_seq_len"] = loop.max_seq_len
             rec["include_eos"] = bool(loop.include_eos)
         layers[loop.name] = rec
-        for (lp, name), alias in self.export_alias.items():  # stack/last after the loop read the beamed value
-            if lp is loop:
-                for layer in layers.values():
-                    if layer.get("from") == f"{loop.name}/{name}":
-                        layer["from"] = f"{loop.name}/{alias}"
         self.out.rec_paths[loop] = self.path(loop.parent, loop.name)
         self.out.lines[self.path(loop.parent, loop.name)] = loop.line
         layers[loop.len_name] = {"class": "length", "from": loop.name, "axis": self.dim(loop.rec_axis)}
@@ -388,7 +365,66 @@ class _Emitter:
                 self.out.trace_unbatched.add(path)
                 # kept in the loop: RETURNN fails to accumulate a value without the batch dim that it moved out
                 layers[loop.name]["optimize_move_layers_out"] = False
+        if choices and self.search:
+            captured = self.give_beam(loop, unit, layers, captured)
         return captured + exported
+
+    def give_beam(self, loop, unit: dict, layers: dict, captured: list) -> list:
+        """In a searching loop, RETURNN accumulates a layer read after the loop (stacked, a State's final value, a
+        trace) per hypothesis, with the end flags' lengths: it fails on one without the search's beam. Each such
+        layer is read through a copy given the beam by adding a zero of every hypothesis (prev:output, the labels of
+        the previous step). Returns ``captured`` with the copies' names."""
+        # the layers whose values are per hypothesis: RETURNN gives the search's beam to a layer that reads a choice
+        # (the loop's output is one), or the previous value of a layer that has the beam; the others (a State no
+        # label reaches, the step index) are the same for every hypothesis
+        beamed = {"output"} | {op.name for op in loop.ops if op.kind == "choice"}
+        while True:
+            carried = {n for n in unit if any(str(r).startswith("prev:") and str(r)[5:] in beamed
+                                              for r in _refs(unit[n]))}
+            grown = readers_of(unit, set(unit), beamed | carried)
+            if grown <= beamed:
+                break
+            beamed |= grown
+        alias = {}
+        for name in list(unit):
+            if not unit[name].get("is_output_layer") or name in beamed:
+                continue
+            dtype = self.unit_dtype(loop, unit, name)
+            zero = self.fresh_name(loop, name + ".beam_zero")
+            unit[zero] = {"class": "eval", "from": "prev:output", "out_type": {"dtype": dtype},
+                          "eval": f"tf.zeros_like(source(0), dtype=tf.{dtype})"}
+            alias[name] = self.fresh_name(loop, name + ".beam")
+            unit[alias[name]] = {"class": "combine", "kind": "logical_or" if dtype == "bool" else "add",
+                                 "from": [name, zero], "allow_broadcast_all_sources": True, "is_output_layer": True}
+            unit[name].pop("is_output_layer")  # read from outside through the beamed one only
+            self.out.beam_alias[self.path(loop, name)] = alias[name]
+        if not alias:
+            return captured
+        unit["output"]["initial_output"] = 0  # read as prev:output at step 0 by the beam zeros
+        prefix = loop.name + "/"
+        for layer in layers.values():  # stack, last and State finals after the loop read the beamed value
+            for key in ("from", "true_from", "false_from"):
+                value = layer.get(key)
+                if isinstance(value, str) and value.startswith(prefix) and value[len(prefix):] in alias:
+                    layer[key] = prefix + alias[value[len(prefix):]]
+                elif isinstance(value, list):
+                    layer[key] = [prefix + alias[v[len(prefix):]] if isinstance(v, str) and v.startswith(prefix)
+                                  and v[len(prefix):] in alias else v for v in value]
+        return [(path, alias.get(name, name)) for path, name in captured]
+
+    def unit_dtype(self, loop, unit: dict, name: str) -> str:
+        """The dtype of the unit layer ``name`` that recdebug emitted for an op or a State of ``loop``."""
+        for state, layer in loop.state_layers.items():
+            if layer == name:
+                return state.dtype
+        base = name[:-len(".per_sequence")] if name.endswith(".per_sequence") else name
+        for op in loop.ops:
+            if base in (op.name, self.perturbed.get(id(op.out))):
+                return op.out.dtype
+        dtype = unit[name].get("dtype") or unit[name].get("out_type", {}).get("dtype")
+        if dtype is None:
+            raise AssertionError(f"no dtype known for the unit layer {name!r}")
+        return dtype
 
     def perturbations(self, loop) -> dict:
         """State -> (its new value, the layer of that value plus a perturbation): gradients through time are taken

@@ -628,3 +628,63 @@ def test_a_search_trace_also_records_the_loops_without_search(rng):
     for k in range(3):
         best = beams.hypotheses(k)[0]
         assert best["labels"] == res.numpy(out)[k, :res.lens(loop.axis)[k]].tolist()
+
+
+def test_a_state_no_label_reaches_has_each_hypothesis_length(rng):
+    """A State that no searched label reaches (and the step index) is the same for every hypothesis, but each
+    hypothesis ends at its own step: its final value is the one after the best hypothesis' last step. Beam 3, run,
+    trace and live stepping, against numpy (labels from the numpy beam search, the State's recurrence by hand)."""
+    hid, vocab, emb = rd.Dim("hid", 4), rd.Dim("vocab", VOCAB), rd.Dim("emb", 3)
+    with rd.Graph() as g:
+        enc = rd.Input("enc", {batch, hid})
+        c0 = rd.Input("c0", {batch})
+        embed, lin_h, lin_out = rd.Embedding(vocab, emb), rd.Linear(hid), rd.Linear(vocab)
+        label = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+        h = rd.State({batch, hid}, initial=enc)
+        c = rd.State({batch}, initial=c0)
+        with rd.Loop(max_seq_len=MAX_LEN) as loop:
+            h_ = rd.tanh(lin_h(rd.concat(embed(label.get()), h.get())))
+            h.assign(h_)
+            c.assign(c.get() * 0.5 + 1.0)  # no label reaches it
+            y = rd.choice(lin_out(h_), beam_size=3)
+            label.assign(y)
+            loop.end(y == 0, include_eos=True)
+            labels = loop.stack(y)
+            steps = loop.stack(rd.cast(loop.index, "float32") * 2.0)
+        c_final = c.get()
+    p = params(rng)
+    enc_np = rng.standard_normal((5, 4)).astype(np.float32)
+    c0_np = rng.standard_normal(5).astype(np.float32)
+
+    def c_after(n):  # c after n steps, per sequence
+        out = c0_np.astype(np.float64)
+        for _ in range(n):
+            out = out * 0.5 + 1.0
+        return out
+
+    _, finals = beam_search(p, enc_np, 3)
+    best = [max(hyps, key=lambda hy: hy[0])[1] for hyps in finals]
+    assert len({len(seq) for seq in best}) > 1  # the hypotheses end at different steps
+    feed = {"enc": enc_np, "c0": c0_np}
+    res = g.run(feed, params=p, search=True)
+    lens = res.lens(loop.axis)
+    assert [res.numpy(labels)[b, :lens[b]].tolist() for b in range(5)] == best
+    np.testing.assert_allclose(res.numpy(c_final), [c_after(len(seq))[b] for b, seq in enumerate(best)], rtol=1e-5)
+    for b, seq in enumerate(best):  # padding frames are not compared
+        np.testing.assert_array_equal(res.numpy(steps)[b, :len(seq)], 2.0 * np.arange(len(seq)))
+    tr = g.trace(feed, params=p, search=True)
+    np.testing.assert_allclose(tr.numpy(c_final), res.numpy(c_final), rtol=1e-6)
+    beams = tr.beams(y)
+    for t in range(beams.shape[0]):  # every hypothesis of every step has the State's value of that step
+        for b in range(5):
+            for kk in range(3):
+                np.testing.assert_allclose(beams.state(c, t, b, kk), c_after(t + 1)[b], rtol=1e-5)
+    st = g.stepper(feed, params=p)
+    for t in range(4):  # live: a hypothesis that ended keeps its States (the value after its last step)
+        st.step()
+        live = st.beams()
+        for b in range(5):
+            for kk in range(3):
+                end = live.hypothesis(b, kk, t)["end_step"]
+                np.testing.assert_allclose(st.value(c)[b, kk], c_after(t + 1 if end < 0 else end + 1)[b], rtol=1e-5)
+    assert any(live.hypothesis(b, kk, 3)["end_step"] in (0, 1, 2) for b in range(5) for kk in range(3))
