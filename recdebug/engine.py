@@ -485,7 +485,10 @@ class Engine:
                     ta = acc.get(f"output_{name}")
                     if ta is None:
                         continue
-                    template = cell.layer_data_templates[name].output
+                    # the axes as accumulated: the layer's own output in the loop (its template may order them
+                    # otherwise, e.g. a value stacked by another loop, time-major there, batch-major here)
+                    in_loop = cell.net.layers.get(name)
+                    template = (in_loop or cell.layer_data_templates[name]).output
                     steps = ta.stack()  # [T, batch * beam, ...] in the template's axis order
                     dims = [em.rd_dim(tg) for tg in template.dim_tags]
                     b_axis = template.batch_dim_axis

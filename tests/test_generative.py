@@ -1966,6 +1966,25 @@ BUG_PROGRAMS = {
         out2 = loop5.stack(i1)
     v21 = s2.get()
 ''', (3, [1, 2, 1], [2, 1, 1], 54898), True, ("trace",), True),
+    # a search trace read a value that has another loop's axis (stacked there time-major) in the axis order of its
+    # template, not in the order RETURNN accumulated it (batch-major): batch and that axis came out swapped. Found
+    # by the 5000-program run
+    "fixed/search_trace_axis_order": ('''
+    x = rd.Input("x", {batch, time, feat})
+    ctx = rd.Input("ctx", {batch, hid})
+    stop = rd.Input("stop", {batch}, dtype="int32")
+    with rd.Loop(max_seq_len=2) as loop1:
+        out2 = loop1.stack(rd.reduce_mean(x, time))
+        loop1.end(loop1.index >= stop)
+    s3 = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+    emb4, lin5 = rd.Embedding(vocab, hid), rd.Linear(vocab)
+    with rd.Loop() as loop6:
+        x_t = loop6.unstack(x)
+        v7 = rd.where(rd.reduce_sum(ctx, hid) <= 0.0, out2, 0.0)  # the same for every hypothesis
+        y8 = rd.choice(rd.softmax(lin5(rd.tanh(emb4(s3.get()))) * 2.0), beam_size=1, input_type="prob")
+        s3.assign(y8)
+        out9 = loop6.stack(y8)
+''', (3, [1, 1, 3], [2, 2, 1], 1), True, ("trace",), True),
     "fixed/search_where_number_and_value": ('''
     ctx = rd.Input("ctx", {batch, hid})
     s1 = rd.State({batch}, initial=3, dtype="int32", sparse_dim=vocab)
