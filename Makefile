@@ -27,7 +27,7 @@ demo-headless: $(STAMP)
 test: $(STAMP)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(PY) -m pytest -q tests --ignore=tests/test_generative.py
-	$(PY) -m pytest -q -n 2 tests/test_generative.py
+	$(PY) -m pytest -q -n 2 --dist worksteal tests/test_generative.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -6,7 +6,7 @@ A failing program is shrunk by hypothesis and printed as code that can be pasted
 
     RECDEBUG_GEN_EXAMPLES=1000 pytest tests/test_generative.py     # more programs (default: DEFAULT_EXAMPLES)
     RECDEBUG_GEN_SEED=7 ...                                        # other fixed seeds (default: 0)
-    RECDEBUG_GEN_SHARDS=12 ...                                     # other splits into tests (default: 6)
+    RECDEBUG_GEN_SHARDS=24 ...                                     # other splits into tests (default: 12)
     RECDEBUG_GEN_FAILURES=/tmp/fails ...                           # each failing program as a script there
 """
 from __future__ import annotations
@@ -1610,7 +1610,7 @@ def _run_one(data, search):
 
 # The programs are split into shards (each its own test with its own fixed seed), so that `pytest -n 2` runs them
 # side by side: one in six is a greedy decoder (search), the rest loop programs.
-SHARDS = int(os.environ.get("RECDEBUG_GEN_SHARDS", "6"))
+SHARDS = int(os.environ.get("RECDEBUG_GEN_SHARDS", "12"))  # small enough for the two workers to even out
 BASE_SEED = int(SEED) if SEED is not None else 0
 
 
