@@ -489,7 +489,7 @@ class Engine:
                     # otherwise, e.g. a value stacked by another loop, time-major there, batch-major here)
                     in_loop = cell.net.layers.get(name)
                     template = (in_loop or cell.layer_data_templates[name]).output
-                    steps = ta.stack()  # [T, batch * beam, ...] in the template's axis order
+                    steps = ta.stack()  # [T, batch * beam, ...] in the in-loop layer's axis order
                     dims = [em.rd_dim(tg) for tg in template.dim_tags]
                     b_axis = template.batch_dim_axis
                     shape = tf.shape(steps)

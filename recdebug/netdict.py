@@ -11,7 +11,7 @@ from returnn.tensor import batch_dim as returnn_batch_dim
 
 from .dims import Dim, batch_dim
 from .graph import Graph, Scope
-from .stepnet import layer_refs as _refs, readers_of
+from .stepnet import REF_KEYS, layer_refs as _refs, readers_of
 
 _ARITH = ("add", "sub", "mul", "truediv")
 _EXACT_IN_NUMPY = ("add", "sub", "mul")  # correctly rounded in float32 by numpy as by TensorFlow
@@ -38,9 +38,9 @@ class Emitted:
     # Values a trace derives instead of recording them again (path -> how), see _Emitter.derived():
     trace_derived: dict = field(default_factory=dict)
     after_choice: set = field(default_factory=set)  # in-loop layer paths computed from an rd.choice in their step
-    trace_unbatched: set = field(default_factory=set)
+    trace_unbatched: set = field(default_factory=set)  # in-loop layer paths without the batch dim, recorded with it
     # In a searching loop: layer path -> the unit layer read for it, with the search's beam (see give_beam)
-    beam_alias: dict = field(default_factory=dict)  # in-loop layer paths without the batch dim, recorded with it
+    beam_alias: dict = field(default_factory=dict)
     # With perturb: State layer path -> (extern data key of its zero perturbation [batch, axis, ...], State, Loop)
     perturb: dict = field(default_factory=dict)
 
@@ -402,14 +402,16 @@ class _Emitter:
             return captured
         unit["output"]["initial_output"] = 0  # read as prev:output at step 0 by the beam zeros
         prefix = loop.name + "/"
+
+        def beamed_ref(ref):
+            name = ref[len(prefix):] if isinstance(ref, str) and ref.startswith(prefix) else None
+            return prefix + alias[name] if name in alias else ref
+
         for layer in layers.values():  # stack, last and State finals after the loop read the beamed value
-            for key in ("from", "true_from", "false_from"):
-                value = layer.get(key)
-                if isinstance(value, str) and value.startswith(prefix) and value[len(prefix):] in alias:
-                    layer[key] = prefix + alias[value[len(prefix):]]
-                elif isinstance(value, list):
-                    layer[key] = [prefix + alias[v[len(prefix):]] if isinstance(v, str) and v.startswith(prefix)
-                                  and v[len(prefix):] in alias else v for v in value]
+            for key in REF_KEYS:
+                if key in layer:
+                    value = layer[key]
+                    layer[key] = [beamed_ref(v) for v in value] if isinstance(value, list) else beamed_ref(value)
         return [(path, alias.get(name, name)) for path, name in captured]
 
     def unit_dtype(self, loop, unit: dict, name: str) -> str:
