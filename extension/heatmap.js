@@ -1,12 +1,14 @@
 // recdebug state view: a units x t heatmap of one State (or layer) of one sequence, with axes (unit and step
 // ticks, the dims named), a colour bar with its numeric range (or, for labels, a legend), the cursor on the last
 // step run, padding greyed out, NaN/Inf in colours of their own, exact values in a tooltip at the pointer, the
-// norm per step and the values at the cursor. Values arrive once as a float32 buffer [T][U] (time-major);
-// afterwards only the cursor (and, when stepping live, one new row) changes. A row patch also goes into the
-// model's buffer, so every view of the widget (one shown again in a later cell) draws the same values.
+// norm per step and the values at the cursor. Steps not run yet (a live stepper) are hatched. The picture follows
+// from the model's state alone: `values` (a float32 buffer [T][U], time-major, as last sent whole) with `rows` (the
+// rows changed since, each an int32 step and its float32 row) written over it, so that a view drawn at any
+// moment (the widget shown late or again, the page reloaded) draws what the stepper holds.
 //
 // Step numbering, the same everywhere in the debugger: t=k is iteration k of the loop (loop.index == k), counted
-// from 0; the cursor marks the last step run (t=-1: none yet, the initial values).
+// from 0; the cursor marks the last step run (t=-1: none yet, the initial values), or in a recorded trace the step
+// looked at.
 
 const NAN_COLOR = [0, 200, 90];     // green
 const INF_COLOR = [255, 0, 255];    // magenta
@@ -14,6 +16,7 @@ const PAD_COLOR = [190, 190, 190];  // grey
 const MAX_W = 1200;                 // at most this many pixel columns: longer loops are downsampled
 const MAX_H = 256;                  // at most this many pixel rows: wider states are downsampled
 const LEFT = 48, RIGHT = 70, AXIS_H = 30;  // gutters (CSS px): unit ticks, colour bar, step ticks
+const HATCH_BG = "rgba(128, 128, 128, 0.10)", HATCH_LINE = "rgba(128, 128, 128, 0.6)";  // not run yet
 const PALETTE = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
   [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]];
 
@@ -124,13 +127,13 @@ function render({ model, el: root }) {
   legend.style.margin = `2px 0 2px ${LEFT}px`;
   const norm = el("canvas", "rd-norm", root);
   norm.style.width = "100%";
-  norm.style.height = "46px";
+  norm.style.height = "58px";
   norm.style.display = "block";
   const readout = el("div", "rd-readout", root);
   readout.style.margin = `2px 0 2px ${LEFT}px`;
   const bars = el("canvas", "rd-bars", root);
   bars.style.width = "100%";
-  bars.style.height = "50px";
+  bars.style.height = "72px";
   bars.style.display = "block";
 
   let values = new Float32Array(0), T = 0, U = 0, scale = 1, diff = new Uint8Array(0);
@@ -143,11 +146,19 @@ function render({ model, el: root }) {
   };
 
   function textColor() { return getComputedStyle(root).color || "#222"; }
+  function backColor() {  // the page's background behind this view (light or dark theme)
+    for (let e = root; e; e = e.parentElement) {
+      const c = getComputedStyle(e).backgroundColor;
+      if (c && c !== "transparent" && !/rgba\(.*,\s*0\)$/.test(c)) return c;
+    }
+    return "white";
+  }
 
   function load() {
     values = floats(model.get("values"));
     [T, U] = model.get("shape");
     if (values.length !== T * U) values = new Float32Array(T * U);
+    applyRows();
     diff = bytes(model.get("diff"));
     const h = plotHeight(U);
     wrap.style.height = (h + AXIS_H) + "px";
@@ -155,6 +166,17 @@ function render({ model, el: root }) {
     axes.style.height = (h + AXIS_H) + "px";
     rescale();
     drawAll();
+  }
+
+  function applyRows() {  // the rows changed since `values` was sent: int32 step, then U float32, each
+    const view = model.get("rows");
+    if (!view || view.byteLength === 0 || U === 0) return;
+    const buf = view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength);
+    const record = 4 + 4 * U, steps = new DataView(buf);
+    for (let off = 0; off + record <= buf.byteLength; off += record) {
+      const t = steps.getInt32(off, true);
+      if (t >= 0 && t < T) values.set(new Float32Array(buf, off + 4, U), t * U);
+    }
   }
 
   function rescale() {
@@ -223,7 +245,21 @@ function render({ model, el: root }) {
     const fg = textColor();
     ctx.font = "11px sans-serif";
     ctx.fillStyle = fg; ctx.strokeStyle = fg; ctx.lineWidth = 1;
-    // frame of the plot area (the empty part of a loop not run yet is still framed)
+    const upto = shown();
+    if (upto < T && T > 0 && pw > 0 && H > 0) {  // steps not run yet (or not revealed): hatched, no colour of the scale
+      const x0 = LEFT + upto * pw / T;
+      ctx.save();
+      ctx.beginPath(); ctx.rect(x0, 0, LEFT + pw - x0, H); ctx.clip();
+      ctx.fillStyle = HATCH_BG; ctx.fillRect(x0, 0, LEFT + pw - x0, H);
+      ctx.strokeStyle = HATCH_LINE; ctx.lineWidth = 1.5;
+      ctx.beginPath();
+      for (let s = x0 - H; s < LEFT + pw; s += 7) { ctx.moveTo(s, H); ctx.lineTo(s + H, 0); }
+      ctx.stroke();
+      ctx.restore();
+      ctx.strokeStyle = fg;
+    }
+    root.dataset.shown = String(upto);
+    // frame of the plot area (the part of a loop not run yet is still framed)
     ctx.globalAlpha = 0.5; ctx.strokeRect(LEFT - 0.5, -0.5 + 0.5, pw + 1, H); ctx.globalAlpha = 1;
     if (T > 0 && pw > 0) {  // step ticks at the centre of their column
       ctx.textAlign = "center"; ctx.textBaseline = "top";
@@ -240,7 +276,7 @@ function render({ model, el: root }) {
       for (const u of niceSteps(U, H / 14)) {
         const y = (u + 0.5) * H / U;
         ctx.beginPath(); ctx.moveTo(LEFT - 4, y); ctx.lineTo(LEFT, y); ctx.stroke();
-        ctx.fillText(String(u), LEFT - 6, y);
+        ctx.fillText(String(u), LEFT - 6, Math.max(6, Math.min(H - 6, y)));  // whole, not cut at the edges
       }
       ctx.save(); ctx.translate(10, H / 2); ctx.rotate(-Math.PI / 2); ctx.textAlign = "center";
       ctx.fillText("unit", 0, 0); ctx.restore();
@@ -269,11 +305,11 @@ function render({ model, el: root }) {
       ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, H); ctx.stroke();
     }
     const cursor = model.get("cursor");
-    if (cursor >= 0 && T > 0) {  // the cursor: black with a white edge, seen on any colour and theme
+    if (cursor >= 0 && T > 0) {  // the cursor: the text colour with an edge of the page's, seen on any colour and theme
       const x = LEFT + (cursor + 0.5) * pw / T;
-      ctx.strokeStyle = "white"; ctx.lineWidth = 4;
+      ctx.strokeStyle = backColor(); ctx.lineWidth = 4;
       ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, H); ctx.stroke();
-      ctx.strokeStyle = "black"; ctx.lineWidth = 2;
+      ctx.strokeStyle = fg; ctx.lineWidth = 2;
       ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, H); ctx.stroke();
       root.dataset.cursorX = x.toFixed(2);
     } else {
@@ -336,26 +372,28 @@ function render({ model, el: root }) {
     grads = floats(model.get("grad_norms"));
     let gm = 0;
     for (let t = 0; t < Math.min(length, grads.length); t++) if (Number.isFinite(grads[t]) && grads[t] > gm) gm = grads[t];
-    ctx.fillStyle = fg; ctx.textAlign = "right"; ctx.textBaseline = "top";
-    ctx.fillText(short(m), LEFT - 6, 1);
-    ctx.textBaseline = "bottom"; ctx.fillText("0", LEFT - 6, H - 1);
+    // a band for the captions above the plot: the line never crosses them
+    const TOPBAND = 16, y0 = TOPBAND + 2, y1 = H - 3;
+    ctx.fillStyle = fg; ctx.textAlign = "right"; ctx.textBaseline = "middle";
+    ctx.fillText(short(m), LEFT - 6, y0);
+    ctx.fillText("0", LEFT - 6, y1);
     ctx.textAlign = "left"; ctx.textBaseline = "top"; ctx.globalAlpha = 0.75;
     ctx.fillText("norm per step (L2 over units)", LEFT + 4, 1);
     ctx.globalAlpha = 0.4; ctx.strokeStyle = fg;
-    ctx.beginPath(); ctx.moveTo(LEFT, H - 2.5); ctx.lineTo(LEFT + pw, H - 2.5); ctx.stroke();
+    ctx.beginPath(); ctx.moveTo(LEFT, y1 + 0.5); ctx.lineTo(LEFT + pw, y1 + 0.5); ctx.stroke();
     ctx.globalAlpha = 1;
     if (T > 0) {
       ctx.strokeStyle = "#3a78d8"; ctx.lineWidth = 1.5; ctx.beginPath();
       for (let t = 0; t < length; t++) {
         const x = LEFT + (t + 0.5) * pw / T;
-        const y = H - 3 - (Number.isFinite(norms[t]) ? norms[t] / (m || 1) : 1) * (H - 16);
+        const y = y1 - (Number.isFinite(norms[t]) ? norms[t] / (m || 1) : 1) * (y1 - y0);
         if (t === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
       }
       ctx.stroke();
       if (grads.length === T && gm > 0) {  // the gradient of the loss with respect to the value, per step
         ctx.strokeStyle = "#e07020"; ctx.lineWidth = 1.5; ctx.setLineDash([4, 2]); ctx.beginPath();
         for (let t = 0; t < Math.min(length, T); t++) {
-          const x = LEFT + (t + 0.5) * pw / T, y = H - 3 - grads[t] / gm * (H - 16);
+          const x = LEFT + (t + 0.5) * pw / T, y = y1 - grads[t] / gm * (y1 - y0);
           if (t === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
         }
         ctx.stroke(); ctx.setLineDash([]);
@@ -363,7 +401,7 @@ function render({ model, el: root }) {
         ctx.fillText(`- - |dloss/dvalue| per step (max ${short(gm)})`, LEFT + pw, 1);
       }
       const cursor = model.get("cursor");
-      if (cursor >= 0) { ctx.fillStyle = fg; ctx.fillRect(LEFT + (cursor + 0.5) * pw / T - 1, 12, 2, H - 14); }
+      if (cursor >= 0) { ctx.fillStyle = fg; ctx.fillRect(LEFT + (cursor + 0.5) * pw / T - 1, y0, 2, y1 - y0); }
     }
   }
 
@@ -376,7 +414,7 @@ function render({ model, el: root }) {
       readout.textContent = "t=-1: no step run yet (the initial values)";
       return;
     }
-    if (cursor >= T || cursor >= model.get("known")) { readout.textContent = ""; return; }
+    if (cursor >= T || cursor >= model.get("known")) { readout.textContent = `t=${cursor}: not run yet`; return; }
     if (cursor >= model.get("length")) {
       readout.textContent = `t=${cursor}: padding (this sequence has ${model.get("length")} steps, ` +
         `t=0…${model.get("length") - 1})`;
@@ -401,21 +439,32 @@ function render({ model, el: root }) {
     readout.textContent = `t=${cursor}: ${stats}` + (U <= 8 ? ` · values (unit 0…${U - 1}): ` +
       Array.from(row, fmt).join(" ") : "");
     bars.style.display = "block";
+    // the values at the cursor as bars: one per unit, the colour bar's range up and down, the axes named
     const [ctx2, W2, H2] = sized(bars);
-    const pw = W2 - LEFT - RIGHT;
+    const pw = W2 - LEFT - RIGHT, top = 14, bottom = H2 - 16, mid = (top + bottom) / 2, half = (bottom - top) / 2;
     const fg = textColor();
-    ctx2.font = "11px sans-serif"; ctx2.fillStyle = fg; ctx2.textAlign = "right"; ctx2.textBaseline = "middle";
-    ctx2.fillText("at t=" + cursor, LEFT - 6, H2 / 2);
+    ctx2.font = "11px sans-serif"; ctx2.fillStyle = fg;
+    ctx2.textAlign = "left"; ctx2.textBaseline = "top"; ctx2.globalAlpha = 0.75;
+    ctx2.fillText(`values at t=${cursor}, one bar per unit`, LEFT + 4, 0);
+    ctx2.globalAlpha = 1;
+    ctx2.textAlign = "left"; ctx2.textBaseline = "middle";  // value axis, on the right like the colour bar's
+    for (const [y, s] of [[top, "+" + short(scale)], [mid, "0"], [bottom, "-" + short(scale)]]) {
+      ctx2.fillText(s, LEFT + pw + 6, y);
+    }
     ctx2.globalAlpha = 0.4; ctx2.strokeStyle = fg;
-    ctx2.beginPath(); ctx2.moveTo(LEFT, H2 / 2 + 0.5); ctx2.lineTo(LEFT + pw, H2 / 2 + 0.5); ctx2.stroke();
+    ctx2.beginPath(); ctx2.moveTo(LEFT, mid + 0.5); ctx2.lineTo(LEFT + pw, mid + 0.5); ctx2.stroke();
+    ctx2.strokeRect(LEFT - 0.5, top - 0.5, pw + 1, bottom - top + 1);
     ctx2.globalAlpha = 1;
     const bw = pw / U;
+    ctx2.textAlign = "center"; ctx2.textBaseline = "top";  // unit axis
+    for (const u of niceSteps(U, pw / 38)) ctx2.fillText(String(u), LEFT + (u + 0.5) * bw, bottom + 2);
+    ctx2.textAlign = "right"; ctx2.fillText("unit", LEFT - 6, bottom + 2);
     for (let u = 0; u < U; u++) {
       const v = row[u];
       const rgb = Number.isNaN(v) ? NAN_COLOR : !Number.isFinite(v) ? INF_COLOR : v >= 0 ? [214, 70, 60] : [55, 105, 215];
       ctx2.fillStyle = `rgb(${rgb[0]},${rgb[1]},${rgb[2]})`;
-      const h = Number.isFinite(v) ? Math.min(1, Math.abs(v) / scale) * (H2 / 2 - 2) : H2 / 2 - 2;
-      ctx2.fillRect(LEFT + u * bw, v >= 0 ? H2 / 2 - h : H2 / 2, Math.max(1, bw - (bw > 3 ? 1 : 0)), Math.max(1, h));
+      const h = Number.isFinite(v) ? Math.min(1, Math.abs(v) / scale) * (half - 1) : half - 1;
+      ctx2.fillRect(LEFT + u * bw, v >= 0 ? mid - h : mid, Math.max(1, bw - (bw > 3 ? 1 : 0)), Math.max(1, h));
     }
   }
 
@@ -437,7 +486,7 @@ function render({ model, el: root }) {
     const u = Math.min(U - 1, Math.floor(y / H * U));
     const v = values[t * U + u];
     let what;
-    if (t >= shown()) what = "not run yet";
+    if (t >= shown()) what = model.get("recorded") ? "after the cursor (not revealed)" : "not run yet";
     else if (t >= model.get("length")) what = "padding";
     else if (categorical()) {
       const names = model.get("labels") || [];
@@ -445,9 +494,12 @@ function render({ model, el: root }) {
     } else what = fmt(v);
     tooltip.textContent = `t=${t} unit=${u} value=${what}`;
     tooltip.style.display = "block";
-    const left = x + LEFT + 14, wide = tooltip.offsetWidth;
-    tooltip.style.left = Math.max(0, Math.min(left, r.width - wide - 2)) + "px";
-    tooltip.style.top = Math.max(0, y - 28) + "px";
+    // beside the pointer and inside the plot: never over the colour bar and its numbers
+    const wide = tooltip.offsetWidth, high = tooltip.offsetHeight || 20;
+    let left = x + LEFT + 14;
+    if (left + wide > LEFT + pw) left = x + LEFT - 14 - wide;
+    tooltip.style.left = Math.max(0, left) + "px";
+    tooltip.style.top = (y - high - 8 >= 0 ? y - high - 8 : y + 16) + "px";
   }
   const onLeave = () => { tooltip.style.display = "none"; };
   axes.addEventListener("mousemove", onMove);
@@ -487,21 +539,6 @@ function render({ model, el: root }) {
   axes.addEventListener("mousemove", onDrag);
   window.addEventListener("mouseup", onUp);
 
-  function onPatch() {  // int32 step, then that step's float32 row
-    const view = model.get("patch");
-    if (!view || view.byteLength < 4) return;
-    const t = new DataView(view.buffer, view.byteOffset, 4).getInt32(0, true);
-    const row = floats(new DataView(view.buffer, view.byteOffset + 4, view.byteLength - 4));
-    if (!(t >= 0 && t < T && row.length === U)) return;
-    let same = true;
-    for (let u = 0; u < U; u++) if (!Object.is(values[t * U + u], row[u])) { same = false; break; }
-    if (same) return;  // another view of this widget put it into the model already
-    values.set(row, t * U);
-    // into the model's buffer too: a view drawn later (the widget shown again) starts from these values
-    const copy = new Float32Array(values);
-    model.set("values", new DataView(copy.buffer));
-  }
-
   model.on("change:values", load);
   model.on("change:shape", load);
   model.on("change:diff", load);
@@ -515,7 +552,7 @@ function render({ model, el: root }) {
     if (model.get("reveal")) { rescale(); drawHeat(); drawLegend(); }
     drawAxes(); drawNorm(); drawReadout();
   });
-  model.on("change:patch", onPatch);
+  model.on("change:rows", load);
   model.on("change:highlight", drawAxes);
   model.on("change:units_text", drawAll);
   const resize = new ResizeObserver(() => { drawAxes(); drawNorm(); drawReadout(); });

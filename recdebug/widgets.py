@@ -36,19 +36,24 @@ def _module(name: str) -> str:
 
 class HeatmapView(anywidget.AnyWidget):
     """One state view: heatmap units x t for one sequence with axes and a colour bar (a legend for labels),
-    cursor, hover, readout, norm over time."""
+    cursor, hover, readout, norm over time.
+
+    What the page draws follows from the synced traits alone, so that a view drawn at any moment (the widget
+    shown late, shown again, the page reloaded) draws the same: ``values`` as last sent whole, with ``rows`` (the
+    rows changed since, each with its step) written over it. A live step sends the few changed rows; once they
+    are many, the whole array goes out again and ``rows`` starts empty."""
 
     _esm = _module("heatmap.js")
     title = tl.Unicode("").tag(sync=True)
-    values = tl.Bytes(b"").tag(sync=True)  # float32 [T][U], time-major
+    values = tl.Bytes(b"").tag(sync=True)  # float32 [T][U], time-major, as last sent whole
+    rows = tl.Bytes(b"").tag(sync=True)  # the rows changed since: records of int32 step, then float32 [U]
     shape = tl.List(tl.Int(), [0, 0]).tag(sync=True)
     length = tl.Int(0).tag(sync=True)  # valid steps of this sequence; later ones are padding
     known = tl.Int(0).tag(sync=True)  # steps computed so far (a live stepper fills rows as it goes)
     cursor = tl.Int(-1).tag(sync=True)  # the step shown (-1: before the first step)
+    recorded = tl.Bool(False).tag(sync=True)  # a recorded trace: every step is there, the cursor is where one looks
     diff = tl.Bytes(b"").tag(sync=True)  # uint8 [T][U]: 1 where another run differs
     diff_first = tl.Int(-1).tag(sync=True)
-    patch = tl.Bytes(b"").tag(sync=True)  # one row: int32 step, then float32 [U] (the step is in the bytes, so
-    patch_t = tl.Int(-1)  # that two equal rows in a row still change the trait); the step, for Python
     unit_label = tl.Unicode("").tag(sync=True)  # what the rows are: "hidden (5 units)"
     axis_label = tl.Unicode("t").tag(sync=True)  # what the columns are: "t (loop steps)"
     scale = tl.Float(0.0).tag(sync=True)  # the colour bar's range: +-scale (0: this view's own max |value|)
@@ -64,51 +69,60 @@ class HeatmapView(anywidget.AnyWidget):
         super().__init__(**kwargs)
         self.key = key
         self._array = np.zeros((0, 0), np.float32)
+        self._changed: dict = {}  # step -> row: what ``rows`` holds
 
     def show(self, array: np.ndarray, length: int, known: int, title: str | None = None):
         """Send a whole [T, U] array (once per sequence or layer)."""
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        self._array = array
+        array = np.array(array, dtype=np.float32, order="C")
+        self._array, self._changed = array, {}
         with self.hold_sync():
             if title is not None:
                 self.title = title
             self.shape = list(array.shape)
             self.values = array.tobytes()
+            self.rows = b""
             self.length = int(length)
             self.known = int(known)
             self.diff, self.diff_first = b"", -1
 
-    def set_row(self, t: int, row: np.ndarray, known: int | None = None):
-        """Send one row (a live step): a few hundred bytes instead of the whole array."""
-        row = np.ascontiguousarray(row, dtype=np.float32).reshape(-1)
-        self._array[t] = row
+    def set_rows(self, rows: dict, known: int | None = None):
+        """Send the rows {step: [U] values} that changed (live steps): a few hundred bytes each instead of the
+        whole array, until so many have changed that the whole array is as cheap."""
+        for t, row in rows.items():
+            self._array[t] = np.asarray(row, dtype=np.float32).reshape(-1)
+            self._changed[int(t)] = self._array[t].copy()
         with self.hold_sync():
-            self.patch_t = t
-            self.patch = np.int32(t).tobytes() + row.tobytes()
+            if len(self._changed) > max(8, self._array.shape[0] // 8):
+                self._changed = {}
+                self.values = self._array.tobytes()
+                self.rows = b""
+            else:
+                self.rows = b"".join(np.int32(t).tobytes() + row.tobytes() for t, row in self._changed.items())
             if known is not None:
-                self.known = known
-        # the whole array as the state of ``values`` too, not sent (the browser patched its copy): a view drawn
-        # later (the widget shown again, the page reloaded) starts from it, and a later show() of equal values
-        # compares with what the browser really has
-        data = self._array.tobytes()
-        with self._lock_property(values=data):
-            self.values = data
+                self.known = int(known)
 
-    def update(self, array: np.ndarray, length: int, known: int, max_rows: int = 4):
-        """Bring the view to ``array``: the rows that differ as patches when they are few, else all of it."""
+    def update(self, array: np.ndarray, length: int, known: int):
+        """Bring the view to ``array``: only the rows that differ (or all of it when its shape changed)."""
         array = np.asarray(array, dtype=np.float32)
         old = self._array
         if old.shape != array.shape:
             return self.show(array, length, known)
         same = (old == array) | (np.isnan(old) & np.isnan(array))
         changed = np.nonzero(~same.all(axis=1))[0]
-        if len(changed) > max_rows:
-            return self.show(array, length, known)
-        for t in changed:  # one message each: a held sync would send only the last row
-            self.set_row(int(t), array[t])
         with self.hold_sync():
+            if len(changed):
+                self.set_rows({int(t): array[t] for t in changed})
             self.length = int(length)
             self.known = int(known)
+
+    def drawn(self) -> np.ndarray:
+        """[T, U]: the values a view drawn now shows, read from the synced traits as the browser reads them."""
+        T, U = self.shape
+        out = np.frombuffer(self.values, np.float32).reshape(T, U).copy() if T * U else np.zeros((T, U), np.float32)
+        record = np.dtype([("t", "<i4"), ("row", "<f4", (U,))])
+        for t, row in np.frombuffer(self.rows, record) if self.rows else ():
+            out[t] = row
+        return out
 
     def value_at(self, t: int, unit: int) -> float:
         """The exact value the hover shows at (t, unit)."""
@@ -173,7 +187,8 @@ class Debugger(w.VBox):
         self.views: dict = {}  # key -> HeatmapView
         self._build_views()
         # the picked layer's view: hidden until a layer is picked in the hierarchy
-        self.picked = HeatmapView("", title="", reveal=self.reveal, layout=w.Layout(display="none"))
+        self.picked = HeatmapView("", title="", reveal=self.reveal, recorded=self.trace is not None,
+                                  layout=w.Layout(display="none"))
         self.hierarchy = HierarchyView(nodes=self._nodes())
         self.hierarchy.observe(self._from_browser(lambda ch: self.select_layer(ch["new"])), "selected")
         self.net_text = w.HTML(value=_pre(self._net_text()), layout=w.Layout(width="100%"))
@@ -184,7 +199,7 @@ class Debugger(w.VBox):
         super().__init__(children=[
             w.HBox([self.b_reset, self.b_back, self.b_step, self.b_run, self.seq, self.threshold],
                    layout=w.Layout(flex_flow="row wrap", align_items="center")),
-            self.slider, self.status_html, w.HTML(_CONVENTION), *beam_box,
+            self.slider, self.status_html, self.legend, *beam_box,
             # side by side when there is room, else the hierarchy below the views
             w.HBox([w.VBox(list(self.views.values()) + [self.picked],
                            layout=w.Layout(flex="2 1 460px", min_width="0", max_width="100%")),
@@ -212,6 +227,9 @@ class Debugger(w.VBox):
             self._driving = False  # True while this debugger moves the stepper itself
             self.t = self.stepper.t
             self.stepper.watch(self._follow)
+        else:  # a recorded trace: every step is there; the cursor starts on t=0
+            self.slider.min = self._first - 1
+            self.t = self._first
 
     # --- beam search ---
     def _beam_steps(self):
@@ -279,7 +297,7 @@ class Debugger(w.VBox):
             self.breakpoint = ""
         self.diff_summary = ""
         ended = f", ended at t={hyp['end_step']}" if hyp["end_step"] >= 0 else ""
-        self._hyp_text = f"hypothesis {k} at t={t}: labels {hyp['labels']}, score {hyp['score']:.4f}{ended}"
+        self._hyp_text = f"drawn along hypothesis {k} at t={t}: labels {hyp['labels']}, score {hyp['score']:.4f}{ended}"
         for view in self._active_views():
             self._send(view)
         self._place_cursor(self.t)
@@ -309,7 +327,8 @@ class Debugger(w.VBox):
 
     def _build_views(self):
         for key in self._state_keys():
-            self.views[key] = HeatmapView(key, title=f"State {key}", reveal=self.reveal, **self._describe(key))
+            self.views[key] = HeatmapView(key, title=f"State {key}", reveal=self.reveal,
+                                          recorded=self.trace is not None, **self._describe(key))
             self._watch_brush(self.views[key])
 
     def _watch_brush(self, view: HeatmapView):
@@ -448,8 +467,9 @@ class Debugger(w.VBox):
     # --- controls ---
     def _controls(self):
         button = w.Layout(width="auto", min_width="64px")
-        self.b_reset = w.Button(description="reset", tooltip="back to before t=0 (the initial values)",
-                                layout=button)
+        self.b_reset = w.Button(description="reset", layout=button,
+                                tooltip="back to before t=0 (the initial values)" if self.trace is None else
+                                "the cursor back to t=0")
         self.b_back = w.Button(description="◀ back", tooltip="one step back", layout=button)
         self.b_step = w.Button(description="step ▶", tooltip="run one step", layout=button)
         self.b_run = w.Button(description="run ▶▶", tooltip="run to the end, or to the next breakpoint (NaN/Inf)",
@@ -471,6 +491,7 @@ class Debugger(w.VBox):
                                      layout=w.Layout(width="190px"), style={"description_width": "initial"})
         self.seq.observe(self._from_browser(lambda ch: self.select_sequence(ch["new"])), "value")
         self.status_html = w.HTML()
+        self.legend = w.HTML(_convention(self.trace is not None, self.reveal))
 
     def _from_browser(self, callback):
         """``callback`` for a control in the page: a recdebug error (e.g. the stepper was closed since) goes to
@@ -489,17 +510,24 @@ class Debugger(w.VBox):
     def step_back(self, n: int = 1):
         self.seek(self.t - n)
 
+    @property
+    def _first(self) -> int:
+        """The lowest ``t``: 0 for a stepper (no step run yet); 1 for a trace (its cursor is on a recorded step)."""
+        return 1 if self.trace is not None and self.T > 0 else 0
+
     def reset(self):
+        """Back to the start: a stepper to before t=0 (its initial values), a trace's cursor to t=0."""
         if self.stepper is not None:
             self._drive(self.stepper.reset)
         self.breakpoint = ""
-        if self.t == 0:  # no move, but the values may have changed
-            self._on_t({"new": 0})
-        self.seek(0)
+        if self.t == self._first:  # no move, but the values may have changed
+            self._on_t({"new": self.t})
+        self.seek(self._first)
 
     def seek(self, t: int):
-        """Move to ``t`` steps done: the cursor on t-1 (a stepper computes the steps it has not run yet)."""
-        t = max(0, min(int(t), self.T))
+        """Move to ``t`` steps done: the cursor on t-1 (a stepper computes the steps it has not run yet; a trace's
+        cursor stays on its recorded steps)."""
+        t = max(self._first, min(int(t), self.T))
         if self.stepper is not None:
             if t != self.stepper.t:
                 self._drive(lambda: self.stepper.run_to(t))
@@ -749,11 +777,13 @@ class Debugger(w.VBox):
                 self._edits_seen = len(self.stepper.edits)
                 for view in self._active_views():
                     self._send(view)
+            length = self._length(self.sequence)
             for view in self._active_views():
                 rows = self._stepper_rows(view.key)
-                if view.known < t:
-                    for k in range(view.known, t):
-                        view.set_row(k, rows[k, self.sequence], known=k + 1)
+                with view.hold_sync():  # the new rows, the steps known and where the sequence ended: one message
+                    if view.known < t:
+                        view.set_rows({k: rows[k, self.sequence] for k in range(view.known, t)}, known=t)
+                    view.length = length
         self._place_cursor(t)
 
     def _place_cursor(self, t: int):
@@ -771,7 +801,7 @@ class Debugger(w.VBox):
     def _refresh_status(self):
         from .stepper import ended_text, steps_text
 
-        parts = [steps_text(self.t, self.T)]
+        parts = [steps_text(self.t, self.T) if self.trace is None else recorded_text(self.t, self.T)]
         parts.append(self.trace.device if self.trace is not None else self.stepper.device)
         b = self.sequence
         if self.beams is None:
@@ -792,9 +822,27 @@ class Debugger(w.VBox):
         self.status_html.value = f"<span class='rd-status'>{html.escape(self.status)}</span>"
 
 
-_CONVENTION = ("<span class='rd-convention' style='opacity:0.75;font-size:11px;line-height:1.3;display:block'>t=k is iteration k of the loop "
-               "(loop.index == k), counted from 0 · the black line marks the last step run · grey: padding (the "
-               "sequence had ended) · empty: not run yet</span>")
+def recorded_text(t: int, T: int) -> str:
+    """Where a trace's cursor is: every step is recorded, the cursor is the step looked at."""
+    if T <= 0:
+        return "no step recorded (the loop ran 0 steps)"
+    return f"at t={t - 1} (recorded trace: all {T} steps, t=0…{T - 1})"
+
+
+def _convention(recorded: bool, reveal: bool) -> str:
+    """The legend under the status line: the step numbering, and what the cursor, grey and hatching mean here."""
+    parts = ["t=k is iteration k of the loop (loop.index == k), counted from 0"]
+    if recorded:
+        parts.append("every step is recorded; the cursor line marks the step you look at")
+    else:
+        parts.append("the cursor line marks the last step run")
+    parts.append("grey: padding (the sequence had ended)")
+    if not recorded:
+        parts.append("hatched: not run yet")
+    elif reveal:
+        parts.append("hatched: after the cursor (reveal=True)")
+    return ("<span class='rd-convention' style='opacity:0.75;font-size:11px;line-height:1.3;display:block'>"
+            + html.escape(" · ".join(parts)) + "</span>")
 
 
 def _pre(text: str) -> str:

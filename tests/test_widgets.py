@@ -7,6 +7,7 @@ import pytest
 from ipywidgets.widgets import widget as ipywidget
 
 import recdebug as rd
+from recdebug.widgets import HeatmapView
 from test_design_examples import lstm_loop
 
 batch = rd.batch_dim
@@ -24,9 +25,12 @@ def case(rng):
 def test_controls_move_the_step_and_every_view_follows(case):
     g, time, dim, lstm, loop, x_np, tr = case
     d = rd.debugger(tr)
-    assert set(d.views) == {"loop/lstm.h", "loop/lstm.c"} and d.T == 6 and d.t == 0
-    assert d.status == "before t=0 (0 of 6 steps run) · cpu"
-    d.step()
+    # a recorded trace: every step is there and the cursor starts on t=0, where one looks first
+    assert set(d.views) == {"loop/lstm.h", "loop/lstm.c"} and d.T == 6 and d.t == 1
+    assert d.status == "at t=0 (recorded trace: all 6 steps, t=0…5) · cpu"
+    assert "every step is recorded" in d.legend.value and "not run yet" not in d.legend.value
+    assert all(v.recorded and v.known == 6 and v.cursor == 0 for v in d.views.values())
+    assert d.slider.min == 0 and d.slider.value == 0
     d.step()
     assert d.t == 2 and d.slider.value == 1  # the slider shows the cursor: t=1
     assert all(v.cursor == 1 for v in d.views.values())
@@ -36,19 +40,22 @@ def test_controls_move_the_step_and_every_view_follows(case):
     assert d.t == 1 and d.views["loop/lstm.c"].cursor == 0
     d.slider.value = 4  # the time slider: the cursor to t=4
     assert d.t == 5 and d.views["loop/lstm.h"].cursor == 4
-    d.slider.value = -1  # before the first step
-    assert d.t == 0 and d.views["loop/lstm.h"].cursor == -1
-    d.run()
-    assert d.t == 6 and d.breakpoint == "" and d.status.startswith("at t=5 (6 of 6 steps run) · cpu · sequence 0 ended after t=5 (6 steps)")
-    d.reset()
-    assert d.t == 0 and all(v.cursor == -1 for v in d.views.values())
-    d.b_step.click()
+    d.slider.value = 0  # the first step
+    assert d.t == 1 and d.views["loop/lstm.h"].cursor == 0
+    d.seek(0)  # a trace has no step before t=0 to look at
     assert d.t == 1
+    d.run()
+    assert d.t == 6 and d.breakpoint == "" and d.status.startswith(
+        "at t=5 (recorded trace: all 6 steps, t=0…5) · cpu · sequence 0 ended after t=5 (6 steps)")
+    d.reset()
+    assert d.t == 1 and all(v.cursor == 0 for v in d.views.values())
+    d.b_step.click()
+    assert d.t == 2
     d.b_run.click()
     d.b_back.click()
     assert d.t == 5
     d.b_reset.click()
-    assert d.t == 0
+    assert d.t == 1
 
 
 def test_sequence_selection_sends_that_sequences_values(case):
@@ -84,7 +91,7 @@ def test_selecting_a_layer_in_the_hierarchy_shows_its_values(case):
     sig = tr.numpy("loop/lstm.sigmoid", order=(batch, time, dim))
     np.testing.assert_array_equal(np.frombuffer(d.picked.values, np.float32).reshape(6, 4), sig[0])
     d.step(2)
-    assert d.picked.cursor == 1
+    assert d.picked.cursor == 2
     d.select_layer("lstm.ff_linear.weight")
     assert "no per-step values" in d.picked.title
     assert '"class": "rec"' in d.net_text.value
@@ -181,13 +188,15 @@ def test_live_stepper_debugger_sends_one_row_per_step(case):
     d.step()
     assert st.t == 2 and view.known == 2 and view.cursor == 1
     np.testing.assert_allclose(view.readout(), st.value(lstm.c)[0], atol=1e-6)
-    assert len(view.patch) == 4 + 4 * 4  # the new row only (its step, then its values)
+    assert len(view.rows) == 2 * (4 + 4 * 4)  # the rows since the first drawing (each its step, then its values)
+    assert not np.frombuffer(view.values, np.float32).any()  # the first drawing, not sent again
+    np.testing.assert_allclose(view.drawn()[:2], [st.value(lstm.c, at=k)[0] for k in (1, 2)], atol=1e-6)
     d.step_back()
     assert st.t == 1 and view.cursor == 0
     c = tr.numpy(lstm.c, order=(batch, time, dim))
     d.run()
     assert st.t == 6
-    np.testing.assert_allclose(view._array, c[0], atol=1e-5)  # the rows the browser got, one patch per step
+    np.testing.assert_allclose(view.drawn(), c[0], atol=1e-5)  # what the browser draws: every step
     d.select_layer("loop/lstm.tanh")
     assert d.picked.shape == [6, 4]
 
@@ -202,7 +211,7 @@ def test_live_stepper_debugger_shows_the_steps_after_an_edit(case):
     st.set_state(lstm.c, np.full((4, 4), 3.0, np.float32))  # from code, while the widget is shown
     d.step(2)
     assert st.t == 4
-    rows = np.frombuffer(view.values, np.float32).reshape(6, 4)
+    rows = view.drawn()
     np.testing.assert_allclose(rows[0], tr.numpy(lstm.c, order=(batch, time, dim))[0, 0], atol=1e-5)
     np.testing.assert_allclose(rows[1], 3.0)  # the edited value after step 1
     for k in (2, 3):  # after the edit: the recomputed steps, not the ones shown before
@@ -229,7 +238,7 @@ def test_live_debugger_follows_its_stepper_driven_from_code(case):
     st.run_to(4)
     assert d.t == 4 and d.slider.value == 3 and view.cursor == 3 and view.known == 4
     assert d.status.startswith("at t=3 (4 of 6 steps run)")
-    np.testing.assert_allclose(np.frombuffer(view.values, np.float32).reshape(6, 4)[:4], c[0, :4], atol=1e-5)
+    np.testing.assert_allclose(view.drawn()[:4], c[0, :4], atol=1e-5)
     st.set_state(lstm.c, np.full((4, 4), 3.0, np.float32))  # an edit at the same step
     np.testing.assert_allclose(view.readout(), 3.0)
     st.step_back(2)
@@ -243,21 +252,58 @@ def test_live_debugger_follows_its_stepper_driven_from_code(case):
     assert "stepper closed: its close() was called" in d.status
 
 
-def test_a_view_shown_again_starts_from_the_rows_sent_since(case):
-    """A live view's rows arrive as patches; the widget's state (what a view drawn later, or after a page reload,
-    starts from) holds them too, not the values of its first drawing."""
+def _synced(view) -> np.ndarray:
+    """What a view drawn from the widget's synced state shows (as the browser reads it after a reload)."""
+    state = view.get_state()
+    T, U = state["shape"]
+    out = np.frombuffer(bytes(state["values"]), np.float32).reshape(T, U).copy()
+    rows = bytes(state["rows"])
+    for at in range(0, len(rows), 4 + 4 * U):
+        out[int(np.frombuffer(rows[at:at + 4], np.int32)[0])] = np.frombuffer(rows[at + 4:at + 4 + 4 * U], np.float32)
+    return out
+
+
+def test_a_view_drawn_late_reads_every_step_from_the_synced_state(case):
+    """Steps run before the widget is shown (or before a page reload) are in the synced state, not only in
+    messages sent to views that existed then: `values` with `rows` over it is what the stepper holds."""
     g, time, dim, lstm, loop, x_np, tr = case
     st = g.stepper({"x": x_np}, seq_lens={time: LENS})
     d = rd.debugger(st)
     view = d.views["lstm/c"]
-    d.step(3)
-    assert len(view.patch) == 4 + 4 * 4  # sent as a patch
-    state = view.get_state()
-    rows = np.frombuffer(bytes(state["values"]), np.float32).reshape(6, 4)
-    np.testing.assert_allclose(rows[:3], tr.numpy(lstm.c, order=(batch, time, dim))[0, :3], atol=1e-5)
+    st.step(3)  # from code, before any view is drawn
+    assert len(view.rows) == 3 * (4 + 4 * 4)  # the three rows, each with its step
+    drawn = _synced(view)
+    for k in range(3):
+        np.testing.assert_allclose(drawn[k], st.value(lstm.c, at=k + 1)[0], atol=1e-6)
+    assert not drawn[3:].any() and view.known == 3
+    st.run_to(6)
+    np.testing.assert_allclose(_synced(view), tr.numpy(lstm.c, order=(batch, time, dim))[0], atol=1e-5)
+    many = HeatmapView("x")  # once many rows changed, the whole array goes out and `rows` starts empty
+    many.show(np.zeros((20, 2), np.float32), 20, 0)
+    for k in range(9):
+        many.set_rows({k: [k, -k]}, known=k + 1)
+        assert (many.rows == b"") == (k == 8)
+    np.testing.assert_array_equal(_synced(many)[:9], [[k, -k] for k in range(9)])
     first = np.zeros((6, 4), np.float32)
     view.show(first, 6, 0)  # the values of the first drawing again: a change from what the browser has now
-    assert view.values == first.tobytes() and view.known == 0
+    assert view.values == first.tobytes() and view.rows == b"" and view.known == 0
+
+
+def test_a_live_view_greys_the_steps_after_its_sequence_ended(case):
+    """Stepping on after the shown sequence ended: its length reaches the view, so the later steps are padding."""
+    g, time, dim, lstm, loop, x_np, tr = case
+    st = g.stepper({"x": x_np}, seq_lens={time: LENS})
+    d = rd.debugger(st)
+    d.select_sequence(1)  # 3 steps
+    view = d.views["lstm/h"]
+    st.step(2)
+    assert view.length == 6  # not ended yet
+    st.step(3)
+    assert view.length == 3 and "sequence 1 ended after t=2 (3 steps)" in d.status
+    d.run()
+    assert view.length == 3 and view.known == 6 and d.views["lstm/c"].length == 3
+    st.step_back(4)  # before the end again
+    assert view.length == 6
 
 
 def test_views_name_their_axes_share_a_scale_and_draw_labels_as_categories(case):

@@ -85,7 +85,7 @@ def test_trace_file_with_markup_in_keys_and_device_is_shown_as_text(tmp_path):
     assert any(IMG in n["path"] for n in d.hierarchy.nodes)
     assert d.run() is True
     text = shown_text(d)
-    assert f"at t=2 (3 of 6 steps run) · {SCRIPT}" in text  # the device, from the file
+    assert f"at t=2 (recorded trace: all 6 steps, t=0…5) · {SCRIPT}" in text  # the device, from the file
     assert "breakpoint: NaN/Inf in loop/" in text and "diff: first difference: loop/" in text
     assert all(s in text for s in HOSTILE)
     d.select_layer(f"loop/cell.{SCRIPT}")

@@ -1,0 +1,240 @@
+"""What the debugger draws in chromium is what the stepper or trace holds: read off the page (hover values, pixel
+colours of the heatmap, the status and legend text) and compared with ``st.value`` and the trace, for a widget
+displayed after its steps were run, after the page is reloaded, for a sequence that ended, and for a recorded
+trace. Screenshots at 1400 px (light) and 1000 px (dark) go to out/test-artifacts/."""
+import io
+import json
+
+import numpy as np
+import pytest
+from test_widgets_browser import CHROMIUM, OUT, lab, page, set_theme, wait_for_kernel  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.skipif(not __import__("os").path.exists(CHROMIUM),
+                                reason="Debian's chromium is not installed")
+
+SETUP = '''
+import json
+import numpy as np
+import recdebug as rd
+
+batch, time = rd.batch_dim, rd.Dim("time")
+feat, hid = rd.Dim("feat", 3), rd.Dim("hidden", 4)
+with rd.Graph() as g:
+    x = rd.Input("x", {batch, time, feat})
+    h = rd.State({batch, hid}, initial=0)
+    with rd.Loop() as loop:
+        h.assign(rd.tanh(rd.Linear(hid)(loop.unstack(x)) + h.get()))
+x_np = np.random.default_rng(1).standard_normal((2, 9, 3)).astype(np.float32)
+x_np[0, 3:] = 1e6  # garbage in the padding frames of sequence 0
+lens = np.array([3, 9])
+st = g.stepper({"x": x_np}, seq_lens={time: lens})
+d = rd.debugger(st)
+st.step(3)  # before the widget is displayed
+print("EXPECT " + json.dumps([st.value(h, order=(batch, hid), at=k)[0].tolist() for k in (1, 2, 3)]))
+'''
+SHOW_LATE = "d"
+TRACE = '''
+tr = g.trace({"x": x_np}, seq_lens={time: lens})
+print("TRACE " + json.dumps(tr.numpy(h, order=(batch, time, hid)).tolist()))
+rd.debugger(tr)
+'''
+SEARCH_TRACE = '''
+hid2, vocab, emb = rd.Dim("hid", 4), rd.Dim("vocab", 6), rd.Dim("emb", 3)
+with rd.Graph() as g2:
+    enc = rd.Input("enc", {batch, hid2})
+    embed, lin_h, lin_out = rd.Embedding(vocab, emb), rd.Linear(hid2), rd.Linear(vocab)
+    label = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+    s = rd.State({batch, hid2}, initial=enc)
+    with rd.Loop(max_seq_len=6) as loop2:
+        s.assign(rd.tanh(lin_h(rd.concat(embed(label.get()), s.get()))))
+        y = rd.choice(lin_out(s.get()), beam_size=3)
+        label.assign(y)
+        loop2.end(y == 0, include_eos=True)
+rd.debugger(g2.trace({"enc": np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)},
+                     search=True, seed=8))
+'''
+
+LEFT, RIGHT, AXIS_H = 48, 70, 30  # the heatmap's gutters (extension/heatmap.js)
+PAD = (190, 190, 190)
+
+
+def write_notebook(url, token, path, cells):
+    """A notebook written through the server's contents API."""
+    import urllib.request
+
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    body = json.dumps({"type": "notebook", "format": "json", "content": json.loads(nbformat.writes(nb))}).encode()
+    req = urllib.request.Request(f"{url}/api/contents/{path}", data=body, method="PUT",
+                                 headers={"Authorization": f"token {token}", "Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=10).close()
+
+
+def run_all(page, url, token, path, cells):
+    from playwright.sync_api import expect
+
+    page.goto(f"{url}/lab/tree/{path}?token={token}&reset")
+    page.locator(".jp-NotebookPanel:visible .jp-Notebook").wait_for()
+    wait_for_kernel(page, url, token, path=path)
+    page.get_by_role("menuitem", name="Run").click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    last = page.locator(".jp-CodeCell").nth(cells - 1)
+    expect(last.locator(".jp-InputPrompt")).to_contain_text(f"[{cells}]", timeout=300_000)
+
+
+def printed(cell, tag):
+    text = cell.locator(".jp-OutputArea-output").first.inner_text()
+    line = next(s for s in text.splitlines() if s.startswith(tag + " "))
+    return np.array(json.loads(line[len(tag) + 1:]), np.float64)
+
+
+def hover(page, heat, t, u, T, U):
+    """The tooltip's text with the pointer over step t, unit u of a heatmap."""
+    from playwright.sync_api import expect
+
+    overlay = heat.locator(".rd-overlay")
+    overlay.scroll_into_view_if_needed()
+    box = overlay.bounding_box()
+    pw, H = box["width"] - LEFT - RIGHT, box["height"] - AXIS_H
+    page.mouse.move(box["x"] + LEFT + (t + 0.5) * pw / T, box["y"] + (u + 0.5) * H / U)
+    tip = heat.locator(".rd-tooltip")
+    expect(tip).to_contain_text(f"t={t} unit={u} value=")
+    return tip.inner_text().split("value=", 1)[1]
+
+
+def pixel(heat, t, u):
+    """The heatmap canvas' colour (RGBA) at step t, unit u, as the browser drew it."""
+    return heat.locator(".rd-heat").evaluate(
+        f"c => Array.from(c.getContext('2d').getImageData({t}, {u}, 1, 1).data)")
+
+
+def diverging(v, scale):
+    """extension/heatmap.js's colour of a value: blue (-scale), white (0), red (+scale)."""
+    x = max(-1.0, min(1.0, v / scale))
+    if x >= 0:
+        return [255, round(255 * (1 - x)), round(255 * (1 - x))]
+    return [round(255 * (1 + x)), round(255 * (1 + x)), 255]
+
+
+def column_on_screen(page, heat, t, T):
+    """The pixels (RGB) of the middle of step t's column on the page, heatmap and overlay together."""
+    from PIL import Image
+
+    overlay = heat.locator(".rd-overlay")
+    box = overlay.bounding_box()
+    pw, H = box["width"] - LEFT - RIGHT, box["height"] - AXIS_H
+    x0 = box["x"] + LEFT + t * pw / T
+    clip = {"x": x0 + 2, "y": box["y"] + 3, "width": max(4.0, pw / T - 4), "height": H - 6}
+    page.mouse.move(box["x"] + 2, box["y"] + box["height"] + 40)  # no tooltip over it
+    img = Image.open(io.BytesIO(page.screenshot(clip=clip))).convert("RGB")
+    return np.asarray(img).reshape(-1, 3)
+
+
+def check_values(page, heat, expected, T):
+    """Hover and pixel colour of each step of ``expected`` ([steps, units]) against the numbers."""
+    scale = float(heat.get_attribute("data-scale"))
+    for k, row in enumerate(expected):
+        for u, v in enumerate(row):
+            assert float(hover(page, heat, k, u, T, len(row))) == pytest.approx(v, rel=1e-5, abs=1e-6), (k, u)
+            rgba = pixel(heat, k, u)
+            assert rgba[3] == 255 and np.abs(np.array(rgba[:3]) - diverging(v, scale)).max() <= 1, (k, u, rgba)
+
+
+def test_steps_run_before_display_ended_sequences_and_not_run_steps_are_drawn_as_the_stepper_holds(lab, page):
+    """Items: a widget displayed after st.step(3) draws t=0..2 with the stepper's values (also after a page
+    reload); steps not run yet are hatched, unlike a value of 0; once the shown sequence has ended, the later
+    steps are grey padding and the readout says so."""
+    from playwright.sync_api import expect
+
+    url, token = lab
+    write_notebook(url, token, "late.ipynb", [SETUP, SHOW_LATE])
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    run_all(page, url, token, "late.ipynb", 2)
+    setup, shown = page.locator(".jp-CodeCell").nth(0), page.locator(".jp-CodeCell").nth(1)
+    expected = printed(setup, "EXPECT")  # h after steps 1, 2, 3: t=0..2 of sequence 0
+    heat = shown.locator(".rd-heatmap").first
+    expect(shown.locator(".rd-status")).to_contain_text("at t=2 (3 of 9 steps run)")
+    expect(heat).to_have_attribute("data-cursor", "2")
+    check_values(page, heat, expected, 9)
+
+    legend = shown.locator(".rd-convention")
+    expect(legend).to_contain_text("hatched: not run yet")
+    expect(legend).to_contain_text("the cursor line marks the last step run")
+    assert "black" not in legend.inner_text()
+    assert hover(page, heat, 5, 0, 9, 4) == "not run yet"
+    assert pixel(heat, 5, 0)[3] == 0  # no colour of the scale under the hatching
+    hatched = column_on_screen(page, heat, 5, 9)
+    light = hatched.min(axis=1) > 235
+    assert light.any() and (~light).any(), "a not-run step is hatched: lines and gaps, not one flat colour"
+    assert not (np.abs(hatched - PAD).max(axis=1) <= 3).all()  # and not padding's grey
+    expect(shown.locator(".rd-readout").first).to_contain_text("t=2: min")
+    shown.locator(".rd-status").scroll_into_view_if_needed()
+    page.screenshot(path=str(OUT / "debugger-live-late-1400.png"))
+
+    shown.get_by_role("button", name="run ▶▶").click()  # the widget's own run: past the end of sequence 0
+    status = shown.locator(".rd-status")
+    expect(status).to_contain_text("at t=8 (9 of 9 steps run)")
+    expect(status).to_contain_text("sequence 0 ended after t=2 (3 steps)")
+    expect(heat.locator(".rd-readout")).to_have_text("t=8: padding (this sequence has 3 steps, t=0…2)")
+    for t in (3, 5, 8):
+        assert hover(page, heat, t, 1, 9, 4) == "padding"
+        assert pixel(heat, t, 1) == [*PAD, 255]
+    check_values(page, heat, expected, 9)  # the steps before are still the stepper's
+
+    page.keyboard.press("Control+s")  # the outputs stay in the file; the page reloads from the kernel's state
+    page.wait_for_timeout(1500)
+    page.reload()
+    page.locator(".jp-NotebookPanel:visible .jp-Notebook").wait_for()
+    shown = page.locator(".jp-CodeCell").nth(1)
+    heat = shown.locator(".rd-heatmap").first
+    expect(heat).to_have_attribute("data-cursor", "8", timeout=120_000)
+    check_values(page, heat, expected, 9)
+    assert hover(page, heat, 6, 0, 9, 4) == "padding" and pixel(heat, 6, 0) == [*PAD, 255]
+
+
+def test_a_recorded_trace_says_every_step_is_recorded_and_draws_each(lab, page):
+    """A trace's debugger: status, legend and readout speak of the step looked at, every column is drawn with the
+    trace's values, and nothing is hatched as not run; a search trace's status describes no step but the
+    cursor's as where one is."""
+    from playwright.sync_api import expect
+
+    url, token = lab
+    set_theme(url, token, "JupyterLab Dark")
+    try:
+        write_notebook(url, token, "trace.ipynb", [SETUP, TRACE, SEARCH_TRACE])
+        page.set_viewport_size({"width": 1000, "height": 1000})
+        run_all(page, url, token, "trace.ipynb", 3)
+        cell = page.locator(".jp-CodeCell").nth(1)
+        values = printed(cell, "TRACE")  # [batch, time, hidden]
+        status, legend = cell.locator(".rd-status"), cell.locator(".rd-convention")
+        expect(status).to_contain_text("at t=0 (recorded trace: all 9 steps, t=0…8)")
+        assert "run" not in status.inner_text().split("·")[0]
+        expect(legend).to_contain_text("every step is recorded; the cursor line marks the step you look at")
+        assert "not run" not in legend.inner_text() and "hatched" not in legend.inner_text()
+        heat = cell.locator(".rd-heatmap").first
+        expect(heat).to_have_attribute("data-cursor", "0")
+        expect(heat.locator(".rd-readout")).to_contain_text("t=0: min")
+        assert heat.get_attribute("data-shown") == "9"
+        seq = cell.locator(".widget-text input").first
+        before = heat.locator(".rd-readout").inner_text()
+        seq.fill("1")
+        seq.press("Enter")
+        expect(heat.locator(".rd-readout")).not_to_have_text(before)  # sequence 1 has arrived
+        check_values(page, heat, values[1], 9)  # every step, the cursor on t=0
+        seq.fill("0")
+        seq.press("Enter")
+        expect(heat).to_have_attribute("data-cursor", "0")
+        for t in (3, 8):
+            assert hover(page, heat, t, 2, 9, 4) == "padding" and pixel(heat, t, 2) == [*PAD, 255]
+        cell.locator(".jp-OutputArea-output").first.evaluate("e => e.scrollIntoView({block: 'start'})")
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(OUT / "debugger-trace-dark-1000.png"))
+
+        search = page.locator(".jp-CodeCell").nth(2).locator(".rd-status")
+        expect(search).to_contain_text("at t=0 (recorded trace: all")
+        assert "before t=0" not in search.inner_text() and "drawn along hypothesis" in search.inner_text()
+    finally:
+        set_theme(url, token, "JupyterLab Light")
