@@ -85,3 +85,7 @@ class DimError(RecDebugError):
 
 class RunError(RecDebugError):
     """Bad arguments to run/trace (missing inputs, wrong shapes, no GPU...)."""
+
+
+class RecDebugWarning(UserWarning):
+    """Code that runs but most likely does not do what was meant (a State that is never assigned...)."""

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import re
+import warnings
 import weakref
 
-from .errors import LoopError, RecDebugError, SourceLine, user_line
+from .errors import LoopError, RecDebugError, RecDebugWarning, SourceLine, user_line
 
 _graph_stack: list["Graph"] = []
 
@@ -96,6 +97,7 @@ class Graph:
         self.trained_params: dict | None = None  # path -> array, left by train() or load(): used by default
         self.trained_loss = self.trained_optimizer = None  # what train() trained with (save() writes them)
         self._steppers = weakref.WeakSet()  # live steppers (a dropped one frees its build itself)
+        self._warned_states: set = set()  # States read in a loop and never assigned, warned about
 
     def __enter__(self):
         _graph_stack.append(self)
@@ -104,7 +106,26 @@ class Graph:
     def __exit__(self, exc_type, exc, tb):
         self.scope = self.top  # an error inside a loop body leaves no loop open
         _graph_stack.remove(self)
+        if exc_type is None:
+            self._warn_unassigned_states()
         return False
+
+    def _warn_unassigned_states(self):
+        """A State read inside a loop but assigned nowhere keeps its initial value at every step: most likely an
+        ``assign`` was forgotten. Warn once per State, at the line that created it."""
+        assigned = {s for scope in [self.top, *self.loops] for s in scope.assigned}
+        for loop in reversed(self.loops):  # the innermost loop that reads it first
+            for state in loop.entries:
+                if state in assigned or state in self._warned_states:
+                    continue
+                self._warned_states.add(state)
+                name = state.path(self)
+                where = state.line
+                warnings.warn_explicit(
+                    f"State {name!r} (created at {where}) is read in {loop.describe()} but never assigned: every "
+                    f"get() gives its initial value. Assign it in the loop ({name.rsplit('/', 1)[-1]}.assign(...)) "
+                    f"to carry a value to the next step, or use a plain value if it is meant to stay constant",
+                    RecDebugWarning, where.filename if where else "<recdebug>", where.lineno if where else 0)
 
     # --- building ---
     def add_op(self, kind: str, inputs, dims, dtype="float32", sparse_dim=None, attrs=None, name=None,

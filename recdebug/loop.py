@@ -4,7 +4,7 @@ from __future__ import annotations
 from .dims import Dim, batch_dim, dims_str
 from .errors import DimError, LoopError, user_line
 from .graph import Scope, check_usable, current_graph
-from .state import value_in
+from .state import State, used_as_value, value_in
 from .tensor import Tensor
 
 
@@ -170,6 +170,8 @@ class Loop(Scope):
         """The frame of ``x`` at the current step; all unstacks of a loop share one axis."""
         line = user_line()
         g = self._check_open("unstack", line)
+        if isinstance(x, State):
+            raise used_as_value(x, "loop.unstack")
         if not isinstance(x, Tensor):
             raise LoopError(f"loop.unstack expects an rd.Tensor, got {type(x).__name__}", line=line)
         if self.contains(x.scope):
@@ -205,6 +207,8 @@ class Loop(Scope):
         return t
 
     def _own_value(self, v, what: str, line) -> Tensor:
+        if isinstance(v, State):
+            raise used_as_value(v, f"loop.{what}")
         if not isinstance(v, Tensor):
             raise LoopError(f"loop.{what} expects an rd.Tensor, got {type(v).__name__}", line=line)
         if v.scope is self:

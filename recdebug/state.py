@@ -62,6 +62,8 @@ class State:
         line = user_line()
         self._register(g)
         scope = g.scope
+        if isinstance(value, State):
+            raise used_as_value(value, f"{self.path(g).rsplit('/', 1)[-1]}.assign")
         if not isinstance(value, Tensor):
             raise DimError(f"State {self.path(g)!r}: assign expects an rd.Tensor, got {type(value).__name__}",
                            line=line)
@@ -87,6 +89,65 @@ class State:
 
     def __repr__(self):
         return f"State({dims_str(self.dims)}, initial={self.initial!r})"
+
+    # a State is not a value: arithmetic on it is an error that says to read it with get()
+    def __add__(self, other):
+        raise used_as_value(self, "+")
+
+    def __radd__(self, other):
+        raise used_as_value(self, "+")
+
+    def __sub__(self, other):
+        raise used_as_value(self, "-")
+
+    def __rsub__(self, other):
+        raise used_as_value(self, "-")
+
+    def __mul__(self, other):
+        raise used_as_value(self, "*")
+
+    def __rmul__(self, other):
+        raise used_as_value(self, "*")
+
+    def __truediv__(self, other):
+        raise used_as_value(self, "/")
+
+    def __rtruediv__(self, other):
+        raise used_as_value(self, "/")
+
+    def __neg__(self):
+        raise used_as_value(self, "-")
+
+    def __lt__(self, other):
+        raise used_as_value(self, "<")
+
+    def __le__(self, other):
+        raise used_as_value(self, "<=")
+
+    def __gt__(self, other):
+        raise used_as_value(self, ">")
+
+    def __ge__(self, other):
+        raise used_as_value(self, ">=")
+
+    def __and__(self, other):
+        raise used_as_value(self, "&")
+
+    __rand__ = __and__
+
+    def __or__(self, other):
+        raise used_as_value(self, "|")
+
+    __ror__ = __or__
+
+
+def used_as_value(state: State, where: str) -> LoopError:
+    """The error for a State used where a value is needed (``h + x``, ``loop.stack(h)``): read it with get().
+    ``where``: the operator or function it was given to."""
+    name = _variable_name(state) or next(iter(state._paths.values()), "state").rsplit("/", 1)[-1]
+    return LoopError(f"{name} is a State: use {name}.get() to read its value ({where} takes values, not States)",
+                     hint=f"{name}.get() is its value at this point (in a loop: the previous step's, until "
+                          f"{name}.assign(v) sets the next one)")
 
 
 def value_in(g: Graph, scope: Scope, state: State) -> Tensor:

@@ -129,7 +129,7 @@ def binary(a, b, kind: str):
     symbol = {**_ARITH, **_COMPARE, **_LOGICAL}[kind]
     if not isinstance(a, Tensor):
         if not isinstance(a, numbers.Number):
-            return NotImplemented
+            return _not_a_value(a, symbol)
         if kind in _COMPARE:
             return binary(b, a, _SWAPPED[kind])
         a, b, scalar_first = b, a, True
@@ -142,9 +142,19 @@ def binary(a, b, kind: str):
             raise DimError(f"{a!r} {symbol} {b!r}: dtypes {a.dtype} and {b.dtype} differ", line=line)
         return a.graph.add_op(kind, [a, b], dims, dtype=dtype, line=line)
     if not isinstance(b, numbers.Number):
-        return NotImplemented
+        return _not_a_value(b, symbol)
     return a.graph.add_op(kind, [a], a.dims, dtype=dtype, line=line,
                           attrs={"scalar": b, "scalar_first": scalar_first})
+
+
+def _not_a_value(x, symbol: str):
+    """NotImplemented for an operand that is no Tensor or number (Python then tries the other side's operator);
+    for a State (``h + x`` without ``.get()``, ``x == h`` included), the error that says to read it with get()."""
+    from .state import State, used_as_value
+
+    if isinstance(x, State):
+        raise used_as_value(x, symbol)
+    return NotImplemented
 
 
 class Input(Tensor):

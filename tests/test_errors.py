@@ -327,3 +327,64 @@ def test_numpy_ints_are_dim_sizes_and_other_sizes_are_refused():
     assert "size must be a positive whole number or None" in str(e.value)
     with pytest.raises(rd.DimError):
         rd.Dim("z", True)
+
+
+# --- a State used as a value, a State never assigned ---
+
+STATE_MISUSES = {
+    "tensor-plus-state": lambda x_t, h: x_t + h,  # misuse: tensor-plus-state
+    "state-times-number": lambda x_t, h: h * 2.0,  # misuse: state-times-number
+    "number-minus-state": lambda x_t, h: 1.0 - h,  # misuse: number-minus-state
+    "state-below-tensor": lambda x_t, h: h < x_t,  # misuse: state-below-tensor
+    "tensor-equals-state": lambda x_t, h: x_t == h,  # misuse: tensor-equals-state
+    "stack-of-state": lambda x_t, h: loop_of(x_t).stack(h),  # misuse: stack-of-state
+}
+
+
+def loop_of(t):
+    return t.scope
+
+
+@pytest.mark.parametrize("marker", sorted(STATE_MISUSES))
+def test_a_state_used_as_a_value_says_to_read_it_with_get(marker):
+    with rd.Graph():
+        x = rd.Input("x", {batch, time, hid})
+        h = rd.State({batch, hid})
+        with rd.Loop() as loop:
+            x_t = loop.unstack(x)
+            with pytest.raises(rd.LoopError) as e:
+                STATE_MISUSES[marker](x_t, h)
+            h.assign(x_t)
+    check(e, marker, rd.LoopError)
+    assert "h is a State: use h.get() to read its value" in str(e.value)
+
+
+def test_a_state_read_in_a_loop_and_never_assigned_warns_naming_its_line():
+    from recdebug.errors import RecDebugWarning
+
+    with pytest.warns(RecDebugWarning) as caught:
+        with rd.Graph():
+            x = rd.Input("x", {batch, time, hid})
+            h = rd.State({batch, hid})  # misuse: never-assigned
+            with rd.Loop() as loop:
+                loop.stack(loop.unstack(x) + h.get())
+    assert len(caught) == 1
+    warning = caught[0]
+    lineno = line_of("never-assigned")
+    assert warning.filename == __file__ and warning.lineno == lineno
+    assert str(warning.message).startswith(f"State 'h' (created at {__file__}, line {lineno}: h = rd.State(")
+    assert "never assigned: every get() gives its initial value" in str(warning.message)
+
+
+def test_a_state_assigned_in_or_only_outside_loops_does_not_warn():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with rd.Graph():
+            x = rd.Input("x", {batch, time, hid})
+            h, c = rd.State({batch, hid}), rd.State({batch, hid})
+            c.assign(rd.reduce_max(x, time))  # assigned before the loop only: read as a constant in it
+            with rd.Loop() as loop:
+                h.assign(loop.unstack(x) + h.get() + c.get())
+                loop.stack(h.get())
