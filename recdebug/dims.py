@@ -85,3 +85,19 @@ def sorted_dims(dims) -> tuple:
 
 def dims_str(dims) -> str:
     return "{" + ", ".join(d.short() for d in sorted_dims(dims)) + "}"
+
+
+def dim_named(d, dims, what: str) -> Dim:
+    """``d`` itself, or for a name (``"time"``) the one dim of ``dims`` so called; a DimError listing ``dims`` by
+    name when no dim or several have that name. ``what``: where the dim was given (for the message)."""
+    if not isinstance(d, str):
+        return d
+    found = [x for x in set(dims) if x.name == d]
+    if len(found) == 1:
+        return found[0]
+    names = ", ".join(x.short() for x in sorted_dims(set(dims))) or "none"
+    if not found:
+        raise DimError(f"{what}: no dim is named {d!r}; the dims there are: {names}")
+    raise DimError(f"{what}: {len(found)} dims are named {d!r} ({', '.join(repr(x) for x in sorted_dims(found))}), "
+                   f"the name does not tell which; the dims there are: {names}",
+                   hint="give the rd.Dim object itself instead of its name")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import fnmatch
 import io
+import itertools
 import os
 import sys
 import threading
@@ -11,8 +12,8 @@ import zlib
 import numpy as np
 
 from . import _tf_env  # noqa: F401  (before TensorFlow is imported)
-from .dims import Dim, sorted_dims
-from .errors import DimError, RecDebugError, RunError, running_cell, user_line
+from .dims import Dim, dim_named, sorted_dims
+from .errors import DimError, FeedError, RecDebugError, RunError, running_cell, user_line
 from .netdict import Emitted, emit
 
 BEHAVIOR_VERSION = 21
@@ -262,7 +263,7 @@ class Engine:
     def feed_dict(self, inputs: dict, seq_lens: dict) -> tuple[dict, dict, dict]:
         """(feed_dict, lengths per dynamic dim, fed arrays) with checks that name the input at fault."""
         g, em = self.graph, self.emitted
-        checked = check_feeds(g, inputs)
+        checked = check_feeds(g, inputs, seq_lens)
         sizes: dict = {}
         lens: dict = {}
         fd = {}
@@ -290,7 +291,9 @@ class Engine:
             fd[em.dims[d].dyn_size_ext.placeholder] = given
         for d in seq_lens:
             if d not in sizes and not any(d is y for y in g.choices):
-                raise RunError(f"seq_lens: {d!r} is not a dynamic dim of any input")
+                dynamic = ", ".join(x.name for x in sorted_dims(sizes) if not x.is_batch) or "none"
+                raise RunError(f"seq_lens: {d!r} is not a dynamic dim of any input; the inputs' dynamic dims are: "
+                               f"{dynamic}")
         for name, inp in g.inputs.items():
             arr, order = arrays[name]
             for i, d in enumerate(order):  # frames after the longest sequence: RETURNN's axis ends there
@@ -616,32 +619,50 @@ def valid_labels(name: str, arr: np.ndarray, order: tuple, sparse_dim, lens: dic
     return np.where(valid, arr, 0).astype(arr.dtype)
 
 
-def check_feeds(g, inputs: dict) -> dict:
-    """Every input of ``g`` fed, and nothing else; ``{name: (array, its axis order)}``, each checked."""
+def check_feeds(g, inputs: dict, seq_lens: dict | None = None) -> dict:
+    """Every input of ``g`` fed, and nothing else; ``{name: (array, its axis order)}``, each checked (against the
+    lengths in ``seq_lens`` too)."""
     unknown = set(inputs) - set(g.inputs)
     if unknown:
         raise RunError(f"unknown input(s) {sorted(unknown)}; the graph's inputs are {sorted(g.inputs)}")
     missing = [n for n in g.inputs if n not in inputs]
     if missing:
         raise RunError(f"missing input(s) {missing}: pass them as run({{name: array}})")
-    return {name: value_and_order(inputs[name], inp) for name, inp in g.inputs.items()}
+    return {name: value_and_order(inputs[name], inp, seq_lens) for name, inp in g.inputs.items()}
 
 
-def value_and_order(value, inp) -> tuple:
+def value_and_order(value, inp, seq_lens: dict | None = None) -> tuple:
     """A fed input: (array, its axis order) from an array (the Input's own order) or an (array, order) pair,
-    checked against the Input (numbers its dtype holds, one axis per dim, static sizes, no empty axis)."""
+    checked against the Input (numbers its dtype holds, one axis per dim, static sizes, as many sequences as
+    ``seq_lens`` gives lengths for its dynamic dims, no empty axis)."""
     name, order = inp.input_name, inp.order
+    whose = "the Input's axis order"
     if isinstance(value, tuple) and len(value) == 2 and _is_order(value[1]):
-        value, order = value[0], tuple(value[1])
+        value, order = value[0], tuple(dim_named(d, inp.dims, f"input {name!r}: order") for d in value[1])
+        whose = "the axis order given with it"
         if set(order) != set(inp.dims) or len(order) != len(inp.dims):
-            raise DimError(f"input {name!r}: order {order} is not a permutation of its dims")
+            raise DimError(f"input {name!r}: order {_order_text(order)} is not a permutation of its dims "
+                           f"{_order_text(inp.order)}")
     arr = checked_numbers(f"input {name!r}", value, inp.dtype, order)
     if arr.ndim != len(order):
-        raise RunError(f"input {name!r}: expected {len(order)} axes {tuple(d.name for d in order)}, "
-                       f"got shape {arr.shape}")
+        raise RunError(f"input {name!r}: expected {len(order)} axes {_order_text(order)}, got shape {arr.shape}")
+    counts = _length_counts(order, seq_lens or {})
+
+    def misfit(why: str) -> FeedError:
+        fits = _fitting_order(arr.shape, order, counts)
+        return FeedError(f"input {name!r}: the array of shape {arr.shape} does not fit {whose} "
+                         f"{_order_text(order, sizes=True)}: {why}", name,
+                         _order_text(fits) if fits else "(the dims of its axes, in order)")
+
     for d, n in zip(order, arr.shape):
         if d.size is not None and n != d.size:
-            raise RunError(f"input {name!r}: axis {d.name!r} has size {n}, the dim says {d.size}")
+            raise misfit(f"axis {d.name!r} has size {n}, the dim says {d.size}")
+    if counts and _batch() in order:
+        n = arr.shape[order.index(_batch())]
+        for d, count in counts.items():
+            if count != n:
+                raise misfit(f"its batch axis holds {n} sequences, seq_lens[{d.name!r}] has {count} lengths")
+    for d, n in zip(order, arr.shape):
         if n == 0:
             raise RunError(f"input {name!r}: axis {d.name!r} has size 0 (shape {arr.shape})",
                            hint="feed at least one sequence" if d.is_batch else
@@ -649,8 +670,40 @@ def value_and_order(value, inp) -> tuple:
     return arr, order
 
 
+def _order_text(order, sizes: bool = False) -> str:
+    """``(batch, time, feat)``; with ``sizes``: ``(batch, time, feat:4)``."""
+    return "(" + ", ".join(d.short() if sizes else d.name for d in order) + ")"
+
+
+def _length_counts(order, seq_lens: dict) -> dict:
+    """{dynamic dim of ``order``: how many lengths ``seq_lens`` gives it}, for those given as one list."""
+    counts = {}
+    for d in order:
+        try:
+            shape = np.shape(seq_lens[d]) if d in seq_lens and d.is_dynamic else ()
+        except ValueError:  # a ragged list: checked_numbers says so later
+            shape = ()
+        if len(shape) == 1:
+            counts[d] = shape[0]
+    return counts
+
+
+def _fitting_order(shape: tuple, order: tuple, counts: dict) -> tuple | None:
+    """Another order of the dims that an array of ``shape`` fits (static sizes, as many sequences as lengths), if
+    there is one: what the array most likely holds."""
+    if len(order) > 6:
+        return None
+    batch_size = next(iter(counts.values()), None)
+    for other in itertools.permutations(order):
+        if other != tuple(order) and all(
+                (d.size is None or d.size == n) and not (d.is_batch and batch_size not in (None, n))
+                for d, n in zip(other, shape)):
+            return other
+    return None
+
+
 def _is_order(x) -> bool:
-    return isinstance(x, (tuple, list)) and len(x) > 0 and all(isinstance(d, Dim) for d in x)
+    return isinstance(x, (tuple, list)) and len(x) > 0 and all(isinstance(d, (Dim, str)) for d in x)
 
 
 def checked_numbers(what: str, value, dtype: str, order=None) -> np.ndarray:
@@ -791,7 +844,7 @@ class Result:
         self.device = device
 
     def numpy(self, t, order=None) -> np.ndarray:
-        """The value of ``t`` with axes in ``order`` (default: batch, then dims by creation)."""
+        """The value of ``t`` with axes in ``order`` (default: batch, then dims by creation); dims or their names."""
         from .tensor import Input, Tensor
 
         if not isinstance(t, Tensor):
@@ -807,7 +860,8 @@ class Result:
                            hint="use loop.stack(value) in the loop, or g.trace(...) for every step")
         else:
             raise RunError(f"{t!r} was not computed by this run")
-        order = tuple(order) if order is not None else sorted_dims(t.dims)
+        order = tuple(dim_named(d, t.dims, f"order of {t!r}") for d in order) if order is not None \
+            else sorted_dims(t.dims)
         if set(order) != set(t.dims) or len(order) != len(t.dims):
             raise DimError(f"order {tuple(d.short() for d in order)} is not a permutation of the dims of {t!r}")
         if None in dims:
@@ -821,8 +875,9 @@ class Result:
             raise RunError(f"no search scores for {loop!r}: run with search=True a top-level loop with rd.choice")
         return self.search_scores[loop]
 
-    def lens(self, dim: Dim) -> np.ndarray:
-        """Per-sequence lengths of a dynamic dim (an input's, or a while loop's axis)."""
+    def lens(self, dim: Dim | str) -> np.ndarray:
+        """Per-sequence lengths of a dynamic dim (an input's, or a while loop's axis), or of the dim so named."""
+        dim = dim_named(dim, self._lens, "Result.lens")
         if dim not in self._lens:
             raise RunError(f"no lengths known for {dim!r} in this run")
         return self._lens[dim]
@@ -891,6 +946,7 @@ def trace_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, see
                 max_bytes=DEFAULT_TRACE_BYTES, search=False, targets=None, train=False, grad_of=None):
     """One run of the real RecLayer that records every step of the captured in-loop layers (default: all);
     ``grad_of``: a loss whose gradient with respect to each State's value is recorded too, per step."""
+    check_feeds(g, inputs, seq_lens)  # before a build that takes seconds
     if grad_of is not None:
         from .grads import grad_trace
 
@@ -900,7 +956,6 @@ def trace_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, see
         capture = [capture]
     if capture not in (None, "all"):
         check_capture(g, capture)
-    check_feeds(g, inputs)  # before a build that takes seconds
     engine = get_engine(g, optimize, device, seed, capture="all" if capture is None else capture, search=search,
                         train=train)
     engine.set_params(default_params(g, params), seed)
@@ -925,7 +980,7 @@ def check_capture(g, patterns) -> None:
 
 def run_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, seed=0, params=None, search=False,
               targets=None, train=False) -> Result:
-    check_feeds(g, inputs)  # before a build that takes seconds
+    check_feeds(g, inputs, seq_lens)  # before a build that takes seconds
     engine = get_engine(g, optimize, device, seed, search=search, train=train)
     engine.set_params(default_params(g, params), seed)
     return engine.run(inputs, seq_lens, targets)

@@ -87,5 +87,16 @@ class RunError(RecDebugError):
     """Bad arguments to run/trace (missing inputs, wrong shapes, no GPU...)."""
 
 
+class FeedError(RunError):
+    """A fed array that does not fit its Input's axis order (a static size, or its sequences against the lengths).
+    ``order_text``: the dims of the array's axes as they would fit, e.g. ``(time, batch, feat)``."""
+
+    def __init__(self, message: str, input_name: str, order_text: str, line: SourceLine | None = None):
+        self.input_name = input_name
+        self.order_text = order_text
+        super().__init__(message, line, hint=f'feed the array in that order, or give its own order with it: '
+                                             f'{{"{input_name}": (array, {order_text})}}')
+
+
 class RecDebugWarning(UserWarning):
     """Code that runs but most likely does not do what was meant (a State that is never assigned...)."""

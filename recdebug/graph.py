@@ -5,6 +5,7 @@ import re
 import warnings
 import weakref
 
+from .dims import dim_named
 from .errors import LoopError, RecDebugError, RecDebugWarning, SourceLine, user_line
 
 _graph_stack: list["Graph"] = []
@@ -151,6 +152,13 @@ class Graph:
     def module_path(self, module) -> str:
         return self.module_paths[id(module)]
 
+    def seq_lens_by_dim(self, seq_lens: dict | None) -> dict | None:
+        """``seq_lens`` with a dim given by its name (``"time"``) replaced by the inputs' dynamic dim so named."""
+        if not seq_lens or not any(isinstance(k, str) for k in seq_lens):
+            return seq_lens
+        dynamic = {d for inp in self.inputs.values() for d in inp.dims if d.is_dynamic}
+        return {dim_named(k, dynamic, "seq_lens (the inputs' dynamic dims)"): v for k, v in seq_lens.items()}
+
     # --- emitting and running ---
     def net_dict(self, optimize: bool = True) -> dict:
         """The RETURNN net dict this graph becomes."""
@@ -175,6 +183,7 @@ class Graph:
         """
         from .engine import run_graph
 
+        seq_lens = self.seq_lens_by_dim(seq_lens)
         return run_graph(self, inputs or {}, seq_lens or {}, device=device, optimize=optimize, seed=seed,
                          params=params, search=search, targets=targets or {}, train=train)
 
@@ -190,6 +199,7 @@ class Graph:
         """
         from .engine import DEFAULT_TRACE_BYTES, trace_graph
 
+        seq_lens = self.seq_lens_by_dim(seq_lens)
         return trace_graph(self, inputs or {}, seq_lens or {}, device=device, optimize=optimize, seed=seed,
                            params=params, capture=capture,
                            max_bytes=DEFAULT_TRACE_BYTES if max_bytes is None else max_bytes, search=search,
@@ -202,6 +212,7 @@ class Graph:
         lengths in ``seq_lens={label: lens}``) it takes the reference labels instead (teacher forcing)."""
         from .stepper import Stepper
 
+        seq_lens = self.seq_lens_by_dim(seq_lens)
         return Stepper(self, inputs or {}, seq_lens, device=device, seed=seed, params=params, loop=loop,
                        targets=targets)
 
@@ -219,6 +230,7 @@ class Graph:
         learned. Afterwards run, trace, stepper and the debugger use the trained parameters."""
         from .train import train_graph
 
+        seq_lens = self.seq_lens_by_dim(seq_lens)
         return train_graph(self, inputs or {}, seq_lens, loss, steps=steps, learning_rate=learning_rate,
                            batch_size=batch_size, seed=seed, optimize=optimize, device=device, params=params,
                            targets=targets, optimizer=optimizer, progress=progress)
@@ -232,6 +244,7 @@ class Graph:
         config's path."""
         from .checkpoint import save_graph
 
+        seq_lens = self.seq_lens_by_dim(seq_lens)
         return save_graph(self, path, loss=loss, inputs=inputs, seq_lens=seq_lens, learning_rate=learning_rate,
                           batch_size=batch_size, optimizer=optimizer)
 
