@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import itertools
 import linecache
+import re
 import sys
 import traceback
 
 import numpy as np
 
 from .engine import value_and_order
-from .errors import BREAK_FILENAME, CELL_PREFIX, RecDebugError, RunError, SourceLine, running_cell
+from .errors import BREAK_FILENAME, CELL_PREFIX, FeedError, RecDebugError, RunError, SourceLine, running_cell
 from .graph import Graph
 
 _cell_counter = itertools.count(1)
@@ -42,7 +43,7 @@ class RecloopResult:
     ``.stepper`` (None when the loop cannot be stepped live), ``.widget`` (the debugger), ``.outputs``."""
 
     def __init__(self, graph, result, trace, stepper, widget, other_trace=None, figure=None, feeds=None,
-                 seq_lens=None):
+                 seq_lens=None, random_inputs=(), random_lens=(), seed=0):
         self.graph = graph
         self.result = result
         self.trace = trace
@@ -52,6 +53,22 @@ class RecloopResult:
         self.figure = figure
         self.feeds = feeds or {}
         self.seq_lens = seq_lens or {}
+        self.random_inputs = tuple(random_inputs)  # names of the inputs not fed: seeded random data
+        self.random_lens = tuple(random_lens)  # dims only those inputs have: seeded random lengths
+        self.seed = seed
+
+    @property
+    def made_up(self) -> str:
+        """What the run made up for want of --feed/--lens: the random inputs and lengths ("" when nothing)."""
+        parts = [f"random input {name} (" + ", ".join(f"{d.name} {n}" for d, n in zip(
+            self.graph.inputs[name].order, np.shape(self.feeds[name]))) + ")" for name in self.random_inputs]
+        parts += [f"random lengths of {d.name} {np.asarray(self.seq_lens[d]).tolist()}" for d in self.random_lens]
+        if not parts:
+            return ""
+        options = [f"--feed {name}=VAR" for name in self.random_inputs]
+        options += [f"--lens {d.name}=VAR" for d in self.random_lens]
+        return (f"not fed, made up with --seed {self.seed}: {', '.join(parts)} "
+                f"(give your own with {' '.join(options)})")
 
     @property
     def net_dict(self) -> dict:
@@ -63,7 +80,8 @@ class RecloopResult:
         return self.result.numpy(t, order)
 
     def lens(self, dim) -> np.ndarray:
-        """The per-sequence lengths of a dynamic dim (a loop's axis: how many steps each sequence ran)."""
+        """The per-sequence lengths of a dynamic dim or of the dim so named (a loop's axis: how many steps each
+        sequence ran)."""
         return self.result.lens(dim)
 
     def scores(self, loop) -> np.ndarray:
@@ -82,9 +100,11 @@ class RecloopResult:
         return {name: self.result.numpy(t) for t, name in self.graph.emitted().fetch.items()}
 
     def show(self):
-        """Display the debugger (or the static figure) again."""
+        """Display what was made up for inputs not fed, and the debugger (or the static figure), again."""
         from IPython.display import display
 
+        if self.made_up:
+            print(self.made_up)
         display(self.widget if self.widget is not None else self.figure)
 
     def close(self, why: str | None = None, hint: str | None = None):
@@ -107,18 +127,21 @@ def cell_filename() -> str:
 
 
 def default_inputs(graph: Graph, fed: dict, seq_lens: dict, seed: int):
-    """Seeded random data for the inputs not fed, with random lengths for their dynamic dims."""
+    """Seeded random data for the inputs not fed, and random lengths for the dynamic dims of those only; a fed
+    input's lengths default to its whole axis (as in g.run). Returns (feeds, lengths, the names of the inputs made
+    up, the dims whose lengths were made up)."""
     rng = np.random.default_rng(seed)
     feeds, lens = dict(fed), dict(seq_lens)
     sizes: dict = {}
     for name, inp in graph.inputs.items():  # sizes already fixed by fed arrays
         if name in fed:
-            arr, order = value_and_order(fed[name], inp)
+            arr, order = value_and_order(fed[name], inp, seq_lens)
             for d, n in zip(order, arr.shape):
                 sizes.setdefault(d, n)
-    for name, inp in graph.inputs.items():
-        if name in feeds:
-            continue
+    fed_dims = set(sizes)
+    made_up = [name for name in graph.inputs if name not in fed]
+    for name in made_up:
+        inp = graph.inputs[name]
         shape = []
         for d in inp.order:
             if d not in sizes:
@@ -129,12 +152,18 @@ def default_inputs(graph: Graph, fed: dict, seq_lens: dict, seed: int):
         else:
             feeds[name] = rng.standard_normal(shape).astype(inp.dtype)
     batch = next((n for d, n in sizes.items() if d.is_batch), DEFAULT_BATCH)
+    random_lens = []
     for d, n in sizes.items():
-        if d.is_dynamic and d not in lens:
-            random_lens = rng.integers(1, n + 1, size=batch)
-            random_lens[0] = n  # the first sequence uses the whole axis
-            lens[d] = random_lens.astype(np.int32)
-    return feeds, lens
+        if not d.is_dynamic or d in lens:
+            continue
+        if d in fed_dims:
+            lens[d] = np.full(batch, n, np.int32)
+        else:
+            drawn = rng.integers(1, n + 1, size=batch)
+            drawn[0] = n  # the first sequence uses the whole axis
+            lens[d] = drawn.astype(np.int32)
+            random_lens.append(d)
+    return feeds, lens, made_up, random_lens
 
 
 def exec_body(body: str, namespace: dict, filename: str, verbose: bool = False,
@@ -205,14 +234,14 @@ def run_recloop(body: str, namespace: dict, feeds: dict | None = None, seq_lens:
             if params is not None:
                 g.load(params)
             return _run_cell(g, filename, feeds, seq_lens, seed, device, optimize, compare_optimize, capture,
-                             breakpoint, static, verbose, show_widget, search, targets, live)
+                             breakpoint, static, verbose, show_widget, search, targets, live, options)
     except BaseException:
         g.close()  # nothing keeps this cell's graph: free its TensorFlow sessions now
         raise
 
 
 def _run_cell(g, filename, feeds, seq_lens, seed, device, optimize, compare_optimize, capture, breakpoint, static,
-              verbose, show_widget, search, targets, live) -> RecloopResult:
+              verbose, show_widget, search, targets, live, options) -> RecloopResult:
     """run_recloop after the body has built the graph ``g``."""
     if not g.loops:
         raise RecloopError(["the cell defines no rd.Loop: there is nothing to step through",
@@ -232,7 +261,8 @@ def _run_cell(g, filename, feeds, seq_lens, seed, device, optimize, compare_opti
         by_name[found[0]] = value
     targets = by_name
     try:
-        all_feeds, lens = default_inputs(g, feeds or {}, seq_lens or {}, seed)
+        seq_lens = g.seq_lens_by_dim(seq_lens) or {}
+        all_feeds, lens, random_inputs, random_lens = default_inputs(g, feeds or {}, seq_lens, seed)
         result = g.run(all_feeds, seq_lens=lens, device=device, optimize=optimize, seed=seed, search=search,
                        targets=targets)
         trace = g.trace(all_feeds, seq_lens=lens, device=device, optimize=optimize, seed=seed, capture=capture,
@@ -242,6 +272,8 @@ def _run_cell(g, filename, feeds, seq_lens, seed, device, optimize, compare_opti
             other = g.trace(all_feeds, seq_lens=lens, device=device, optimize=not optimize, seed=seed,
                             capture=capture)
         stepper, why_not = _stepper_if_possible(g, all_feeds, lens, device, seed, targets)
+    except FeedError as e:
+        raise RecloopError(_feed_error_lines(e, options), e, verbose) from None
     except RecDebugError as e:
         raise RecloopError([f"{type(e).__name__}: {e}"], e, verbose) from None
     except Exception as e:  # RETURNN or TensorFlow
@@ -268,7 +300,19 @@ def _run_cell(g, filename, feeds, seq_lens, seed, device, optimize, compare_opti
                                        + _user_frames(e, filename)[1:], e, verbose) from None
         else:
             widget = debugger(trace, other=other)
-    return RecloopResult(g, result, trace, stepper, widget, other, figure, all_feeds, lens)
+    return RecloopResult(g, result, trace, stepper, widget, other, figure, all_feeds, lens, random_inputs,
+                         random_lens, seed)
+
+
+def _feed_error_lines(e: FeedError, options: str) -> list[str]:
+    """A FeedError as the cell shows it: how to feed another order is said with the cell's own --feed."""
+    fed = re.search(rf"--feed[\s=]+[\"']?{re.escape(e.input_name)}=([^\s\"']+)", options)
+    if fed is None:
+        return [f"{type(e).__name__}: {e}"]
+    name, var = e.input_name, fed.group(1)
+    return [f"{type(e).__name__}: {e.message}", f"  at {e.line}",
+            f"  feed the array in that order, or give its own order with it: {name}_in = ({var}, {e.order_text}), "
+            f"then --feed {name}={name}_in"]
 
 
 def _stepper_if_possible(g, feeds, lens, device, seed, targets: dict):
@@ -283,15 +327,3 @@ def _stepper_if_possible(g, feeds, lens, device, seed, targets: dict):
         if not g.choices:
             raise
         return None, str(e).splitlines()[0]
-
-
-def describe_inputs(result: RecloopResult) -> str:
-    """One line per input: its shape and, for dynamic dims, the lengths used."""
-    parts = []
-    for name, inp in result.graph.inputs.items():
-        arr = result.feeds[name]
-        parts.append(f"{name}: {tuple(d.name for d in inp.order)} {np.shape(arr)}")
-    for d, n in result.seq_lens.items():
-        parts.append(f"lengths of {d.name}: {list(np.asarray(n))}")
-    return "; ".join(parts)
-

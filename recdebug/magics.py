@@ -44,9 +44,10 @@ class RecloopMagics(Magics):
     @argument("--feed", action="append", metavar="NAME=VAR",
               help="feed the rd.Input NAME with the numpy array VAR from the notebook (repeatable)")
     @argument("--lens", action="append", metavar="DIM=VAR",
-              help="per-sequence lengths VAR for the dynamic rd.Dim DIM (repeatable)")
+              help="per-sequence lengths VAR for the dynamic rd.Dim DIM, a notebook variable or the dim's name "
+                   "(repeatable; default: a fed input's whole axis)")
     @argument("--seed", type=int, default=0,
-              help="seed of the parameters and of the random data for inputs not fed (default 0)")
+              help="seed of the parameters and of the random data and lengths for inputs not fed (default 0)")
     @argument("-o", "--out", metavar="NAME",
               help="store the result (net dict, outputs, trace, stepper, widget) as NAME")
     @argument("--device", choices=["cpu", "gpu"], help="where to run (default: the GPU when there is one)")
@@ -75,9 +76,12 @@ class RecloopMagics(Magics):
         """Build the cell's Loop/State code on RETURNN, run it, and show the step-by-step debugger.
 
         The cell body runs in the notebook's namespace inside a fresh rd.Graph; dims, modules and arrays of
-        earlier cells are visible, and what the body defines stays for later cells. Inputs not fed get seeded
-        random data. A fed array has the Input's axes in order: batch first, then the dims in the order they were
-        created (rd.Input("x", {batch, time, feat}) takes x_np of shape (batch, time, feat)).
+        earlier cells are visible, and what the body defines stays for later cells. A fed array has the Input's
+        axes in order: batch first, then the dims in the order they were created (rd.Input("x", {batch, time,
+        feat}) takes x_np of shape (batch, time, feat)); an array in another order goes with its order,
+        ``x_in = (x_np, (time, batch, feat))`` and ``--feed x=x_in``. A fed input's lengths are its whole axis
+        unless --lens gives them (as in g.run). Inputs not fed get seeded random data, and dims only they have
+        random lengths; the cell's output says what was made up (``res.made_up``).
 
         Example (x_np: float32 (batch, time, feat); lens_np: int32 (batch,), each sequence's number of frames)::
 
@@ -89,10 +93,10 @@ class RecloopMagics(Magics):
                 out = loop.stack(h.get())
 
         ``-o res`` keeps the run in ``res``: ``res.numpy(out, order=(batch, time, hid))``, ``res.lens(time)``,
-        ``res.scores(loop)``, ``res.params()`` (as rd.Result), ``res.result`` (the rd.Result itself),
-        ``res.trace`` (every in-loop value per step), ``res.stepper`` (live stepping; None when the loop cannot
-        be stepped), ``res.widget`` (the debugger), ``res.net_dict``, ``res.show()``. Without -o the result is
-        closed when the next %%recloop cell runs.
+        ``res.scores(loop)``, ``res.param(p)``, ``res.params()`` (a method, {name: array}, as rd.Result's),
+        ``res.result`` (the rd.Result itself), ``res.trace`` (every in-loop value per step), ``res.stepper`` (live
+        stepping; None when the loop cannot be stepped), ``res.widget`` (the debugger), ``res.net_dict``,
+        ``res.made_up``, ``res.show()``. Without -o the result is closed when the next %%recloop cell runs.
         """
         args = parse_argstring(self.recloop, line)
         ns = self.shell.user_ns
@@ -101,8 +105,10 @@ class RecloopMagics(Magics):
         for dim_name, var in _pairs(args.lens, "--lens"):
             from .dims import Dim
 
-            dim = self._lookup(dim_name, "--lens")
-            if not isinstance(dim, Dim) or not dim.is_dynamic:
+            dim = ns.get(dim_name)
+            if not isinstance(dim, Dim):
+                dim = dim_name  # the name of an input's dynamic dim: the cell's graph tells which
+            elif not dim.is_dynamic:
                 raise UsageError(f"--lens {dim_name}=...: {dim_name} is not a dynamic rd.Dim")
             lens[dim] = self._lookup(var, "--lens")
         targets = {name: self._lookup(var, "--targets") for name, var in _pairs(args.targets, "--targets")}

@@ -78,6 +78,98 @@ def test_seed_gives_random_inputs_with_random_lengths(ip):
     np.testing.assert_array_equal(a.trace.numpy("loop/h"), b.trace.numpy("loop/h"))
 
 
+def numpy_loop(x_btf, res):
+    """The CELL's loop in numpy with the run's parameters: h_t = tanh(x_t w + b + h_{t-1}), (batch, time, hid)."""
+    w, b = res.param("linear/weight"), res.param("linear/bias")
+    h, steps = np.zeros((x_btf.shape[0], w.shape[1])), []
+    for t in range(x_btf.shape[1]):
+        h = np.tanh(x_btf[:, t] @ w + b + h)
+        steps.append(h)
+    return np.stack(steps, 1)
+
+
+@pytest.mark.parametrize("seed", ["", "--seed 1"])
+def test_a_fed_input_without_lens_runs_its_whole_axis_as_g_run_does(ip, seed):
+    x_np = np.random.default_rng(0).standard_normal((2, 5, 4)).astype(np.float32)
+    ip.user_ns["x_np"] = x_np
+    r, out = run(ip, f"%%recloop --feed x=x_np {seed} -o res\n" + CELL)
+    assert r.success, r.error_in_exec
+    res = ip.user_ns["res"]
+    np.testing.assert_array_equal(res.lens(ip.user_ns["time"]), [5, 5])
+    np.testing.assert_array_equal(res.trace.lens("time"), [5, 5])
+    np.testing.assert_allclose(res.numpy(ip.user_ns["out"]), numpy_loop(x_np, res), atol=1e-5)
+    assert res.made_up == "" and "made up" not in out  # nothing was made up
+
+
+def test_what_was_made_up_for_inputs_not_fed_is_said(ip):
+    two_inputs = CELL.replace('x = rd.Input("x", {batch, time, hid})',
+                              'x = rd.Input("x", {batch, time, hid})\n'
+                              'y = rd.Input("y", {batch, rd.Dim("frames"), hid})')
+    ip.user_ns["x_np"] = np.ones((2, 5, 4), np.float32)
+    r, out = run(ip, "%%recloop --feed x=x_np -o res\n" + two_inputs)
+    assert r.success, r.error_in_exec
+    res = ip.user_ns["res"]
+    frames = next(d for d in res.graph.inputs["y"].dims if d.name == "frames")
+    np.testing.assert_array_equal(res.lens(ip.user_ns["time"]), [5, 5])  # fed: its whole axis
+    made_up = res.seq_lens[frames].tolist()
+    assert made_up[0] == 8 and len(made_up) == 2  # the first sequence of a made-up input is whole
+    assert res.made_up == (f"not fed, made up with --seed 0: random input y (batch 2, hidden 4, frames 8), "
+                           f"random lengths of "
+                           f"frames {made_up} (give your own with --feed y=VAR --lens frames=VAR)")
+    assert res.made_up in out
+    r, out = run(ip, "%%recloop -o res\n" + CELL)
+    lens = ip.user_ns["res"].seq_lens[ip.user_ns["time"]].tolist()
+    assert ("not fed, made up with --seed 0: random input x (batch 3, time 8, hidden 4), random lengths of time "
+            f"{lens} (give your own with --feed x=VAR --lens time=VAR)") in out
+
+
+def test_an_array_in_another_order_is_a_feed_error_saying_how_to_feed_it(ip):
+    ip.user_ns["x_tbf"] = np.ones((5, 2, 4), np.float32)  # (time, batch, hid)
+    ip.user_ns["lens_np"] = np.array([5, 3], np.int32)
+    text = short_error(run(ip, "%%recloop --feed x=x_tbf --lens time=lens_np\n" + CELL)[0])
+    assert text.splitlines() == [
+        "FeedError: input 'x': the array of shape (5, 2, 4) does not fit the Input's axis order "
+        "(batch, time, hidden:4): its batch axis holds 5 sequences, seq_lens['time'] has 2 lengths",
+        "  at cell line 1: %%recloop --feed x=x_tbf --lens time=lens_np",
+        "  feed the array in that order, or give its own order with it: x_in = (x_tbf, (time, batch, hidden)), "
+        "then --feed x=x_in"]
+    ip.run_cell("x_in = (x_tbf, (time, batch, hid))")
+    r, _ = run(ip, "%%recloop --feed x=x_in --lens time=lens_np -o res\n" + CELL)
+    assert r.success, r.error_in_exec
+    np.testing.assert_array_equal(ip.user_ns["res"].lens("time"), [5, 3])
+
+
+def test_lens_takes_a_dim_by_its_name(ip):
+    x_np = np.random.default_rng(1).standard_normal((2, 5, 4)).astype(np.float32)
+    ip.user_ns["x_bht"] = x_np.transpose(0, 2, 1)  # the cell's time dim is created after hid: (batch, hid, time)
+    ip.user_ns["lens_np"] = np.array([3, 5], np.int32)
+    time_dim = ip.user_ns["time"]
+    ip.run_cell("import time")  # the notebook's `time` is the module: the name is the cell's dim's
+    cell = CELL.replace("{batch, time, hid}", "{batch, rd.Dim('time'), hid}")
+    try:
+        r, _ = run(ip, "%%recloop --feed x=x_bht --lens time=lens_np -o res\n" + cell)
+        assert r.success, r.error_in_exec
+        res = ip.user_ns["res"]
+        np.testing.assert_array_equal(res.lens("time"), [3, 5])
+        got, ref = res.numpy(ip.user_ns["out"], order=("batch", "time", "hidden")), numpy_loop(x_np, res)
+        np.testing.assert_allclose(got[0, :3], ref[0, :3], atol=1e-5)
+        np.testing.assert_allclose(got[1], ref[1], atol=1e-5)
+        text = short_error(run(ip, "%%recloop --feed x=x_bht --lens tiem=lens_np\n" + cell)[0])
+        assert "no dim is named 'tiem'; the dims there are: time" in text
+    finally:
+        ip.user_ns["time"] = time_dim
+
+
+def test_the_kept_result_answers_params_as_rd_result_does(ip):
+    r, _ = run(ip, "%%recloop -o res\n" + CELL)
+    res = ip.user_ns["res"]
+    params = res.params()
+    assert sorted(params) == ["linear/bias", "linear/weight"]
+    for name, value in res.result.params().items():
+        np.testing.assert_array_equal(params[name], value)
+    assert "``res.params()``" in ip.find_cell_magic("recloop").__doc__
+
+
 def test_device_no_optimize_capture_static(ip):
     r, _ = run(ip, "%%recloop --device cpu --no-optimize --capture h -o res\n" + CELL)
     assert r.success
