@@ -17,7 +17,10 @@ function render({ model, el: root }) {
   root.style.fontFamily = "var(--jp-code-font-family, monospace)";
   root.style.fontSize = "12px";
   root.style.maxHeight = "520px";
-  root.style.overflow = "auto";
+  root.style.overflowY = "auto";
+  root.style.overflowX = "hidden";
+  root.style.width = "100%";
+  root.style.boxSizing = "border-box";
   root.style.color = "var(--jp-ui-font-color1, #222)";
   let showHelpers = false;
 
@@ -36,7 +39,11 @@ function render({ model, el: root }) {
       const li = el("li", "rd-node", parent);
       li.dataset.path = n.path;
       li.style.margin = "1px 0";
+      // one line per layer, never wider than the view: a long row ends in "…" (the whole row is in its tooltip,
+      // and in the info box once the layer is picked)
       li.style.whiteSpace = "nowrap";
+      li.style.overflow = "hidden";
+      li.style.textOverflow = "ellipsis";
       if (n.helper) { li.classList.add("rd-helper"); li.style.opacity = "0.6"; }
       const head = el("span", "rd-node-name", li, (n.children ? "▾ " : "  ") + n.name);
       head.style.cursor = "pointer";
@@ -60,7 +67,8 @@ function render({ model, el: root }) {
         const box = el("div", "rd-node-info", li, info.join(" · "));
         box.style.background = "rgba(255, 196, 0, 0.15)";
         box.style.whiteSpace = "pre-wrap";
-        box.style.maxWidth = "60ch";
+        box.style.maxWidth = "min(60ch, 100%)";
+        box.style.overflowWrap = "anywhere";
       }
       head.addEventListener("click", () => {
         model.set("selected", n.path);

@@ -116,6 +116,8 @@ def draw_views(views: list, status: str, width: float = 10.0):
         ax.tick_params(labelsize=7)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.yaxis.get_major_locator().set_params(integer=True)
+        if shown < T:  # steps not run yet (or not revealed): hatched, as the widget draws them
+            ax.axvspan(shown - 0.5, T - 0.5, facecolor="none", edgecolor="#909090", hatch="///", linewidth=0)
         if v["cursor"] >= 0:
             ax.axvline(v["cursor"], color="white", linewidth=3.5)
             ax.axvline(v["cursor"], color="black", linewidth=1.8)

@@ -92,7 +92,8 @@ class HeatmapView(anywidget.AnyWidget):
             self._array[t] = np.asarray(row, dtype=np.float32).reshape(-1)
             self._changed[int(t)] = self._array[t].copy()
         with self.hold_sync():
-            if len(self._changed) > max(8, self._array.shape[0] // 8):
+            # K rows at most before the whole array goes out: about K/2 + T/K rows a step, least at K = sqrt(2T)
+            if len(self._changed) > max(8, int(np.sqrt(2 * self._array.shape[0]))):
                 self._changed = {}
                 self.values = self._array.tobytes()
                 self.rows = b""

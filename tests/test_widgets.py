@@ -366,6 +366,11 @@ def test_the_display_bundle_holds_a_picture_of_the_view_now(case):
     d = rd.debugger(tr)
     colors = _picture_colors(d)  # sequence 0: 6 of 6 steps
     assert grey not in colors and green not in colors and (255, 255, 255) in colors
+    hatch = lambda cs: any(140 <= c[0] == c[1] == c[2] <= 160 for c in cs)  # noqa: E731 (its grey lines)
+    assert not hatch(colors)
+    live = rd.debugger(g.stepper({"x": x_np}, seq_lens={time: LENS}))
+    live.step(2)
+    assert hatch(_picture_colors(live))  # steps not run yet are hatched, as in the widget
     d.select_sequence(1)  # 3 of 6 steps
     assert grey in _picture_colors(d)
     x_bad = x_np.copy()

@@ -287,17 +287,17 @@ def test_debugger_renders_steps_hovers_and_lists_the_hierarchy(lab, page):
     expect(heatmaps.first).to_be_visible()
     assert heatmaps.count() >= 2  # lstm.h and lstm.c (plus the picked-layer view)
     status = page.locator(".rd-status")
-    expect(status).to_contain_text("before t=0 (0 of 12 steps run)")
+    expect(status).to_contain_text("at t=0 (recorded trace: all 12 steps, t=0…11)")  # a trace: on its first step
     first = heatmaps.first
-    assert first.get_attribute("data-cursor") == "-1"
+    assert first.get_attribute("data-cursor") == "0"
 
     page.get_by_role("button", name="step ▶").click()
-    expect(status).to_contain_text("at t=0 (1 of 12 steps run)")
-    expect(first).to_have_attribute("data-cursor", "0")
+    expect(status).to_contain_text("at t=1 (recorded trace: all 12 steps, t=0…11)")
+    expect(first).to_have_attribute("data-cursor", "1")
     x1 = float(first.get_attribute("data-cursor-x"))
     page.get_by_role("button", name="step ▶").click()
-    expect(status).to_contain_text("at t=1 (2 of 12 steps run)")
-    expect(first).to_have_attribute("data-cursor", "1")
+    expect(status).to_contain_text("at t=2 (recorded trace: all 12 steps, t=0…11)")
+    expect(first).to_have_attribute("data-cursor", "2")
     assert float(first.get_attribute("data-cursor-x")) > x1  # the cursor line moved right
 
     overlay = first.locator(".rd-overlay")
@@ -326,8 +326,8 @@ def test_debugger_renders_in_notebook_7(lab, page):
     first = page.locator(".rd-heatmap").first
     expect(first).to_be_visible()
     page.get_by_role("button", name="step ▶").click()
-    expect(page.locator(".rd-status")).to_contain_text("at t=0 (1 of 12 steps run)")
-    expect(first).to_have_attribute("data-cursor", "0")
+    expect(page.locator(".rd-status")).to_contain_text("at t=1 (recorded trace: all 12 steps, t=0…11)")
+    expect(first).to_have_attribute("data-cursor", "1")
     expect(page.locator('.rd-tree li[data-path="loop"]')).to_be_visible()
     page.locator(".rd-status").scroll_into_view_if_needed()
     page.screenshot(path=str(OUT / "debugger-notebook7.png"))
@@ -396,7 +396,7 @@ def test_markup_in_names_and_trace_files_is_shown_as_text_and_never_runs(lab, pa
     live, from_file, magic = (cells.nth(i) for i in range(3))
     expect(live.locator(".rd-status")).to_contain_text(
         f"at t=0 (1 of 6 steps run) · cpu · breakpoint: {SCRIPT + IMG} on {IMG} at t=0")
-    expect(from_file.locator(".rd-status")).to_contain_text(f"before t=0 (0 of 6 steps run) · {SCRIPT}")
+    expect(from_file.locator(".rd-status")).to_contain_text(f"at t=0 (recorded trace: all 6 steps, t=0…5) · {SCRIPT}")
     expect(magic.locator(".rd-status")).to_contain_text(f"at t=2 (3 of 6 steps run) · cpu · breakpoint: NaN/Inf in {IMG} at t=2")
 
     def step_hover_pick(cell, layer, shot):
@@ -425,9 +425,10 @@ def test_markup_in_names_and_trace_files_is_shown_as_text_and_never_runs(lab, pa
     run = from_file.get_by_role("button", name="run ▶▶")
     run.scroll_into_view_if_needed()
     run.click()
-    expect(from_file.locator(".rd-status")).to_contain_text(f"at t=2 (3 of 6 steps run) · {SCRIPT} · breakpoint: NaN/Inf in loop/")
+    expect(from_file.locator(".rd-status")).to_contain_text(
+        f"at t=2 (recorded trace: all 6 steps, t=0…5) · {SCRIPT} · breakpoint: NaN/Inf in loop/")
     from_file.get_by_role("button", name="◀ back").click()
-    expect(from_file.locator(".rd-status")).to_contain_text("at t=1 (2 of 6 steps run)")
+    expect(from_file.locator(".rd-status")).to_contain_text("at t=1 (recorded trace: all 6 steps, t=0…5)")
     step_hover_pick(from_file, f"loop/{IMG}plain", "debugger-hostile-trace-file.png")
     expect(from_file.locator(".rd-title", has_text=f"State loop/cell.{SCRIPT}")).to_have_count(1)
     expect(from_file.locator(".rd-node-name", has_text=f"{IMG}plain").first).to_be_attached()
