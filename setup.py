@@ -1,6 +1,6 @@
 from setuptools import find_packages, setup
 
-# Versions tested together (see README); RETURNN's wheel does not declare dm-tree and h5py, so they are listed here.
+# Versions tested together (see docs/versions.md); RETURNN's wheel does not declare dm-tree and h5py, so they are listed here.
 TF_VERSION = "2.21.0"
 LAB = ["jupyterlab==4.6.6", "notebook==7.6.5", "ipykernel==7.4.0", "nbclient==0.11.0", "nbformat==5.11.1",
        "nbconvert==7.17.2"]

@@ -173,7 +173,8 @@ def test_steps_run_before_display_ended_sequences_and_not_run_steps_are_drawn_as
     expect(shown.locator(".rd-readout").first).to_contain_text("t=2: min")
     shown.locator(".rd-status").scroll_into_view_if_needed()
     page.screenshot(path=str(OUT / "debugger-live-late-1400.png"))
-    shown.locator(".jp-OutputArea-output").first.screenshot(path=str(OUT / "debugger-widget.png"))  # docs/images
+    # docs/images/debugger.png, the README's picture, is a copy of this one
+    shown.locator(".jp-OutputArea-output").first.screenshot(path=str(OUT / "debugger-widget.png"))
 
     shown.get_by_role("button", name="run ▶▶").click()  # the widget's own run: past the end of sequence 0
     status = shown.locator(".rd-status")

@@ -190,6 +190,8 @@ def test_readme_links_every_docs_page_and_links_resolve():
                 slugs = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
                          for h in re.findall(r"^#+ (.*)$", path.read_text(), re.M)}
                 assert anchor in slugs, f"{page.name} links {target[0]}#{anchor}, a heading it lacks"
+        for image in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", page.read_text()):
+            assert (page.parent / image).is_file(), f"{page.name} shows {image}, which does not exist"
 
 
 def test_readme_returnn_config_example_runs_as_written(shell, tmp_path):
