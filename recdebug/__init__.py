@@ -1,6 +1,6 @@
 """recdebug: write recurrent loops with Loop/State, run them on RETURNN, and step through them."""
 from .dims import Dim, batch_dim
-from .errors import DimError, LoopError, RecDebugError, RunError
+from .errors import DimError, FeedError, LoopError, RecDebugError, RecDebugWarning, RunError
 from .graph import Graph
 from .loop import Loop
 from .module import LSTM, Embedding, Linear, Module, Parameter
@@ -42,4 +42,5 @@ __all__ = [
     "dropout", "cross_entropy", "split", "concat", "zeros", "constant", "reduce_sum", "reduce_max", "reduce_min",
     "reduce_mean", "cast",
     "Trace", "TraceDiff", "from_returnn", "Stepper", "on_nan", "on_nonfinite", "on_state", "debugger", "RecDebugError", "LoopError", "DimError", "RunError",
+    "FeedError", "RecDebugWarning",
 ]

@@ -296,6 +296,16 @@ def test_a_diff_against_a_trace_of_another_batch_size_is_refused(labelled):
     widget.close()
 
 
+def test_an_array_fed_in_another_order_is_an_rd_feed_error(labelled):
+    g, h, feeds = labelled
+    assert "FeedError" in rd.__all__
+    with pytest.raises(rd.FeedError) as e:
+        g.run({"x": np.ones((3, 2, 2)), "y": np.ones((2, 2), int)})  # misuse: feed-order
+    check(e, "feed-order", rd.FeedError)
+    assert "input 'x': the array of shape (3, 2, 2) does not fit the Input's axis order" in str(e.value)
+    assert '{"x": (array, (hid, batch, time))}' in str(e.value)
+
+
 @pytest.fixture(scope="module")
 def stepper(labelled):
     g, h, feeds = labelled
@@ -360,9 +370,8 @@ def test_a_state_used_as_a_value_says_to_read_it_with_get(marker):
 
 
 def test_a_state_read_in_a_loop_and_never_assigned_warns_naming_its_line():
-    from recdebug.errors import RecDebugWarning
-
-    with pytest.warns(RecDebugWarning) as caught:
+    assert "RecDebugWarning" in rd.__all__
+    with pytest.warns(rd.RecDebugWarning) as caught:
         with rd.Graph():
             x = rd.Input("x", {batch, time, hid})
             h = rd.State({batch, hid})  # misuse: never-assigned
