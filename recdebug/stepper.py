@@ -12,7 +12,7 @@ from contextvars import ContextVar
 
 import numpy as np
 
-from .dims import sorted_dims
+from .dims import dim_named, sorted_dims
 from .engine import (Engine, build_apart, checked_numbers, default_params, reference_labels, resolve_device,
                      value_and_order)
 from .errors import DimError, LoopError, RecDebugError, RunError
@@ -564,14 +564,10 @@ class Stepper(SteppingControls):
             raise RecDebugError(f"Stepper.value expects a State or an rd.Tensor, got {type(x).__name__}")
         if self.choice is not None and any(d.is_batch for d in dims):
             arr, dims = self._per_hypothesis(arr, dims)
-        if order is None:
+        if order is None and self.choice is not None and self.beam_dim in dims:
             order = sorted_dims(dims)
-            if self.choice is not None and self.beam_dim in dims:
-                order = order[:1] + (self.beam_dim,) + tuple(d for d in order[1:] if d is not self.beam_dim)
-        order = tuple(order)
-        if sorted(order, key=id) != sorted(dims, key=id):
-            raise DimError(f"order {order} is not a permutation of the dims of {x!r}")
-        return arr.transpose([list(dims).index(d) for d in order])
+            order = order[:1] + (self.beam_dim,) + tuple(d for d in order[1:] if d is not self.beam_dim)
+        return _ordered(arr, dims, order, x)
 
     def set_state(self, state, value, order=None) -> "Stepper":
         """Replace a State's current value (entry t); the next step continues from it.
@@ -583,6 +579,7 @@ class Stepper(SteppingControls):
             dims = dims[:1] + (self.beam_dim,) + dims[1:]
         value = checked_numbers(f"set_state({state.path(self.graph)!r})", value, state.dtype)
         if order is not None:
+            order = tuple(dim_named(d, dims, f"set_state({state.path(self.graph)!r}): order") for d in order)
             if sorted(order, key=id) != sorted(dims, key=id):
                 raise DimError(f"set_state: order {tuple(order)} is not a permutation of {dims}")
             value = value.transpose([list(order).index(d) for d in dims])
@@ -826,7 +823,9 @@ def _count(n, what: str, hint: str) -> int:
 
 
 def _ordered(arr, dims, order, what):
-    order = tuple(order) if order is not None else sorted_dims(dims)
+    """``arr`` (axes ``dims``) with its axes in ``order`` (dims or their names; default: canonical order)."""
+    order = tuple(dim_named(d, dims, f"order of {what!r}") for d in order) if order is not None \
+        else sorted_dims(dims)
     if sorted(order, key=id) != sorted(dims, key=id):
         raise DimError(f"order {order} is not a permutation of the dims of {what!r}")
     return arr.transpose([list(dims).index(d) for d in order])

@@ -81,6 +81,29 @@ def test_set_state_then_continue_equals_numpy_from_the_edited_state(lstm_case, r
         st.set_state(lstm.c, np.zeros((3, 4)))
 
 
+def test_value_and_set_state_take_dim_names_in_order(lstm_case, rng):
+    g, time, dim, lstm, h, loop, x_np = lstm_case
+    lens = np.full(4, 6, dtype=np.int32)
+    st = g.stepper({"x": x_np}, seq_lens={time: lens})
+    st.run_to(3)
+    np.testing.assert_array_equal(st.value(lstm.c, order=("dim", "batch")), st.value(lstm.c, order=(dim, batch)))
+    edited_c = rng.standard_normal((4, 4)).astype(np.float32)
+    st.set_state(lstm.c, edited_c.T, order=("dim", "batch"))
+    np.testing.assert_array_equal(st.value(lstm.c), edited_c)
+    p = {k: v.astype(np.float64) for k, v in st.engine.params().items()}
+    z = x_np[:, 3] @ p["lstm/ff_linear/weight"] + p["lstm/ff_linear/bias"] \
+        + st.value(lstm.h).astype(np.float64) @ p["lstm/rec_linear/weight"] + p["lstm/rec_linear/bias"]
+    x_in, g_in, g_f, g_o = np.split(z, 4, axis=-1)
+    c_ref = edited_c * sigmoid(g_f) + np.tanh(x_in) * sigmoid(g_in)
+    st.step()
+    np.testing.assert_allclose(st.value(lstm.c, order=("dim", "batch")), c_ref.T, atol=ATOL)
+    np.testing.assert_allclose(st.value(lstm.h, order=("batch", "dim")), np.tanh(c_ref) * sigmoid(g_o), atol=ATOL)
+    with pytest.raises(rd.DimError, match="no dim is named 'time'; the dims there are: batch, dim:4"):
+        st.value(lstm.c, order=("time", "batch"))
+    with pytest.raises(rd.DimError, match="no dim is named 'hid'; the dims there are: batch, dim:4"):
+        st.set_state(lstm.c, edited_c, order=("batch", "hid"))
+
+
 def test_nan_breakpoint_stops_at_the_first_step_with_a_nan(lstm_case):
     g, time, dim, lstm, h, loop, x_np = lstm_case
     x_np = x_np.copy()
@@ -166,6 +189,8 @@ def test_nested_loop_stepping_and_descending_into_the_inner_loop(rng):
             steps.step()
             ok = active & (inner_lens[t] > k)
             np.testing.assert_allclose(steps.value(rec.sub.h)[ok], sub_h[t, k][ok], atol=ATOL)
+            np.testing.assert_allclose(steps.value(rec.sub.h, order=("dim", "batch"))[:, ok], sub_h[t, k][ok].T,
+                                       atol=ATOL)
         assert steps.finished and "inner loop at t=" in steps.status
     with pytest.raises(rd.LoopError, match="nested"):
         g.stepper(feed, seq_lens=lens, loop=inner)
