@@ -256,6 +256,8 @@ class Loop(Scope):
             raise LoopError(f"loop.end called twice in {self.describe()} (first at line "
                             f"{self.end_line.lineno if self.end_line else '?'})", line=line,
                             hint="combine the conditions: loop.end(a | b)")
+        if isinstance(cond, State):
+            raise used_as_value(cond, "loop.end")
         if not isinstance(cond, Tensor) or cond.dtype != "bool":
             raise DimError(f"loop.end expects a bool rd.Tensor (a comparison), got {cond!r}", line=line)
         if any(not d.is_batch for d in cond.dims):

@@ -6,6 +6,7 @@ import re
 from .dims import Dim, dims_str
 from .errors import DimError, user_line
 from .graph import Graph, current_graph
+from .state import State, used_as_value
 from .tensor import Tensor
 
 
@@ -57,8 +58,6 @@ class Module:
     def __setattr__(self, attr, value):
         # Remember the first module a sub-module or State is put into, so that one used directly
         # (``model.encoder.lin(x)``, the containers never called) still gets its attribute path.
-        from .state import State
-
         object.__setattr__(self, attr, value)
         if attr.startswith("_"):
             return
@@ -68,8 +67,6 @@ class Module:
 
     def named_children(self):
         """(attribute name, value) for sub-modules, States and Parameters, in definition order."""
-        from .state import State
-
         for attr, value in vars(self).items():
             if attr.startswith("_"):
                 continue
@@ -83,8 +80,6 @@ class Module:
 
 def name_module(g: Graph, module: Module, path: str | None = None) -> str:
     """The module's path in ``g``: its attribute path, or for a root module its snake-case class name."""
-    from .state import State
-
     key = id(module)
     if key in g.module_paths:
         return g.module_paths[key]
@@ -142,6 +137,8 @@ class Linear(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         line = user_line()
+        if isinstance(x, State):
+            raise used_as_value(x, "rd.Linear")
         if not isinstance(x, Tensor):
             raise DimError(f"rd.Linear expects an rd.Tensor, got {type(x).__name__}", line=line)
         in_dim = self.in_dim if self.in_dim is not None and self.in_dim in x.dims else x.feature_dim("rd.Linear")
@@ -171,6 +168,8 @@ class Embedding(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         line = user_line()
+        if isinstance(x, State):
+            raise used_as_value(x, "rd.Embedding")
         if x.sparse_dim is not self.vocab:
             raise DimError(f"rd.Embedding({self.vocab!r}) expects labels with sparse_dim {self.vocab!r}, "
                            f"got {x!r}", line=line)
@@ -186,7 +185,6 @@ class LSTM(Module):
     def __init__(self, out_dim: Dim):
         super().__init__()
         from .dims import batch_dim
-        from .state import State
 
         if not isinstance(out_dim, Dim) or out_dim.size is None:
             raise DimError(f"rd.LSTM expects a static rd.Dim as out_dim, got {out_dim!r}")
@@ -199,6 +197,8 @@ class LSTM(Module):
     def forward(self, x: Tensor) -> Tensor:
         from .ops import sigmoid, split, tanh
 
+        if isinstance(x, State):
+            raise used_as_value(x, "rd.LSTM")
         x_in, g_in, g_forget, g_out = split(self.ff_linear(x) + self.rec_linear(self.h.get()), 4)
         c = self.c.get() * sigmoid(g_forget) + tanh(x_in) * sigmoid(g_in)
         self.c.assign(c)

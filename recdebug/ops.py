@@ -4,10 +4,19 @@ from __future__ import annotations
 from .dims import Dim, batch_dim, dims_str
 from .errors import DimError, user_line
 from .graph import current_graph
+from .state import State, used_as_value
 from .tensor import Tensor
 
 
+def _no_states(what: str, *values) -> None:
+    """A State given where a value is needed (``rd.tanh(h)``): the error that says to read it with get()."""
+    for v in values:
+        if isinstance(v, State):
+            raise used_as_value(v, what)
+
+
 def _check_tensor(x, what):
+    _no_states(what, x)
     if not isinstance(x, Tensor):
         raise DimError(f"{what} expects an rd.Tensor, got {type(x).__name__}")
     return x
@@ -70,6 +79,7 @@ def where(cond: Tensor, a, b) -> Tensor:
     import numbers
 
     line = user_line()
+    _no_states("rd.where", cond, a, b)
     if not isinstance(cond, Tensor) or cond.dtype != "bool":
         raise DimError(f"rd.where expects a bool rd.Tensor (a comparison) as condition, got {cond!r}", line=line)
     tensors = [cond] + [v for v in (a, b) if isinstance(v, Tensor)]
@@ -108,6 +118,7 @@ def gather(x: Tensor, index: Tensor, dim: Dim | None = None) -> Tensor:
     the valid range, for a dynamic dim to each sequence's frames. ``rd.gather(x, loop.index)`` reads frame t."""
     line = user_line()
     _check_tensor(x, "rd.gather")
+    _no_states("rd.gather", index)
     if not isinstance(index, Tensor) or index.dtype != "int32":
         raise DimError(f"rd.gather expects an int32 rd.Tensor as index, got {index!r}", line=line)
     dim = dim if dim is not None else index.sparse_dim
@@ -150,6 +161,7 @@ def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """Per frame: -log softmax(logits)[label] over the labels' sparse dim (the logits' other dims remain)."""
     line = user_line()
     _check_tensor(logits, "rd.cross_entropy")
+    _no_states("rd.cross_entropy", labels)
     if not isinstance(labels, Tensor) or labels.sparse_dim is None:
         raise DimError(f"rd.cross_entropy expects labels with a sparse_dim (the classes), got {labels!r}", line=line)
     vocab = labels.sparse_dim

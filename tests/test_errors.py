@@ -348,6 +348,16 @@ STATE_MISUSES = {
     "state-below-tensor": lambda x_t, h: h < x_t,  # misuse: state-below-tensor
     "tensor-equals-state": lambda x_t, h: x_t == h,  # misuse: tensor-equals-state
     "stack-of-state": lambda x_t, h: loop_of(x_t).stack(h),  # misuse: stack-of-state
+    "end-on-state": lambda x_t, h: loop_of(x_t).end(h),  # misuse: end-on-state
+    "tanh-of-state": lambda x_t, h: rd.tanh(h),  # misuse: tanh-of-state
+    "softmax-of-state": lambda x_t, h: rd.softmax(h, hid),  # misuse: softmax-of-state
+    "reduce-of-state": lambda x_t, h: rd.reduce_sum(h, hid),  # misuse: reduce-of-state
+    "concat-with-state": lambda x_t, h: rd.concat(x_t, h),  # misuse: concat-with-state
+    "where-of-state": lambda x_t, h: rd.where(x_t > 0.0, h, 0.0),  # misuse: where-of-state
+    "gather-by-state": lambda x_t, h: rd.gather(x_t, h, hid),  # misuse: gather-by-state
+    "linear-of-state": lambda x_t, h: rd.Linear(hid)(h),  # misuse: linear-of-state
+    "lstm-of-state": lambda x_t, h: rd.LSTM(hid)(h),  # misuse: lstm-of-state
+    "embedding-of-state": lambda x_t, h: rd.Embedding(vocab, hid)(h),  # misuse: embedding-of-state
 }
 
 
