@@ -1,7 +1,7 @@
 """Loop: ``with rd.Loop() as loop:`` runs its body once per step; becomes one RETURNN rec layer."""
 from __future__ import annotations
 
-from .dims import Dim, batch_dim, dims_str
+from .dims import Dim, batch_dim, dim_named, dims_str
 from .errors import DimError, LoopError, user_line
 from .graph import Scope, check_usable, current_graph
 from .state import State, used_as_value, value_in
@@ -166,8 +166,9 @@ class Loop(Scope):
     def set_include_eos(self, include_eos: bool) -> None:
         self.include_eos = include_eos
 
-    def unstack(self, x: Tensor, axis: Dim | None = None) -> Tensor:
-        """The frame of ``x`` at the current step; all unstacks of a loop share one axis."""
+    def unstack(self, x: Tensor, axis: Dim | str | None = None) -> Tensor:
+        """The frame of ``x`` at the current step; all unstacks of a loop share one axis. ``axis``: a dim of x or
+        its name (default: the loop's axis, or x's one dynamic dim)."""
         line = user_line()
         g = self._check_open("unstack", line)
         if isinstance(x, State):
@@ -178,7 +179,9 @@ class Loop(Scope):
             raise LoopError(f"loop.unstack of {x!r}, which is computed inside the same loop", line=line,
                             hint="unstack an input or a value computed before the loop")
         check_usable(x, self, line)
-        if axis is None:
+        if axis is not None:
+            axis = dim_named(axis, x.dims, f"loop.unstack of {x!r}")
+        else:
             dynamic = [d for d in x.dims if d.is_dynamic]
             if self._axis_from_unstack and self._axis in x.dims:
                 axis = self._axis

@@ -1,7 +1,7 @@
 """Functional ops on Tensors; each becomes one RETURNN layer (split: one per part)."""
 from __future__ import annotations
 
-from .dims import Dim, batch_dim, dims_str
+from .dims import Dim, batch_dim, dim_named, dims_str
 from .errors import DimError, user_line
 from .graph import current_graph
 from .state import State, used_as_value
@@ -51,11 +51,11 @@ def abs(x: Tensor) -> Tensor:  # noqa: A001  (rd.abs, as numpy's)
     return _activation(x, "abs")
 
 
-def _softmax(x: Tensor, dim: Dim | None, log_space: bool) -> Tensor:
+def _softmax(x: Tensor, dim: Dim | str | None, log_space: bool) -> Tensor:
     what = "rd.log_softmax" if log_space else "rd.softmax"
     _check_tensor(x, what)
     line = user_line()
-    dim = dim if dim is not None else x.feature_dim(what)
+    dim = dim_named(dim, x.dims, f"{what} of {x!r}") if dim is not None else x.feature_dim(what)
     if dim not in x.dims or dim.is_batch:
         raise DimError(f"{what}: {x!r} has no dim {dim!r} to normalize over", line=line)
     if x.dtype != "float32":
@@ -64,12 +64,13 @@ def _softmax(x: Tensor, dim: Dim | None, log_space: bool) -> Tensor:
                           hint="log_softmax" if log_space else "softmax")
 
 
-def softmax(x: Tensor, dim: Dim | None = None) -> Tensor:
-    """exp(x) normalized over ``dim`` (default: the feature dim); over a dynamic dim, padding frames get 0."""
+def softmax(x: Tensor, dim: Dim | str | None = None) -> Tensor:
+    """exp(x) normalized over ``dim`` (a dim of x or its name; default: the feature dim); over a dynamic dim,
+    padding frames get 0."""
     return _softmax(x, dim, log_space=False)
 
 
-def log_softmax(x: Tensor, dim: Dim | None = None) -> Tensor:
+def log_softmax(x: Tensor, dim: Dim | str | None = None) -> Tensor:
     """log(softmax(x, dim)), computed stably."""
     return _softmax(x, dim, log_space=True)
 
@@ -113,15 +114,16 @@ def _sparse(x: Tensor, sparse_dim, line) -> Tensor:
                           line=line)
 
 
-def gather(x: Tensor, index: Tensor, dim: Dim | None = None) -> Tensor:
-    """``x`` at position ``index`` (int32) along ``dim`` (default: the index's sparse dim); the index is clipped to
-    the valid range, for a dynamic dim to each sequence's frames. ``rd.gather(x, loop.index)`` reads frame t."""
+def gather(x: Tensor, index: Tensor, dim: Dim | str | None = None) -> Tensor:
+    """``x`` at position ``index`` (int32) along ``dim`` (a dim of x or its name; default: the index's sparse dim);
+    the index is clipped to the valid range, for a dynamic dim to each sequence's frames. ``rd.gather(x,
+    loop.index)`` reads frame t."""
     line = user_line()
     _check_tensor(x, "rd.gather")
     _no_states("rd.gather", index)
     if not isinstance(index, Tensor) or index.dtype != "int32":
         raise DimError(f"rd.gather expects an int32 rd.Tensor as index, got {index!r}", line=line)
-    dim = dim if dim is not None else index.sparse_dim
+    dim = dim_named(dim, x.dims, f"rd.gather of {x!r}") if dim is not None else index.sparse_dim
     if dim is None:
         raise DimError("rd.gather: which dim does the index select on?", line=line, hint="pass dim=...")
     if dim not in x.dims or dim.is_batch:
@@ -173,11 +175,12 @@ def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return -gather(log_softmax(logits, vocab), labels, vocab)
 
 
-def split(x: Tensor, n: int, dim: Dim | None = None) -> tuple:
-    """Split ``x`` into ``n`` equal parts along its feature dim (``dim * n`` gives back parts of ``dim``)."""
+def split(x: Tensor, n: int, dim: Dim | str | None = None) -> tuple:
+    """Split ``x`` into ``n`` equal parts along its feature dim, or along ``dim`` (a dim of x or its name);
+    ``dim * n`` gives back parts of ``dim``."""
     _check_tensor(x, "rd.split")
     line = user_line()
-    dim = dim or x.feature_dim("rd.split")
+    dim = dim_named(dim, x.dims, f"rd.split of {x!r}") if dim is not None else x.feature_dim("rd.split")
     if dim not in x.dims:
         raise DimError(f"rd.split: {x!r} has no dim {dim!r}", line=line)
     try:
@@ -233,9 +236,11 @@ def constant(value, dims, dtype: str = "float32") -> Tensor:
     return g.add_op("constant", [], dims, dtype=dtype, attrs={"value": value}, line=line)
 
 
-def _reduce(x: Tensor, dim: Dim, mode: str) -> Tensor:
+def _reduce(x: Tensor, dim: Dim | str, mode: str) -> Tensor:
+    """``x`` reduced over ``dim`` (a dim of x or its name)."""
     _check_tensor(x, f"rd.reduce_{mode}")
     line = user_line()
+    dim = dim_named(dim, x.dims, f"rd.reduce_{mode} of {x!r}")
     if dim not in x.dims:
         raise DimError(f"rd.reduce_{mode}: {x!r} has no dim {dim!r}", line=line)
     if dim is batch_dim:
@@ -244,19 +249,19 @@ def _reduce(x: Tensor, dim: Dim, mode: str) -> Tensor:
                           line=line)
 
 
-def reduce_sum(x: Tensor, dim: Dim) -> Tensor:
+def reduce_sum(x: Tensor, dim: Dim | str) -> Tensor:
     return _reduce(x, dim, "sum")
 
 
-def reduce_max(x: Tensor, dim: Dim) -> Tensor:
+def reduce_max(x: Tensor, dim: Dim | str) -> Tensor:
     return _reduce(x, dim, "max")
 
 
-def reduce_min(x: Tensor, dim: Dim) -> Tensor:
+def reduce_min(x: Tensor, dim: Dim | str) -> Tensor:
     return _reduce(x, dim, "min")
 
 
-def reduce_mean(x: Tensor, dim: Dim) -> Tensor:
+def reduce_mean(x: Tensor, dim: Dim | str) -> Tensor:
     """The mean over ``dim``; over a dynamic dim, of each sequence's frames only (padding excluded)."""
     return _reduce(x, dim, "mean")
 

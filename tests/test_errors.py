@@ -407,3 +407,34 @@ def test_a_state_assigned_in_or_only_outside_loops_does_not_warn():
             with rd.Loop() as loop:
                 h.assign(loop.unstack(x) + h.get() + c.get())
                 loop.stack(h.get())
+
+
+# --- a dim given by its name: a name no dim of the operand has, or several have ---
+
+NAMED_DIM_MISUSES = {  # (the name given, the call); x: {batch, time, hid}; both: {batch, time, another "time"}
+    "reduce-unknown": ("hidden", lambda x, both, loop: rd.reduce_sum(x, "hidden")),  # misuse: reduce-unknown
+    "softmax-ambiguous": ("time", lambda x, both, loop: rd.softmax(both, "time")),  # misuse: softmax-ambiguous
+    "gather-unknown": ("win", lambda x, both, loop: rd.gather(x, loop.index, "win")),  # misuse: gather-unknown
+    "split-unknown": ("other", lambda x, both, loop: rd.split(x, 3, "other")),  # misuse: split-unknown
+    "unstack-ambiguous": ("time", lambda x, both, loop: loop.unstack(both, axis="time")),  # misuse: unstack-ambiguous
+}
+
+
+@pytest.mark.parametrize("marker", sorted(NAMED_DIM_MISUSES))
+def test_a_dim_name_that_names_no_dim_or_several_is_refused_with_the_dims_by_name(marker):
+    name, misuse = NAMED_DIM_MISUSES[marker]
+    with rd.Graph():
+        x = rd.Input("x", {batch, time, hid})
+        both = rd.Input("both", {batch, time, rd.Dim("time")})
+        with rd.Loop(max_seq_len=3) as loop:
+            with pytest.raises(rd.DimError) as e:
+                misuse(x, both, loop)
+            loop.end(loop.index >= 2)
+    check(e, marker, rd.DimError)
+    op = marker.split("-")[0]
+    assert str(e.value).startswith("loop.unstack" if op == "unstack" else f"rd.{op}")
+    if marker.endswith("unknown"):
+        assert f"no dim is named {name!r}; the dims there are: batch, time, hid:3" in str(e.value)
+    else:
+        assert f"2 dims are named {name!r}" in str(e.value) and "the dims there are: batch, time, time" in str(e.value)
+        assert "give the rd.Dim object itself instead of its name" in str(e.value)

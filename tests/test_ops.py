@@ -192,3 +192,36 @@ def test_op_misuse_names_the_line():
             rd.dropout(x, 1.5)
         with pytest.raises(rd.DimError, match="sparse_dim"):
             rd.cross_entropy(x, x)
+
+
+def test_dims_given_by_name(rng):
+    """Each dim argument by its name (the one dim of the operand so called) gives what the Dim object gives."""
+    time, feat, win = rd.Dim("time"), rd.Dim("feat", 4), rd.Dim("win", 3)
+    with rd.Graph() as g:
+        x = rd.Input("x", {batch, time, feat})
+        w = rd.Input("w", (batch, win, feat))
+        with rd.Loop() as loop:
+            x_t = loop.unstack(x, axis="time")
+            sm = loop.stack(rd.log_softmax(x_t, "feat"))
+            top = loop.stack(rd.reduce_max(x_t, "feat"))
+            first, second = (loop.stack(part) for part in rd.split(x_t, 2, "feat"))
+        over_time = rd.softmax(x, "time")
+        total = rd.reduce_sum(x, "time")
+        with rd.Loop() as by_win:
+            w_sum = by_win.last(rd.reduce_sum(by_win.unstack(w, axis="win"), "feat"))
+        with rd.Loop(max_seq_len=3) as loop2:
+            frames = loop2.stack(rd.gather(w, loop2.index, "win"))
+            loop2.end(loop2.index >= 2, include_eos=True)
+    x_np, w_np = _input(rng), rng.standard_normal((3, 3, 4)).astype(np.float32)
+    res = g.run({"x": x_np, "w": w_np}, seq_lens={time: LENS})
+    x64, w64 = x_np.astype(np.float64), w_np.astype(np.float64)
+    assert_frames_close(res.numpy(sm), np.log(_np_softmax(x64, -1)), LENS)
+    assert_frames_close(res.numpy(top), x64.max(-1), LENS)
+    assert_frames_close(res.numpy(first), x64[..., :2], LENS)
+    assert_frames_close(res.numpy(second), x64[..., 2:], LENS)
+    got_sm, got_total = res.numpy(over_time, order=(batch, time, feat)), res.numpy(total, order=(batch, feat))
+    for b, n in enumerate(LENS):
+        np.testing.assert_allclose(got_sm[b, :n], _np_softmax(x64[b, :n], 0), atol=ATOL)
+        np.testing.assert_allclose(got_total[b], x64[b, :n].sum(0), atol=ATOL)
+    np.testing.assert_allclose(res.numpy(w_sum), w64[:, -1].sum(-1), atol=ATOL)
+    np.testing.assert_allclose(res.numpy(frames, order=(batch, loop2.axis, feat)), w64, atol=ATOL)
