@@ -240,3 +240,60 @@ def test_a_recorded_trace_says_every_step_is_recorded_and_draws_each(lab, page):
         assert "before t=0" not in search.inner_text() and "drawn along hypothesis" in search.inner_text()
     finally:
         set_theme(url, token, "JupyterLab Light")
+
+
+WIDE = '''
+import numpy as np
+import recdebug as rd
+
+batch, time = rd.batch_dim, rd.Dim("time")
+feat, hid = rd.Dim("feat", 6), rd.Dim("hidden", 32)
+with rd.Graph() as g:
+    x = rd.Input("x", {batch, time, feat})
+    lstm = rd.LSTM(hid)
+    with rd.Loop() as loop:
+        out = loop.stack(lstm(loop.unstack(x)))
+x_np = np.random.default_rng(2).standard_normal((2, 40, 6)).astype(np.float32)
+rd.debugger(g.trace({"x": x_np}, seq_lens={time: np.array([40, 25])}))
+'''
+
+
+@pytest.mark.parametrize("width,theme", [(1400, "JupyterLab Light"), (1000, "JupyterLab Dark")])
+def test_a_wide_state_and_its_hierarchy_fit_the_view(lab, page, width, theme):
+    """A 32-unit LSTM at 1400 px light and 1000 px dark: every hierarchy row ends inside the tree (long dims end in
+    an ellipsis, the whole row in its tooltip), and the tooltip at the right edge of a heatmap stays off its
+    colour bar."""
+    from playwright.sync_api import expect
+
+    url, token = lab
+    set_theme(url, token, theme)
+    try:
+        write_notebook(url, token, f"wide-{width}.ipynb", [WIDE])
+        page.set_viewport_size({"width": width, "height": 1000})
+        run_all(page, url, token, f"wide-{width}.ipynb", 1)
+        cell = page.locator(".jp-CodeCell").first
+        heat = cell.locator(".rd-heatmap").first
+        expect(heat).to_have_attribute("data-cursor", "0")
+        tree = cell.locator(".rd-tree")
+        right = tree.evaluate("e => e.getBoundingClientRect().right")
+        rows = tree.locator("li.rd-node").all()
+        assert len(rows) > 10
+        for row in rows:
+            box = row.evaluate("li => { const r = li.getBoundingClientRect(), n = li.querySelector(':scope > "
+                               ".rd-node-name').getBoundingClientRect(); return [r.right, n.height]; }")
+            assert box[0] <= right + 1 and box[1] < 24, (row.get_attribute("data-path"), box, right)
+        cut = tree.locator('li[data-path="loop/lstm.rec_linear"]')
+        assert "{batch, hidden*4:128}" in cut.get_attribute("title")  # the whole row, where it is cut
+        overlay = heat.locator(".rd-overlay")
+        overlay.scroll_into_view_if_needed()
+        box = overlay.bounding_box()
+        page.mouse.move(box["x"] + box["width"] - RIGHT - 2, box["y"] + 4)  # t=39, unit 0: by the colour bar
+        tip = heat.locator(".rd-tooltip")
+        expect(tip).to_contain_text("t=39 unit=0 value=")
+        assert tip.bounding_box()["x"] + tip.bounding_box()["width"] <= box["x"] + box["width"] - RIGHT + 1
+        cell.locator(".jp-OutputArea-output").first.evaluate("e => e.scrollIntoView({block: 'start'})")
+        page.wait_for_timeout(300)
+        light = "light" if "Light" in theme else "dark"
+        page.screenshot(path=str(OUT / f"debugger-lstm32-{light}-{width}.png"))
+    finally:
+        set_theme(url, token, "JupyterLab Light")
