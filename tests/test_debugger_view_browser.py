@@ -143,23 +143,69 @@ def check_values(page, heat, expected, T):
             assert rgba[3] == 255 and np.abs(np.array(rgba[:3]) - diverging(v, scale)).max() <= 1, (k, u, rgba)
 
 
-def test_steps_run_before_display_ended_sequences_and_not_run_steps_are_drawn_as_the_stepper_holds(lab, page):
-    """Items: a widget displayed after st.step(3) draws t=0..2 with the stepper's values (also after a page
-    reload); steps not run yet are hatched, unlike a value of 0; once the shown sequence has ended, the later
-    steps are grey padding and the readout says so."""
+def open_late(page, url, token, name):
+    """The live debugger of SETUP displayed after st.step(3): (the setup cell, the displayed cell, its first
+    heatmap, h after steps 1..3 of sequence 0 as the kernel printed it)."""
     from playwright.sync_api import expect
 
-    url, token = lab
-    write_notebook(url, token, "late.ipynb", [SETUP, SHOW_LATE])
+    write_notebook(url, token, name, [SETUP, SHOW_LATE])
     page.set_viewport_size({"width": 1400, "height": 1000})
-    run_all(page, url, token, "late.ipynb", 2)
+    run_all(page, url, token, name, 2)
     setup, shown = page.locator(".jp-CodeCell").nth(0), page.locator(".jp-CodeCell").nth(1)
-    expected = printed(setup, "EXPECT")  # h after steps 1, 2, 3: t=0..2 of sequence 0
     heat = shown.locator(".rd-heatmap").first
     expect(shown.locator(".rd-status")).to_contain_text("at t=2 (3 of 9 steps run)")
     expect(heat).to_have_attribute("data-cursor", "2")
+    return setup, shown, heat, printed(setup, "EXPECT")
+
+
+def test_steps_run_before_the_widget_is_displayed_are_drawn_with_their_values_also_after_a_reload(lab, page):
+    """d = rd.debugger(st); st.step(3); d: t=0..2 hover and colour as st.value has them, before and after the
+    page is reloaded (the view then starts from the kernel's synced state)."""
+    from playwright.sync_api import expect
+
+    url, token = lab
+    setup, shown, heat, expected = open_late(page, url, token, "late.ipynb")
+    check_values(page, heat, expected, 9)
+    expect(shown.locator(".rd-readout").first).to_contain_text("t=2: min")
+    shown.locator(".rd-status").scroll_into_view_if_needed()
+    page.screenshot(path=str(OUT / "debugger-live-late-1400.png"))
+    # docs/images/debugger.png, the README's picture, is a copy of this one
+    shown.locator(".jp-OutputArea-output").first.screenshot(path=str(OUT / "debugger-widget.png"))
+
+    page.keyboard.press("Control+s")  # the outputs stay in the file; the page reloads from the kernel's state
+    page.wait_for_timeout(1500)
+    page.reload()
+    page.locator(".jp-NotebookPanel:visible .jp-Notebook").wait_for()
+    heat = page.locator(".jp-CodeCell").nth(1).locator(".rd-heatmap").first
+    expect(heat).to_have_attribute("data-cursor", "2", timeout=120_000)
     check_values(page, heat, expected, 9)
 
+
+def test_steps_after_the_shown_sequence_ended_are_grey_padding(lab, page):
+    """The widget's own run button steps past the end of sequence 0 (3 steps): the later steps are padding in the
+    hover, the pixel colour, the readout and the status, and the steps before keep the stepper's values."""
+    from playwright.sync_api import expect
+
+    url, token = lab
+    setup, shown, heat, expected = open_late(page, url, token, "ended.ipynb")
+    shown.get_by_role("button", name="run ▶▶").click()
+    status = shown.locator(".rd-status")
+    expect(status).to_contain_text("at t=8 (9 of 9 steps run)")
+    expect(status).to_contain_text("sequence 0 ended after t=2 (3 steps)")
+    expect(heat.locator(".rd-readout")).to_have_text("t=8: padding (this sequence has 3 steps, t=0…2)")
+    for t in (3, 5, 8):
+        assert hover(page, heat, t, 1, 9, 4) == "padding"
+        assert pixel(heat, t, 1) == [*PAD, 255]
+    check_values(page, heat, expected, 9)
+
+
+def test_steps_not_run_yet_are_hatched_unlike_a_value_of_zero(lab, page):
+    """Steps not run yet have a look of their own (hatched: lines and gaps, neither a colour of the scale nor the
+    padding grey), the legend says so, and hovering one says "not run yet"."""
+    from playwright.sync_api import expect
+
+    url, token = lab
+    setup, shown, heat, expected = open_late(page, url, token, "hatched.ipynb")
     legend = shown.locator(".rd-convention")
     expect(legend).to_contain_text("hatched: not run yet")
     expect(legend).to_contain_text("the cursor line marks the last step run")
@@ -170,31 +216,7 @@ def test_steps_run_before_display_ended_sequences_and_not_run_steps_are_drawn_as
     light = hatched.min(axis=1) > 235
     assert light.any() and (~light).any(), "a not-run step is hatched: lines and gaps, not one flat colour"
     assert not (np.abs(hatched - PAD).max(axis=1) <= 3).all()  # and not padding's grey
-    expect(shown.locator(".rd-readout").first).to_contain_text("t=2: min")
-    shown.locator(".rd-status").scroll_into_view_if_needed()
-    page.screenshot(path=str(OUT / "debugger-live-late-1400.png"))
-    # docs/images/debugger.png, the README's picture, is a copy of this one
-    shown.locator(".jp-OutputArea-output").first.screenshot(path=str(OUT / "debugger-widget.png"))
-
-    shown.get_by_role("button", name="run ▶▶").click()  # the widget's own run: past the end of sequence 0
-    status = shown.locator(".rd-status")
-    expect(status).to_contain_text("at t=8 (9 of 9 steps run)")
-    expect(status).to_contain_text("sequence 0 ended after t=2 (3 steps)")
-    expect(heat.locator(".rd-readout")).to_have_text("t=8: padding (this sequence has 3 steps, t=0…2)")
-    for t in (3, 5, 8):
-        assert hover(page, heat, t, 1, 9, 4) == "padding"
-        assert pixel(heat, t, 1) == [*PAD, 255]
-    check_values(page, heat, expected, 9)  # the steps before are still the stepper's
-
-    page.keyboard.press("Control+s")  # the outputs stay in the file; the page reloads from the kernel's state
-    page.wait_for_timeout(1500)
-    page.reload()
-    page.locator(".jp-NotebookPanel:visible .jp-Notebook").wait_for()
-    shown = page.locator(".jp-CodeCell").nth(1)
-    heat = shown.locator(".rd-heatmap").first
-    expect(heat).to_have_attribute("data-cursor", "8", timeout=120_000)
-    check_values(page, heat, expected, 9)
-    assert hover(page, heat, 6, 0, 9, 4) == "padding" and pixel(heat, 6, 0) == [*PAD, 255]
+    expect(heat.locator(".rd-readout")).to_contain_text("t=2: min")
 
 
 def test_a_recorded_trace_says_every_step_is_recorded_and_draws_each(lab, page):
