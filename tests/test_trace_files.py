@@ -230,9 +230,9 @@ def test_a_file_of_the_first_format_loads_without_a_hierarchy(saved, tmp_path):
     np.testing.assert_array_equal(back.numpy("loop/lstm.h"), tr.numpy("loop/lstm.h"))
     assert back.hierarchy == [] and back.net_text == ""
     d = rd.debugger(back)
-    d.step(2)
+    d.step(2)  # from t=0, where a trace's debugger opens
     assert d.hierarchy.nodes == [] and "does not keep the net dict" in d.net_text.value
-    assert d.views["loop/lstm.h"].cursor == 1
+    assert d.views["loop/lstm.h"].cursor == 2
     d.close()
 
 
