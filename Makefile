@@ -20,12 +20,13 @@ demo: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ --ServerApp.ip=127.0.0.1 --LabApp.news_url=None $(ROOT_FLAG)
 
 demo-headless: $(STAMP)
-	$(PY) -m recdebug.demo
+	$(PY) -m recdebug.notebook.demo
 	$(VENV)/bin/jupyter nbconvert --to html --execute --ExecutePreprocessor.store_widget_state=False \
 		--ExecutePreprocessor.timeout=300 --output-dir out/notebooks notebooks/*.ipynb
 
 test: $(STAMP)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(VENV)/bin/lint-imports  # the layers (pyproject.toml): each imports only those below it
 	$(PY) -m pytest -q tests --ignore=tests/test_generative.py
 	$(PY) -m pytest -q -n 2 --dist worksteal tests/test_generative.py
 

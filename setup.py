@@ -25,7 +25,8 @@ setup(
     extras_require={
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
         "lab": LAB,
-        "test": LAB + ["pytest==9.2.0", "playwright==1.65.2", "hypothesis==6.170.17", "pytest-xdist==3.8.0"],
+        "test": LAB + ["pytest==9.2.0", "playwright==1.65.2", "hypothesis==6.170.17", "pytest-xdist==3.8.0",
+                 "import-linter==2.17"],
     },
     # the widgets' browser modules, found here when recdebug is installed without its source tree
     data_files=[("share/recdebug/extension", ["extension/heatmap.js", "extension/tree.js", "extension/beamtree.js",

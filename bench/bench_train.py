@@ -92,7 +92,7 @@ def notebook_times():
         nb = nbformat.read(path, as_version=4)
         # the kernel times its g.train calls (their builds included) and reports after the notebook's own cells
         nb.cells.insert(0, nbformat.v4.new_code_cell(
-            "import time as _clock, recdebug.graph as _graph\n"
+            "import time as _clock, recdebug.language.graph as _graph\n"
             "_train, _spent = _graph.Graph.train, [0.0]\n"
             "def _timed(self, *args, **kwargs):\n"
             "    t0 = _clock.perf_counter()\n"

@@ -100,7 +100,7 @@ def main():
     import tensorflow as tf
 
     print("TensorFlow", tf.__version__, "GPUs:", [d.name for d in tf.config.list_physical_devices("GPU")])
-    if args.first == "gpu" and not rd.engine.gpu_available():
+    if args.first == "gpu" and not rd.backend.engine.gpu_available():
         print("TensorFlow sees no GPU: nothing to check")
         return 2
     gpu_times, gpu_values, gpu_where, mask = run_all(args.first, args.steps)

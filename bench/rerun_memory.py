@@ -45,7 +45,7 @@ def alive() -> tuple[int, int]:
     """(TensorFlow graphs, Steppers) reachable in this process."""
     import tensorflow as tf
 
-    from recdebug.stepper import Stepper
+    from recdebug.backend.stepper import Stepper
 
     objects = gc.get_objects()
     return sum(isinstance(o, tf.Graph) for o in objects), sum(isinstance(o, Stepper) for o in objects)

@@ -22,7 +22,7 @@ import numbers
 import numpy as np
 
 import recdebug as rd
-from recdebug.dims import sorted_dims
+from recdebug.language.dims import sorted_dims
 
 batch_dim = rd.batch_dim
 

@@ -113,7 +113,7 @@ def test_a_stepper_that_fails_after_its_build_frees_the_build(case):
 def test_an_error_raised_in_a_build_names_the_callers_line():
     """Builds run in a helper thread (whose stack has no user line): their errors name the caller's line."""
     with pytest.raises(rd.RunError) as info:
-        rd.engine.build_apart(functools.partial(rd.engine.resolve_device, "tpu"))
+        rd.backend.engine.build_apart(functools.partial(rd.backend.engine.resolve_device, "tpu"))
     assert info.value.line.filename == __file__ and "build_apart(" in info.value.line.code
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import recdebug as rd
-from recdebug.errors import FeedError
+from recdebug.language.errors import FeedError
 
 batch = rd.batch_dim
 SOURCE = open(__file__).read().splitlines()

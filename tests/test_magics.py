@@ -12,7 +12,7 @@ import pytest
 from IPython.core.error import UsageError
 
 import recdebug as rd
-from recdebug.cell import RecloopError, RecloopResult
+from recdebug.notebook.cell import RecloopError, RecloopResult
 
 CELL = """
 x = rd.Input("x", {batch, time, hid})

@@ -38,7 +38,7 @@ def pages() -> list:
 def page_namespace(shell, tmp_path):
     """The shell's namespace, emptied of the page's names afterwards; the working folder ``tmp_path``."""
     import recdebug as rd
-    from recdebug.cell import RecloopResult
+    from recdebug.notebook.cell import RecloopResult
 
     saved = dict(shell.user_ns)
     cwd = os.getcwd()

@@ -9,8 +9,8 @@ import pytest
 from IPython.core.error import UsageError
 
 import recdebug as rd
-from recdebug.cell import RecloopError
-from recdebug.returnn_debug import RecdebugResult
+from recdebug.notebook.cell import RecloopError
+from recdebug.notebook.returnn_debug import RecdebugResult
 from returnn_cli import DEMOS, train
 from test_from_returnn import ATOL, LSTM_CONFIG, assert_frames, lstm_feed, numpy_explicit_lstm, softmax, weights
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import recdebug as rd
-from recdebug.engine import gpu_available
+from recdebug.backend.engine import gpu_available
 
 batch = rd.batch_dim
 

@@ -33,7 +33,7 @@ def test_stepper_values_equal_the_trace_at_every_step(lstm_case):
             ref = tr.numpy(state, order=(time, batch, dim))[t]
             np.testing.assert_allclose(st.value(state, order=(batch, dim))[active], ref[active], atol=ATOL)
         for x in in_loop:
-            order = (time,) + tuple(d for d in rd.dims.sorted_dims(x.dims))
+            order = (time,) + tuple(d for d in rd.language.dims.sorted_dims(x.dims))
             ref = tr.numpy(x, order=order)[t]
             np.testing.assert_allclose(st.value(x)[active], ref[active], atol=ATOL, err_msg=x.name)
     assert st.finished and st.ended == {0: 6, 1: 3, 2: 1, 3: 5}
@@ -154,7 +154,7 @@ def test_stepper_errors(lstm_case):
     with pytest.raises(rd.RecDebugError, match="no iteration has run"):
         st.value(h)
     with pytest.raises(rd.RunError, match="no GPU"):
-        if not rd.engine.gpu_available():
+        if not rd.backend.engine.gpu_available():
             g.stepper({"x": x_np}, device="gpu")
         else:
             raise rd.RunError("no GPU (skipped: a GPU is present)")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import recdebug as rd
-from recdebug import tracefile
+from recdebug.records import tracefile
 from test_design_examples import lstm_loop
 from test_search import build as build_decoder
 from test_search import params as decoder_params

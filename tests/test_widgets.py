@@ -7,7 +7,7 @@ import pytest
 from ipywidgets.widgets import widget as ipywidget
 
 import recdebug as rd
-from recdebug.widgets import HeatmapView
+from recdebug.views.widgets import HeatmapView
 from test_design_examples import lstm_loop
 
 batch = rd.batch_dim
@@ -380,7 +380,7 @@ def test_the_display_bundle_holds_a_picture_of_the_view_now(case):
 
 
 def test_picture_colours_follow_the_heatmaps_mapping():
-    from recdebug.plot import view_rgba
+    from recdebug.views.plot import view_rgba
 
     values = np.array([[1.0, -1.0, 0.0], [np.nan, np.inf, 0.5], [2.0, 2.0, 2.0], [3.0, 3.0, 3.0]], np.float32)
     rgba = view_rgba(values, length=2, shown=3, scale=1.0, categorical=False)  # [units, steps, 4]

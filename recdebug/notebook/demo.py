@@ -1,6 +1,6 @@
 """Headless demo: the design text's first loop, its RETURNN net dict, and a run on random data.
 
-Run with ``python -m recdebug.demo``.
+Run with ``python -m recdebug.notebook.demo``.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ An ended hypothesis extends only by label 0, at no cost, and keeps its States.
 """
 from __future__ import annotations
 
-from .stepnet import REF_KEYS, StepNet, readers_of
+from ..emission.stepnet import REF_KEYS, StepNet, readers_of
 
 ENDED_OTHER_LABELS = -1e30  # the log-probability of any label but 0 after a hypothesis has ended
 _registered = False

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..records.trace import connect_plot
+
 
 def plot_trace(trace, sequence: int = 0, keys=None, t: int | None = None, figsize=None):
     """One row per value (default: the States): heatmap units x time with padding grey and NaN/Inf marked,
@@ -147,3 +149,6 @@ def png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+connect_plot(plot_trace)

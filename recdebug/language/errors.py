@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # recdebug/, all its layers
 CELL_PREFIX = "<recloop-cell-"  # filename of a %%recloop cell's code (line 1 is the %%recloop line)
 BREAK_FILENAME = "<recloop-break>"  # filename of a --break expression's code
 

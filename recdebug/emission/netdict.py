@@ -9,8 +9,8 @@ from . import _tf_env  # noqa: F401  (before TensorFlow is imported)
 from returnn.tensor import Dim as ReturnnDim
 from returnn.tensor import batch_dim as returnn_batch_dim
 
-from .dims import Dim, batch_dim
-from .graph import Graph, Scope
+from ..language.dims import Dim, batch_dim
+from ..language.graph import Graph, Scope
 from .stepnet import REF_KEYS, layer_refs as _refs, readers_of
 
 _ARITH = ("add", "sub", "mul", "truediv")
@@ -46,7 +46,7 @@ class Emitted:
 
     def rd_dim(self, returnn_dim) -> Dim | None:
         if returnn_dim.is_batch_dim():
-            from .dims import batch_dim
+            from ..language.dims import batch_dim
 
             return batch_dim
         for d, rdim in self.dims.items():
@@ -732,12 +732,10 @@ def reads_inner_loop(loop, v) -> bool:
 
 def _derivation_ring(derived: dict):
     """A path of ``derived`` (path -> how) that derives, through others, from itself; None when there is none."""
-    from .engine import _derived_from
-
     for start in derived:
         seen, todo = set(), [start]
         while todo:
-            for src in _derived_from(derived[todo.pop()]):
+            for src in derived_from(derived[todo.pop()]):
                 if src == start:
                     return start
                 if src in derived and src not in seen:
@@ -771,3 +769,12 @@ def emit(g: Graph, optimize: bool = True, capture=None, search: bool = False, pe
         e.perturbed_states = {loop: e.perturbations(loop) for loop in g.top.children}
     e.emit_scope(g.top, e.out.net)
     return e.out
+
+
+def derived_from(how) -> tuple:
+    """The trace entries a derived value is computed from."""
+    if how[0] in ("same", "part", "shifted"):
+        return (how[1],)
+    if how[0] == "combine":
+        return tuple(how[2])
+    return ()

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from . import _tf_env  # noqa: F401  (before TensorFlow is imported)
-from .errors import RecDebugError, RunError
+from ..emission import _tf_env  # noqa: F401  (before TensorFlow is imported)
+from ..language.errors import RecDebugError, RunError
 
 _LINE_KEYS_SKIPPED = ("class",)
 
@@ -417,7 +417,7 @@ class ModelBuild:
         return ModelResult(values, lens_v, scores_v)
 
     def trace(self, inputs: dict, seq_lens: dict):
-        from .trace import DimInfo, Entry, Trace
+        from ..records.trace import DimInfo, Entry, Trace
 
         rec, unit = self.rec, self.model.net[self.rec]["unit"]
         fd = self.feed_dict(inputs, seq_lens)

@@ -6,8 +6,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import tracefile
-from .errors import DimError, RecDebugError
+from ..language.errors import DimError, RecDebugError
 from .hierarchy import hierarchy_nodes, net_text as net_dict_text
+
+
+_PLOT: list = []  # the views' plot of a trace: records import no views, the views give it (connect_plot)
+
+
+def connect_plot(plot) -> None:
+    """``plot(trace, sequence=, keys=, t=, **kwargs)`` -> a matplotlib Figure: what ``Trace.plot`` draws with."""
+    _PLOT[:] = [plot]
 
 
 @dataclass(frozen=True)
@@ -171,9 +179,10 @@ class Trace:
 
     def plot(self, sequence: int = 0, keys=None, t: int | None = None, **kwargs):
         """A static matplotlib rendering (where widgets cannot run): heatmap and norm per State."""
-        from .plot import plot_trace
-
-        return plot_trace(self, sequence=sequence, keys=keys, t=t, **kwargs)
+        if not _PLOT:
+            raise RecDebugError("Trace.plot needs recdebug's views, which are not loaded",
+                                hint="import recdebug (import recdebug as rd) first")
+        return _PLOT[0](self, sequence=sequence, keys=keys, t=t, **kwargs)
 
     def keys(self):
         return list(self.entries)

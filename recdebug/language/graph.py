@@ -162,15 +162,11 @@ class Graph:
     # --- emitting and running ---
     def net_dict(self, optimize: bool = True) -> dict:
         """The RETURNN net dict this graph becomes."""
-        from .netdict import emit
-
-        return emit(self, optimize=optimize).net
+        return _backend("emit")(self, optimize=optimize).net
 
     def emitted(self, optimize: bool = True):
         """The net dict with its maps (tensor -> layer name, layer -> user line)."""
-        from .netdict import emit
-
-        return emit(self, optimize=optimize)
+        return _backend("emit")(self, optimize=optimize)
 
     def run(self, inputs=None, seq_lens=None, device=None, optimize=True, seed=0, params=None, search=False,
             targets=None, train=False):
@@ -181,11 +177,9 @@ class Graph:
         (teacher forcing); their lengths go in ``seq_lens`` under ``label_tensor`` too, default the full axis.
         ``train``: RETURNN's train flag (rd.dropout drops values only then); separate from ``search``.
         """
-        from .engine import run_graph
-
         seq_lens = self.seq_lens_by_dim(seq_lens)
-        return run_graph(self, inputs or {}, seq_lens or {}, device=device, optimize=optimize, seed=seed,
-                         params=params, search=search, targets=targets or {}, train=train)
+        return _backend("run")(self, inputs or {}, seq_lens or {}, device=device, optimize=optimize, seed=seed,
+                               params=params, search=search, targets=targets or {}, train=train)
 
     def trace(self, inputs=None, seq_lens=None, device=None, optimize=True, seed=0, params=None, capture=None,
               max_bytes=None, search=False, targets=None, train=False, grad_of=None):
@@ -197,24 +191,19 @@ class Graph:
         the gradient of its mean over the valid frames with respect to each State's value (``tr.grad(h)``), for the
         States of a loop over an input's axis.
         """
-        from .engine import DEFAULT_TRACE_BYTES, trace_graph
-
         seq_lens = self.seq_lens_by_dim(seq_lens)
-        return trace_graph(self, inputs or {}, seq_lens or {}, device=device, optimize=optimize, seed=seed,
-                           params=params, capture=capture,
-                           max_bytes=DEFAULT_TRACE_BYTES if max_bytes is None else max_bytes, search=search,
-                           targets=targets, train=train, grad_of=grad_of)
+        return _backend("trace")(self, inputs or {}, seq_lens or {}, device=device, optimize=optimize, seed=seed,
+                                 params=params, capture=capture, max_bytes=max_bytes, search=search,
+                                 targets=targets, train=train, grad_of=grad_of)
 
     def stepper(self, inputs=None, seq_lens=None, device=None, seed=0, params=None, loop=None, targets=None):
         """Live stepping of a top-level loop (default: the first); returns an ``rd.Stepper`` at t=0.
 
         A loop with rd.choice steps its beam search; with ``targets={label: array (batch, steps)}`` (and their
         lengths in ``seq_lens={label: lens}``) it takes the reference labels instead (teacher forcing)."""
-        from .stepper import Stepper
-
         seq_lens = self.seq_lens_by_dim(seq_lens)
-        return Stepper(self, inputs or {}, seq_lens, device=device, seed=seed, params=params, loop=loop,
-                       targets=targets)
+        return _backend("stepper")(self, inputs or {}, seq_lens, device=device, seed=seed, params=params,
+                                   loop=loop, targets=targets)
 
     def train(self, inputs=None, seq_lens=None, loss=None, steps=100, learning_rate=1e-3, batch_size=32, seed=0,
               optimize=True, device=None, params=None, targets=None, optimizer=None, progress=True):
@@ -228,12 +217,10 @@ class Graph:
         ``optimizer``: RETURNN's optimizer options (default ``{"class": "adam"}``). ``targets``: reference labels
         of an rd.choice (teacher forcing), as for run. Ctrl-C stops after the current step and keeps what was
         learned. Afterwards run, trace, stepper and the debugger use the trained parameters."""
-        from .train import train_graph
-
         seq_lens = self.seq_lens_by_dim(seq_lens)
-        return train_graph(self, inputs or {}, seq_lens, loss, steps=steps, learning_rate=learning_rate,
-                           batch_size=batch_size, seed=seed, optimize=optimize, device=device, params=params,
-                           targets=targets, optimizer=optimizer, progress=progress)
+        return _backend("train")(self, inputs or {}, seq_lens, loss, steps=steps, learning_rate=learning_rate,
+                                 batch_size=batch_size, seed=seed, optimize=optimize, device=device, params=params,
+                                 targets=targets, optimizer=optimizer, progress=progress)
 
     def save(self, path, loss=None, inputs=None, seq_lens=None, learning_rate=1e-3, batch_size=32, optimizer=None):
         """Write ``path/returnn.config`` (RETURNN's config: dims, extern_data, the net dict with its loss layer,
@@ -242,18 +229,14 @@ class Graph:
         data to store beside it (``train_data.npz``) as the config's ``train`` dataset, so that RETURNN's command
         line trains on with no more arguments (``python -m returnn returnn.config ++num_epochs 2``). Returns the
         config's path."""
-        from .checkpoint import save_graph
-
         seq_lens = self.seq_lens_by_dim(seq_lens)
-        return save_graph(self, path, loss=loss, inputs=inputs, seq_lens=seq_lens, learning_rate=learning_rate,
-                          batch_size=batch_size, optimizer=optimizer)
+        return _backend("save")(self, path, loss=loss, inputs=inputs, seq_lens=seq_lens,
+                                learning_rate=learning_rate, batch_size=batch_size, optimizer=optimizer)
 
     def load(self, path) -> dict:
         """Load the parameters of the newest checkpoint in ``path`` (a g.save directory, RETURNN's command line
         training on in it included, or a checkpoint prefix); run, trace, stepper use them from now on."""
-        from .checkpoint import load_params
-
-        self.trained_params = load_params(self, path)
+        self.trained_params = _backend("load")(self, path)
         return self.trained_params
 
     def close(self):
@@ -266,6 +249,22 @@ class Graph:
 
     def __repr__(self):
         return f"Graph({len(self.ops)} ops, {len(self.loops)} loops)"
+
+
+_BACKEND: dict = {}  # what a Graph's calls run on: filled by the back end when it is imported (recdebug does)
+
+
+def connect_backend(**calls) -> None:
+    """The back end gives the Graph its calls: ``emit`` (graph -> net dict and maps), ``run``, ``trace``,
+    ``stepper``, ``train``, ``save``, ``load``. The language itself imports no back end."""
+    _BACKEND.update(calls)
+
+
+def _backend(call: str):
+    if call not in _BACKEND:
+        raise RecDebugError(f"g.{call}(...) needs recdebug's back end, which is not loaded",
+                            hint="import recdebug (import recdebug as rd) before building the graph")
+    return _BACKEND[call]
 
 
 def check_usable(t, scope: Scope, line) -> None:

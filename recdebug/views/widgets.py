@@ -20,10 +20,10 @@ import ipywidgets as w
 import numpy as np
 import traitlets as tl
 
-from .errors import RecDebugError
-from .hierarchy import hierarchy_nodes, net_text
+from ..language.errors import RecDebugError
+from ..records.hierarchy import hierarchy_nodes, net_text
 
-EXTENSION = pathlib.Path(__file__).resolve().parent.parent / "extension"
+EXTENSION = pathlib.Path(__file__).resolve().parents[2] / "extension"
 if not (EXTENSION / "heatmap.js").exists():  # installed without the source tree: setup.py's data_files
     EXTENSION = pathlib.Path(sys.prefix) / "share" / "recdebug" / "extension"
 
@@ -173,7 +173,7 @@ class Debugger(w.VBox):
             raise
 
     def _build(self, source, other, layers, reveal, shared_scale, vocab):
-        from .trace import Trace
+        from ..records.trace import Trace
 
         self.stepper, self.trace = (None, source) if isinstance(source, Trace) else (source, None)
         # reveal: draw the steps up to the cursor only (a live stepper always: later steps are not run yet)
@@ -564,7 +564,7 @@ class Debugger(w.VBox):
     def run(self, predicate=None):
         """Run to the end, or to the first later step where a breakpoint holds (default: NaN/Inf in a State)."""
         if self.stepper is not None:
-            from .stepper import on_nonfinite
+            from ..records.protocol import on_nonfinite
 
             hit = self._drive(lambda: self.stepper.run_until(predicate or on_nonfinite()))
             self.breakpoint = self.stepper.breakpoint or "" if hit else ""
@@ -800,7 +800,7 @@ class Debugger(w.VBox):
                                             self._layer_has_steps(self.selected_layer) else [])
 
     def _refresh_status(self):
-        from .stepper import ended_text, steps_text
+        from ..records.protocol import ended_text, steps_text
 
         parts = [steps_text(self.t, self.T) if self.trace is None else recorded_text(self.t, self.T)]
         parts.append(self.trace.device if self.trace is not None else self.stepper.device)
@@ -872,11 +872,10 @@ def _check_vocab(vocab):
 
 def _check_arguments(source, other, layers) -> list:
     """The arguments of rd.debugger checked before any widget is built; ``layers`` as a list of paths."""
-    from .returnn_stepper import ReturnnStepper
-    from .stepper import Stepper
-    from .trace import Trace
+    from ..records.protocol import SteppingControls
+    from ..records.trace import Trace
 
-    if not isinstance(source, (Trace, Stepper, ReturnnStepper)):
+    if not isinstance(source, (Trace, SteppingControls)):
         raise RecDebugError(f"rd.debugger expects an rd.Trace or a stepper (g.stepper, m.stepper), got "
                             f"{type(source).__name__}")
     if other is not None and not isinstance(other, Trace):

@@ -1,6 +1,6 @@
 """What ``%recdebug`` does, as a library function: a RETURNN config's rec layer traced (or stepped live) and shown.
 
-``debug_returnn(config, ...)`` works without IPython; the magic (``recdebug.magics``) only parses options, looks
+``debug_returnn(config, ...)`` works without IPython; the magic (``recdebug.notebook.magics``) only parses options, looks
 up the notebook's variables and shows the result.
 """
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cell import DEFAULT_BATCH, DEFAULT_MAX_LEN, RecloopError
-from .errors import RecDebugError
+from ..language.errors import RecDebugError
 
 
 class RecdebugResult:
@@ -132,7 +132,7 @@ def debug_returnn(config, checkpoint=None, extern_data=None, feeds: dict | None 
 
     ``feeds``, ``seq_lens``: arrays and lengths by extern_data name; the extern data not fed get seeded random
     data. Errors are RecloopErrors of one line (with ``verbose``, after the full traceback)."""
-    from .returnn_model import from_returnn
+    from ..backend.returnn_model import from_returnn
 
     feeds, seq_lens = dict(feeds or {}), dict(seq_lens or {})
     try:
@@ -172,7 +172,7 @@ def debug_returnn(config, checkpoint=None, extern_data=None, feeds: dict | None 
         if static:
             figure = trace.plot()
         elif show_widget:
-            from .widgets import debugger
+            from ..views.widgets import debugger
 
             widget = debugger(stepper if stepper is not None else trace)
         return RecdebugResult(model, rec, feeds, seq_lens, result, trace, stepper, widget, figure)

@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from .errors import RecDebugError, RunError
+from ..language.errors import RecDebugError, RunError
 
 CONFIG = "returnn.config"
 MODEL = "model"
@@ -134,7 +134,7 @@ def config_text(net: dict, extern_data: dict, optimizer: dict, learning_rate: fl
     ]
     if nested:
         lines += ["# recdebug's small extension of RETURNN: a nested rec layer's sub-layer read from the enclosing loop",
-                  "import recdebug.returnn_ext", "recdebug.returnn_ext.install()", ""]
+                  "import recdebug.backend.returnn_ext", "recdebug.backend.returnn_ext.install()", ""]
     lines += [
         "_here = os.path.dirname(os.path.abspath(__file__))",
         "use_tensorflow = True",
@@ -179,7 +179,7 @@ def config_text(net: dict, extern_data: dict, optimizer: dict, learning_rate: fl
 def data_arrays(g, inputs: dict, seq_lens: dict) -> tuple[dict, dict]:
     """(arrays for train_data.npz, StaticDataset's output_dim): each input batch first, then its time axis, cut
     per sequence to its length when the dataset is read."""
-    from .dims import batch_dim
+    from ..language.dims import batch_dim
     from .engine import check_feeds
 
     checked = check_feeds(g, inputs)

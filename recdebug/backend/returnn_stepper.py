@@ -20,12 +20,12 @@ import weakref
 
 import numpy as np
 
-from .errors import RecDebugError, RunError
+from ..language.errors import RecDebugError, RunError
 from .returnn_model import NOT_REFS, ModelBuild, behavior_version, extern_sizes, feed_extern_data, layer_refs
-from .stepnet import readers_of
-from .stepper import SteppingControls, _count
+from ..emission.stepnet import readers_of
+from ..records.protocol import SteppingControls, count_steps
 from .stepsearch import ENDED_OTHER_LABELS
-from .trace import Beams
+from ..records.trace import Beams
 
 PREFIX = "step."
 DROPPED_KEYS = ("initial_output", "is_output_layer", "loss", "loss_opts", "loss_scale", "collocate_with",
@@ -553,7 +553,7 @@ class ReturnnStepper(SteppingControls):
 
     def step(self, n: int = 1):
         e = self._live_engine()
-        n = _count(n, "step", "step_back(n) goes back")
+        n = count_steps(n, "step", "step_back(n) goes back")
         for _ in range(n):
             if self.finished:
                 break

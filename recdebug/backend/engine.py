@@ -11,10 +11,10 @@ import zlib
 
 import numpy as np
 
-from . import _tf_env  # noqa: F401  (before TensorFlow is imported)
-from .dims import Dim, dim_named, sorted_dims
-from .errors import DimError, FeedError, RecDebugError, RunError, running_cell, user_line
-from .netdict import Emitted, emit
+from ..emission import _tf_env  # noqa: F401  (before TensorFlow is imported)
+from ..language.dims import Dim, dim_named, sorted_dims
+from ..language.errors import DimError, FeedError, RecDebugError, RunError, running_cell, user_line
+from ..emission.netdict import Emitted, derived_from, emit
 
 BEHAVIOR_VERSION = 21
 _ready = False
@@ -179,7 +179,7 @@ class Engine:
 
     def set_params(self, values: dict, seed: int):
         """Load parameter values: given ones by path or Parameter, the rest from the seeded initializer."""
-        from .module import Parameter
+        from ..language.module import Parameter
 
         self._loaded = (values, seed)
         session = self._open_session()
@@ -346,7 +346,7 @@ class Engine:
         return result
 
     def trace(self, inputs: dict, seq_lens: dict, max_bytes: int | None, targets=None) -> "Trace":
-        from .trace import DimInfo, Entry, Trace
+        from ..records.trace import DimInfo, Entry, Trace
 
         em = self.emitted
         fd, lens, arrays = self.feed_dict(inputs, seq_lens)
@@ -417,7 +417,7 @@ class Engine:
             lookup[id(t)] = key
         pending = dict(em.trace_derived)
         while pending:  # each derived value once the values it comes from are there
-            ready = [(k, how) for k, how in pending.items() if all(src in entries for src in _derived_from(how))]
+            ready = [(k, how) for k, how in pending.items() if all(src in entries for src in derived_from(how))]
             if not ready:
                 raise RecDebugError(f"internal: trace values {sorted(pending)} derive from each other")
             for key, how in ready:
@@ -556,18 +556,9 @@ class Engine:
             batch_dim.batch = None
 
 
-def _derived_from(how) -> tuple:
-    """The trace entries a derived value is computed from."""
-    if how[0] in ("same", "part", "shifted"):
-        return (how[1],)
-    if how[0] == "combine":
-        return tuple(how[2])
-    return ()
-
-
 def _derived_entry(key, how, entries, arrays, label, kind, axes, line):
     """The Entry of a value a trace derives from others (see netdict's ``derived``) instead of recording it."""
-    from .trace import Entry, _broadcast_to_dims
+    from ..records.trace import Entry, _broadcast_to_dims
 
     if how[0] == "input":
         arr, order = arrays[how[1]]
@@ -769,7 +760,7 @@ def reference_labels(y, targets: dict, seq_lens: dict, batch: int) -> tuple[np.n
 
 def _shifted_entry(key, state, how, entries, kind, line):
     """A State's value read before its assign: its value one step earlier, the initial value at step 0."""
-    from .trace import Entry, _broadcast_to_dims
+    from ..records.trace import Entry, _broadcast_to_dims
 
     _, _, init = how
     axis = state.dims.index(state.loop_axes[0])
@@ -827,7 +818,7 @@ def _batch_size(arrays: dict) -> int:
 
 
 def _batch():
-    from .dims import batch_dim
+    from ..language.dims import batch_dim
 
     return batch_dim
 
@@ -845,7 +836,7 @@ class Result:
 
     def numpy(self, t, order=None) -> np.ndarray:
         """The value of ``t`` with axes in ``order`` (default: batch, then dims by creation); dims or their names."""
-        from .tensor import Input, Tensor
+        from ..language.tensor import Input, Tensor
 
         if not isinstance(t, Tensor):
             raise RunError(f"Result.numpy expects an rd.Tensor, got {type(t).__name__}")
@@ -943,9 +934,11 @@ DEFAULT_TRACE_BYTES = 2 * 1024**3
 
 
 def trace_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, seed=0, params=None, capture=None,
-                max_bytes=DEFAULT_TRACE_BYTES, search=False, targets=None, train=False, grad_of=None):
+                max_bytes=None, search=False, targets=None, train=False, grad_of=None):
     """One run of the real RecLayer that records every step of the captured in-loop layers (default: all);
-    ``grad_of``: a loss whose gradient with respect to each State's value is recorded too, per step."""
+    ``grad_of``: a loss whose gradient with respect to each State's value is recorded too, per step;
+    ``max_bytes``: default DEFAULT_TRACE_BYTES."""
+    max_bytes = DEFAULT_TRACE_BYTES if max_bytes is None else max_bytes
     check_feeds(g, inputs, seq_lens)  # before a build that takes seconds
     if grad_of is not None:
         from .grads import grad_trace

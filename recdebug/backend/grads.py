@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .engine import Engine, build_apart, resolve_device
-from .errors import RecDebugError, user_line
+from ..language.errors import RecDebugError, user_line
 
 
 class GradEngine(Engine):
@@ -61,8 +61,8 @@ class GradEngine(Engine):
         return fetch
 
     def extra_entries(self, values: dict, label) -> dict:
-        from .dims import batch_dim, sorted_dims
-        from .trace import Entry
+        from ..language.dims import batch_dim, sorted_dims
+        from ..records.trace import Entry
 
         out = {}
         self.loss_value = float(values.get("loss", np.nan))
@@ -78,7 +78,7 @@ class GradEngine(Engine):
 def grad_trace(g, inputs: dict, seq_lens: dict, loss, device=None, optimize=True, seed=0, params=None,
                max_bytes=None, targets=None):
     from .engine import DEFAULT_TRACE_BYTES, check_feeds
-    from .tensor import Tensor
+    from ..language.tensor import Tensor
 
     line = user_line()
     if not isinstance(loss, Tensor) or loss.graph is not g or loss.scope is not g.top or loss.dtype != "float32":

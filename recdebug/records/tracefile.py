@@ -21,7 +21,7 @@ import zlib
 
 import numpy as np
 
-from .errors import RecDebugError
+from ..language.errors import RecDebugError
 from .hierarchy import NODE_FIELDS, OPTIONAL_NODE_FIELDS
 
 FORMAT, VERSION = "recdebug-trace", 2

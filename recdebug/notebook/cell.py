@@ -1,6 +1,6 @@
 """What ``%%recloop`` does, as a library function: build a graph from Loop/State code, run, trace, step.
 
-``run_recloop(body, namespace, ...)`` works without IPython; the magic (``recdebug.magics``) only parses
+``run_recloop(body, namespace, ...)`` works without IPython; the magic (``recdebug.notebook.magics``) only parses
 options and shows the result.
 """
 from __future__ import annotations
@@ -13,9 +13,9 @@ import traceback
 
 import numpy as np
 
-from .engine import value_and_order
-from .errors import BREAK_FILENAME, CELL_PREFIX, FeedError, RecDebugError, RunError, SourceLine, running_cell
-from .graph import Graph
+from ..backend.engine import value_and_order
+from ..language.errors import BREAK_FILENAME, CELL_PREFIX, FeedError, RecDebugError, RunError, SourceLine, running_cell
+from ..language.graph import Graph
 
 _cell_counter = itertools.count(1)
 DEFAULT_BATCH = 3
@@ -285,7 +285,7 @@ def _run_cell(g, filename, feeds, seq_lens, seed, device, optimize, compare_opti
     if static:
         figure = trace.plot()
     elif show_widget:
-        from .widgets import debugger
+        from ..views.widgets import debugger
 
         if breakpoint is not None or live:
             widget = debugger(stepper)

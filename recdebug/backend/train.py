@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 
-from .dims import batch_dim
+from ..language.dims import batch_dim
 from .engine import Engine, build_apart, check_feeds, resolve_device
-from .errors import RecDebugError, RunError, user_line
+from ..language.errors import RecDebugError, RunError, user_line
 
 
 class History:
@@ -78,7 +78,7 @@ class TrainEngine(Engine):
 
 
 def _check_loss(g, loss):
-    from .tensor import Tensor
+    from ..language.tensor import Tensor
 
     line = user_line()
     if not isinstance(loss, Tensor) or loss.graph is not g:

@@ -17,7 +17,7 @@ OPTIONAL_NODE_FIELDS = ("helper",)
 
 def hierarchy_nodes(em, moved_out=(), in_loop=()) -> list:
     """Tree nodes for the net dict: rec layers with their units, each layer's class, from, dims, params, line."""
-    from .dims import dims_str
+    from ..language.dims import dims_str
 
     dims_of = {path: t.dims for t, path in em.layer_of.items()}
     for state, paths in em.state_layers.items():

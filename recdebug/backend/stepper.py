@@ -12,15 +12,16 @@ from contextvars import ContextVar
 
 import numpy as np
 
-from .dims import dim_named, sorted_dims
+from ..language.dims import dim_named, sorted_dims
 from .engine import (Engine, build_apart, checked_numbers, default_params, reference_labels, resolve_device,
                      value_and_order)
-from .errors import DimError, LoopError, RecDebugError, RunError
-from .state import State
-from .stepnet import build_step_net
+from ..language.errors import DimError, LoopError, RecDebugError, RunError
+from ..language.state import State
+from ..emission.stepnet import build_step_net
 from .stepsearch import ENDED_OTHER_LABELS, register_layer_classes, add_beam
-from .tensor import Tensor
-from .trace import Beams
+from ..language.tensor import Tensor
+from ..records.protocol import SteppingControls, count_steps, ended_text, steps_text
+from ..records.trace import Beams
 
 # While a step net is built: key -> the tf.Tensor a "recdebug_tensor" layer outputs (that build's own)
 _device_tensors: ContextVar = ContextVar("recdebug_device_tensors", default=None)
@@ -254,7 +255,7 @@ def _searched_choice(g, loop):
 
 def _repeat_for_beam(g, inputs: dict, seq_lens: dict, k: int) -> tuple[dict, dict]:
     """Each sequence's inputs and lengths repeated k times along the batch (one copy per hypothesis)."""
-    from .dims import batch_dim
+    from ..language.dims import batch_dim
 
     out = {}
     for name, value in inputs.items():
@@ -272,7 +273,7 @@ def _repeat_for_beam(g, inputs: dict, seq_lens: dict, k: int) -> tuple[dict, dic
 def _batch_and_steps(g, loop, inputs: dict, seq_lens: dict, params=None, seed: int = 0,
                      targets=None) -> tuple[int, int]:
     """The batch size and the most steps the loop can take, from the feeds (before anything is built)."""
-    from .dims import batch_dim
+    from ..language.dims import batch_dim
 
     batch, axis_size = None, None
     for name, inp in g.inputs.items():
@@ -295,78 +296,6 @@ def _batch_and_steps(g, loop, inputs: dict, seq_lens: dict, params=None, seed: i
                     search=bool(g.choices) and not targets)
         bounds.append(max(int(np.max(res.numpy(loop.max_seq_len))), 0))
     return batch, min(bounds)
-
-
-class SteppingControls:
-    """What every live stepper shares (rd.Stepper, and a RETURNN config's stepper): the status line, moving back
-    and to a step, running to a breakpoint, and telling its watchers (debuggers) of each move. A subclass gives
-    ``t``, ``T``, ``ended``, ``device``, ``breakpoint``, ``closed``, ``step``, and ``_live_engine``, which raises
-    once the stepper is closed."""
-
-    @property
-    def status(self) -> str:
-        parts = [steps_text(self.t, self.T), self.device]
-        parts += [ended_text(b, n) for b, n in sorted(self.ended.items())]
-        if self.breakpoint:
-            parts.append(f"breakpoint: {self.breakpoint}")
-        if self.closed is not None:
-            parts.append(f"closed: {self.closed}")
-        return " · ".join(parts)
-
-    def step_back(self, n: int = 1) -> "SteppingControls":
-        """Go back ``n`` iterations; the States are exactly what they were then."""
-        self._live_engine()
-        n = _count(n, "step_back", "step(n) goes forward")
-        self.t = max(0, self.t - n)
-        self.breakpoint = None
-        self._moved()
-        return self
-
-    def run_to(self, t: int) -> "SteppingControls":
-        """Step forward or back to step ``t`` (0..T)."""
-        self._live_engine()
-        t = _count(t, "run_to", f"give a step in 0..{self.T}")
-        if t < self.t:
-            return self.step_back(self.t - t)
-        return self.step(t - self.t)
-
-    def run_until(self, predicate, max_steps: int | None = None) -> bool:
-        """Step until ``predicate(stepper)`` is true (True) or the loop ends (False)."""
-        self._live_engine()
-        self.breakpoint = None
-        self._quiet += 1  # watchers hear of the run once, at its end
-        try:
-            for _ in range(max_steps if max_steps is not None else self.T + 1):
-                if self.finished:
-                    return False
-                self.step()
-                if predicate(self):
-                    describe = getattr(predicate, "describe", None)
-                    self.breakpoint = describe(self) if describe else f"condition met at t={self.t - 1}"
-                    return True
-            return False
-        finally:
-            self._quiet -= 1
-            self._moved()
-
-    # --- watchers ---
-    def watch(self, callback) -> None:
-        """Call ``callback()`` after every move or edit of this stepper (step, step_back, run_to, run_until once
-        at its end, set_state, reset, close). A bound method is held weakly: a debugger that is gone is not kept
-        alive by its stepper."""
-        if hasattr(callback, "__self__"):
-            self._watchers.append(weakref.WeakMethod(callback))
-        else:  # a plain function: kept as it is
-            self._watchers.append(lambda: callback)
-
-    def _moved(self):
-        if self._quiet:
-            return
-        self._watchers = [ref for ref in self._watchers if ref() is not None]
-        for ref in list(self._watchers):
-            callback = ref()
-            if callback is not None:
-                callback()
 
 
 class Stepper(SteppingControls):
@@ -495,7 +424,7 @@ class Stepper(SteppingControls):
     def step(self, n: int = 1) -> "Stepper":
         """Run ``n`` iterations (stops at the end of the loop)."""
         e = self._live_engine()
-        n = _count(n, "step", "step_back(n) goes back")
+        n = count_steps(n, "step", "step_back(n) goes back")
         for _ in range(n):
             if self.finished:
                 break
@@ -710,12 +639,12 @@ class Stepper(SteppingControls):
         return isinstance(x, Tensor) and self.before_choice(x)
 
     def hierarchy_nodes(self) -> list:
-        from .hierarchy import hierarchy_nodes
+        from ..records.hierarchy import hierarchy_nodes
 
         return hierarchy_nodes(self._live_engine().emitted)
 
     def net_dict_text(self) -> str:
-        from .hierarchy import net_text
+        from ..records.hierarchy import net_text
 
         return net_text(self._live_engine().emitted)
 
@@ -768,15 +697,15 @@ class InnerSteps:
         return f"InnerSteps({self.loop.name!r}, {self.status})"
 
     def step(self, n: int = 1) -> "InnerSteps":
-        self.t = min(self.T, self.t + _count(n, "step", "step_back(n) goes back"))
+        self.t = min(self.T, self.t + count_steps(n, "step", "step_back(n) goes back"))
         return self
 
     def step_back(self, n: int = 1) -> "InnerSteps":
-        self.t = max(0, self.t - _count(n, "step_back", "step(n) goes forward"))
+        self.t = max(0, self.t - count_steps(n, "step_back", "step(n) goes forward"))
         return self
 
     def run_to(self, t: int) -> "InnerSteps":
-        self.t = min(self.T, _count(t, "run_to", f"give a step in 0..{self.T}"))
+        self.t = min(self.T, count_steps(t, "run_to", f"give a step in 0..{self.T}"))
         return self
 
     def value(self, x, order=None) -> np.ndarray:
@@ -800,28 +729,6 @@ class InnerSteps:
         return _ordered(arr, dims[:axis] + dims[axis + 1:], order, x)
 
 
-def steps_text(t: int, T: int) -> str:
-    """Where a stepper or debugger stands, in the one step numbering recdebug uses: t=k is iteration k of the loop
-    (loop.index == k), counted from 0; after ``t`` steps the last one run is t-1."""
-    if t <= 0:
-        return f"before t=0 (0 of {T} steps run)"
-    return f"at t={t - 1} ({t} of {T} steps run)"
-
-
-def ended_text(b: int, n: int) -> str:
-    """Sequence ``b`` ran ``n`` steps (t=0..n-1); later steps are padding."""
-    return f"sequence {b} ended after t={n - 1} ({n} steps)" if n > 0 else f"sequence {b} ended before t=0 (0 steps)"
-
-
-def _count(n, what: str, hint: str) -> int:
-    """A number of steps (or a step): a non-negative integer, else a clear error."""
-    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
-        raise RunError(f"{what}({n!r}): expected a whole number of steps, got {type(n).__name__}", hint=hint)
-    if n < 0:
-        raise RunError(f"{what}({n}): the number must not be negative", hint=hint)
-    return int(n)
-
-
 def _ordered(arr, dims, order, what):
     """``arr`` (axes ``dims``) with its axes in ``order`` (dims or their names; default: canonical order)."""
     order = tuple(dim_named(d, dims, f"order of {what!r}") for d in order) if order is not None \
@@ -829,36 +736,3 @@ def _ordered(arr, dims, order, what):
     if sorted(order, key=id) != sorted(dims, key=id):
         raise DimError(f"order {order} is not a permutation of the dims of {what!r}")
     return arr.transpose([list(dims).index(d) for d in order])
-
-
-class on_nonfinite:
-    """Breakpoint: stop at the first step after which a State (or the given one) holds NaN or Inf."""
-
-    def __init__(self, state=None):
-        self.state = state
-
-    def __call__(self, st: Stepper) -> bool:
-        bad = st.nonfinite_at(st.t - 1)
-        return bool(bad) if self.state is None else st._state(self.state) in bad
-
-    def describe(self, st: Stepper) -> str:
-        bad = st.nonfinite_at(st.t - 1)
-        names = ", ".join(s.path(st.graph) for s in bad)
-        return f"NaN/Inf in {names} at t={st.t - 1}"
-
-
-on_nan = on_nonfinite
-
-
-class on_state:
-    """Breakpoint: stop when ``predicate(values)`` is true for a State's values (numpy, canonical order)."""
-
-    def __init__(self, state, predicate, text: str | None = None):
-        self.state, self.predicate, self.text = state, predicate, text
-
-    def __call__(self, st: Stepper) -> bool:
-        return bool(self.predicate(st.value(self.state)))
-
-    def describe(self, st: Stepper) -> str:
-        name = self.state if isinstance(self.state, str) else st._state(self.state).path(st.graph)
-        return f"{self.text or 'condition'} on {name} at t={st.t - 1}"

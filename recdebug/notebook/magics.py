@@ -11,7 +11,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from .cell import RecloopResult, run_recloop
-from .errors import BREAK_FILENAME
+from ..language.errors import BREAK_FILENAME
 from .returnn_debug import RecdebugResult, debug_returnn
 
 
@@ -103,7 +103,7 @@ class RecloopMagics(Magics):
         feeds = {name: self._lookup(var, "--feed") for name, var in _pairs(args.feed, "--feed")}
         lens = {}
         for dim_name, var in _pairs(args.lens, "--lens"):
-            from .dims import Dim
+            from ..language.dims import Dim
 
             dim = ns.get(dim_name)
             if not isinstance(dim, Dim):
@@ -269,7 +269,7 @@ class RecloopMagics(Magics):
         return self.shell.user_ns[name]
 
     def _predicate(self, expr: str):
-        from .stepper import on_nonfinite
+        from ..records.protocol import on_nonfinite
 
         expr = _unquote(expr)
         if expr.lower() in ("nan", "inf", "nonfinite"):

@@ -1,0 +1,175 @@
+"""The stepper protocol: what every live stepper (a loop of the language's, a RETURNN config's rec layer) offers
+the debugger, the magics and the user, in plain Python: moving (``step``, ``step_back``, ``run_to``,
+``run_until``), its status in recdebug's one step numbering, watchers told of every move, and the breakpoints
+``on_nonfinite`` / ``on_nan`` / ``on_state``. The back end's steppers implement it; the views read only it."""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from ..language.errors import RunError
+
+
+class SteppingControls:
+    """What every live stepper shares (rd.Stepper, and a RETURNN config's stepper): the status line, moving back
+    and to a step, running to a breakpoint, and telling its watchers (debuggers) of each move.
+
+    A stepper gives ``t`` (steps run), ``T`` (steps at most), ``batch``, ``beam`` and ``choice`` (None unless it
+    searches), ``ended`` ({sequence: its steps}), ``edits`` (the step of every set_state/reset), ``device``,
+    ``breakpoint``, ``closed``, ``step``, ``reset``, ``_live_engine`` (which raises once the stepper is closed), and
+    what the views read by key, below."""
+
+    # --- what the views read, by key (a State's or a layer's path) ---
+    def view_keys(self) -> list:
+        """The keys of the States, one heatmap each."""
+        raise NotImplementedError
+
+    def layer_keys(self) -> list:
+        """The keys of every value with a value per step (the hierarchy's layers that can be picked)."""
+        raise NotImplementedError
+
+    def describe_key(self, key: str) -> tuple:
+        """(dims as [(name, size)] besides batch and beam, whether it holds ints, its sparse dim's name or None,
+        the loop axis' name)."""
+        raise NotImplementedError
+
+    def key_value(self, key: str, at: int):
+        """Its value after ``at`` steps, numpy [batch(, beam), ...]."""
+        raise NotImplementedError
+
+    def key_before_choice(self, key: str) -> bool:
+        """Searching: whether it is computed before the choice (one value per previous hypothesis)."""
+        raise NotImplementedError
+
+    def beams(self):
+        """Searching: the hypotheses of the steps run so far (a ``Beams``)."""
+        raise NotImplementedError
+
+    def hierarchy_nodes(self) -> list:
+        """The emitted net as the hierarchy view draws it."""
+        raise NotImplementedError
+
+    def net_dict_text(self) -> str:
+        """The net dict, as text."""
+        raise NotImplementedError
+
+    @property
+    def status(self) -> str:
+        parts = [steps_text(self.t, self.T), self.device]
+        parts += [ended_text(b, n) for b, n in sorted(self.ended.items())]
+        if self.breakpoint:
+            parts.append(f"breakpoint: {self.breakpoint}")
+        if self.closed is not None:
+            parts.append(f"closed: {self.closed}")
+        return " · ".join(parts)
+
+    def step_back(self, n: int = 1) -> "SteppingControls":
+        """Go back ``n`` iterations; the States are exactly what they were then."""
+        self._live_engine()
+        n = count_steps(n, "step_back", "step(n) goes forward")
+        self.t = max(0, self.t - n)
+        self.breakpoint = None
+        self._moved()
+        return self
+
+    def run_to(self, t: int) -> "SteppingControls":
+        """Step forward or back to step ``t`` (0..T)."""
+        self._live_engine()
+        t = count_steps(t, "run_to", f"give a step in 0..{self.T}")
+        if t < self.t:
+            return self.step_back(self.t - t)
+        return self.step(t - self.t)
+
+    def run_until(self, predicate, max_steps: int | None = None) -> bool:
+        """Step until ``predicate(stepper)`` is true (True) or the loop ends (False)."""
+        self._live_engine()
+        self.breakpoint = None
+        self._quiet += 1  # watchers hear of the run once, at its end
+        try:
+            for _ in range(max_steps if max_steps is not None else self.T + 1):
+                if self.finished:
+                    return False
+                self.step()
+                if predicate(self):
+                    describe = getattr(predicate, "describe", None)
+                    self.breakpoint = describe(self) if describe else f"condition met at t={self.t - 1}"
+                    return True
+            return False
+        finally:
+            self._quiet -= 1
+            self._moved()
+
+    # --- watchers ---
+    def watch(self, callback) -> None:
+        """Call ``callback()`` after every move or edit of this stepper (step, step_back, run_to, run_until once
+        at its end, set_state, reset, close). A bound method is held weakly: a debugger that is gone is not kept
+        alive by its stepper."""
+        if hasattr(callback, "__self__"):
+            self._watchers.append(weakref.WeakMethod(callback))
+        else:  # a plain function: kept as it is
+            self._watchers.append(lambda: callback)
+
+    def _moved(self):
+        if self._quiet:
+            return
+        self._watchers = [ref for ref in self._watchers if ref() is not None]
+        for ref in list(self._watchers):
+            callback = ref()
+            if callback is not None:
+                callback()
+
+
+def steps_text(t: int, T: int) -> str:
+    """Where a stepper or debugger stands, in the one step numbering recdebug uses: t=k is iteration k of the loop
+    (loop.index == k), counted from 0; after ``t`` steps the last one run is t-1."""
+    if t <= 0:
+        return f"before t=0 (0 of {T} steps run)"
+    return f"at t={t - 1} ({t} of {T} steps run)"
+
+
+def ended_text(b: int, n: int) -> str:
+    """Sequence ``b`` ran ``n`` steps (t=0..n-1); later steps are padding."""
+    return f"sequence {b} ended after t={n - 1} ({n} steps)" if n > 0 else f"sequence {b} ended before t=0 (0 steps)"
+
+
+def count_steps(n, what: str, hint: str) -> int:
+    """A number of steps (or a step): a non-negative integer, else a clear error."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+        raise RunError(f"{what}({n!r}): expected a whole number of steps, got {type(n).__name__}", hint=hint)
+    if n < 0:
+        raise RunError(f"{what}({n}): the number must not be negative", hint=hint)
+    return int(n)
+
+
+class on_nonfinite:
+    """Breakpoint: stop at the first step after which a State (or the given one) holds NaN or Inf."""
+
+    def __init__(self, state=None):
+        self.state = state
+
+    def __call__(self, st) -> bool:
+        bad = st.nonfinite_at(st.t - 1)
+        return bool(bad) if self.state is None else st._state(self.state) in bad
+
+    def describe(self, st) -> str:
+        bad = st.nonfinite_at(st.t - 1)
+        names = ", ".join(s.path(st.graph) for s in bad)
+        return f"NaN/Inf in {names} at t={st.t - 1}"
+
+
+on_nan = on_nonfinite
+
+
+class on_state:
+    """Breakpoint: stop when ``predicate(values)`` is true for a State's values (numpy, canonical order)."""
+
+    def __init__(self, state, predicate, text: str | None = None):
+        self.state, self.predicate, self.text = state, predicate, text
+
+    def __call__(self, st) -> bool:
+        return bool(self.predicate(st.value(self.state)))
+
+    def describe(self, st) -> str:
+        name = self.state if isinstance(self.state, str) else st._state(self.state).path(st.graph)
+        return f"{self.text or 'condition'} on {name} at t={st.t - 1}"
