@@ -116,7 +116,7 @@ def check_language(ns, tmp_path):
     y0 = res_with(ns, padded)
     assert np.abs(y0[1, 4:]).min() > 0 and np.abs(y0[2, 2:]).min() > 0
     assert [len(v) for v in ns["valid"]] == [7, 4, 2]
-    mask = ns["tr"].mask(ns["h"], order=(batch, time, hid))
+    mask = ns["tr"].mask(ns["out"], order=(batch, time, hid))
     assert (mask[:, :, 0] == (np.arange(7)[None, :] < lens[:, None])).all()
 
 

@@ -32,6 +32,17 @@ def test_trace_equals_run_and_numpy(lstm_graph, rng):
     assert tr.device == "cpu"
 
 
+def test_the_mask_of_a_stacked_value_marks_its_padding_frames(lstm_graph, rng):
+    """A stacked value's padding frames (what RETURNN computed past each sequence's end) are False in its mask,
+    as a State's are."""
+    g, time, dim, x, lstm, h, out, loop = lstm_graph
+    tr = g.trace({"x": rng.standard_normal((4, 6, 3))}, seq_lens={time: LENS})
+    valid = np.arange(6)[None, :, None] < LENS[:, None, None]  # (batch, time, 1)
+    for value in (out, lstm.h):
+        mask = tr.mask(value, order=(batch, time, dim))
+        np.testing.assert_array_equal(mask, np.broadcast_to(valid, mask.shape))
+
+
 def test_every_in_loop_layer_is_recorded_with_the_loop_axis(lstm_graph, rng):
     g, time, dim, x, lstm, h, out, loop = lstm_graph
     tr = g.trace({"x": rng.standard_normal((4, 6, 3))}, seq_lens={time: LENS})

@@ -224,10 +224,11 @@ class Trace:
         return self._lens[label][0]
 
     def mask(self, x, order=None) -> np.ndarray:
-        """True on the valid frames of ``x``, False on padding (t >= the sequence's length on any loop axis)."""
+        """True on the valid frames of ``x``, False on padding (t >= the sequence's length on any loop axis, or on
+        any axis of its dims with lengths: a stacked value's)."""
         e = self.entries[self.key(x)]
         valid = np.ones(e.array.shape, dtype=bool)
-        for axis in e.loop_axes:
+        for axis in dict.fromkeys(e.loop_axes + tuple(d for d in e.dims if d in self._lens)):
             lens, lens_dims = self._lens[axis]
             if any(lab not in e.dims for lab in lens_dims):
                 continue
