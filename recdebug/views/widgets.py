@@ -1,155 +1,25 @@
-"""The debugger widget: step controls, per-State heatmaps, the emitted RecLayer hierarchy, diffs.
+"""The debugger: the controller (cursor, sequence and hypothesis selection, stepping, following its stepper)
+over its panels (``panels``) and its source (``sources``: a recorded trace or a live stepper).
 
 State lives in traitlets on the Python side; the browser only draws it. Every control is a method here
 (``step``, ``seek``, ``select_sequence``, ``select_layer``, ``show_diff``...) that a test can call and then
-assert on traitlet values. The canvas views are anywidget modules in ``extension/`` (loaded by path, no CDN);
-their arrays cross once as float32 buffers, after that a step only moves the cursor. Names (States, layers,
-dims, breakpoint texts, a trace file's keys and device) may hold markup: the modules set them as textContent,
-and the one HTML widget built from them, the status line, escapes them.
+assert on traitlet values. Names (States, layers, dims, breakpoint texts, a trace file's keys and device) may
+hold markup: the panels set them as textContent, and the one HTML widget built from them, the status line,
+escapes them.
 """
 from __future__ import annotations
 
 import base64
 import html
 import logging
-import pathlib
-import sys
 
-import anywidget
 import ipywidgets as w
 import numpy as np
 import traitlets as tl
 
 from ..language.errors import RecDebugError
-from ..records.hierarchy import hierarchy_nodes, net_text
-
-EXTENSION = pathlib.Path(__file__).resolve().parents[2] / "extension"
-if not (EXTENSION / "heatmap.js").exists():  # installed without the source tree: setup.py's data_files
-    EXTENSION = pathlib.Path(sys.prefix) / "share" / "recdebug" / "extension"
-
-
-def _module(name: str) -> str:
-    """The text of an ES module in extension/. Given as text, not as a path: anywidget would keep every
-    instance alive to hot-reload the file, which a notebook that re-runs cells must not pay for."""
-    return (EXTENSION / name).read_text()
-
-
-class HeatmapView(anywidget.AnyWidget):
-    """One state view: heatmap units x t for one sequence with axes and a colour bar (a legend for labels),
-    cursor, hover, readout, norm over time.
-
-    What the page draws follows from the synced traits alone, so that a view drawn at any moment (the widget
-    shown late, shown again, the page reloaded) draws the same: ``values`` as last sent whole, with ``rows`` (the
-    rows changed since, each with its step) written over it. A live step sends the few changed rows; once they
-    are many, the whole array goes out again and ``rows`` starts empty."""
-
-    _esm = _module("heatmap.js")
-    title = tl.Unicode("").tag(sync=True)
-    values = tl.Bytes(b"").tag(sync=True)  # float32 [T][U], time-major, as last sent whole
-    rows = tl.Bytes(b"").tag(sync=True)  # the rows changed since: records of int32 step, then float32 [U]
-    shape = tl.List(tl.Int(), [0, 0]).tag(sync=True)
-    length = tl.Int(0).tag(sync=True)  # valid steps of this sequence; later ones are padding
-    known = tl.Int(0).tag(sync=True)  # steps computed so far (a live stepper fills rows as it goes)
-    cursor = tl.Int(-1).tag(sync=True)  # the step shown (-1: before the first step)
-    recorded = tl.Bool(False).tag(sync=True)  # a recorded trace: every step is there, the cursor is where one looks
-    diff = tl.Bytes(b"").tag(sync=True)  # uint8 [T][U]: 1 where another run differs
-    diff_first = tl.Int(-1).tag(sync=True)
-    unit_label = tl.Unicode("").tag(sync=True)  # what the rows are: "hidden (5 units)"
-    axis_label = tl.Unicode("t").tag(sync=True)  # what the columns are: "t (loop steps)"
-    scale = tl.Float(0.0).tag(sync=True)  # the colour bar's range: +-scale (0: this view's own max |value|)
-    categorical = tl.Bool(False).tag(sync=True)  # labels (ints): one colour each and a legend
-    labels = tl.List(tl.Unicode()).tag(sync=True)  # the vocabulary: the name of label i, if given
-    reveal = tl.Bool(False).tag(sync=True)  # draw the steps up to the cursor only
-    grad_norms = tl.Bytes(b"").tag(sync=True)  # float32 [T]: |dLoss/dvalue| per step (a trace with grad_of)
-    brush = tl.List(tl.Int(), []).tag(sync=True)  # [t0, t1]: a step range brushed in the heatmap (from the page)
-    highlight = tl.List(tl.Int(), []).tag(sync=True)  # units selected over the brushed range
-    units_text = tl.Unicode("").tag(sync=True)  # what the selection says
-
-    def __init__(self, key: str, **kwargs):
-        super().__init__(**kwargs)
-        self.key = key
-        self._array = np.zeros((0, 0), np.float32)
-        self._changed: dict = {}  # step -> row: what ``rows`` holds
-
-    def show(self, array: np.ndarray, length: int, known: int, title: str | None = None):
-        """Send a whole [T, U] array (once per sequence or layer)."""
-        array = np.array(array, dtype=np.float32, order="C")
-        self._array, self._changed = array, {}
-        with self.hold_sync():
-            if title is not None:
-                self.title = title
-            self.shape = list(array.shape)
-            self.values = array.tobytes()
-            self.rows = b""
-            self.length = int(length)
-            self.known = int(known)
-            self.diff, self.diff_first = b"", -1
-
-    def set_rows(self, rows: dict, known: int | None = None):
-        """Send the rows {step: [U] values} that changed (live steps): a few hundred bytes each instead of the
-        whole array, until so many have changed that the whole array is as cheap."""
-        for t, row in rows.items():
-            self._array[t] = np.asarray(row, dtype=np.float32).reshape(-1)
-            self._changed[int(t)] = self._array[t].copy()
-        with self.hold_sync():
-            # K rows at most before the whole array goes out: about K/2 + T/K rows a step, least at K = sqrt(2T)
-            if len(self._changed) > max(8, int(np.sqrt(2 * self._array.shape[0]))):
-                self._changed = {}
-                self.values = self._array.tobytes()
-                self.rows = b""
-            else:
-                self.rows = b"".join(np.int32(t).tobytes() + row.tobytes() for t, row in self._changed.items())
-            if known is not None:
-                self.known = int(known)
-
-    def update(self, array: np.ndarray, length: int, known: int):
-        """Bring the view to ``array``: only the rows that differ (or all of it when its shape changed)."""
-        array = np.asarray(array, dtype=np.float32)
-        old = self._array
-        if old.shape != array.shape:
-            return self.show(array, length, known)
-        same = (old == array) | (np.isnan(old) & np.isnan(array))
-        changed = np.nonzero(~same.all(axis=1))[0]
-        with self.hold_sync():
-            if len(changed):
-                self.set_rows({int(t): array[t] for t in changed})
-            self.length = int(length)
-            self.known = int(known)
-
-    def drawn(self) -> np.ndarray:
-        """[T, U]: the values a view drawn now shows, read from the synced traits as the browser reads them."""
-        T, U = self.shape
-        out = np.frombuffer(self.values, np.float32).reshape(T, U).copy() if T * U else np.zeros((T, U), np.float32)
-        record = np.dtype([("t", "<i4"), ("row", "<f4", (U,))])
-        for t, row in np.frombuffer(self.rows, record) if self.rows else ():
-            out[t] = row
-        return out
-
-    def value_at(self, t: int, unit: int) -> float:
-        """The exact value the hover shows at (t, unit)."""
-        return float(self._array[t, unit])
-
-    def readout(self) -> np.ndarray | None:
-        """The values at the cursor (what the readout shows)."""
-        return None if self.cursor < 0 else self._array[self.cursor].copy()
-
-
-class HierarchyView(anywidget.AnyWidget):
-    """The emitted net dict as a tree; clicking a layer sets ``selected``."""
-
-    _esm = _module("tree.js")
-    nodes = tl.List(tl.Dict()).tag(sync=True)
-    selected = tl.Unicode("").tag(sync=True)
-
-
-class BeamTreeView(anywidget.AnyWidget):
-    """The hypotheses of a beam search over time; clicking one sets ``selected`` = [step, beam slot]."""
-
-    _esm = _module("beamtree.js")
-    nodes = tl.List(tl.Dict()).tag(sync=True)
-    selected = tl.List(tl.Int(), [0, 0]).tag(sync=True)
-    path = tl.List(tl.List(tl.Int())).tag(sync=True)  # the selected hypothesis: [step, slot] up to where it ended
-    best = tl.List(tl.List(tl.Int())).tag(sync=True)  # the best hypothesis of the sequence, up to where it ended
+from .panels import BeamTreeView, HeatmapView, HierarchyView
+from .sources import LiveSource, RecordedSource
 
 
 class Debugger(w.VBox):
@@ -176,23 +46,23 @@ class Debugger(w.VBox):
         from ..records.trace import Trace
 
         self.stepper, self.trace = (None, source) if isinstance(source, Trace) else (source, None)
+        self.source = RecordedSource(source) if self.trace is not None else LiveSource(source)
         # reveal: draw the steps up to the cursor only (a live stepper always: later steps are not run yet)
         self.reveal = bool(self.stepper is not None if reveal is None else reveal)
         self.shared_scale, self.vocab = bool(shared_scale), vocab
         self._updating = False
         self._edits_seen = len(source.edits) if self.trace is None else 0
-        self._rows: dict = {}  # stepper mode: key -> [T, batch, U] values of the steps computed so far
-        self.beams = self._beam_steps()
+        self.beams = self.source.beams()
         self.beam_tree = BeamTreeView() if self.beams is not None else None
         self.hypothesis = None  # (step, slot) of the hypothesis shown, with search
         self.views: dict = {}  # key -> HeatmapView
         self._build_views()
         # the picked layer's view: hidden until a layer is picked in the hierarchy
-        self.picked = HeatmapView("", title="", reveal=self.reveal, recorded=self.trace is not None,
+        self.picked = HeatmapView("", title="", reveal=self.reveal, recorded=self.source.recorded,
                                   layout=w.Layout(display="none"))
-        self.hierarchy = HierarchyView(nodes=self._nodes())
+        self.hierarchy = HierarchyView(nodes=self.source.nodes())
         self.hierarchy.observe(self._from_browser(lambda ch: self.select_layer(ch["new"])), "selected")
-        self.net_text = w.HTML(value=_pre(self._net_text()), layout=w.Layout(width="100%"))
+        self.net_text = w.HTML(value=_pre(self.source.net_text()), layout=w.Layout(width="100%"))
         raw = w.Accordion(children=[self.net_text], titles=("raw net dict",))
         raw.selected_index = None
         self._controls()
@@ -217,9 +87,9 @@ class Debugger(w.VBox):
         for layer in layers:
             if not self._layer_exists(layer):
                 raise RecDebugError(f"rd.debugger(..., layers=): no layer {layer!r} in this loop",
-                                    hint=f"layers with values per step: {self._stepped_layers()[:12]}")
+                                    hint=f"layers with values per step: {self.source.stepped_layers()[:12]}")
             self.select_layer(layer)
-        self.T = self._max_steps()
+        self.T = self.source.steps(self.beams)
         self.slider.max = max(self.T - 1, 0)
         self._refresh_all()
         if other is not None:
@@ -233,14 +103,6 @@ class Debugger(w.VBox):
             self.t = self._first
 
     # --- beam search ---
-    def _beam_steps(self):
-        if self.stepper is not None:  # a live search: the hypotheses of the steps run so far
-            return self.stepper.beams() if self.stepper.choice is not None else None
-        key = next((k[:-len(".backpointers")] for k in self.trace.entries if k.endswith(".backpointers")), None)
-        if key is None:
-            return None
-        return self.trace.beams(key)
-
     def _send_beams(self):
         """The beam tree of the current sequence; the best hypothesis of the last step selected."""
         bs, b = self.beams, self.sequence
@@ -303,33 +165,10 @@ class Debugger(w.VBox):
             self._send(view)
         self._place_cursor(self.t)
 
-    # --- sources ---
-    def _nodes(self):
-        if self.trace is not None:  # a loaded trace has them from its file
-            return self.trace.hierarchy
-        return self.stepper.hierarchy_nodes()
-
-    def _net_text(self) -> str:
-        if self.trace is not None:
-            return self.trace.net_text or "(this trace file does not keep the net dict)"
-        return self.stepper.net_dict_text()
-
-    def _main_axis(self):
-        if self.trace is not None:
-            return self.trace._default_axis()
-        return None
-
-    def _state_keys(self) -> list:
-        if self.trace is not None:
-            axis = self._main_axis()
-            return [e.key for e in self.trace.entries.values()
-                    if e.kind == "state" and e.loop_axes == (axis,)]
-        return self.stepper.view_keys()
-
     def _build_views(self):
-        for key in self._state_keys():
+        for key in self.source.state_keys():
             self.views[key] = HeatmapView(key, title=f"State {key}", reveal=self.reveal,
-                                          recorded=self.trace is not None, **self._describe(key))
+                                          recorded=self.source.recorded, **self._describe(key))
             self._watch_brush(self.views[key])
 
     def _watch_brush(self, view: HeatmapView):
@@ -366,13 +205,7 @@ class Debugger(w.VBox):
 
     def _describe(self, key: str) -> dict:
         """What a view's axes say (its unit dims and the loop's axis), and whether it holds labels."""
-        if self.trace is not None:
-            e = self.trace.entries[key]
-            axis = self._main_axis()
-            dims = [(d, int(e.array.shape[i])) for i, d in enumerate(e.dims) if d not in (axis, "batch", "beam")]
-            ints, sparse, axis_name = e.array.dtype.kind in "iub", None, axis
-        else:
-            dims, ints, sparse, axis_name = self.stepper.describe_key(key)
+        dims, ints, sparse, axis_name = self.source.describe(key)
         n = int(np.prod([size for _, size in dims])) if dims else 1
         if not dims:
             unit_label = "one value"
@@ -387,83 +220,20 @@ class Debugger(w.VBox):
         return {"unit_label": unit_label, "axis_label": f"t ({axis_name})", "categorical": ints,
                 "labels": list(labels)}
 
-    def _max_steps(self) -> int:
-        if self.stepper is not None:
-            return self.stepper.T
-        if self.beams is not None:  # every step the search ran, not only the best hypothesis' length
-            return self.beams.shape[0]
-        if self.trace is not None:
-            return int(self.trace.lens(self._main_axis()).max())
-        return self.stepper.T
-
     @property
     def batch(self) -> int:
-        if self.trace is not None:
-            return int(self.trace.lens(self._main_axis()).shape[-1])
-        return self.stepper.batch
+        return self.source.batch
 
     def _length(self, b: int) -> int:
         if self.beams is not None and self.hypothesis is not None:
             return self.beams.hypothesis(b, self.hypothesis[1], self.hypothesis[0])["length"]
         if self.beams is not None:  # a live search before its first step
             return self.T
-        if self.trace is not None:
-            return int(self.trace.lens(self._main_axis())[b])
-        ended = self.stepper.ended
-        return ended.get(b, self.T)
+        return self.source.length(b, self.T)
 
     def _array(self, key: str, b: int) -> np.ndarray:
         """[T, U] float32 values of ``key`` for sequence ``b`` (with search: along the selected hypothesis)."""
-        if self.trace is not None:
-            tr = self.trace
-            e = tr.entries[key]
-            axis = self._main_axis()
-            if "beam" in e.dims and self.hypothesis is not None:
-                rest = [d for d in e.dims if d not in (axis, "batch", "beam")]
-                values = tr.numpy(key, order=[axis, "batch", "beam"] + rest)[:, b]
-                path = self.beams.path(self.hypothesis[0], b, self.hypothesis[1])
-                before = tr.before_choice(key)
-                rows = [values[t, self.beams.backpointers[t, b, slot]] if before else values[t, slot]
-                        for t, slot in enumerate(path)]
-                rows += [np.zeros_like(rows[0])] * (values.shape[0] - len(rows))
-                return np.stack(rows).reshape(values.shape[0], -1).astype(np.float32)
-            rest = [d for d in e.dims if d not in (axis, "batch")]
-            arr = tr.numpy(key, order=[axis, "batch"] + rest) if "batch" in e.dims else \
-                tr.numpy(key, order=[axis] + rest)[:, None]
-            return arr[:, b].reshape(arr.shape[0], -1).astype(np.float32)
-        rows = self._stepper_rows(key)
-        if self.beams is None:
-            return rows[:, b].reshape(rows.shape[0], -1)
-        out = np.zeros((rows.shape[0], rows.shape[-1]), np.float32)  # a live search: along the hypothesis' path
-        if self.hypothesis is not None:
-            before = self._before_choice(key)
-            for t, slot in enumerate(self.beams.path(self.hypothesis[0], b, self.hypothesis[1])):
-                out[t] = rows[t, b, self.beams.backpointers[t, b, slot] if before else slot]
-        return out
-
-    def _before_choice(self, key: str) -> bool:
-        """A live search: whether ``key`` is a tensor computed before the choice (per previous hypothesis)."""
-        return self.stepper.key_before_choice(key)
-
-    def _stepper_rows(self, key: str) -> np.ndarray:
-        """[T, batch, U] (a search: [T, batch, beam, U]) values of the steps computed so far."""
-        st = self.stepper
-        per_entry = (st.batch, -1) if st.choice is None else (st.batch, st.beam, -1)
-        if key not in self._rows:
-            sample = self._stepper_value(key)
-            self._rows[key] = np.zeros((st.T,) + sample.reshape(per_entry).shape, np.float32)
-            self._rows[key + "#known"], self._rows[key + "#edits"] = 0, len(st.edits)
-        known = self._rows[key + "#known"]
-        if self._rows[key + "#edits"] != len(st.edits):  # set_state(at t) or reset: row t-1 on may have changed
-            known = min([known] + [max(0, t - 1) for t in st.edits[self._rows[key + "#edits"]:]])
-            self._rows[key + "#edits"] = len(st.edits)
-        for k in range(known, st.t):  # the steps computed since: one fetch per step, only for what is shown
-            self._rows[key][k] = self._stepper_value(key, k + 1).reshape(per_entry)
-        self._rows[key + "#known"] = max(known, st.t)
-        return self._rows[key]
-
-    def _stepper_value(self, key: str, at: int | None = None) -> np.ndarray:
-        return self.stepper.key_value(key, self.stepper.t if at is None else at)
+        return self.source.rows(key, b, self.beams, self.hypothesis)
 
     # --- controls ---
     def _controls(self):
@@ -590,7 +360,7 @@ class Debugger(w.VBox):
         """(t, key): the first step from ``start`` on where a State holds NaN/Inf on a valid frame (the first
         such State in view order), or (None, ""). One pass over each State's array, not one per step."""
         tr = self.trace
-        axis = self._main_axis()
+        axis = self.source.axis
         found = (None, "")
         for key in self.views:
             e = tr.entries[key]
@@ -634,17 +404,8 @@ class Debugger(w.VBox):
     def _layer_exists(self, path: str) -> bool:
         return any(n["path"] == path for n in self.hierarchy.nodes) or self._layer_has_steps(path)
 
-    def _stepped_layers(self) -> list:
-        if self.trace is not None:
-            return sorted(k for k in self.trace.entries if self._layer_has_steps(k))
-        return self.stepper.layer_keys()
-
     def _layer_has_steps(self, path: str) -> bool:
-        if self.trace is not None:
-            e = self.trace.entries.get(path)
-            axis = self._main_axis()
-            return e is not None and (e.loop_axes == (axis,) or (e.kind == "value" and axis in e.dims))
-        return path in self.stepper.layer_keys()
+        return self.source.has_steps(path)
 
     def show_diff(self, other):
         """Mark where ``other`` (a Trace of the same graph) differs: first step and units, per view."""
@@ -673,7 +434,7 @@ class Debugger(w.VBox):
                 continue
             a = self._array(view.key, b)
             o_entry = self.other.entries[view.key]
-            axis = self._main_axis()
+            axis = self.source.axis
             rest = [d for d in o_entry.dims if d not in (axis, "batch")]
             o = self.other.numpy(view.key, order=[axis, "batch"] + rest)[:, b].reshape(a.shape[0], -1)
             valid = np.arange(a.shape[0])[:, None] < self._length(b)
@@ -721,7 +482,7 @@ class Debugger(w.VBox):
     def _send(self, view: HeatmapView, title=None):
         b = self.sequence
         arr = self._array(view.key, b)
-        known = self.T if self.trace is not None else self.stepper.t
+        known = self.source.known(self.T)
         if self.stepper is not None and self.beams is not None and title is None:
             view.update(arr, self._length(b), known)  # a live search: mostly the new step's row
         else:
@@ -732,7 +493,7 @@ class Debugger(w.VBox):
         if self.trace is None or view.key + ".grad" not in self.trace.entries or self.beams is not None:
             return
         e = self.trace.entries[view.key + ".grad"]
-        axis = self._main_axis()
+        axis = self.source.axis
         rest = [d for d in e.dims if d not in (axis, "batch")]
         g = self.trace.numpy(e.key, order=[axis, "batch"] + rest)[:, self.sequence]
         norms = np.sqrt((g.reshape(g.shape[0], -1).astype(np.float64) ** 2).sum(axis=1)).astype(np.float32)
@@ -780,7 +541,7 @@ class Debugger(w.VBox):
                     self._send(view)
             length = self._length(self.sequence)
             for view in self._active_views():
-                rows = self._stepper_rows(view.key)
+                rows = self.source.all_rows(view.key)
                 with view.hold_sync():  # the new rows, the steps known and where the sequence ended: one message
                     if view.known < t:
                         view.set_rows({k: rows[k, self.sequence] for k in range(view.known, t)}, known=t)
@@ -803,7 +564,7 @@ class Debugger(w.VBox):
         from ..records.protocol import ended_text, steps_text
 
         parts = [steps_text(self.t, self.T) if self.trace is None else recorded_text(self.t, self.T)]
-        parts.append(self.trace.device if self.trace is not None else self.stepper.device)
+        parts.append(self.source.device)
         b = self.sequence
         if self.beams is None:
             n = self._length(b)
