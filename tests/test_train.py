@@ -413,3 +413,13 @@ def test_a_trace_with_gradients_saves_and_loads_them(rng, tmp_path):
     d = rd.debugger(back)
     np.testing.assert_allclose(np.frombuffer(d.views["loop/h"].grad_norms, np.float32),
                                np.linalg.norm(tr.grad(g.states[0])[0], axis=-1), rtol=1e-6)
+
+
+def test_a_config_saved_before_the_layers_still_finds_the_rec_layer_extension():
+    """A config of a nested loop saved by an earlier recdebug runs ``import recdebug.returnn_ext``: it still
+    installs the extension (RETURNN's RecLayer then makes templates for an inner rec layer's sub-layers)."""
+    from returnn.tf.layers.rec import RecLayer
+
+    namespace = {}
+    exec("import recdebug.returnn_ext\nrecdebug.returnn_ext.install()", namespace)
+    assert "get_sub_layer_out_data_from_opts" in vars(RecLayer)
