@@ -90,55 +90,20 @@ class State:
     def __repr__(self):
         return f"State({dims_str(self.dims)}, initial={self.initial!r})"
 
-    # a State is not a value: arithmetic on it is an error that says to read it with get()
-    def __add__(self, other):
-        raise used_as_value(self, "+")
 
-    def __radd__(self, other):
-        raise used_as_value(self, "+")
+def _refused(symbol: str):
+    """An operator of State: a State is not a value, so it raises the error that says to read it with get()."""
+    def operator(self, *_):
+        raise used_as_value(self, symbol)
+    return operator
 
-    def __sub__(self, other):
-        raise used_as_value(self, "-")
 
-    def __rsub__(self, other):
-        raise used_as_value(self, "-")
-
-    def __mul__(self, other):
-        raise used_as_value(self, "*")
-
-    def __rmul__(self, other):
-        raise used_as_value(self, "*")
-
-    def __truediv__(self, other):
-        raise used_as_value(self, "/")
-
-    def __rtruediv__(self, other):
-        raise used_as_value(self, "/")
-
-    def __neg__(self):
-        raise used_as_value(self, "-")
-
-    def __lt__(self, other):
-        raise used_as_value(self, "<")
-
-    def __le__(self, other):
-        raise used_as_value(self, "<=")
-
-    def __gt__(self, other):
-        raise used_as_value(self, ">")
-
-    def __ge__(self, other):
-        raise used_as_value(self, ">=")
-
-    def __and__(self, other):
-        raise used_as_value(self, "&")
-
-    __rand__ = __and__
-
-    def __or__(self, other):
-        raise used_as_value(self, "|")
-
-    __ror__ = __or__
+# a State is not a value: its operators are the error that says to read it with get()
+for _name, _symbol in {"add": "+", "sub": "-", "mul": "*", "truediv": "/", "and": "&", "or": "|"}.items():
+    setattr(State, f"__{_name}__", _refused(_symbol))
+    setattr(State, f"__r{_name}__", _refused(_symbol))
+for _name, _symbol in {"neg": "-", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}.items():
+    setattr(State, f"__{_name}__", _refused(_symbol))
 
 
 def used_as_value(state: State, where: str) -> LoopError:
