@@ -23,7 +23,7 @@ import numpy as np
 from ..language.errors import RecDebugError, RunError
 from .returnn_model import NOT_REFS, ModelBuild, behavior_version, extern_sizes, feed_extern_data, layer_refs
 from ..emission.stepnet import readers_of
-from ..records.protocol import SteppingControls, count_steps
+from ..records.protocol import SteppingControls, count_steps, ended_sequences
 from .stepsearch import ENDED_OTHER_LABELS
 from ..records.trace import Beams
 
@@ -474,27 +474,9 @@ class ReturnnStepper(SteppingControls):
 
     @property
     def ended(self) -> dict:
-        if self.search:
-            out = {}
-            for b in range(self.batch):
-                done = [s for s in range(self.t) if self._hyp_ended[s][b].all()]
-                if done:
-                    out[b] = done[0] + 1
-                elif self.t >= self.T:
-                    out[b] = self.T
-            return out
-        if self._by_lengths:
-            return {b: int(n) for b, n in enumerate(self._lens) if n <= self.t}
-        out = {}
-        for b in range(self.batch):
-            for step, flags in enumerate(self._end[:self.t]):
-                if flags[b]:
-                    out[b] = step + 1 if self.include_eos else step
-                    break
-            else:
-                if self.t >= self.T:
-                    out[b] = self.T
-        return out
+        return ended_sequences(self.t, self.T, self.batch, lens=self._lens if self._by_lengths else None,
+                               hyp_ended=self._hyp_ended if self.search else None, end_flags=self._end,
+                               include_eos=self.include_eos)
 
     def __repr__(self):
         return f"ReturnnStepper({self.rec!r}, {self.status})"

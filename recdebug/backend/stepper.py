@@ -20,7 +20,7 @@ from ..language.state import State
 from ..emission.stepnet import build_step_net
 from .stepsearch import ENDED_OTHER_LABELS, register_layer_classes, add_beam
 from ..language.tensor import Tensor
-from ..records.protocol import SteppingControls, count_steps, ended_text, steps_text
+from ..records.protocol import SteppingControls, count_steps, ended_sequences, ended_text, steps_text
 from ..records.trace import Beams
 
 # While a step net is built: key -> the tf.Tensor a "recdebug_tensor" layer outputs (that build's own)
@@ -375,28 +375,10 @@ class Stepper(SteppingControls):
     def ended(self) -> dict:
         """Sequence index -> its length (the step at which it ended), for the sequences that ended by now.
         With search: the number of steps after which every hypothesis of the sequence had ended."""
-        if self.choice is not None:
-            out = {}
-            for b in range(self.batch):
-                done = [s for s in range(self.t) if self._hyp_ended[s][b].all()]
-                if done:
-                    out[b] = done[0] + 1
-                elif self.t >= self.T:
-                    out[b] = self.T
-            return out
-        if self._by_lengths:
-            lens = self._lens.get(self.loop.axis, np.full(self.batch, self.max_steps))
-            return {b: int(n) for b, n in enumerate(lens) if n <= self.t}
-        out = {}
-        for b in range(self.batch):
-            for step, flags in enumerate(self._end[:self.t]):
-                if flags[b]:
-                    out[b] = step + 1 if self.loop.include_eos else step
-                    break
-            else:
-                if self.t >= self.T:  # stopped by max_seq_len
-                    out[b] = self.T
-        return out
+        lens = self._lens.get(self.loop.axis, np.full(self.batch, self.max_steps)) if self._by_lengths else None
+        return ended_sequences(self.t, self.T, self.batch, lens=lens,
+                               hyp_ended=self._hyp_ended if self.choice is not None else None,
+                               end_flags=self._end, include_eos=self.loop.include_eos)
 
     def __repr__(self):
         return f"Stepper({self.loop.name!r}, {self.status})"

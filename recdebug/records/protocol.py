@@ -133,6 +133,29 @@ def ended_text(b: int, n: int) -> str:
     return f"sequence {b} ended after t={n - 1} ({n} steps)" if n > 0 else f"sequence {b} ended before t=0 (0 steps)"
 
 
+def ended_sequences(t: int, T: int, batch: int, lens=None, hyp_ended=None, end_flags=(),
+                    include_eos: bool = False) -> dict:
+    """{sequence: its steps} of the sequences that have ended after ``t`` of at most ``T`` steps: searching, when
+    every hypothesis had ended (``hyp_ended``: per step [batch, beam]); else by their lengths (``lens``); else at the
+    first step whose end flag is set (``end_flags``: per step [batch]; that step counts with ``include_eos``). A
+    sequence still running after T steps ends there."""
+    if hyp_ended is None and lens is not None:
+        return {b: int(n) for b, n in enumerate(lens) if n <= t}
+    out = {}
+    for b in range(batch):
+        if hyp_ended is not None:
+            step = next((s for s in range(t) if hyp_ended[s][b].all()), None)
+            n = None if step is None else step + 1
+        else:
+            step = next((s for s, flags in enumerate(end_flags[:t]) if flags[b]), None)
+            n = None if step is None else step + 1 if include_eos else step
+        if n is not None:
+            out[b] = n
+        elif t >= T:
+            out[b] = T
+    return out
+
+
 def count_steps(n, what: str, hint: str) -> int:
     """A number of steps (or a step): a non-negative integer, else a clear error."""
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
