@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import linecache
-import re
 import sys
 import traceback
 
@@ -220,12 +219,13 @@ def run_recloop(body: str, namespace: dict, feeds: dict | None = None, seq_lens:
                 seed: int = 0, device: str | None = None, optimize: bool = True, compare_optimize: bool = False,
                 capture=None, breakpoint=None, static: bool = False, verbose: bool = False,
                 show_widget: bool = True, search: bool = False, targets: dict | None = None,
-                live: bool = False, options: str = "", params=None) -> RecloopResult:
+                live: bool = False, options: str = "", params=None, feed_vars: dict | None = None) -> RecloopResult:
     """Build the cell's graph, run it, trace it, make a stepper and the debugger (or a static figure).
 
     The debugger browses the trace; with ``live`` or a ``breakpoint`` it steps the live stepper instead.
     ``params``: a directory of g.save (or a RETURNN checkpoint prefix) whose parameters the cell's graph uses.
-    ``options``: the text after ``%%recloop`` (errors from the options or the fed data name that line)."""
+    ``options``: the text after ``%%recloop`` (errors from the options or the fed data name that line);
+    ``feed_vars``: {input name: the notebook variable fed to it} (a feed error shows how to feed it another way)."""
     filename = cell_filename()
     header = f"%%recloop {options}".strip()
     g = exec_body(body, namespace, filename, verbose, header)
@@ -234,14 +234,14 @@ def run_recloop(body: str, namespace: dict, feeds: dict | None = None, seq_lens:
             if params is not None:
                 g.load(params)
             return _run_cell(g, filename, feeds, seq_lens, seed, device, optimize, compare_optimize, capture,
-                             breakpoint, static, verbose, show_widget, search, targets, live, options)
+                             breakpoint, static, verbose, show_widget, search, targets, live, feed_vars or {})
     except BaseException:
         g.close()  # nothing keeps this cell's graph: free its TensorFlow sessions now
         raise
 
 
 def _run_cell(g, filename, feeds, seq_lens, seed, device, optimize, compare_optimize, capture, breakpoint, static,
-              verbose, show_widget, search, targets, live, options) -> RecloopResult:
+              verbose, show_widget, search, targets, live, feed_vars) -> RecloopResult:
     """run_recloop after the body has built the graph ``g``."""
     if not g.loops:
         raise RecloopError(["the cell defines no rd.Loop: there is nothing to step through",
@@ -273,7 +273,7 @@ def _run_cell(g, filename, feeds, seq_lens, seed, device, optimize, compare_opti
                             capture=capture)
         stepper, why_not = _stepper_if_possible(g, all_feeds, lens, device, seed, targets)
     except FeedError as e:
-        raise RecloopError(_feed_error_lines(e, options), e, verbose) from None
+        raise RecloopError(_feed_error_lines(e, feed_vars), e, verbose) from None
     except RecDebugError as e:
         raise RecloopError([f"{type(e).__name__}: {e}"], e, verbose) from None
     except Exception as e:  # RETURNN or TensorFlow
@@ -304,12 +304,11 @@ def _run_cell(g, filename, feeds, seq_lens, seed, device, optimize, compare_opti
                          random_lens, seed)
 
 
-def _feed_error_lines(e: FeedError, options: str) -> list[str]:
+def _feed_error_lines(e: FeedError, feed_vars: dict) -> list[str]:
     """A FeedError as the cell shows it: how to feed another order is said with the cell's own --feed."""
-    fed = re.search(rf"--feed[\s=]+[\"']?{re.escape(e.input_name)}=([^\s\"']+)", options)
-    if fed is None:
+    if e.input_name not in feed_vars:
         return [f"{type(e).__name__}: {e}"]
-    name, var = e.input_name, fed.group(1)
+    name, var = e.input_name, feed_vars[e.input_name]
     return [f"{type(e).__name__}: {e.message}", f"  at {e.line}",
             f"  feed the array in that order, or give its own order with it: {name}_in = ({var}, {e.order_text}), "
             f"then --feed {name}={name}_in"]

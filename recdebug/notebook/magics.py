@@ -100,7 +100,8 @@ class RecloopMagics(Magics):
         """
         args = parse_argstring(self.recloop, line)
         ns = self.shell.user_ns
-        feeds = {name: self._lookup(var, "--feed") for name, var in _pairs(args.feed, "--feed")}
+        feed_vars = dict(_pairs(args.feed, "--feed"))
+        feeds = {name: self._lookup(var, "--feed") for name, var in feed_vars.items()}
         lens = {}
         for dim_name, var in _pairs(args.lens, "--lens"):
             from ..language.dims import Dim
@@ -124,7 +125,7 @@ class RecloopMagics(Magics):
                              optimize=not args.no_optimize, compare_optimize=args.compare_optimize,
                              capture=args.capture, breakpoint=predicate, static=args.static,
                              verbose=args.verbose, search=args.search, targets=targets,
-                             live=args.live, options=line.strip(), params=args.params)
+                             live=args.live, options=line.strip(), params=args.params, feed_vars=feed_vars)
         if args.out:
             ns[args.out] = result
         else:
