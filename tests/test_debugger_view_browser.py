@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from test_widgets_browser import CHROMIUM, OUT, lab, page, set_theme, wait_for_kernel  # noqa: F401 (fixtures)
+from test_widgets_browser import BEAM_CODE, CHROMIUM, OUT, lab, page, set_theme, wait_for_kernel  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not __import__("os").path.exists(CHROMIUM),
                                 reason="Debian's chromium is not installed")
@@ -30,29 +30,19 @@ lens = np.array([3, 9])
 st = g.stepper({"x": x_np}, seq_lens={time: lens})
 d = rd.debugger(st)
 st.step(3)  # before the widget is displayed
-print("EXPECT " + json.dumps([st.value(h, order=(batch, hid), at=k)[0].tolist() for k in (1, 2, 3)]))
+res = g.run({"x": x_np}, seq_lens={time: lens})  # the same seeded parameters
+w, b = res.param("linear/weight").astype(np.float64), res.param("linear/bias").astype(np.float64)
+h_np, ref = np.zeros((2, 4)), []
+for t in range(9):  # the loop in numpy; sequence 0's frames 3..8 are padding
+    h_np = np.tanh(x_np[:, t].astype(np.float64) @ w + b + h_np)
+    ref.append(h_np)
+print("REF " + json.dumps(np.stack(ref, axis=1).tolist()))  # (batch, time, hidden)
 '''
 SHOW_LATE = "d"
 TRACE = '''
-tr = g.trace({"x": x_np}, seq_lens={time: lens})
-print("TRACE " + json.dumps(tr.numpy(h, order=(batch, time, hid)).tolist()))
-rd.debugger(tr)
+rd.debugger(g.trace({"x": x_np}, seq_lens={time: lens}))
 '''
-SEARCH_TRACE = '''
-hid2, vocab, emb = rd.Dim("hid", 4), rd.Dim("vocab", 6), rd.Dim("emb", 3)
-with rd.Graph() as g2:
-    enc = rd.Input("enc", {batch, hid2})
-    embed, lin_h, lin_out = rd.Embedding(vocab, emb), rd.Linear(hid2), rd.Linear(vocab)
-    label = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
-    s = rd.State({batch, hid2}, initial=enc)
-    with rd.Loop(max_seq_len=6) as loop2:
-        s.assign(rd.tanh(lin_h(rd.concat(embed(label.get()), s.get()))))
-        y = rd.choice(lin_out(s.get()), beam_size=3)
-        label.assign(y)
-        loop2.end(y == 0, include_eos=True)
-rd.debugger(g2.trace({"enc": np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)},
-                     search=True, seed=8))
-'''
+
 
 LEFT, RIGHT, AXIS_H = 48, 70, 30  # the heatmap's gutters (extension/heatmap.js)
 PAD = (190, 190, 190)
@@ -134,18 +124,19 @@ def column_on_screen(page, heat, t, T):
 
 
 def check_values(page, heat, expected, T):
-    """Hover and pixel colour of each step of ``expected`` ([steps, units]) against the numbers."""
+    """Hover and pixel colour of each step of ``expected`` ([steps, units], numpy in float64) against the numbers:
+    the hover's 6 significant digits within 1e-5 of numpy, the colour within 1 of the colour scale's."""
     scale = float(heat.get_attribute("data-scale"))
     for k, row in enumerate(expected):
         for u, v in enumerate(row):
-            assert float(hover(page, heat, k, u, T, len(row))) == pytest.approx(v, rel=1e-5, abs=1e-6), (k, u)
+            assert float(hover(page, heat, k, u, T, len(row))) == pytest.approx(v, rel=1e-5, abs=1e-5), (k, u)
             rgba = pixel(heat, k, u)
             assert rgba[3] == 255 and np.abs(np.array(rgba[:3]) - diverging(v, scale)).max() <= 1, (k, u, rgba)
 
 
 def open_late(page, url, token, name):
     """The live debugger of SETUP displayed after st.step(3): (the setup cell, the displayed cell, its first
-    heatmap, h after steps 1..3 of sequence 0 as the kernel printed it)."""
+    heatmap, h at t=0..2 of sequence 0 as numpy computes it)."""
     from playwright.sync_api import expect
 
     write_notebook(url, token, name, [SETUP, SHOW_LATE])
@@ -155,7 +146,7 @@ def open_late(page, url, token, name):
     heat = shown.locator(".rd-heatmap").first
     expect(shown.locator(".rd-status")).to_contain_text("at t=2 (3 of 9 steps run)")
     expect(heat).to_have_attribute("data-cursor", "2")
-    return setup, shown, heat, printed(setup, "EXPECT")
+    return setup, shown, heat, printed(setup, "REF")[0, :3]
 
 
 def test_steps_run_before_the_widget_is_displayed_are_drawn_with_their_values_also_after_a_reload(lab, page):
@@ -228,11 +219,11 @@ def test_a_recorded_trace_says_every_step_is_recorded_and_draws_each(lab, page):
     url, token = lab
     set_theme(url, token, "JupyterLab Dark")
     try:
-        write_notebook(url, token, "trace.ipynb", [SETUP, TRACE, SEARCH_TRACE])
+        write_notebook(url, token, "trace.ipynb", [SETUP, TRACE, BEAM_CODE])
         page.set_viewport_size({"width": 1000, "height": 1000})
         run_all(page, url, token, "trace.ipynb", 3)
         cell = page.locator(".jp-CodeCell").nth(1)
-        values = printed(cell, "TRACE")  # [batch, time, hidden]
+        values = printed(page.locator(".jp-CodeCell").nth(0), "REF")  # numpy: [batch, time, hidden]
         status, legend = cell.locator(".rd-status"), cell.locator(".rd-convention")
         expect(status).to_contain_text("at t=0 (recorded trace: all 9 steps, t=0…8)")
         assert "run" not in status.inner_text().split("·")[0]
@@ -251,6 +242,7 @@ def test_a_recorded_trace_says_every_step_is_recorded_and_draws_each(lab, page):
         seq.fill("0")
         seq.press("Enter")
         expect(heat).to_have_attribute("data-cursor", "0")
+        check_values(page, heat, values[0, :3], 9)  # its valid steps; the garbage frames after them are padding
         for t in (3, 8):
             assert hover(page, heat, t, 2, 9, 4) == "padding" and pixel(heat, t, 2) == [*PAD, 255]
         cell.locator(".jp-OutputArea-output").first.evaluate("e => e.scrollIntoView({block: 'start'})")
