@@ -131,6 +131,7 @@ function render({ model, el: root }) {
   norm.style.display = "block";
   const readout = el("div", "rd-readout", root);
   readout.style.margin = `2px 0 2px ${LEFT}px`;
+  readout.style.whiteSpace = "pre-line";  // the statistics, then the values on a line of their own
   const bars = el("canvas", "rd-bars", root);
   bars.style.width = "100%";
   bars.style.height = "72px";
@@ -436,7 +437,7 @@ function render({ model, el: root }) {
     }
     const stats = n ? `min ${fmt(mn)} · max ${fmt(mx)} · mean ${fmt(sum / n)}${bad ? ` · ${bad} NaN/Inf` : ""}`
       : `all ${bad} values NaN/Inf`;
-    readout.textContent = `t=${cursor}: ${stats}` + (U <= 8 ? ` · values (unit 0…${U - 1}): ` +
+    readout.textContent = `t=${cursor}: ${stats}` + (U <= 8 ? `\nvalues (unit 0…${U - 1}): ` +
       Array.from(row, fmt).join(" ") : "");
     bars.style.display = "block";
     // the values at the cursor as bars: one per unit, the colour bar's range up and down, the axes named
