@@ -1,6 +1,7 @@
 """The RETURNN/TensorFlow back end: builds the emitted net dict, runs and traces it (``engine``, ``grads``), steps
-it live (``stepper``, ``stepsearch``), trains, saves and loads it (``train``, ``checkpoint``), and opens RETURNN
-configs (``returnn_model``, ``returnn_stepper``). Imported, it gives the language's Graph its calls."""
+it live (``stepcore``: the one stepper of both front ends; ``stepper``, ``stepsearch``), trains, saves and loads
+it (``train``, ``checkpoint``), and opens RETURNN configs (``returnn_model``, ``returnn_stepper``). Imported, it
+gives the language's Graph its calls."""
 from ..emission.netdict import emit
 from ..language.graph import connect_backend
 from .checkpoint import load_params, save_graph

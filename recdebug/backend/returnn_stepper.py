@@ -4,8 +4,9 @@ The unit of the rec layer becomes a plain RETURNN net that runs one iteration: e
 references are rewritten (``prev:X`` reads X's value of the previous step, fed from the stepper's buffers;
 ``data:source`` and ``data:KEY`` gather frame t; ``:i`` is t; ``base:`` loses one level). An ``rnn_cell`` layer gets
 its cell state the same way, through RETURNN's ``state`` option. The parameters are those of the model's own build
-(from its checkpoint). Each step feeds step t's States and writes step t+1's, so that ``step_back`` is exact and
-``set_state`` edits a State before continuing; the buffers are numpy arrays (the models debugged this way are small).
+(from its checkpoint). The States' buffers and the step are those of the language's stepper (``stepcore``): each
+step reads entry t of every State's buffer on the device and writes entry t+1, so that ``step_back`` is exact and
+``set_state`` edits a State before continuing.
 
 A ``choice`` layer takes the reference label of step t (teacher forcing, the targets given by extern_data name),
 or with ``search=True`` runs the beam search: the K hypotheses of a sequence are K entries of the batch, the choice
@@ -16,16 +17,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import weakref
 
 import numpy as np
 
 from ..language.errors import RecDebugError, RunError
 from .returnn_model import NOT_REFS, ModelBuild, behavior_version, extern_sizes, feed_extern_data, layer_refs
 from ..emission.stepnet import readers_of
-from ..records.protocol import SteppingControls, count_steps, ended_sequences
-from .stepsearch import ENDED_OTHER_LABELS
-from ..records.trace import Beams
+from .stepcore import LoopStepper, StepBuffers, building
 
 PREFIX = "step."
 DROPPED_KEYS = ("initial_output", "is_output_layer", "loss", "loss_opts", "loss_scale", "collocate_with",
@@ -117,19 +115,19 @@ def _depends_on(net: dict, name: str, target: str, seen=None) -> bool:
     return False
 
 
-class StepBuild:
-    """The flat step net of one rec layer, in its own graph and session, its parameters copied from ``source``
-    (the model's build of the unit with every layer in the loop)."""
+class ConfigStepEngine:
+    """The step net of one rec layer of a config on the shared State buffers and step op (``stepcore``), in its
+    own graph and session, its parameters copied from ``source`` (the model's build of the unit with every layer in
+    the loop). ``lengths``: the rec layer runs a given number of steps per entry (else, searching, until its end
+    layer says so or its bound)."""
 
     def __init__(self, model, rec: str, source: ModelBuild, states: dict, cell_states: dict, search_choice,
-                 forced: dict, beam: int, batch: int):
+                 forced: dict, beam: int, batch: int, max_steps: int, lengths: bool):
         import tensorflow as tf
         from returnn.tf.network import TFNetwork
 
-        from .stepper import _device_tensors, _register_layer_class
         from .stepsearch import register_layer_classes
 
-        _register_layer_class()
         register_layer_classes()
         _register_config_topk()
         self.model, self.rec = model, rec
@@ -146,29 +144,22 @@ class StepBuild:
         names = set(unit)
         self.tf_graph = tf.Graph()
         self.device_tensors = {}
-        with self.tf_graph.as_default():
-            self.t_ph = tf.compat.v1.placeholder(tf.int32, [], name="recdebug_step")
-            self.device_tensors["index"] = self.t_ph
-            self.state_ph = {}
+        dev = "/gpu:0" if model.device == "gpu" else "/cpu:0"
+        with self.tf_graph.as_default(), tf.device(dev):
+            shapes = {st: ((batch,) + st.shape, st.dtype) for st in states.values()}
+            shapes.update({(name, i): ((batch,) + shape, dtype) for name, parts in cell_states.items()
+                           for i, (shape, dtype, _) in enumerate(parts)})
+            self.core = StepBuffers(shapes, batch, max_steps, beam if search_choice is not None else None,
+                                    ends=search_choice is not None, lengths=lengths)
+            self.device_tensors.update(self.core.tensors)
             for name, st in states.items():
-                ph = tf.compat.v1.placeholder(st.dtype, [None] + list(st.shape), name=f"state_{len(self.state_ph)}")
-                self.state_ph[name] = ph
-                self.device_tensors[f"state/{name}"] = ph
-                top[f"{PREFIX}{name}.at_step"] = {"class": "recdebug_tensor", "key": f"state/{name}",
+                top[f"{PREFIX}{name}.at_step"] = {"class": "recdebug_tensor", "key": self.core.read_key(st),
                                                   "shape": st.dims, "dtype": st.dtype, "sparse_dim": st.sparse_tag}
-            self.cell_ph = {}
             for name, parts in cell_states.items():
                 for i, (shape, dtype, tags) in enumerate(parts):
-                    ph = tf.compat.v1.placeholder(dtype, [None] + list(shape), name=f"cell_state_{name}_{i}")
-                    self.cell_ph[(name, i)] = ph
-                    self.device_tensors[f"cell/{name}/{i}"] = ph
-                    top[f"{PREFIX}{name}.state{i}"] = {"class": "recdebug_tensor", "key": f"cell/{name}/{i}",
-                                                       "shape": tags, "dtype": dtype}
-            if search_choice is not None:
-                self.scores_ph = tf.compat.v1.placeholder(tf.float32, [None], name="scores")
-                self.ended_ph = tf.compat.v1.placeholder(tf.bool, [None], name="ended")
-                self.device_tensors["search/scores"] = self.scores_ph
-                self.device_tensors["search/ended"] = self.ended_ph
+                    top[f"{PREFIX}{name}.state{i}"] = {"class": "recdebug_tensor",
+                                                       "key": self.core.read_key((name, i)), "shape": tags,
+                                                       "dtype": dtype}
             for name, layer in unit.items():
                 d = {k: v for k, v in layer.items() if k not in DROPPED_KEYS}
                 if layer.get("class") == "choice":
@@ -209,38 +200,55 @@ class StepBuild:
                         if k not in NOT_REFS:
                             layer[k] = _reorder(layer[k], self.after_choice, PREFIX + search_choice, top, unit)
             self.net_dict = top
-            token = _device_tensors.set(self.device_tensors)
-            try:
-                with behavior_version(model.behavior_version):
-                    self.train_flag = tf.compat.v1.placeholder_with_default(False, shape=(), name="train_flag")
-                    self.network = TFNetwork(config=model.config, train_flag=self.train_flag, eval_flag=True,
-                                             search_flag=False)
-                    try:
-                        with contextlib.redirect_stdout(io.StringIO()):  # RETURNN prints a failed layer at length
-                            self.network.construct_from_dict(top)
-                        self.sizes = extern_sizes(self.network)
-                    except Exception as e:
-                        raise RecDebugError(
-                            f"stepping {rec!r}: RETURNN could not build its unit as one step: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}",
-                            hint="m.trace(...) records every step of the rec layer as RETURNN runs it") from (e if os.environ.get("RECDEBUG_DEBUG") else None)
-            finally:
-                _device_tensors.reset(token)
+            with building(self.device_tensors), behavior_version(model.behavior_version):
+                self.train_flag = tf.compat.v1.placeholder_with_default(False, shape=(), name="train_flag")
+                self.network = TFNetwork(config=model.config, train_flag=self.train_flag, eval_flag=True,
+                                         search_flag=False)
+                try:
+                    with contextlib.redirect_stdout(io.StringIO()):  # RETURNN prints a failed layer at length
+                        self.network.construct_from_dict(top)
+                    self.sizes = extern_sizes(self.network)
+                except Exception as e:
+                    raise RecDebugError(
+                        f"stepping {rec!r}: RETURNN could not build its unit as one step: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}",
+                        hint="m.trace(...) records every step of the rec layer as RETURNN runs it"
+                    ) from (e if os.environ.get("RECDEBUG_DEBUG") else None)
+            self.outputs = {}  # unit layer -> its value, batch first
+            for name in unit:
+                layer = self.network.layers.get(PREFIX + name)
+                if layer is not None:
+                    self.outputs[name] = layer.output.copy_as_batch_major()
+            self._finish(states, cell_states, search_choice, batch, bool(net[rec].get("include_eos", False)))
             self.session = tf.compat.v1.Session(graph=self.tf_graph,
                                                 config=tf.compat.v1.ConfigProto(allow_soft_placement=True))
             self.network.initialize_params(self.session)
+            self.session.run(tf.compat.v1.variables_initializer(self.core.variables))
         self._copy_params(source, unit)
-        self.outputs = {}
-        for name in unit:
-            layer = self.network.layers.get(PREFIX + name)
-            if layer is not None:
-                self.outputs[name] = layer.output.copy_as_batch_major().placeholder
-        self.cell_out = {}
-        for name in cell_states:
-            from tensorflow.python.util import nest
 
-            self.cell_out[name] = nest.flatten(self.network.layers[PREFIX + name].rec_vars_outputs["state"])
-        self.chooser = self.network.layers[PREFIX + search_choice] if search_choice is not None else None
+    def _finish(self, states: dict, cell_states: dict, search_choice, batch: int, include_eos: bool):
+        """The step op: each State's new value is its layer's, each cell state the rnn_cell's own."""
+        import tensorflow as tf
+        from tensorflow.python.util import nest
+
+        new, init, reordered = {}, {}, set()
+        for name, st in states.items():
+            new[st] = tf.reshape(self.outputs[name].placeholder, (batch,) + st.shape)
+            init[st] = tf.constant(st.initial)
+            if PREFIX + name not in self.after_choice:
+                reordered.add(st)
+        for name in cell_states:
+            for i, value in enumerate(nest.flatten(self.network.layers[PREFIX + name].rec_vars_outputs["state"])):
+                new[(name, i)], init[(name, i)] = value, tf.constant(0)
+                if PREFIX + name not in self.after_choice:
+                    reordered.add((name, i))
+        chooser = self.network.layers[PREFIX + search_choice] if search_choice is not None else None
+        end = None
+        if chooser is not None and self.core.lengths_ph is None and "end" in self.outputs:
+            flags = tf.reshape(tf.cast(self.outputs["end"].placeholder, tf.bool), [-1])
+            end = tf.broadcast_to(flags, [batch])
+        self.core.finish(new, init, reordered, end=end, chooser=chooser,
+                         end_reordered=PREFIX + "end" not in self.after_choice, include_eos=include_eos)
 
     def _copy_params(self, source: ModelBuild, unit: dict):
         """Every parameter of the step net gets its value from the model's build (the checkpoint's values)."""
@@ -309,8 +317,14 @@ def _reorder(value, after: set, choice: str, net: dict, unit: dict):
     return name
 
 
-class ReturnnStepper(SteppingControls):
-    """Live stepping of a RETURNN config's rec layer; the same controls as ``rd.Stepper``."""
+class ReturnnStepper(LoopStepper):
+    """Live stepping of a RETURNN config's rec layer: the stepper of ``stepcore``, as ``rd.Stepper``; values by
+    the config's layer paths, batch first."""
+
+    graph = None
+    _remake_hint = "make a new stepper: m.stepper(...)"
+    _search_hint = "m.stepper(..., search=True)"
+    _top_prefix = PREFIX
 
     def __init__(self, model, rec: str, inputs: dict, seq_lens: dict, search: bool = False, beam_size=None):
         from .engine import build_apart
@@ -334,6 +348,7 @@ class ReturnnStepper(SteppingControls):
             raise RecDebugError(f"rec layer {rec!r} has {len(choices)} choice layers {choices}: live stepping "
                                 "searches over one")
         self.choice = choices[0] if self.search else None
+        self.searching = self.search
         self.beam = 1
         if self.search:
             self.beam = int(beam_size or unit[self.choice].get("beam_size") or 1)
@@ -375,25 +390,26 @@ class ReturnnStepper(SteppingControls):
         else:
             self._lens = np.asarray(source.session.run(source.rec_lens, feed_dict=fd))
             self.max_steps = int(self._lens.max())
-        self._by_lengths = self._lens is not None and (not self.search or self.unstacked)
+        self.lengths = self._lens if self._lens is not None and (not self.search or self.unstacked) else None
         if self.search:  # hypothesis k of sequence b is entry b*K+k
             inputs = {k: np.repeat(np.asarray(v), self.beam, axis=0) for k, v in inputs.items()}
             seq_lens = {k: np.repeat(np.asarray(v), self.beam) for k, v in seq_lens.items()}
-        self.engine = build_apart(lambda: StepBuild(model, rec, source, self._states, self._cells, self.choice,
-                                                    forced, self.beam, self.batch * self.beam))
-        self._release = weakref.finalize(self, self.engine.close)
-        self._release.atexit = False
-        self._feed = feed_extern_data(self.engine.network, {k: v for k, v in inputs.items()
-                                                            if k in self.engine.network.extern_data.data},
-                                      {k: v for k, v in seq_lens.items()
-                                       if k in self.engine.network.extern_data.data}, sizes=self.engine.sizes)
-        self._top_cache = None
-        self.closed = None
-        self._closed_hint = ""
-        self._watchers, self._quiet = [], 0
-        self.breakpoint = None
-        self.edits = []
-        self.reset()
+        self.engine = build_apart(lambda: ConfigStepEngine(model, rec, source, self._states, self._cells, self.choice,
+                                                           forced, self.beam, self.batch * self.beam,
+                                                           self.max_steps, lengths=self.lengths is not None))
+        self._start()
+        try:
+            self._outputs = dict(self.engine.outputs)  # unit layer -> its value's template, batch first
+            self.after_choice = set(self.engine.after_choice)
+            data = self.engine.network.extern_data.data
+            self._feed = feed_extern_data(self.engine.network, {k: v for k, v in inputs.items() if k in data},
+                                          {k: v for k, v in seq_lens.items() if k in data}, sizes=self.engine.sizes)
+            if self.lengths is not None:
+                self._feed[self.engine.core.lengths_ph] = np.repeat(self.lengths, self.beam).astype(np.int32)
+            self.reset()
+        except BaseException:
+            self.close("it could not be made")
+            raise
 
     # --- what the unit holds ---
     def _analyze(self, source: ModelBuild, unit: dict):
@@ -462,34 +478,15 @@ class ReturnnStepper(SteppingControls):
         raise RecDebugError(f"stepping a search of {self.rec!r} needs its max_seq_len (a number, or "
                             "\"max_len_from('base:...')\")")
 
-    # --- the same properties as rd.Stepper ---
-    @property
-    def T(self) -> int:
-        return int(self._lens.max()) if self._by_lengths else self.max_steps
-
-    @property
-    def finished(self) -> bool:
-        return self.t >= self.T or ((self.has_end or self.search) and not self._by_lengths
-                                    and len(self.ended) == self.batch)
-
-    @property
-    def ended(self) -> dict:
-        return ended_sequences(self.t, self.T, self.batch, lens=self._lens if self._by_lengths else None,
-                               hyp_ended=self._hyp_ended if self.search else None, end_flags=self._end,
-                               include_eos=self.include_eos)
-
     def __repr__(self):
         return f"ReturnnStepper({self.rec!r}, {self.status})"
+
+    def _loop_text(self) -> str:
+        return repr(self.rec)
 
     @property
     def states(self) -> list:
         return list(self._states.values())
-
-    def _live_engine(self) -> StepBuild:
-        if self.closed is not None:
-            raise RecDebugError(f"this stepper is closed: {self.closed}; its TensorFlow session is gone",
-                                hint=self._closed_hint or "make a new stepper: m.stepper(...)")
-        return self.engine
 
     def _state(self, x) -> ConfigState:
         if isinstance(x, ConfigState):
@@ -500,165 +497,29 @@ class ReturnnStepper(SteppingControls):
         raise RecDebugError(f"no State {x!r} in {self.rec!r}; the layers read with prev: are "
                             f"{sorted(s.key for s in self._states.values())}")
 
-    # --- moving ---
-    def reset(self):
-        e = self._live_engine()
-        n = self.batch * self.beam
-        self._buf = {name: np.zeros((self.T + 1, n) + st.shape, st.dtype) for name, st in self._states.items()}
-        for name, st in self._states.items():
-            self._buf[name][0] = st.initial
-        self._cell_buf = {name: [np.zeros((self.T + 1, n) + shape, dtype) for shape, dtype, _ in parts]
-                          for name, parts in self._cells.items()}
-        self._vals = {}
-        self._ended_buf = np.zeros((self.T + 1, n), bool)
-        self._scores_buf = np.zeros((self.T + 1, n), np.float32)
-        if self.search:  # one hypothesis to start from
-            first = np.array([0.0] + [ENDED_OTHER_LABELS] * (self.beam - 1), np.float32)
-            self._scores_buf[0] = np.tile(first, self.batch)
-        if self._top_cache is None:  # the layers outside the loop, computed once
-            tops = {}
-            for name, layer in e.network.layers.items():
-                if name.startswith(PREFIX) or "/" in name or ":" in name or layer.output.placeholder is None:
-                    continue
-                if layer.layer_class in ("data",):
-                    continue
-                tops[layer.output.placeholder] = layer.output.placeholder
-            values = e.session.run(list(tops), feed_dict=self._feed) if tops else []
-            self._top_cache = dict(zip(tops, values))
-        self.t = 0
-        self.edits.append(0)
-        self._active, self._end, self._nonfinite = [], [], []
-        self._labels, self._backpointers, self._scores, self._hyp_ended = [], [], [], []
-        self.breakpoint = None
-        self._moved()
-        return self
-
-    def step(self, n: int = 1):
-        e = self._live_engine()
-        n = count_steps(n, "step", "step_back(n) goes back")
-        for _ in range(n):
-            if self.finished:
-                break
-            self._one_step(e)
-        self._moved()
-        return self
-
-    def _one_step(self, e: StepBuild):
-        t, K = self.t, self.beam
-        fd = dict(self._feed)
-        fd.update(self._top_cache)
-        fd[e.t_ph] = t
-        for name, ph in e.state_ph.items():
-            fd[ph] = self._buf[name][t]
-        for (name, i), ph in e.cell_ph.items():
-            fd[ph] = self._cell_buf[name][i][t]
-        fetch = {"out": e.outputs, "cell": e.cell_out}
-        if self.search:
-            fd[e.scores_ph] = self._scores_buf[t]
-            fd[e.ended_ph] = self._ended_buf[t]
-            fetch["labels"] = e.chooser.output.placeholder
-            fetch["src"] = e.chooser.flat_src
-            fetch["slot"] = e.chooser.src_slot
-            fetch["scores"] = e.chooser.new_scores
-        out = e.session.run(fetch, feed_dict=fd)
-        src = out.get("src")
-        n = self.batch * K
-        entries = np.arange(n)
-        lens = None if self._lens is None else np.repeat(self._lens, K)
-        end, include_eos = None, self.include_eos
-        if self.forced or (self._lens is not None and not self.search):
-            active = t < lens
-        elif self.unstacked and self.search:
-            active = t < lens
-            end, include_eos = (t + 1 == lens), True
-        else:
-            active = np.ones(n, bool)
-            if self.has_end:
-                end = np.asarray(out["out"]["end"]).reshape(-1).astype(bool)
-                if end.size == 1:
-                    end = np.broadcast_to(end, (n,)).copy()
-        if self.forced:
-            end = None
-        ended_t = self._ended_buf[t]
-        if self.search or end is not None:
-            if src is not None:
-                ended_t = ended_t[src]
-                if end is not None and self.has_end and PREFIX + "end" not in e.after_choice and not self.unstacked:
-                    end = end[src]
-            active = active & ~ended_t
-            if end is not None and not include_eos:
-                active = active & ~end
-        gather = src if src is not None else entries
-        nonfinite = {}
-        for name, st in self._states.items():
-            new = np.asarray(out["out"][name]).reshape((n,) + st.shape)
-            old = self._buf[name][t][gather]
-            if src is not None and PREFIX + name not in e.after_choice:
-                new = new[src]
-            mask = active.reshape((n,) + (1,) * len(st.shape))
-            frozen = np.where(mask, new, old).astype(st.dtype)
-            self._buf[name][t + 1] = frozen
-            if st.dtype.startswith("float"):
-                nonfinite[st.key] = bool((~np.isfinite(frozen) & mask).any())
-        for name, parts in self._cells.items():
-            for i, new in enumerate(out["cell"][name]):
-                new = np.asarray(new)
-                old = self._cell_buf[name][i][t][gather]
-                if src is not None and PREFIX + name not in e.after_choice:
-                    new = new[src]
-                mask = active.reshape((n,) + (1,) * (new.ndim - 1))
-                self._cell_buf[name][i][t + 1] = np.where(mask, new, old)
-        for name, value in out["out"].items():
-            value = np.asarray(value)
-            if name not in self._vals:
-                self._vals[name] = np.zeros((self.T,) + value.shape, value.dtype)
-            if self._vals[name].shape[1:] != value.shape:  # a layer of varying shape: keep the step's own
-                self._vals[name] = np.zeros((self.T,) + value.shape, value.dtype)
-            self._vals[name][t] = value
-        for kept in (self._active, self._end, self._nonfinite, self._labels, self._backpointers, self._scores,
-                     self._hyp_ended):
-            del kept[t:]
-        self._active.append(active.reshape(self.batch, K)[:, 0] if K > 1 else active)
-        self._end.append(end if end is not None else np.zeros(n, bool))
-        self._nonfinite.append(nonfinite)
-        if self.search or end is not None:
-            self._ended_buf[t + 1] = ended_t | (end if end is not None else False)
-        if self.search:
-            self._scores_buf[t + 1] = out["scores"]
-            self._labels.append(np.asarray(out["labels"]).reshape(self.batch, K))
-            self._backpointers.append(np.asarray(out["slot"]))
-            self._scores.append(np.asarray(out["scores"]).reshape(self.batch, K))
-            self._end[-1] = (end if end is not None else np.zeros(n, bool)).reshape(self.batch, K)
-            prev = self._hyp_ended[-1] if self._hyp_ended else np.zeros((self.batch, K), bool)
-            self._hyp_ended.append(np.take_along_axis(prev, out["slot"], axis=1) | self._end[-1])
-        self.t = t + 1
-
     def nonfinite_at(self, step: int) -> list:
-        self._live_engine()
-        return [self._state(k) for k, bad in self._nonfinite[step].items() if bad]
+        return [s for s in super().nonfinite_at(step) if isinstance(s, ConfigState)]
 
     # --- values ---
     def value(self, x, at: int | None = None) -> np.ndarray:
         """After k steps (default: now): a State's value (``"output/s"`` or its ConfigState), or a unit layer's
         value in iteration k-1; batch first (with search: [batch, beam, ...]), as RETURNN's batch-major layout."""
         self._live_engine()
-        k = self.t if at is None else at
-        if not 0 <= k <= self.t:
-            raise RecDebugError(f"value at step {k}: only steps 0..{self.t} have run")
+        k = self._at(at)
         key = x.key if isinstance(x, ConfigState) else x
         name = key[len(self.rec) + 1:] if isinstance(key, str) and key.startswith(self.rec + "/") else key
         if name in self._states:
-            arr = self._buf[name][k]
-        elif name in self.engine.outputs:
+            arr = self._buffer(self._states[name], k)
+        elif name in self._outputs:
             if k == 0:
                 raise RecDebugError(f"{key!r}: no iteration has run yet; call step() first")
-            arr = self._vals[name][k - 1]
+            arr = self._layer(self._outputs[name].placeholder, k - 1)
         else:
             raise RecDebugError(f"no layer {key!r} in the unit of {self.rec!r}; it has "
-                                f"{sorted(f'{self.rec}/{n}' for n in self.engine.outputs)}")
+                                f"{sorted(f'{self.rec}/{n}' for n in self._outputs)}")
         if self.search:
             arr = arr.reshape((self.batch, self.beam) + arr.shape[1:])
-        return arr.copy()
+        return arr
 
     def set_state(self, state, value) -> "ReturnnStepper":
         """Replace a State's current value (step t; batch first, with search [batch, beam, ...])."""
@@ -670,37 +531,14 @@ class ReturnnStepper(SteppingControls):
             raise RunError(f"set_state({st.key!r}): shape {value.shape}, expected {expected}")
         if value.dtype.kind not in "biuf" or (value.dtype.kind == "f" and st.dtype.startswith("int")):
             raise RunError(f"set_state({st.key!r}): expected {st.dtype} values, got {value.dtype}")
-        self._buf[st.name][self.t] = value.reshape((self.batch * self.beam,) + st.shape).astype(st.dtype)
-        self.edits.append(self.t)
-        self.breakpoint = None
-        self._moved()
-        return self
-
-    def beams(self) -> Beams:
-        self._live_engine()
-        if not self.search:
-            raise RecDebugError(f"{self.rec!r} is stepped without search: there are no beams",
-                                hint="m.stepper(..., search=True)")
-        t, b, k = self.t, self.batch, self.beam
-        stack = (lambda rows, dtype: np.stack(rows[:t]) if t else np.zeros((0, b, k), dtype))
-        return Beams(stack(self._labels, np.int32), stack(self._scores, np.float32),
-                     stack(self._backpointers, np.int32), stack(self._end, bool),
-                     bool(self.include_eos or self._by_lengths), self._lens if self._by_lengths else None)
-
-    def close(self, why: str | None = None, hint: str | None = None):
-        if self.closed is None:
-            self.closed = why or "its close() was called"
-            self._closed_hint = hint or "make a new stepper: m.stepper(...)"
-        self._release()
-        self._feed, self._top_cache = {}, None
-        self._moved()
+        return self._set_buffer(st, value.reshape((self.batch * self.beam,) + st.shape))
 
     # --- what the debugger asks ---
     def view_keys(self) -> list:
         return [st.key for st in self._states.values()]
 
     def layer_keys(self) -> list:
-        return [f"{self.rec}/{n}" for n in self._order if n in self.engine.outputs]
+        return [f"{self.rec}/{n}" for n in self._order if n in self._outputs]
 
     def describe_key(self, key: str) -> tuple:
         """(unit dims [(name, size)], whether it holds labels, its sparse dim's name, the loop axis' name)."""
@@ -709,7 +547,7 @@ class ReturnnStepper(SteppingControls):
             st = self._states[name]
             dims = [(t.description or "dim", int(t.dimension)) for t in st.dims if not t.is_batch_dim()]
             return dims, st.dtype.startswith(("int", "uint", "bool")), st.sparse, "time"
-        data = self.engine.network.layers[PREFIX + name].output.copy_as_batch_major()
+        data = self._outputs[name]
         dims = [((t.description or f"{name}:{i}").replace(PREFIX, "", 1), int(t.dimension or 0))
                 for i, t in enumerate(data.dim_tags[1:])]
         sparse = data.sparse_dim.description if data.sparse_dim is not None else None
@@ -728,7 +566,7 @@ class ReturnnStepper(SteppingControls):
 
     def key_before_choice(self, key: str) -> bool:
         name = key[len(self.rec) + 1:]
-        return self.search and name not in self._states and PREFIX + name not in self.engine.after_choice
+        return self.search and name not in self._states and PREFIX + name not in self.after_choice
 
     def hierarchy_nodes(self) -> list:
         return self.model.hierarchy(self.rec, states={st.key for st in self._states.values()},

@@ -7,9 +7,6 @@ shown is fetched: per step a few flags (which sequences are active, whether a St
 """
 from __future__ import annotations
 
-import weakref
-from contextvars import ContextVar
-
 import numpy as np
 
 from ..language.dims import dim_named, sorted_dims
@@ -18,60 +15,10 @@ from .engine import (Engine, build_apart, checked_numbers, default_params, refer
 from ..language.errors import DimError, LoopError, RecDebugError, RunError
 from ..language.state import State
 from ..emission.stepnet import build_step_net
-from .stepsearch import ENDED_OTHER_LABELS, register_layer_classes, add_beam
+from .stepcore import LoopStepper, StepBuffers, StepperBeams, building  # noqa: F401  (StepperBeams: public)
+from .stepsearch import register_layer_classes, add_beam
 from ..language.tensor import Tensor
-from ..records.protocol import SteppingControls, count_steps, ended_sequences, ended_text, steps_text
-from ..records.trace import Beams
-
-# While a step net is built: key -> the tf.Tensor a "recdebug_tensor" layer outputs (that build's own)
-_device_tensors: ContextVar = ContextVar("recdebug_device_tensors", default=None)
-_layer_registered = False
-
-
-def device_tensor(key: str):
-    """The tensor given under ``key`` to the step net being built."""
-    return _device_tensors.get()[key]
-
-
-def _register_layer_class():
-    """A RETURNN layer whose output is a given TensorFlow tensor (a State buffer entry, the step index)."""
-    global _layer_registered
-    if _layer_registered:
-        return
-    import tensorflow as tf
-    from returnn.tf.layers.base import LayerBase
-    from returnn.tf.layers.basic import ConstantLayer, register_layer_class
-
-    class DeviceTensorLayer(LayerBase):
-        layer_class = "recdebug_tensor"
-
-        def __init__(self, key, shape, dtype, sparse_dim=None, **kwargs):
-            super().__init__(**kwargs)
-            value = device_tensor(key)
-            perm = [_index_of(shape, tag) for tag in self.output.dim_tags]
-            self.output.placeholder = tf.transpose(value, perm) if perm != sorted(perm) else value
-
-        @classmethod
-        def transform_config_dict(cls, d, network, get_layer):
-            d.setdefault("from", [])
-            super().transform_config_dict(d, network=network, get_layer=get_layer)
-
-        @classmethod
-        def get_out_data_from_opts(cls, name, shape, dtype, sparse_dim=None, **kwargs):
-            return ConstantLayer.get_out_data_from_opts(
-                name=name, value=0, shape=shape, dtype=dtype, with_batch_dim=any(d.is_batch_dim() for d in shape),
-                sparse_dim=sparse_dim)
-
-    register_layer_class(DeviceTensorLayer)
-    _layer_registered = True
-
-
-def _index_of(tags, tag) -> int:
-    for i, t in enumerate(tags):
-        if t == tag or (t.is_batch_dim() and tag.is_batch_dim()):
-            return i
-    raise RecDebugError(f"internal: dim {tag} not among {tags}")
-
+from ..records.protocol import count_steps, ended_text, steps_text
 
 def _to_order(data, em, dims_wanted) -> "tf.Tensor":
     """A RETURNN Data's placeholder with axes in the order of the rd dims ``dims_wanted``."""
@@ -83,7 +30,8 @@ def _to_order(data, em, dims_wanted) -> "tf.Tensor":
 
 
 class StepEngine(Engine):
-    """The single-step build of one top-level loop, with State buffers and the step/init ops."""
+    """The single-step build of one top-level loop of the language: its step net (``stepnet``) on the shared
+    State buffers and step op (``stepcore``)."""
 
     def __init__(self, g, loop, device: str, seed: int, batch: int, max_steps: int, choice=None, forced=None):
         """``batch``: entries of the step net's batch (with ``choice``, a search: sequences * beam size).
@@ -91,138 +39,69 @@ class StepEngine(Engine):
         self.loop, self.batch, self.max_steps = loop, batch, max_steps
         self.choice = choice  # the rd.choice op searched over, or None
         self.forced = forced
-        self.extra_variables = []
-        _register_layer_class()
         if choice is not None:
             register_layer_classes()
         self.device_tensors = {}  # key -> tf.Tensor of a "recdebug_tensor" layer (State buffer entries, step index)
-        token = _device_tensors.set(self.device_tensors)
-        try:
+        with building(self.device_tensors):
             super().__init__(g, optimize=False, device=device, seed=seed)
-        finally:
-            _device_tensors.reset(token)
 
     def prepare(self) -> dict:
         import tensorflow as tf
 
         em, loop = self.emitted, self.loop
-        self.t_ph = tf.compat.v1.placeholder(tf.int32, [], name="recdebug_step")
-        self.buffers = {}  # State -> (variable, rd dims in buffer order, unit layer name)
-        states = {}
+        self.buffers = {}  # State -> (rd dims in buffer order, unit layer name)
+        shapes = {}
         for state, name in loop.state_layers.items():
             dims = sorted_dims(state.dims)
             dynamic = [d for d in dims if d.is_dynamic]
             if dynamic:
                 raise RunError(f"stepping: State {state.path(self.graph)!r} has the dynamic dim {dynamic[0]!r}; "
                                f"the stepper keeps States with static dims only", hint="use g.trace() instead")
-            shape = [self.max_steps + 1] + [self.batch if d.is_batch else d.size for d in dims]
-            var = tf.Variable(tf.zeros(shape, dtype=state.dtype), trainable=False, name=f"buffer_{len(states)}")
-            self.extra_variables.append(var)
-            key = f"state/{name}"
-            self.device_tensors[key] = tf.gather(var, self.t_ph)
-            states[name] = ([em.dims.get(d) if not d.is_batch else _returnn_batch() for d in dims], state.dtype, key,
-                            em.dims.get(state.sparse_dim))
-            self.buffers[state] = (var, dims, name)
-        if (loop.end_cond is not None and self.forced is None) or self.choice is not None:
-            self.ended = tf.Variable(tf.zeros([self.max_steps + 1, self.batch], dtype=tf.bool), trainable=False,
-                                     name="ended")
-            self.extra_variables.append(self.ended)
-        index_key = "index"
-        self.device_tensors[index_key] = self.t_ph
-        self.step_net = build_step_net(em, loop, states, index_key)
+            shapes[state] = ([self.batch if d.is_batch else d.size for d in dims], state.dtype)
+            self.buffers[state] = (dims, name)
+        self.core = StepBuffers(shapes, self.batch, self.max_steps, self.choice.attrs["beam_size"]
+                                if self.choice is not None else None,
+                                ends=loop.end_cond is not None and self.forced is None, lengths=False)
+        self.extra_variables = self.core.variables
+        self.device_tensors.update(self.core.tensors)
+        self.t_ph = self.core.t
+        states = {name: ([em.dims.get(d) if not d.is_batch else _returnn_batch() for d in dims], state.dtype,
+                         self.core.read_key(state), em.dims.get(state.sparse_dim))
+                  for state, (dims, name) in self.buffers.items()}
+        self.step_net = build_step_net(em, loop, states, "index")
         self.after_choice = set()
-        if self.choice is not None:  # hypotheses' scores, per step; hypothesis k of sequence b is entry b*K+k
-            self.scores = tf.Variable(tf.zeros([self.max_steps + 1, self.batch]), trainable=False, name="scores")
-            self.extra_variables.append(self.scores)
-            search_key = "search"
-            self.device_tensors[search_key + "/scores"] = tf.gather(self.scores, self.t_ph)
-            self.device_tensors[search_key + "/ended"] = tf.gather(self.ended, self.t_ph)
-            self.after_choice = add_beam(self.step_net, self.choice, search_key)
+        if self.choice is not None:
+            self.after_choice = add_beam(self.step_net, self.choice, "search")
         if self.forced is not None:  # the reference label of step t in place of the choice
             self.labels_ph = tf.compat.v1.placeholder(tf.int32, [self.batch, None], name="reference_labels")
             self.label_lens_ph = tf.compat.v1.placeholder(tf.int32, [self.batch], name="reference_lengths")
-            key = "reference"
-            self.device_tensors[key] = tf.gather(self.labels_ph, self.t_ph, axis=1)
+            self.device_tensors["reference"] = tf.gather(self.labels_ph, self.t_ph, axis=1)
             self.step_net.net[self.step_net.layer_names[self.forced.name]] = {
-                "class": "recdebug_tensor", "key": key, "shape": [_returnn_batch()], "dtype": "int32",
+                "class": "recdebug_tensor", "key": "reference", "shape": [_returnn_batch()], "dtype": "int32",
                 "is_output_layer": True}
         for state in loop.state_layers:
             self.step_net.net[loop.init[state].op.name]["is_output_layer"] = True
         return self.step_net.net
 
     def finish(self) -> None:
-        import tensorflow as tf
-
-        em, loop, net, t = self.emitted, self.loop, self.network, self.t_ph
+        em, loop, net = self.emitted, self.loop, self.network
         flat = self.step_net.layer_names
-        src = None  # with search: per new hypothesis, the entry of the hypothesis it extends
-        if self.choice is not None:
-            chooser = net.get_layer(flat[self.choice.name])
-            src = chooser.flat_src
-        include_eos = loop.include_eos
+        chooser = net.get_layer(flat[self.choice.name]) if self.choice is not None else None
+        new, init = {}, {}
+        for state, (dims, name) in self.buffers.items():
+            new[state] = _to_order(net.get_layer(flat[name]).output, em, dims)
+            init[state] = _to_order(net.get_layer(loop.init[state].op.name).output, em, dims)
+        reordered = {s for s, (_, name) in self.buffers.items() if flat[name] not in self.after_choice}
+        end = lengths = None
         if self.forced is not None:  # teacher forcing: the loop runs over the reference labels, ignoring `end`
-            active = tf.less(t, self.label_lens_ph)
-            end = None
+            lengths = self.label_lens_ph
         elif loop.unstacked and not loop.bounded:
-            lens = em.dims[loop.rec_axis].dyn_size_ext.placeholder
-            active = tf.less(t, lens)
-            end = None
-            if src is not None:  # a search over an unstacked axis: a sequence's hypotheses end with its frames
-                end, include_eos = tf.equal(t + 1, lens), True
-        else:
+            lengths = em.dims[loop.rec_axis].dyn_size_ext.placeholder
+        elif loop.end_cond is not None:
             end = self._end_flags()
-            active = tf.ones([self.batch], tf.bool)
-        if self.choice is not None or end is not None:
-            ended_t = tf.gather(self.ended, t)
-            if src is not None:
-                ended_t = tf.gather(ended_t, src)
-                if end is not None and loop.end_cond is not None and flat["end"] not in self.after_choice:
-                    end = tf.gather(end, src)
-            active = tf.logical_and(active, tf.logical_not(ended_t))
-            if end is not None and not include_eos:
-                active = tf.logical_and(active, tf.logical_not(end))
-        updates, nonfinite, self.init_ops = [], {}, []
-        self.state_at, self.set_ops = {}, {}
-        for state, (var, dims, name) in self.buffers.items():
-            new = _to_order(net.get_layer(flat[name]).output, em, dims)
-            self.state_at[state] = old = tf.gather(var, t)
-            if src is not None:
-                old = tf.gather(old, src)
-                if flat[name] not in self.after_choice:
-                    new = tf.gather(new, src)
-            mask = tf.reshape(active, [-1] + [1] * (len(dims) - 1))
-            frozen = tf.where(tf.broadcast_to(mask, tf.shape(new)), new, old)
-            updates.append(tf.compat.v1.scatter_update(var, tf.expand_dims(t + 1, 0), tf.expand_dims(frozen, 0)))
-            if state.dtype.startswith("float"):
-                bad = tf.logical_and(tf.logical_not(tf.math.is_finite(frozen)), tf.broadcast_to(mask, tf.shape(new)))
-                nonfinite[state] = tf.reduce_any(bad)
-            init = _to_order(net.get_layer(loop.init[state].op.name).output, em, dims)
-            init = tf.broadcast_to(init, tf.shape(self.state_at[state]))
-            self.init_ops.append(tf.compat.v1.scatter_update(var, [0], tf.expand_dims(init, 0)))
-            value_ph = tf.compat.v1.placeholder(state.dtype, [self.batch] + [d.size for d in dims[1:]])
-            self.set_ops[state] = (value_ph, tf.compat.v1.scatter_update(var, tf.expand_dims(t, 0),
-                                                                          tf.expand_dims(value_ph, 0)))
-        fetch = {"active": active, "nonfinite": nonfinite}
-        if self.choice is not None or end is not None:
-            now_ended = ended_t if end is None else tf.logical_or(ended_t, end)
-            updates.append(tf.compat.v1.scatter_update(self.ended, tf.expand_dims(t + 1, 0),
-                                                       tf.expand_dims(now_ended, 0)))
-            self.init_ops.append(tf.compat.v1.scatter_update(self.ended, [0], tf.zeros([1, self.batch], tf.bool)))
-            fetch["end"] = end if end is not None else tf.zeros([self.batch], tf.bool)
-        if self.choice is not None:
-            k = self.choice.attrs["beam_size"]
-            updates.append(tf.compat.v1.scatter_update(self.scores, tf.expand_dims(t + 1, 0),
-                                                       tf.expand_dims(chooser.new_scores, 0)))
-            first = tf.constant([0.0] + [ENDED_OTHER_LABELS] * (k - 1))  # one hypothesis to start from
-            self.init_ops.append(tf.compat.v1.scatter_update(
-                self.scores, [0], tf.reshape(tf.tile(first, [self.batch // k]), [1, self.batch])))
-            fetch["labels"] = chooser.output.placeholder
-            fetch["backpointers"] = chooser.src_slot
-            fetch["scores"] = chooser.new_scores
-        with tf.control_dependencies([v for v in fetch.values() if not isinstance(v, dict)] +
-                                     list(nonfinite.values())):
-            self.step_op = tf.group(*updates)
-        self.step_fetch = fetch
+        self.core.finish(new, init, reordered, end=end, chooser=chooser,
+                         end_reordered=end is not None and flat["end"] not in self.after_choice,
+                         include_eos=loop.include_eos, lengths=lengths)
 
     def _end_flags(self):
         import tensorflow as tf
@@ -298,8 +177,11 @@ def _batch_and_steps(g, loop, inputs: dict, seq_lens: dict, params=None, seed: i
     return batch, min(bounds)
 
 
-class Stepper(SteppingControls):
+class Stepper(LoopStepper):
     """Live stepping of one top-level loop (default: the first): ``step``, ``step_back``, ``run_until``..."""
+
+    _remake_hint = "make a new stepper: g.stepper(...)"
+    _search_hint = "a loop with rd.choice searches when stepped without targets"
 
     def __init__(self, g, inputs: dict, seq_lens: dict | None = None, device=None, seed: int = 0, params=None,
                  loop=None, targets: dict | None = None):
@@ -316,7 +198,9 @@ class Stepper(SteppingControls):
         # with targets, the rd.choice takes the reference labels (teacher forcing); else it searches
         self.forced = choice if choice is not None and targets else None
         self.choice = choice if self.forced is None else None  # the rd.choice this stepper searches with
+        self.searching = self.choice is not None
         self.beam = self.choice.op.attrs["beam_size"] if self.choice is not None else 1
+        self.has_end, self.include_eos = loop.end_cond is not None, loop.include_eos
         seq_lens = seq_lens or {}
         batch, steps = _batch_and_steps(g, loop, inputs, seq_lens, params, seed, targets)
         if self.forced is not None:
@@ -328,108 +212,30 @@ class Stepper(SteppingControls):
         self.engine = build_apart(lambda: StepEngine(g, loop, self.device, seed, batch * self.beam, steps,
                                                      choice=self.choice.op if self.choice is not None else None,
                                                      forced=self.forced.op if self.forced is not None else None))
-        self.closed: str | None = None  # why the stepper was closed, once it is
-        self._watchers: list = []  # weak references to callbacks told of every move and edit (debuggers)
-        self._quiet = 0  # > 0 while a run tells its watchers once, at its end
-        # a stepper dropped without close() frees its build when it is collected (not at exit: TensorFlow may be
-        # half torn down by then)
-        self._release = weakref.finalize(self, self.engine.close)
-        self._release.atexit = False
+        self._start()
+        self._top_prefix = self.engine.step_net.prefix
         g._steppers.add(self)
         try:
             self.engine.set_params(default_params(g, params), seed)
             self._feed, self._lens, _ = self.engine.feed_dict(inputs, seq_lens)
             self._lens = {d: n[::self.beam] for d, n in self._lens.items()}
+            self.lengths = None
             if self.forced is not None:
-                self._feed[self.engine.labels_ph], self._feed[self.engine.label_lens_ph] = labels, label_lens
-                self._lens[loop.axis] = label_lens
+                self._feed[self.engine.labels_ph] = labels
+                self._feed[self.engine.label_lens_ph] = self._lens[loop.axis] = self.lengths = label_lens
+            elif loop.unstacked and not loop.bounded:
+                self.lengths = self._lens.get(loop.axis, np.full(batch, steps))
             self.batch, self.max_steps = batch, steps
-            self.breakpoint: str | None = None  # why the last run_until stopped
-            self.edits: list = []  # the step of every set_state/reset: values of later steps were recomputed
             self.reset()
         except BaseException:
             self.close("it could not be made")  # its build, now (the error's traceback keeps the stepper)
             raise
 
-    # --- state of the stepper ---
-    @property
-    def _by_lengths(self) -> bool:
-        """Whether each sequence runs a given number of steps (an unstacked axis, or reference labels)."""
-        return (bool(self.loop.unstacked) and not self.loop.bounded) or self.forced is not None
-
-    @property
-    def T(self) -> int:
-        """The number of steps of the longest sequence (unstack loops, teacher forcing), or the bound max_seq_len
-        (while loops)."""
-        if self._by_lengths:
-            return int(self._lens[self.loop.axis].max()) if self.loop.axis in self._lens else self.max_steps
-        return self.max_steps
-
-    @property
-    def finished(self) -> bool:
-        """At the end of the loop: T steps done, or (while loop) every sequence has ended."""
-        return self.t >= self.T or ((self.loop.end_cond is not None or self.choice is not None)
-                                    and not self._by_lengths and len(self.ended) == self.batch)
-
-    @property
-    def ended(self) -> dict:
-        """Sequence index -> its length (the step at which it ended), for the sequences that ended by now.
-        With search: the number of steps after which every hypothesis of the sequence had ended."""
-        lens = self._lens.get(self.loop.axis, np.full(self.batch, self.max_steps)) if self._by_lengths else None
-        return ended_sequences(self.t, self.T, self.batch, lens=lens,
-                               hyp_ended=self._hyp_ended if self.choice is not None else None,
-                               end_flags=self._end, include_eos=self.loop.include_eos)
-
     def __repr__(self):
         return f"Stepper({self.loop.name!r}, {self.status})"
 
-    def _live_engine(self) -> StepEngine:
-        """The build while the stepper is open; once it is closed, an error saying why."""
-        if self.closed is not None:
-            raise RecDebugError(f"this stepper is closed: {self.closed}; its TensorFlow session is gone",
-                                hint=self._closed_hint)
-        return self.engine
-
-    # --- moving ---
-    def reset(self) -> "Stepper":
-        """Back to t=0 with every State at its initial value (undoes set_state at t=0 too)."""
-        e = self._live_engine()
-        e.session.run(e.init_ops, feed_dict=self._feed)
-        self.t = 0
-        self.edits.append(0)
-        self._active, self._end, self._nonfinite = [], [], []
-        self._labels, self._backpointers, self._scores, self._hyp_ended = [], [], [], []
-        self.breakpoint = None
-        self._moved()
-        return self
-
-    def step(self, n: int = 1) -> "Stepper":
-        """Run ``n`` iterations (stops at the end of the loop)."""
-        e = self._live_engine()
-        n = count_steps(n, "step", "step_back(n) goes back")
-        for _ in range(n):
-            if self.finished:
-                break
-            fd = dict(self._feed)
-            fd[e.t_ph] = self.t
-            _, out = e.session.run((e.step_op, e.step_fetch), feed_dict=fd)
-            for kept in (self._active, self._end, self._nonfinite, self._labels, self._backpointers, self._scores,
-                         self._hyp_ended):
-                del kept[self.t:]
-            self._active.append(out["active"])
-            self._end.append(out.get("end", np.zeros(self.batch, dtype=bool)))
-            self._nonfinite.append({s: bool(v) for s, v in out["nonfinite"].items()})
-            if self.choice is not None:  # per sequence and hypothesis: [batch, beam]
-                k = self.beam
-                self._labels.append(out["labels"].reshape(self.batch, k))
-                self._backpointers.append(out["backpointers"])
-                self._scores.append(out["scores"].reshape(self.batch, k))
-                self._end[-1] = out["end"].reshape(self.batch, k)
-                prev = self._hyp_ended[-1] if self._hyp_ended else np.zeros((self.batch, k), bool)
-                self._hyp_ended.append(np.take_along_axis(prev, out["backpointers"], axis=1) | self._end[-1])
-            self.t += 1
-        self._moved()
-        return self
+    def _loop_text(self) -> str:
+        return self.loop.describe()
 
     # --- values ---
     def _state(self, state) -> State:
@@ -452,24 +258,19 @@ class Stepper(SteppingControls):
         """After k steps: a State's value after iteration k-1 (before any step: its initial value), or an
         in-loop tensor's value in iteration k-1. ``at``: that k for an earlier step (default: now, ``t``)."""
         e = self._live_engine()
-        fd = dict(self._feed)
-        k = self.t if at is None else at
-        if not 0 <= k <= self.t:
-            raise RecDebugError(f"value at step {k}: only steps 0..{self.t} have run")
+        k = self._at(at)
         if isinstance(x, (State, str)):
             state = self._state(x)
-            fd[e.t_ph] = k
-            arr = e.session.run(e.state_at[state], feed_dict=fd)
-            dims = e.buffers[state][1]
+            arr = self._buffer(state, k)
+            dims = e.buffers[state][0]
         elif isinstance(x, Tensor):
             if x.scope is not self.loop:
                 raise RecDebugError(f"{x!r} is not computed in {self.loop.describe()}",
                                     hint="for an inner loop's values use stepper.descend()")
             if k == 0:
                 raise RecDebugError(f"{x!r}: no iteration has run yet; call step() first")
-            fd[e.t_ph] = k - 1
             out = e.network.get_layer(e.step_net.layer_names[x.op.name]).output
-            arr = e.session.run(out.placeholder, feed_dict=fd)
+            arr = self._layer(out.placeholder, k - 1)
             dims = tuple(e.emitted.rd_dim(tg) for tg in out.dim_tags)
         else:
             raise RecDebugError(f"Stepper.value expects a State or an rd.Tensor, got {type(x).__name__}")
@@ -485,7 +286,7 @@ class Stepper(SteppingControls):
         With search the value has a beam axis after the batch: one value per hypothesis."""
         state = self._state(state)
         e = self._live_engine()
-        dims = e.buffers[state][1]
+        dims = e.buffers[state][0]
         if self.choice is not None:
             dims = dims[:1] + (self.beam_dim,) + dims[1:]
         value = checked_numbers(f"set_state({state.path(self.graph)!r})", value, state.dtype)
@@ -500,12 +301,7 @@ class Stepper(SteppingControls):
                            f"(order {tuple(d.name for d in dims)})")
         if self.choice is not None:
             value = value.reshape((self.batch * self.beam,) + value.shape[2:])
-        ph, op = e.set_ops[state]
-        e.session.run(op, feed_dict={ph: value.astype(state.dtype), e.t_ph: self.t})
-        self.edits.append(self.t)
-        self.breakpoint = None
-        self._moved()
-        return self
+        return self._set_buffer(state, value)
 
     # --- beam search ---
     @property
@@ -529,14 +325,6 @@ class Stepper(SteppingControls):
             return False
         return e.step_net.layer_names[x.op.name] not in e.after_choice
 
-    def beams(self) -> "StepperBeams":
-        """The search so far: labels, scores, backpointers [steps run, batch, beam]; backtracking with
-        ``hypothesis(b, k)`` / ``hypotheses(b)``; ``state(s, t, b, k)``: a State of hypothesis k after step t."""
-        self._live_engine()
-        if self.choice is None:
-            raise RecDebugError(f"{self.loop.describe()} has no rd.choice: there are no beams to show")
-        return StepperBeams(self)
-
     def descend(self, inner=None) -> "InnerSteps":
         """The inner loop (default: the first) of the iteration that ran last, to step through its iterations."""
         e = self._live_engine()
@@ -548,8 +336,7 @@ class Stepper(SteppingControls):
             raise LoopError(f"{inner.describe()} is not directly inside {self.loop.describe()}")
         if self.t == 0:
             raise RecDebugError("no outer iteration has run yet; call step() first")
-        fd = dict(self._feed)
-        fd[e.t_ph] = self.t - 1
+        fd = self._fed(self.t - 1)
         exports = {sub: name for key, name in e.step_net.inner_exports.items()
                    for rec, _, sub in [key.partition("/")] if rec == inner.name}
         outs = {sub: e.network.get_layer(name).output for sub, name in exports.items()}
@@ -564,22 +351,10 @@ class Stepper(SteppingControls):
         init_dims = {s: tuple(e.emitted.rd_dim(tg) for tg in o.dim_tags) for s, o in inits.items()}
         return InnerSteps(self, inner, self.t - 1, values, dims, init_values, init_dims, np.asarray(lens))
 
-    def nonfinite_at(self, step: int) -> list:
-        """The States that held NaN/Inf (in an active sequence) after iteration ``step``."""
-        self._live_engine()
-        return [s for s, bad in self._nonfinite[step].items() if bad]
-
     def close(self, why: str | None = None, hint: str | None = None):
-        """Free this stepper's TensorFlow session and graph; after this every method says it was closed.
-        ``why`` and ``hint``: what that error says (default: close() was called; make a new stepper)."""
         if self.closed is None:
-            self.closed = why or "its close() was called"
-            self._closed_hint = hint or "make a new stepper: g.stepper(...)"
             self.graph._steppers.discard(self)
-        self._release()
-        self.engine, self._feed = None, {}  # the feed is keyed by the build's placeholders
-        self._moved()
-
+        super().close(why, hint)
 
     # --- what the debugger asks (by key: a State's path, or "<loop>/<layer>") ---
     def view_keys(self) -> list:
@@ -629,23 +404,6 @@ class Stepper(SteppingControls):
         from ..records.hierarchy import net_text
 
         return net_text(self._live_engine().emitted)
-
-
-class StepperBeams(Beams):
-    """The hypotheses of a live search after the steps run so far (``Stepper.beams()``)."""
-
-    def __init__(self, stepper: Stepper):
-        self.stepper = stepper
-        k, t, b = stepper.beam, stepper.t, stepper.batch
-        stack = (lambda rows, dtype: np.stack(rows[:t]) if t else np.zeros((0, b, k), dtype))
-        super().__init__(stack(stepper._labels, np.int32), stack(stepper._scores, np.float32),
-                         stack(stepper._backpointers, np.int32), stack(stepper._end, bool),
-                         bool(stepper.loop.include_eos or stepper._by_lengths),
-                         stepper._lens.get(stepper.loop.axis) if stepper._by_lengths else None)
-
-    def state(self, state, t: int, b: int, k: int) -> np.ndarray:
-        """The value of a State in hypothesis k of sequence b after step t."""
-        return self.stepper.value(state, at=t + 1)[b, k]
 
 
 class InnerSteps:

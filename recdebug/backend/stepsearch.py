@@ -37,7 +37,7 @@ def register_layer_classes():
 
         def __init__(self, beam_size, key, **kwargs):
             super().__init__(**kwargs)
-            from .stepper import device_tensor
+            from .stepcore import device_tensor
 
             k = beam_size
             logp = self.sources[0].output.copy_as_batch_major().placeholder  # [batch * beam, vocab]
