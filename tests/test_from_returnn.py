@@ -352,6 +352,132 @@ def test_live_search_equals_returnns_own_search(rng, beam):
     st.close()
 
 
+@pytest.mark.parametrize("beam", [4, 1])
+def test_a_configs_search_trace_is_returnns_search_and_the_live_search_steps_through_it(rng, beam):
+    """m.trace(search=True): every hypothesis of every step as RETURNN's own search computed it. Checked against
+    RETURNN's final beam (its decide layer), against RETURNN's loop fed the best hypotheses as targets, and the
+    live search against it at every step, for every hypothesis not ended before the step."""
+    net = {k: dict(v) for k, v in SEARCH_NET.items()}
+    net["output"]["unit"] = {k: dict(v) for k, v in net["output"]["unit"].items()}
+    net["output"]["unit"]["output"]["beam_size"] = beam
+    m = rd.from_returnn(net, extern_data=SEARCH_DATA)
+    x = rng.standard_normal((5, 4, 5)).astype(np.float32)
+    lens = np.array([4, 2, 3, 1, 4])
+    x[np.arange(4)[None, :] >= lens[:, None]] = 1e3  # garbage in the padding frames
+    res = m.run({"data": x}, seq_lens={"data": lens}, search=True)
+    tr = m.trace({"data": x}, seq_lens={"data": lens}, search=True)
+    bm = tr.beams("output/output")
+    assert bm.shape[1:] == (5, beam)
+    best = []
+    for b in range(5):
+        hyps = bm.hypotheses(b)
+        n = int(res.lens("output")[b])
+        assert hyps[0]["labels"] == res.numpy("output")[b, :n].tolist(), b
+        np.testing.assert_allclose([h["score"] for h in hyps], res.scores("output")[b], atol=ATOL, rtol=0)
+        best.append(hyps[0])
+    np.testing.assert_array_equal(tr.lens("output:time"), res.lens("output"))
+
+    # RETURNN's loop without search, fed the best hypotheses' labels: the same States along each of them
+    y_lens = np.array([h["length"] for h in best])
+    y = np.full((5, y_lens.max()), 99, np.int32) % 6  # padding labels: garbage
+    for b, h in enumerate(best):
+        y[b, :len(h["labels"])] = h["labels"]
+    forced = m.trace({"data": x, "classes": y}, seq_lens={"data": lens, "classes": y_lens})
+    for key in ("output/c", "output/embed", "output/s"):
+        feat = next(d for d in forced.entries[key].dims if d not in ("batch", "output:time"))
+        ref = forced.numpy(key, order=("batch", "output:time", feat))
+        for b, h in enumerate(best):
+            for t in range(h["length"]):
+                np.testing.assert_allclose(bm.state(key, t, b, h["slots"][t]), ref[b, t], atol=ATOL, rtol=0,
+                                           err_msg=f"{key} at t={t} along the best hypothesis of sequence {b}")
+
+    # the live search: the same beams and every unit layer's values, step by step
+    st = m.stepper({"data": x}, seq_lens={"data": lens}, search=True)
+    st.run_until(lambda s: False)
+    live = st.beams()
+    steps = live.shape[0]
+    np.testing.assert_array_equal(live.labels, bm.labels[:steps])
+    np.testing.assert_array_equal(live.backpointers, bm.backpointers[:steps])
+    np.testing.assert_allclose(live.scores, bm.scores[:steps], atol=ATOL, rtol=0)
+    order = ["output:time", "batch", "beam"]
+    states = {"output/c", "output/embed", "output/output"}
+    for key in ("output/s", "output/c_in", "output/c", "output/prob", "output/output", "output/embed"):
+        arr = tr.numpy(key, order=order + [d for d in tr.entries[key].dims if d not in order])
+        before = key not in tr.after_choice
+        assert before == st.key_before_choice(key) or key in states, key
+        for t in range(steps):
+            got, bp = st.value(key, at=t + 1), bm.backpointers[t]
+            for b in range(5):
+                for k in range(beam):
+                    if t and bm.ended[t - 1, b, bp[b, k]]:
+                        continue  # ended before this step: RETURNN's values there are its own padding
+                    slot = bp[b, k] if before else k
+                    value = got[b, k] if key in states else got[b, slot]  # a State: per new hypothesis
+                    np.testing.assert_allclose(value, arr[t, b, slot], atol=ATOL, rtol=0,
+                                               err_msg=f"{key} at t={t}, sequence {b}, hypothesis {k}")
+    st.close()
+    d = rd.debugger(tr)
+    assert "recorded trace" in d.status and f"labels {best[d.sequence]['labels']}" in d.status
+    if beam > 1:
+        assert len(d.beam_tree.nodes) == bm.shape[0] * beam
+    d.close()
+
+
+def test_a_configs_model_trains_as_returnns_trainer_and_saves_checkpoints_returnn_reads(rng, tmp_path):
+    """m.train: one update of the whole batch from the same parameters gives RETURNN's command line's parameters
+    (plain SGD, so that every gradient shows in them); m.save writes a checkpoint RETURNN's forward reads, equal to
+    m.run; training lowers the config's loss, and a new stepper steps the trained model."""
+    import tensorflow as tf
+    from returnn_cli import returnn
+
+    cfg = tmp_path / "lstm.config"
+    cfg.write_text((DEMOS / LSTM_CONFIG).read_text() + '\noptimizer = {"class": "GradientDescent"}\nlearning_rate = 0.5\n'
+                   'gradient_noise = 0.0\nlearning_rate_control = "constant"\n')
+    m = rd.from_returnn(cfg)
+    x, lens = lstm_feed(rng)
+    y = rng.integers(0, 2, x.shape[:2]).astype(np.int32)
+    feed, seq_lens = {"data": x, "classes": y}, {"data": lens, "classes": lens}
+    start = m.save(tmp_path / "start" / "model.001")
+    hist = m.train(feed, seq_lens, steps=1, batch_size=len(lens), progress=False)
+    ours = m.save(tmp_path / "ours" / "model.001")
+
+    data = tmp_path / "train_data.config"
+    np.savez(tmp_path / "train.npz", **{f"{k}_{b}": v[b, :n] for b, n in enumerate(lens) for k, v in feed.items()})
+    data.write_text("#!rnn.py\nimport numpy as _np\n"
+                    f"_d = _np.load({str(tmp_path / 'train.npz')!r})\n"
+                    "train = {'class': 'StaticDataset', 'output_dim': {'data': [9, 2], 'classes': [2, 1]}, 'data': "
+                    f"[{{_k: _d['%s_%d' % (_k, _i)] for _k in ('data', 'classes')}} for _i in range({len(lens)})]}}\n"
+                    "dev = None\n")
+    returnn(cfg, data, "++task", "train", "++num_epochs", 1, "++model", tmp_path / "returnn" / "model",
+            "++import_model_train_epoch1", start, "++batch_size", 100000, "++max_seqs", 100, "++log_verbosity", 2,
+            cwd=tmp_path)
+    theirs, mine, before = (tf.train.load_checkpoint(str(p)) for p in (tmp_path / "returnn" / "model.001", ours, start))
+    names = [n for n in mine.get_variable_to_shape_map() if "/W" in n or "/b" in n]
+    assert len(names) == 10  # five linear layers of the unit and the softmax: weights and biases
+    for name in names:
+        assert np.abs(mine.get_tensor(name) - before.get_tensor(name)).max() > 1e-4, name  # it moved
+        np.testing.assert_allclose(mine.get_tensor(name), theirs.get_tensor(name), atol=1e-5, rtol=0, err_msg=name)
+
+    # RETURNN's own forward from the saved checkpoint: m.run's values
+    res = m.run({"data": x}, seq_lens={"data": lens})
+    got = forward(str(cfg), ours, tmp_path / "fwd", [{"data": x[b, :n]} for b, n in enumerate(lens)],
+                  {"data": [9, 2]})
+    for b, n in enumerate(lens):
+        np.testing.assert_allclose(res.numpy("output")[b, :n], got[b], atol=ATOL, rtol=0)
+    more = m.train(feed, seq_lens, steps=30, batch_size=2, progress=False)
+    assert more.steps == 30 and np.mean(more.losses[-5:]) < hist.losses[0]
+    st = m.stepper({"data": x}, seq_lens={"data": lens})
+    st.run_to(st.T)
+    tr = m.trace({"data": x}, seq_lens={"data": lens})
+    c = tr.numpy("lstm/c", order=["lstm:time", "batch", tr.dims_of("lstm/c")[-1]])
+    for t in range(st.T):
+        live = st.value("lstm/c", at=t + 1)
+        for b, n in enumerate(lens):
+            if t < n:
+                np.testing.assert_allclose(live[b], c[t, b], atol=ATOL, rtol=0)
+    st.close()
+
+
 def test_explicit_rnn_demo_and_trace_files(rng, tmp_path):
     """demo-tf-rec-explicit-rnn.config (a tanh RNN whose output reads prev:output), trained briefly with RETURNN's
     command line: trace against numpy from the checkpoint's weights, stepper against the trace, and the trace saved

@@ -175,6 +175,7 @@ class ReturnnModel:
         self.lines = config_lines(text, net)
         self._builds: dict = {}
         self._initial_params = None  # without a checkpoint: the parameters of the first build, by variable name
+        self._trained = None  # after m.train: the trained parameters, by variable name (every build loads them)
 
     @property
     def rec_layers(self) -> list:
@@ -220,10 +221,14 @@ class ReturnnModel:
         b = self._build("search" if search else "run", None)
         return b.run(inputs, seq_lens or {})
 
-    def trace(self, inputs: dict, seq_lens: dict | None = None, rec=None):
+    def trace(self, inputs: dict, seq_lens: dict | None = None, rec=None, search: bool = False):
         """Every layer of the rec layer's unit at every step: a Trace (``tr.numpy("output/s")``); each layer
-        read with ``prev:`` is a State. Targets (teacher forcing) are inputs by extern_data name."""
+        read with ``prev:`` is a State. Targets (teacher forcing) are inputs by extern_data name.
+        ``search=True``: RETURNN's own beam search over the unit's choice layer, every hypothesis of every step
+        recorded ([time, batch, beam, ...]); ``tr.beams("output/output")`` backtracks them."""
         rec = self.rec_layer(rec)
+        if search:
+            return self._build("trace_search", rec).trace_search(inputs, seq_lens or {})
         return self._build("trace", rec).trace(inputs, seq_lens or {})
 
     def stepper(self, inputs: dict, seq_lens: dict | None = None, rec=None, search: bool = False,
@@ -234,6 +239,49 @@ class ReturnnModel:
 
         rec = self.rec_layer(rec)
         return ReturnnStepper(self, rec, inputs, seq_lens or {}, search=search, beam_size=beam_size)
+
+    def train(self, inputs: dict, seq_lens: dict | None = None, steps: int = 100, batch_size: int = 8,
+              learning_rate: float | None = None, seed: int = 0, progress: bool = True):
+        """Train the network on the given sequences with its own losses and RETURNN's updater, as RETURNN's command
+        line trains it (the config's optimizer, gradient clipping and noise, the train flag on: dropout too); each
+        step one minibatch of ``batch_size`` sequences, drawn epoch by epoch in a seeded order (the loop of
+        ``g.train``). ``learning_rate``: the config's by default. Afterwards ``run``, ``trace`` and new steppers
+        use the trained parameters, and ``save`` writes them. Returns a History (the objective per step)."""
+        from .train import _minibatch_arrays, _number, train_steps
+
+        steps = _number(steps, "steps", int, 0)
+        batch_size = _number(batch_size, "batch_size", int, 1)
+        lr = self.config.float("learning_rate", 1.0) if learning_rate is None else \
+            _number(learning_rate, "learning_rate", float, 0.0)
+        n_seq = _sequences(inputs, seq_lens or {})
+        b = self._build("train", None)
+        b.start_training(lr)
+
+        def step(idx):
+            mb_inputs, mb_lens = _minibatch_arrays(inputs, seq_lens or {}, idx)
+            fd = b.feed_dict(mb_inputs, mb_lens)
+            fd[b.train_flag] = True
+            _, loss = b.session.run((b.train_op, b.objective), feed_dict=fd)
+            return float(loss)
+
+        def keep():
+            self._trained = {v.name: b.session.run(v) for v in b.network.get_params_list()}
+            for other in self._builds.values():
+                if other is not b and other.session is not None:
+                    other.load_params(self._trained)
+
+        return train_steps(step, n_seq, steps, batch_size, seed, progress, keep)
+
+    def save(self, path) -> str:
+        """Write the model's parameters (trained, else as loaded) as a RETURNN checkpoint ``path`` (``path.index``,
+        ``path.data-...``), which RETURNN's command line and ``rd.from_returnn(config, checkpoint=path)`` read."""
+        path = os.fspath(path)
+        if os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        b = self._build("run", None)
+        with b.tf_graph.as_default():
+            b.network.save_params_to_file(path, session=b.session)
+        return path
 
     def close(self):
         for b in self._builds.values():
@@ -317,7 +365,16 @@ class ModelBuild:
                     net[best] = {"class": "decide", "from": name, "is_output_layer": True,
                                  "length_normalization": False}
                     self.searched[name] = best
-        searching = kind in ("search", "templates_search")
+        searching = kind in ("search", "templates_search", "trace_search")
+        if kind == "trace_search":
+            unit = net[rec]["unit"]
+            self.choice = _search_choice(rec, unit)
+            for layer in unit.values():
+                layer["is_output_layer"] = True
+            unit[self.choice + ".scores"] = {"class": "choice_get_beam_scores", "from": self.choice,
+                                             "is_output_layer": True}
+            net[rec]["is_output_layer"] = True
+            net[rec]["optimize_move_layers_out"] = False  # every layer in the loop: one value per hypothesis
         if kind in ("trace", "templates", "templates_search"):
             net[rec]["is_output_layer"] = True
             unit = net[rec]["unit"]
@@ -356,6 +413,8 @@ class ModelBuild:
                 for v in params:
                     if v.name in model._initial_params:
                         v.load(model._initial_params[v.name], self.session)
+            if model._trained is not None:
+                self.load_params(model._trained)
             if kind.startswith("templates"):
                 self._templates()
 
@@ -378,6 +437,33 @@ class ModelBuild:
         if self.session is not None:
             self.session.close()
             self.session = None
+
+    def load_params(self, values: dict):
+        """Parameter values by variable name into this build."""
+        for v in self.network.get_params_list():
+            if v.name in values:
+                v.load(values[v.name], self.session)
+
+    def start_training(self, learning_rate: float):
+        """RETURNN's updater on this build's objective, its optimizer started afresh (as a new RETURNN run)."""
+        import tensorflow as tf
+        from returnn.tf.updater import Updater
+
+        with self.tf_graph.as_default():
+            if getattr(self, "updater", None) is None:
+                self.objective = self.network.get_objective()
+                if not isinstance(self.objective, tf.Tensor):
+                    raise RecDebugError("train: the network has no loss to train on",
+                                        hint='give a layer a loss, e.g. "output": {"class": "softmax", '
+                                             '"loss": "ce", ...}')
+                self.updater = Updater(config=self.model.config, network=self.network,
+                                       initial_learning_rate=learning_rate)
+                self.updater.set_trainable_vars(self.network.get_trainable_params())
+                self.train_op = self.updater.get_optim_op()
+                params = set(self.network.get_params_list())
+                self._optimizer_vars = [v for v in tf.compat.v1.global_variables() if v not in params]
+            self.session.run(tf.compat.v1.variables_initializer(self._optimizer_vars))
+            self.updater.set_learning_rate(learning_rate, session=self.session)
 
     # --- feeding ---
     def feed_dict(self, inputs: dict, seq_lens: dict, need=None) -> dict:
@@ -404,7 +490,7 @@ class ModelBuild:
                 self.layer_lens[name] = lens[name]
         self._run_fetch = (fetch, lens, scores)
         self.rec_lens = None
-        if self.rec is not None and self.kind != "templates_search":
+        if self.rec is not None and self.kind not in ("templates_search", "trace_search"):
             self.rec_lens = self.network.layers[self.rec].output.get_sequence_lengths()
 
     def run(self, inputs: dict, seq_lens: dict) -> ModelResult:
@@ -479,6 +565,107 @@ class ModelBuild:
                                                        {f"{rec}/{s}" for s in states}),
                      "net_text": self.model.net_text(), "beams": {}}
         return tr
+
+
+    def trace_search(self, inputs: dict, seq_lens: dict):
+        """RETURNN's beam search of the rec layer, each unit layer's value for every hypothesis at every step as
+        RETURNN computed it (before it resolved the final best ones), with the choice's scores and backpointers."""
+        import tensorflow as tf
+        from ..emission.stepnet import readers_of
+        from ..records.trace import DimInfo, Entry, Trace
+
+        rec, unit = self.rec, self.model.net[self.rec]["unit"]
+        fd = self.feed_dict(inputs, seq_lens)
+        cell = self.network.layers[rec].cell
+        acc, choice = cell.final_acc_tas_dict, self.choice
+        k = int(unit[choice].get("beam_size") or 1)
+        axis = f"{rec}:time"
+        dims = {"batch": DimInfo("batch", "batch", None, True, 0), axis: DimInfo(axis, "time", None, False, 1),
+                "beam": DimInfo("beam", "beam", k, False, 2)}
+        tags = {}
+
+        def label(tag):
+            for lab, t in tags.items():
+                if t == tag:
+                    return lab
+            base = (tag.description or "dim").replace("/", ":")
+            lab, i = base, 2
+            while lab in dims:
+                lab, i = f"{base}.{i}", i + 1
+            tags[lab] = tag
+            dims[lab] = DimInfo(lab, base, tag.dimension, False, len(dims))
+            return lab
+
+        fetch, dims_of = {}, {}
+        with self.tf_graph.as_default():
+            for name in list(unit) + [choice + ".scores"]:
+                ta, layer = acc.get(f"output_{name}"), cell.net.layers.get(name)
+                if ta is None or layer is None:
+                    continue
+                out = layer.output
+                steps = ta.stack()  # [T, batch * beam, ...] in the in-loop layer's axis order
+                b = out.batch_dim_axis
+                rest = [label(t) for i, t in enumerate(out.dim_tags) if i != b]
+                if b is None:
+                    continue
+                if out.beam is None:  # one value per sequence (a frame of an input): the same for each hypothesis
+                    steps = tf.repeat(tf.expand_dims(steps, 2 + b), k, axis=2 + b)
+                else:
+                    shape = tf.shape(steps)
+                    steps = tf.reshape(steps, tf.concat([shape[:1 + b], [-1, k], shape[2 + b:]], 0))
+                fetch[f"{rec}/{name}"] = steps
+                dims_of[f"{rec}/{name}"] = (axis,) + tuple(rest[:b]) + ("batch", "beam") + tuple(rest[b:])
+            fetch[f"{rec}/{choice}.backpointers"] = acc[f"choice_{choice}"].stack()  # [T, batch, beam]
+        values = self.session.run(fetch, feed_dict=fd)
+        scores = values.pop(f"{rec}/{choice}.scores")
+        values[f"{rec}/{choice}.scores"] = scores.reshape(scores.shape[:2] + (k,)) if scores.ndim == 2 else scores
+        dims_of[f"{rec}/{choice}.scores"] = dims_of[f"{rec}/{choice}.backpointers"] = (axis, "batch", "beam")
+        states = set(cell.prev_layers_needed)
+        after = readers_of(unit, set(unit), {choice}, refs=lambda d: [r.partition("/")[0] for r in layer_refs(d)
+                                                                       if not r.startswith(("prev:", "base:"))])
+        entries = {}
+        for path, arr in values.items():
+            name = path.split("/", 1)[1]
+            kind = "search" if path.endswith((".scores", ".backpointers")) else \
+                "state" if name in states else "layer"
+            entries[path] = Entry(path, np.asarray(arr), dims_of[path], kind, (axis,),
+                                  self.model.line(path.split(".", 1)[0] if kind == "search" else path) or None)
+        tr = Trace(entries, dims, {}, moved_out=[], in_loop=[f"{rec}/{n}" for n in unit], device=self.model.device,
+                   dim_labels={})
+        tr.after_choice = {f"{rec}/{n}" for n in after}
+        key = f"{rec}/{choice}"
+        unstacked = bool(self.model.net[rec].get("from"))
+        tr._saved = {"hierarchy": self.model.hierarchy(rec, (), {f"{rec}/{n}" for n in unit},
+                                                       {f"{rec}/{s}" for s in states}),
+                     "net_text": self.model.net_text(),
+                     "beams": {key: {"end": f"{rec}/end" if f"{rec}/end" in entries else None,
+                                     "include_eos": bool(self.model.net[rec].get("include_eos")) or unstacked,
+                                     "lens_axis": None}}}
+        beams = tr.beams(key)  # a sequence's steps: those of its best hypothesis
+        best = beams.scores[-1].argmax(axis=1)
+        tr._lens[axis] = (np.array([beams.hypothesis(b, int(j))["length"] for b, j in enumerate(best)],
+                                   np.int32), ("batch",))
+        return tr
+
+
+def _sequences(inputs: dict, seq_lens: dict) -> int:
+    """The number of sequences the inputs (by extern_data name, batch first) agree on."""
+    if not isinstance(inputs, dict) or not inputs:
+        raise RunError("train: inputs must be a dict {extern_data name: array}, e.g. {'data': x, 'classes': y}")
+    counts = {k: np.shape(v)[0] if np.ndim(v) else None for k, v in list(inputs.items()) + list(seq_lens.items())}
+    if len(set(counts.values())) != 1 or None in counts.values():
+        raise RunError(f"train: the inputs and lengths disagree on the number of sequences: {counts}")
+    return next(iter(counts.values()))
+
+
+def _search_choice(rec: str, unit: dict) -> str:
+    """The one choice layer of a unit, searched over."""
+    choices = [n for n, layer in unit.items() if isinstance(layer, dict) and layer.get("class") == "choice"]
+    if len(choices) != 1:
+        raise RecDebugError(f"rec layer {rec!r} has {len(choices) or 'no'} choice layers {choices}: a search "
+                            "trace follows one" if choices else f"rec layer {rec!r} has no choice layer: there is "
+                            "no search to trace", hint="m.trace(...) without search=True")
+    return choices[0]
 
 
 def extern_sizes(network) -> dict:

@@ -115,6 +115,18 @@ def _minibatch(checked: dict, seq_lens: dict, targets: dict, idx: np.ndarray) ->
     return inputs, lens, tg
 
 
+def _minibatch_arrays(inputs: dict, seq_lens: dict, idx: np.ndarray) -> tuple[dict, dict]:
+    """The sequences ``idx`` of arrays by name (batch first), each time axis cut to the minibatch's longest."""
+    lens = {k: np.asarray(n)[idx] for k, n in seq_lens.items()}
+    out = {}
+    for k, v in inputs.items():
+        arr = np.asarray(v)[idx]
+        if k in lens and arr.ndim >= 2:
+            arr = arr[:, :int(lens[k].max())]
+        out[k] = arr
+    return out, lens
+
+
 def train_graph(g, inputs: dict, seq_lens: dict | None, loss, steps: int, learning_rate: float, batch_size: int,
                 seed: int, optimize: bool = True, device=None, params=None, targets=None, optimizer=None,
                 progress: bool = True) -> History:
@@ -148,6 +160,23 @@ def train_graph(g, inputs: dict, seq_lens: dict | None, loss, steps: int, learni
     session.run(engine._init_extra)
     engine.updater.set_learning_rate(learning_rate, session=session)
 
+    def step(idx: np.ndarray) -> float:
+        mb_inputs, mb_lens, mb_targets = _minibatch(checked, seq_lens, targets, idx)
+        fd, lens, arrays = engine.feed_dict(mb_inputs, mb_lens)
+        engine.feed_targets(fd, mb_targets, mb_lens, len(idx))
+        return engine.train_step(fd)
+
+    def keep():
+        g.trained_params = engine.params()
+        g.trained_loss, g.trained_optimizer = loss, optimizer
+
+    return train_steps(step, n_seq, steps, batch_size, seed, progress, keep)
+
+
+def train_steps(step, n_seq: int, steps: int, batch_size: int, seed: int, progress: bool, keep) -> History:
+    """The training loop both front ends share: ``steps`` calls of ``step(idx)`` (one update on the sequences
+    ``idx``, its loss back), minibatches drawn epoch by epoch in a seeded order; Ctrl-C stops after the running
+    step; ``keep()`` then keeps what was learned."""
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(seed)
@@ -164,10 +193,7 @@ def train_graph(g, inputs: dict, seq_lens: dict | None, loss, steps: int, learni
                 order = list(rng.permutation(n_seq))
             idx = np.array(sorted(order[:batch_size]))
             del order[:batch_size]
-            mb_inputs, mb_lens, mb_targets = _minibatch(checked, seq_lens, targets, idx)
-            fd, lens, arrays = engine.feed_dict(mb_inputs, mb_lens)
-            engine.feed_targets(fd, mb_targets, mb_lens, len(idx))
-            value = engine.train_step(fd)
+            value = step(idx)
             step_seconds.append(time.perf_counter() - t_step)
             losses.append(value)
             bar.update(1)
@@ -179,6 +205,5 @@ def train_graph(g, inputs: dict, seq_lens: dict | None, loss, steps: int, learni
         interrupted = True
     finally:
         bar.close()
-        g.trained_params = engine.params()
-        g.trained_loss, g.trained_optimizer = loss, optimizer
+        keep()
     return History(losses, interrupted, time.perf_counter() - t0, batch_size, step_seconds)
