@@ -251,8 +251,11 @@ class ConfigStepEngine:
                          end_reordered=PREFIX + "end" not in self.after_choice, include_eos=include_eos)
 
     def _copy_params(self, source: ModelBuild, unit: dict):
-        """Every parameter of the step net gets its value from the model's build (the checkpoint's values)."""
-        values = {}
+        """Every parameter of the step net gets its value from the model's build (the checkpoint's values), all in
+        one session call each way."""
+        import tensorflow as tf
+
+        pairs = []  # (this build's variable, the model build's)
         for name, layer in self.network.layers.items():
             if not layer.params:
                 continue
@@ -263,10 +266,12 @@ class ConfigStepEngine:
             if src is None or set(src.params) != set(layer.params):
                 raise RecDebugError(f"stepping: the parameters of layer {name!r} do not match the model's "
                                     f"({sorted(layer.params)} vs {sorted(src.params) if src else 'no layer'})")
-            for key, var in layer.params.items():
-                values[var] = source.session.run(src.params[key])
-        for var, value in values.items():
-            var.load(value, self.session)
+            pairs += [(var, src.params[key]) for key, var in layer.params.items()]
+        values = source.session.run([theirs for _, theirs in pairs])
+        with self.tf_graph.as_default():
+            feeds = [tf.compat.v1.placeholder(ours.dtype.base_dtype, ours.shape) for ours, _ in pairs]
+            assign = [tf.compat.v1.assign(ours, ph) for (ours, _), ph in zip(pairs, feeds)]
+        self.session.run(assign, feed_dict=dict(zip(feeds, values)))
 
     def close(self):
         if self.session is not None:

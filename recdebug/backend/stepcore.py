@@ -121,6 +121,18 @@ class StepBuffers:
         if lengths:
             self.lengths_ph = tf.compat.v1.placeholder(tf.int32, [batch], name="recdebug_lengths")
 
+    def set_op(self, key) -> tuple:
+        """(placeholder, op) that writes a State's entry t (made when first asked for: most steppers never edit)."""
+        if key not in self._set_ops:
+            import tensorflow as tf
+
+            var, (shape, dtype) = self.vars[key], self.shapes[key]
+            with self.t.graph.as_default():
+                value = tf.compat.v1.placeholder(dtype, list(shape))
+                op = tf.compat.v1.scatter_update(var, tf.expand_dims(self.t, 0), tf.expand_dims(value, 0))
+            self._set_ops[key] = (value, op)
+        return self._set_ops[key]
+
     def read_key(self, key) -> str:
         """The key of the ``recdebug_tensor`` that reads a State's value at step t."""
         return self._keys[key]
@@ -157,7 +169,8 @@ class StepBuffers:
             if end is not None and not include_eos:
                 active = tf.logical_and(active, tf.logical_not(end))
         updates, nonfinite, self.init_ops = [], {}, []
-        self.state_at, self.set_ops = {}, {}
+        self.state_at, self._set_ops = {}, {}
+        next_row, masks = tf.reshape(t + 1, [1]), {}
         for key, var in self.vars.items():
             shape, dtype = self.shapes[key]
             self.state_at[key] = old = tf.gather(var, t)
@@ -166,29 +179,27 @@ class StepBuffers:
                 old = tf.gather(old, src)
                 if key in reordered:
                     value = tf.gather(value, src)
-            mask = tf.broadcast_to(tf.reshape(active, [-1] + [1] * (len(shape) - 1)), tf.shape(value))
+            if len(shape) not in masks:  # active, broadcast over one step's value (tf.where broadcasts it)
+                masks[len(shape)] = tf.reshape(active, [-1] + [1] * (len(shape) - 1))
+            mask = masks[len(shape)]
             frozen = tf.where(mask, value, old)
-            updates.append(tf.compat.v1.scatter_update(var, tf.expand_dims(t + 1, 0), tf.expand_dims(frozen, 0)))
+            updates.append(tf.compat.v1.scatter_update(var, next_row, tf.expand_dims(frozen, 0)))
             if dtype.startswith("float"):
                 nonfinite[key] = tf.reduce_any(tf.logical_and(tf.logical_not(tf.math.is_finite(frozen)), mask))
-            first = tf.broadcast_to(tf.cast(init[key], dtype), tf.shape(self.state_at[key]))
+            first = init[key] if init[key].dtype.base_dtype == tf.as_dtype(dtype) else tf.cast(init[key], dtype)
+            first = tf.broadcast_to(first, [batch] + list(shape[1:]))
             self.init_ops.append(tf.compat.v1.scatter_update(var, [0], tf.expand_dims(first, 0)))
-            value_ph = tf.compat.v1.placeholder(dtype, list(shape))
-            self.set_ops[key] = (value_ph, tf.compat.v1.scatter_update(var, tf.expand_dims(t, 0),
-                                                                        tf.expand_dims(value_ph, 0)))
         fetch = {"active": active, "nonfinite": nonfinite}
         if self.ended is not None:
             if src is not None or end is not None:
                 now_ended = ended_t if end is None else tf.logical_or(ended_t, end)
-                updates.append(tf.compat.v1.scatter_update(self.ended, tf.expand_dims(t + 1, 0),
-                                                           tf.expand_dims(now_ended, 0)))
+                updates.append(tf.compat.v1.scatter_update(self.ended, next_row, tf.expand_dims(now_ended, 0)))
             self.init_ops.append(tf.compat.v1.scatter_update(self.ended, [0], tf.zeros([1, batch], tf.bool)))
         if end is not None or src is not None:
             fetch["end"] = end if end is not None else tf.zeros([batch], tf.bool)
         if chooser is not None:
             k = self.beam
-            updates.append(tf.compat.v1.scatter_update(self.scores, tf.expand_dims(t + 1, 0),
-                                                       tf.expand_dims(chooser.new_scores, 0)))
+            updates.append(tf.compat.v1.scatter_update(self.scores, next_row, tf.expand_dims(chooser.new_scores, 0)))
             first = tf.constant([0.0] + [ENDED_OTHER_LABELS] * (k - 1))  # one hypothesis to start from
             self.init_ops.append(tf.compat.v1.scatter_update(
                 self.scores, [0], tf.reshape(tf.tile(first, [batch // k]), [1, batch])))
@@ -264,9 +275,11 @@ class LoopStepper(SteppingControls):
         """Back to t=0 with every State at its initial value (undoes set_state at t=0 too)."""
         e = self._live_engine()
         if self._top is None:
+            # per sequence (an encoder's output): not parameters or constants, which are there already
             tops = [layer.output.placeholder for name, layer in e.network.layers.items()
                     if not name.startswith(self._top_prefix) and "/" not in name and ":" not in name
-                    and layer.layer_class not in ("data", "recdebug_tensor") and layer.output.placeholder is not None]
+                    and layer.layer_class not in ("data", "recdebug_tensor") and layer.output.placeholder is not None
+                    and layer.output.batch_dim_axis is not None]
             _, values = e.session.run((e.core.init_ops, tops), feed_dict=self._feed)
             self._top = dict(zip(tops, values))
         else:
@@ -320,7 +333,7 @@ class LoopStepper(SteppingControls):
     def _set_buffer(self, key, value: np.ndarray):
         """Write a State's entry t (its current value), [entries, ...] in the buffer's order."""
         e = self._live_engine()
-        ph, op = e.core.set_ops[key]
+        ph, op = e.core.set_op(key)
         e.session.run(op, feed_dict={ph: value.astype(e.core.shapes[key][1]), e.core.t: self.t})
         self.edits.append(self.t)
         self.breakpoint = None
