@@ -20,6 +20,7 @@ from .stepsearch import register_layer_classes, add_beam
 from ..language.tensor import Tensor
 from ..records.protocol import count_steps, ended_text, steps_text
 
+
 def _to_order(data, em, dims_wanted) -> "tf.Tensor":
     """A RETURNN Data's placeholder with axes in the order of the rd dims ``dims_wanted``."""
     import tensorflow as tf

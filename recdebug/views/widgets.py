@@ -1,5 +1,8 @@
-"""The debugger: the controller (cursor, sequence and hypothesis selection, stepping, following its stepper)
-over its panels (``panels``) and its source (``sources``: a recorded trace or a live stepper).
+"""The debugger: the controller (sequence and layer selection, the views in sync with the cursor) over its panels
+(``panels``) and its source (``sources``: a recorded trace or a live stepper), with its parts each in a module of
+its own: the cursor and stepping (``cursor``), the search's beam tree and hypothesis (``search_control``), what
+is marked on the views (``marks``: unit selection, differences, gradient norms, the shared scale) and the status
+line and picture (``status``).
 
 State lives in traitlets on the Python side; the browser only draws it. Every control is a method here
 (``step``, ``seek``, ``select_sequence``, ``select_layer``, ``show_diff``...) that a test can call and then
@@ -9,20 +12,22 @@ escapes them.
 """
 from __future__ import annotations
 
-import base64
 import html
-import logging
 
 import ipywidgets as w
 import numpy as np
 import traitlets as tl
 
 from ..language.errors import RecDebugError
+from .cursor import Cursor
+from .marks import Marks
 from .panels import BeamTreeView, HeatmapView, HierarchyView
+from .search_control import SearchControl
 from .sources import LiveSource, RecordedSource
+from .status import StatusLine, _convention
 
 
-class Debugger(w.VBox):
+class Debugger(Cursor, SearchControl, Marks, StatusLine, w.VBox):
     """``rd.debugger(trace_or_stepper)``: step through a loop's hidden states."""
 
     t = tl.Int(0)  # steps done: the cursor shows step t-1
@@ -102,106 +107,12 @@ class Debugger(w.VBox):
             self.slider.min = self._first - 1
             self.t = self._first
 
-    # --- beam search ---
-    def _send_beams(self):
-        """The beam tree of the current sequence; the best hypothesis of the last step selected."""
-        bs, b = self.beams, self.sequence
-        steps, _, beam = bs.shape
-        nodes = [{"t": t, "k": k, "label": int(bs.labels[t, b, k]), "score": float(bs.scores[t, b, k]),
-                  "src": int(bs.backpointers[t, b, k]), "ended": bool(bs.ended[t, b, k])}
-                 for t in range(steps) for k in range(beam)]
-        self.beam_tree.nodes = nodes
-        if steps:
-            last = min(steps - 1, bs.last_step(b))
-            k = bs.best(b, last)
-            self.beam_tree.best = self._drawn_path(last, k)
-            self.select_hypothesis(last, k)
-            return
-        self.hypothesis, self._hyp_text = None, ""  # a live search before its first step
-        with self.beam_tree.hold_sync():
-            self.beam_tree.best = []
-            self.beam_tree.path = []
-            self.beam_tree.selected = [-1, -1]
-        for view in self._active_views():
-            self._send(view)
-
-    def _drawn_path(self, t: int, k: int) -> list:
-        """[step, slot] pairs of hypothesis k of step t, up to the step where it ended (the tree draws no
-        EOS carried on after that)."""
-        b = self.sequence
-        slots = self.beams.path(t, b, k)
-        end = self.beams.hypothesis(b, k, t)["end_step"]
-        return [[s, slot] for s, slot in enumerate(slots) if end < 0 or s <= end]
-
-    def _refresh_live_beams(self):
-        """A live search moved (a step, a step back, an edit): new hypotheses, the best one shown."""
-        st = self.stepper
-        if self.beams.shape[0] == st.t and self._edits_seen == len(st.edits):
-            return
-        self._edits_seen = len(st.edits)
-        self.beams = st.beams()
-        self._send_beams()
-
-    def select_hypothesis(self, t: int, k: int):
-        """Show hypothesis k of step t: its path in the tree and its States along that path."""
-        if self.beams is None:
-            raise RecDebugError("select_hypothesis needs a search: a trace made with search=True, or a stepper of a "
-                                "loop with rd.choice")
-        b = self.sequence
-        steps, _, beam = self.beams.shape
-        if not (0 <= t < steps and 0 <= k < beam):
-            raise RecDebugError(f"no hypothesis {k} of step {t}: {steps} steps of beam size {beam} so far")
-        self.hypothesis = (int(t), int(k))
-        if self.beam_tree.selected != [int(t), int(k)]:
-            self.beam_tree.selected = [int(t), int(k)]
-        self.beam_tree.path = self._drawn_path(int(t), int(k))
-        hyp = self.beams.hypothesis(b, int(k), int(t))
-        if self.trace is not None:
-            self.breakpoint = ""
-        self.diff_summary = ""
-        ended = f", ended at t={hyp['end_step']}" if hyp["end_step"] >= 0 else ""
-        self._hyp_text = f"drawn along hypothesis {k} at t={t}: labels {hyp['labels']}, score {hyp['score']:.4f}{ended}"
-        for view in self._active_views():
-            self._send(view)
-        self._place_cursor(self.t)
-
+    # --- what the views show ---
     def _build_views(self):
         for key in self.source.state_keys():
             self.views[key] = HeatmapView(key, title=f"State {key}", reveal=self.reveal,
                                           recorded=self.source.recorded, **self._describe(key))
             self._watch_brush(self.views[key])
-
-    def _watch_brush(self, view: HeatmapView):
-        def brushed(change):
-            if len(change["new"]) == 2:
-                self.select_units(view.key, *change["new"])
-        view.observe(self._from_browser(brushed), "brush")
-
-    def select_units(self, key: str, t0: int, t1: int, threshold: float | None = None) -> list:
-        """Unit selection in a view (what dragging over steps t0..t1 of its heatmap does): the units whose value
-        is at least ``threshold`` (default: the threshold box; at most it, if negative) at every valid step of the
-        range, highlighted and listed in that view."""
-        view = self.picked if key == self.picked.key and key not in self.views else self.views.get(key)
-        if view is None:
-            raise RecDebugError(f"select_units: no view {key!r}; the views are {sorted(self.views)}")
-        threshold = float(self.threshold.value if threshold is None else threshold)
-        t0, t1 = sorted((int(t0), int(t1)))
-        last = min(view.length, view.known) - 1
-        t0, t1 = max(t0, 0), min(t1, last)
-        if t0 > t1:
-            units, text = [], "no valid step in the brushed range"
-        else:
-            values = view._array[t0:t1 + 1]
-            hit = (values >= threshold) if threshold >= 0 else (values <= threshold)
-            units = [int(u) for u in np.nonzero(hit.all(axis=0))[0]]
-            sign = ">=" if threshold >= 0 else "<="
-            shown = ", ".join(map(str, units[:40])) + (f" ... ({len(units)} in all)" if len(units) > 40 else "")
-            text = f"units {sign} {threshold:g} at every t={t0}…{t1}: {shown or 'none'}"
-        with view.hold_sync():
-            view.brush = [t0, t1]  # the range the selection frames (also when it was made from code)
-            view.highlight = units
-            view.units_text = text
-        return units
 
     def _describe(self, key: str) -> dict:
         """What a view's axes say (its unit dims and the loop's axis), and whether it holds labels."""
@@ -275,102 +186,6 @@ class Debugger(w.VBox):
                 self.status_html.value = f"<span class='rd-status rd-error'>{html.escape(self.status)}</span>"
         return shown
 
-    def step(self, n: int = 1):
-        self.seek(self.t + n)
-
-    def step_back(self, n: int = 1):
-        self.seek(self.t - n)
-
-    @property
-    def _first(self) -> int:
-        """The lowest ``t``: 0 for a stepper (no step run yet); 1 for a trace (its cursor is on a recorded step)."""
-        return 1 if self.trace is not None and self.T > 0 else 0
-
-    def reset(self):
-        """Back to the start: a stepper to before t=0 (its initial values), a trace's cursor to t=0."""
-        if self.stepper is not None:
-            self._drive(self.stepper.reset)
-        self.breakpoint = ""
-        if self.t == self._first:  # no move, but the values may have changed
-            self._on_t({"new": self.t})
-        self.seek(self._first)
-
-    def seek(self, t: int):
-        """Move to ``t`` steps done: the cursor on t-1 (a stepper computes the steps it has not run yet; a trace's
-        cursor stays on its recorded steps)."""
-        t = max(self._first, min(int(t), self.T))
-        if self.stepper is not None:
-            if t != self.stepper.t:
-                self._drive(lambda: self.stepper.run_to(t))
-            t = self.stepper.t
-        self.t = t
-
-    def _drive(self, move):
-        """Move the stepper from here: this debugger follows by itself, not through the stepper's call back."""
-        self._driving = True
-        try:
-            return move()
-        finally:
-            self._driving = False
-
-    def _follow(self):
-        """The stepper moved or was edited by code elsewhere (another cell): show where it is now."""
-        if self._driving:
-            return
-        try:
-            if self.stepper.closed is not None:
-                self._refresh_status()
-            elif self.stepper.t != self.t:
-                self.t = self.stepper.t
-            else:  # the same step, other values (set_state, reset at t=0)
-                self._on_t({"new": self.t})
-            if self.stepper.closed is None:
-                self.breakpoint = self.stepper.breakpoint or ""
-                self._refresh_status()
-        except RecDebugError as e:
-            self.status = " · ".join(part for part in (e.message, e.hint) if part)
-            self.status_html.value = f"<span class='rd-status rd-error'>{html.escape(self.status)}</span>"
-
-    def run(self, predicate=None):
-        """Run to the end, or to the first later step where a breakpoint holds (default: NaN/Inf in a State)."""
-        if self.stepper is not None:
-            from ..records.protocol import on_nonfinite
-
-            hit = self._drive(lambda: self.stepper.run_until(predicate or on_nonfinite()))
-            self.breakpoint = self.stepper.breakpoint or "" if hit else ""
-            self.t = self.stepper.t
-            self._refresh_status()
-            return hit
-        if predicate is None:
-            t, key = self._first_nonfinite(self.t)
-            found = t is not None and f"NaN/Inf in {key} at t={t}"
-        else:
-            t = next((t for t in range(self.t, self.T) if predicate(self, t)), None)
-            found = t is not None and f"condition at t={t}"
-        if found:
-            self.breakpoint = found
-            self.t = t + 1
-            self._refresh_status()
-            return True
-        self.breakpoint = ""
-        self.t = self.T
-        return False
-
-    def _first_nonfinite(self, start: int) -> tuple:
-        """(t, key): the first step from ``start`` on where a State holds NaN/Inf on a valid frame (the first
-        such State in view order), or (None, ""). One pass over each State's array, not one per step."""
-        tr = self.trace
-        axis = self.source.axis
-        found = (None, "")
-        for key in self.views:
-            e = tr.entries[key]
-            at = e.dims.index(axis)
-            bad = ~np.isfinite(e.array) & tr.mask(key, order=e.dims)
-            steps = np.nonzero(bad.any(axis=tuple(i for i in range(bad.ndim) if i != at))[start:self.T])[0]
-            if len(steps) and (found[0] is None or start + steps[0] < found[0]):
-                found = (start + int(steps[0]), key)
-        return found
-
     def select_sequence(self, b: int):
         if not 0 <= b < self.batch:
             raise RecDebugError(f"sequence {b} is out of range (batch of {self.batch})")
@@ -407,65 +222,6 @@ class Debugger(w.VBox):
     def _layer_has_steps(self, path: str) -> bool:
         return self.source.has_steps(path)
 
-    def show_diff(self, other):
-        """Mark where ``other`` (a Trace of the same graph) differs: first step and units, per view."""
-        if self.trace is None:
-            raise RecDebugError("show_diff compares two traces: open the debugger on a Trace")
-        self._diff = self.trace.diff(other)  # before keeping ``other``: a trace that cannot be compared is refused
-        self.other = other
-        first = self._diff.first
-        if first is None:
-            self.diff_summary = "no differences"
-        elif first.step is None:
-            self.diff_summary = f"{first.key}: {first.note}"
-        else:
-            self.diff_summary = f"first difference: {first.key} at t={first.step}, units {first.units[:5]} " \
-                                f"(max |diff| {first.max_abs:.3g})"
-        self._send_diffs()
-        self._refresh_status()
-
-    def _send_diffs(self):
-        if getattr(self, "other", None) is None:
-            return
-        b = self.sequence
-        for view in list(self.views.values()) + [self.picked]:
-            found = self._diff.entries.get(view.key)
-            if found is None or view.key not in self.other.entries:
-                continue
-            a = self._array(view.key, b)
-            o_entry = self.other.entries[view.key]
-            axis = self.source.axis
-            rest = [d for d in o_entry.dims if d not in (axis, "batch")]
-            o = self.other.numpy(view.key, order=[axis, "batch"] + rest)[:, b].reshape(a.shape[0], -1)
-            valid = np.arange(a.shape[0])[:, None] < self._length(b)
-            mask = (~(np.abs(a - o) <= 1e-5) & ~(np.isnan(a) & np.isnan(o)) & valid).astype(np.uint8)
-            steps = np.nonzero(mask.any(axis=1))[0]
-            with view.hold_sync():
-                view.diff = mask.tobytes()
-                view.diff_first = int(steps[0]) if len(steps) else -1
-
-    # --- a picture for where widgets cannot run ---
-    def picture(self) -> bytes:
-        """A PNG of what the debugger shows now: the status line and each view with its cursor and colours."""
-        from .plot import draw_views, png
-
-        views = [v for v in self._active_views() if v.shape[0] > 0 and v.shape[1] > 0]
-        return png(draw_views([{
-            "title": v.title, "unit_label": v.unit_label, "axis_label": v.axis_label, "values": v._array,
-            "length": v.length, "known": v.known, "cursor": v.cursor, "scale": v.scale,
-            "categorical": v.categorical, "labels": list(v.labels), "reveal": v.reveal} for v in views],
-            self.status))
-
-    def _repr_mimebundle_(self, **kwargs):
-        """The widget, and beside it a PNG of its view now: exported notebooks (nbconvert, GitHub, nbviewer)
-        show the picture where no widget manager runs; JupyterLab shows the widget."""
-        bundle = super()._repr_mimebundle_(**kwargs)
-        try:
-            bundle["image/png"] = base64.b64encode(self.picture()).decode("ascii")
-        except Exception as e:  # the widget still shows; the picture is only for exports
-            logging.getLogger("recdebug").warning("the debugger's picture for exported notebooks failed: %s", e)
-        return bundle
-
     def close(self):
         """Close this widget and every widget inside it (their comms and registry entries). Also right for a
         debugger whose construction failed half-way: it closes what was built."""
@@ -488,17 +244,6 @@ class Debugger(w.VBox):
         else:
             view.show(arr, self._length(b), known, title)
 
-    def _send_grads(self, view: HeatmapView):
-        """A trace with grad_of: the norm of dLoss/d(the State's value) per step of the shown sequence."""
-        if self.trace is None or view.key + ".grad" not in self.trace.entries or self.beams is not None:
-            return
-        e = self.trace.entries[view.key + ".grad"]
-        axis = self.source.axis
-        rest = [d for d in e.dims if d not in (axis, "batch")]
-        g = self.trace.numpy(e.key, order=[axis, "batch"] + rest)[:, self.sequence]
-        norms = np.sqrt((g.reshape(g.shape[0], -1).astype(np.float64) ** 2).sum(axis=1)).astype(np.float32)
-        view.grad_norms = norms.tobytes()
-
     def _refresh_all(self):
         for view in self.views.values():
             self._send(view)
@@ -507,21 +252,6 @@ class Debugger(w.VBox):
             self._send(self.picked)
         self._send_diffs()
         self._on_t({"new": self.t})
-
-    def _share_scale(self):
-        """With shared_scale: one colour range for every State view (the largest |value| among their valid
-        steps computed so far), so that their colours compare."""
-        if not self.shared_scale:
-            return
-        m = 0.0
-        views = [v for v in self.views.values() if not v.categorical]
-        for view in views:
-            a = view._array[:min(view.length, view.known)]
-            finite = np.abs(a[np.isfinite(a)])
-            if finite.size:
-                m = max(m, float(finite.max()))
-        for view in views:
-            view.scale = m or 1.0
 
     def _on_sequence(self, change):
         if self.seq.value != change["new"]:
@@ -560,51 +290,6 @@ class Debugger(w.VBox):
         return list(self.views.values()) + ([self.picked] if self.selected_layer and
                                             self._layer_has_steps(self.selected_layer) else [])
 
-    def _refresh_status(self):
-        from ..records.protocol import ended_text, steps_text
-
-        parts = [steps_text(self.t, self.T) if self.trace is None else recorded_text(self.t, self.T)]
-        parts.append(self.source.device)
-        b = self.sequence
-        if self.beams is None:
-            n = self._length(b)
-            if n <= self.t:
-                parts.append(ended_text(b, n))
-        elif self.stepper is not None and b in self.stepper.ended:
-            parts.append(f"sequence {b}: search ended after t={self.stepper.ended[b] - 1}")
-        if self.breakpoint:
-            parts.append(f"breakpoint: {self.breakpoint}")
-        if self.diff_summary:
-            parts.append(f"diff: {self.diff_summary}")
-        if getattr(self, "_hyp_text", ""):
-            parts.append(self._hyp_text)
-        if self.stepper is not None and self.stepper.closed is not None:
-            parts.append(f"stepper closed: {self.stepper.closed}")
-        self.status = " · ".join(parts)
-        self.status_html.value = f"<span class='rd-status'>{html.escape(self.status)}</span>"
-
-
-def recorded_text(t: int, T: int) -> str:
-    """Where a trace's cursor is: every step is recorded, the cursor is the step looked at."""
-    if T <= 0:
-        return "no step recorded (the loop ran 0 steps)"
-    return f"at t={t - 1} (recorded trace: all {T} steps, t=0…{T - 1})"
-
-
-def _convention(recorded: bool, reveal: bool) -> str:
-    """The legend under the status line: the step numbering, and what the cursor, grey and hatching mean here."""
-    parts = ["t=k is iteration k of the loop (loop.index == k), counted from 0"]
-    if recorded:
-        parts.append("every step is recorded; the cursor line marks the step you look at")
-    else:
-        parts.append("the cursor line marks the last step run")
-    parts.append("grey: padding (the sequence had ended)")
-    if not recorded:
-        parts.append("hatched: not run yet")
-    elif reveal:
-        parts.append("hatched: after the cursor (reveal=True)")
-    return ("<span class='rd-convention' style='opacity:0.75;font-size:11px;line-height:1.3;display:block'>"
-            + html.escape(" · ".join(parts)) + "</span>")
 
 
 def _pre(text: str) -> str:
