@@ -1,0 +1,256 @@
+"""Emission of a loop: the rec layer and its unit (States as layers read with ``prev:``, initial values, the end
+condition and bounds, stacks and lasts read from outside)."""
+from __future__ import annotations
+
+from returnn.tensor import batch_dim as returnn_batch_dim
+
+from ..language.dims import batch_dim
+from .analysis import _derivation_ring, moving_out_fails, reads_inner_loop
+from .stepnet import readers_of
+
+
+class LoopEmission:
+    """Mixed into the emitter (``netdict._Emitter``)."""
+
+    def emit_loop(self, loop, layers: dict) -> list:
+        """Emit the rec layer of ``loop`` into ``layers``; returns the (path, unit layer) pairs to trace."""
+        unit: dict = {}
+        perturbed = self.perturbed_states.get(loop, {})
+        exported = self.emit_scope(loop, unit)
+        for state, (v, name) in perturbed.items():
+            # the State's new value plus a perturbation fed as zeros, read by everything that reads the value (in
+            # this step and, through the State, in the next): the gradient of a loss with respect to the
+            # perturbation at step t is exactly the gradient with respect to the State's value of step t
+            key = "grad." + loop.state_layers[state]
+            dims = sorted(state.dims, key=lambda d: d.order)
+            self.out.extern_data[key] = {"dim_tags": [self.dim(dims[0]), self.dim(loop.rec_axis)]
+                                         + [self.dim(d) for d in dims[1:]], "dtype": "float32",
+                                         "available_for_inference": True}
+            unit[name + ".delta"] = {"class": "gather", "from": "base:data:" + key,
+                                     "axis": self.dim(loop.rec_axis), "position": ":i"}
+            unit[name] = {"class": "combine", "kind": "add", "from": [v.op.name, name + ".delta"]}
+            self.out.perturb[self.path(loop, loop.state_layers[state])] = (key, state, loop)
+        for (scope_id, name), recs in self.collocate.items():
+            if scope_id == id(loop):
+                unit[name]["collocate_with"] = sorted(recs)
+        for state, name in loop.state_layers.items():
+            v = loop.assigned[state]
+            layer = {"class": "copy", "from": self.ref(v, loop), "is_output_layer": True}
+            # the value plus zeros of the State's dims: RETURNN guesses the dims of a State's previous value from
+            # the value, which may lack some (e.g. no batch dim when only States feed it). A label State gets the
+            # zeros added to plain ints before they are marked as labels, when its value is made of ints or not
+            # computed in the loop's own step (RETURNN would not stack it); a label picked in the step (rd.choice,
+            # a frame of labels) is taken as it is.
+            labels = state.sparse_dim is not None
+            made_labels = labels and v.op.kind == "sparse" and v.scope is loop
+            outside = labels and not made_labels and (v.scope is not loop or v.op.kind == "state_entry")
+            if not labels or made_labels or outside:
+                zeros = self.fresh_name(loop, name + ".zeros")
+                dims = sorted(state.dims, key=lambda d: d.order)
+                unit[zeros + ".const"] = {
+                    "class": "constant", "value": False if state.dtype == "bool" else 0, "dtype": state.dtype,
+                    "shape": [self.dim(d) for d in dims], "with_batch_dim": True}
+                # zeros of this step: RETURNN takes a layer that depends on no step of its loop for the same at
+                # every step and may not stack it (a State assigned a value from outside its loop)
+                unit[zeros] = {"class": "combine", "kind": "logical_or" if state.dtype == "bool" else "add",
+                               "from": [zeros + ".const", self.step_zero(loop, unit, state.dtype)]}
+                source = self.ref(v.op.inputs[0] if made_labels else v, loop)
+                if outside:
+                    ints = self.fresh_name(loop, name + ".ints")
+                    unit[ints] = {"class": "reinterpret_data", "from": [source], "set_sparse": False}
+                    source = ints
+                layer = {"class": "combine", "kind": "logical_or" if state.dtype == "bool" else "add",
+                         "from": [source, zeros], "is_output_layer": True}
+                if labels:
+                    dense = self.fresh_name(loop, name + ".dense")
+                    unit[dense], layer = layer, {
+                        "class": "reinterpret_data", "from": [dense], "set_sparse": True,
+                        "set_sparse_dim": self.dim(state.sparse_dim), "is_output_layer": True}
+            layer["initial_output"] = self.initial(loop, state)
+            unit[name] = layer
+            self.out.lines[self.path(loop, name)] = loop.assign_lines[state]
+            self.out.state_layers.setdefault(state, []).append(self.path(loop, name))
+        for v in loop.exports:
+            unit[self.perturbed.get(id(v), v.op.name)]["is_output_layer"] = True
+        if loop.bounded:
+            unit["end.bound"] = {"class": "compare", "kind": "greater_equal",
+                                 "from": [":i", "base:" + self.bounds(loop, layers)]}
+        if loop.end_cond is not None and loop.bounded:
+            unit["end"] = {"class": "combine", "kind": "logical_or",
+                           "from": [self.ref(loop.end_cond, loop), "end.bound"]}
+        elif loop.bounded:
+            unit["end"] = {"class": "copy", "from": "end.bound"}
+        elif loop.end_cond is not None:
+            unit["end"] = {"class": "copy", "from": self.ref(loop.end_cond, loop)}
+            if not loop.end_cond.dims:  # RETURNN needs one end flag per sequence
+                unit["end.batch"] = {"class": "constant", "value": False, "dtype": "bool",
+                                     "shape": [returnn_batch_dim], "with_batch_dim": True}
+                unit["end"] = {"class": "combine", "kind": "logical_or",
+                               "from": [self.ref(loop.end_cond, loop), "end.batch"]}
+        choices = [op.name for op in loop.ops if op.kind == "choice"]
+        if choices:  # values per new hypothesis (the rest are per hypothesis of the previous step)
+            after = readers_of(unit, set(unit), set(choices))
+            self.out.after_choice |= {self.path(loop, name) for name in after}
+        if choices:  # the rec layer's own output: the labels it searches over
+            unit["output"] = {"class": "copy", "from": choices[0]}
+        elif any(reads_inner_loop(loop, loop.assigned[state]) for state in loop.state_layers):
+            # RETURNN works out the unit's shapes starting from "output": starting from a State that other States
+            # and an inner loop depend on, it fails (a dependency loop); starting from a State made from an inner
+            # loop's result, it finds them all
+            unit["output"] = {"class": "copy", "from": next(
+                name for state, name in loop.state_layers.items() if reads_inner_loop(loop, loop.assigned[state]))}
+        else:  # a State, or a value without other dynamic dims (RETURNN loses the loop's lengths of an output
+            # with another dynamic dim)
+            plain = [v.op.name for v in loop.exports if not any(d.is_dynamic and not d.is_batch for d in v.dims)]
+            if loop.state_layers or plain or not loop.exports:
+                unit["output"] = {"class": "copy", "from": (list(loop.state_layers.values()) + plain
+                                                            + [loop.ops[-1].name])[0]}
+            else:  # zeros carried from step to step (a layer RETURNN keeps in the loop)
+                zeros = self.fresh_name(loop, "output.zeros")
+                unit[zeros] = {"class": "constant", "value": 0, "dtype": "int32", "shape": [returnn_batch_dim],
+                               "with_batch_dim": True}
+                unit["output"] = {"class": "combine", "kind": "add", "from": ["prev:output", zeros],
+                                  "initial_output": 0}
+        # A loop with loops inside stays unoptimized itself (its inner loops are still optimized): when RETURNN
+        # moves an outer layer out, it may need to stack an inner loop's sub-layer, which it cannot do reliably.
+        # An inner loop over an input stays unoptimized: a frame layer moved out of it reads the outer loop's frame;
+        # a traced inner loop too: the outer loop cannot stack a traced value that RETURNN moved out of it.
+        # A while loop over an input's frames too: RETURNN moves the frame's gather out but not its position.
+        # A search trace reads every layer's values per hypothesis from the loop's step accumulators: it keeps
+        # every layer in the loop (a moved-out layer has no such accumulator).
+        beams = self.search and self.capture is not None and any(op.kind == "choice" for op in loop.ops)
+        # A searching loop keeps every layer in it: RETURNN's search fails on a layer it moved out of the loop
+        # that reads one still in it (it accumulates that one without the search's beam context).
+        rec = {"class": "rec", "from": [], "axis": self.dim(loop.rec_axis), "unit": unit,
+               "optimize_move_layers_out": self.optimize and not loop.children and not beams
+               and not (self.search and choices)
+               and not moving_out_fails(loop) and not (loop.parent.is_loop and (loop.unstacked or self.capture))
+               and not (loop.bounded and loop.unstacked)}
+        if loop.bounded:
+            rec["max_seq_len_via"] = self.bound_names[loop]
+            rec["include_eos"] = bool(loop.include_eos)
+        elif loop.unstacked:
+            first = loop.unstacked[0].op.inputs[0]
+            rec["from"] = self.static_inputs.get(loop.unstacked[0].op) or self.ref(first, loop.parent)
+            if choices:  # else RETURNN's search takes a sequence's end one frame late and scores a padding frame
+                rec["include_eos"] = True
+        else:
+            rec["max_seq_len"] = loop.max_seq_len
+            rec["include_eos"] = bool(loop.include_eos)
+        layers[loop.name] = rec
+        self.out.rec_paths[loop] = self.path(loop.parent, loop.name)
+        self.out.lines[self.path(loop.parent, loop.name)] = loop.line
+        layers[loop.len_name] = {"class": "length", "from": loop.name, "axis": self.dim(loop.rec_axis)}
+        if not loop.parent.is_loop:  # fetched by every run (the loop's lengths)
+            layers[loop.len_name]["is_output_layer"] = True
+        layers[loop.last_index_name] = {"class": "eval", "from": loop.len_name, "eval": "source(0) - 1"}
+        if loop.state_finals:
+            layers[loop.nonempty_name] = {"class": "compare", "kind": "greater", "from": loop.len_name, "value": 0}
+        for state, name in loop.state_finals.items():
+            layers[name] = self.gather_last(loop, loop.state_layers[state])
+        loops = tuple(reversed([s for s in loop.ancestors() if s.is_loop]))
+        if beams:  # the scores of every hypothesis at every step, recorded like a layer
+            for y in (op for op in loop.ops if op.kind == "choice"):
+                unit[f"{y.name}.scores"] = {"class": "choice_get_beam_scores", "from": y.name, "is_output_layer": True}
+                self.out.search_layers[self.path(loop, y.name)] = f"{y.name}.scores"
+        own = [(op.name, "layer", op.out.dims) for op in loop.ops]
+        own += [(name, "state", state.dims) for state, name in loop.state_layers.items()]
+        captured = []
+        needed = set()  # a search trace always records what its beams are made of: the labels and the end flags
+        if beams:
+            needed = {op.name for op in loop.ops if op.kind == "choice"}
+            needed |= {loop.end_cond.op.name} if loop.end_cond is not None and loop.end_cond.scope is loop else set()
+        for name, kind, dims in own:
+            path = self.path(loop, name)
+            if self.captures(path) or name in needed:
+                self.out.trace_info[path] = (kind, dims, loops)
+                how = None if beams else self.derived(loop, name)
+                if how is None:
+                    captured.append((path, name))
+                else:
+                    self.out.trace_derived[path] = how
+        # values derived from each other in a ring (States that swap their values): one of them is recorded
+        own_paths = {self.path(loop, name): name for name, _, _ in own}
+        while True:
+            ring = _derivation_ring({p: h for p, h in self.out.trace_derived.items() if p in own_paths})
+            if ring is None:
+                break
+            del self.out.trace_derived[ring]
+            captured.append((ring, own_paths[ring]))
+        for i, (path, name) in enumerate(captured):
+            op = next((o for o in loop.ops if o.name == name), None)
+            if op is None or batch_dim in op.out.dims:
+                unit[name]["is_output_layer"] = True
+            else:
+                # RETURNN cannot stack a loop value without the batch dim: record it per sequence, read one back
+                captured[i] = (path, self.with_batch(unit, name, op.out.dtype))
+                self.out.trace_unbatched.add(path)
+                # kept in the loop: RETURNN fails to accumulate a value without the batch dim that it moved out
+                layers[loop.name]["optimize_move_layers_out"] = False
+        if choices and self.search:
+            captured = self.give_beam(loop, unit, layers, captured)
+        return captured + exported
+
+    def initial(self, loop, state):
+        """The layer RETURNN's ``initial_output`` of a carried State reads: its first value (RETURNN also takes the
+        State's dims and dtype from it, which a plain number would not give).
+
+        For a loop inside a loop whose value before the inner loop is the State's initial number, that is the
+        top-level initial layer; else the value in the enclosing unit (a loop with loops inside is never
+        optimized, so the inner unit always finds that layer there).
+        """
+        init = loop.init[state]
+        while init.op.kind == "state_entry" and init.scope.is_loop and state not in init.scope.assigned:
+            init = init.scope.entry_source[state]  # an enclosing loop that only passes the value through
+        if init.op.kind == "state_entry" and init.scope.parent is None:
+            return self.ref(init, loop)
+        return self.ref(loop.init[state], loop)
+
+    def bounds(self, loop, layers: dict) -> str:
+        """A bounded loop's per-sequence bound, as layers of the enclosing scope: ``<loop>.steps_max`` (the most
+        steps, RETURNN's max_seq_len) and the step from which the loop's end flag is set (returned)."""
+        parent = loop.parent
+        parts = []
+        if loop.unstacked:
+            x = loop.unstacked[0].op
+            name = self.fresh_name(parent, f"{loop.name}.frames")
+            layers[name] = {"class": "length", "from": self.ref(x.inputs[0], parent), "axis": self.dim(x.attrs["axis"])}
+            parts.append(name)
+        if hasattr(loop.max_seq_len, "op"):
+            parts.append(self.ref(loop.max_seq_len, parent))
+        limit = self.fresh_name(parent, f"{loop.name}.steps_limit")
+        with_batch = {"class": "constant", "value": 2**31 - 1, "dtype": "int32", "shape": [returnn_batch_dim],
+                      "with_batch_dim": True}
+        layers[limit + ".batch"] = with_batch  # a bound without the batch dim holds for every sequence
+        bound = {"class": "combine", "kind": "minimum", "from": parts + [limit + ".batch"]}
+        if isinstance(loop.max_seq_len, int):
+            bound = {"class": "eval", "from": [limit + ".min"], "eval": f"tf.minimum(source(0), {loop.max_seq_len})"}
+            layers[limit + ".min"] = {"class": "combine", "kind": "minimum", "from": parts + [limit + ".batch"]}
+        layers[limit] = bound
+        self.bound_names[loop] = self.fresh_name(parent, f"{loop.name}.steps_max")
+        layers[self.bound_names[loop]] = {"class": "reduce", "mode": "max", "from": limit, "axis": "B"}
+        stop = self.fresh_name(parent, f"{loop.name}.stop_at")
+        # with include_eos the frame where the end flag is set is kept: set it on the last step, else after it
+        layers[stop] = {"class": "eval", "from": limit, "eval": "source(0) - 1"} if loop.include_eos else \
+            {"class": "copy", "from": limit}
+        return stop
+
+    def static_axis(self, loop, layers: dict) -> None:
+        """A loop over a static dim: its inputs with that dim replaced by a dynamic dim of the same size (every
+        sequence that long), which RETURNN's rec layer can iterate over; ``stack`` gathers the static dim back."""
+        axis, steps = loop.axis, loop.rec_axis
+        top = self.out.net  # the steps' dim is made once, at the top level (also for a loop inside a loop)
+        length = self.fresh_name(self.g.top, f"{loop.name}.steps")
+        top[length] = {"class": "constant", "value": axis.size, "dtype": "int32", "shape": [returnn_batch_dim],
+                       "with_batch_dim": True}
+        steps_range = self.fresh_name(self.g.top, f"{loop.name}.steps_range")
+        top[steps_range] = {"class": "range_from_length", "from": length, "out_spatial_dim": self.dim(steps)}
+        steps_range = "base:" * loop.parent.depth + steps_range
+        for t in loop.unstacked:
+            name = self.fresh_name(loop.parent, f"{loop.name}.{t.op.name}.frames")
+            layers[name] = {"class": "gather", "from": self.ref(t.op.inputs[0], loop.parent), "axis": self.dim(axis),
+                            "position": steps_range}
+            self.static_inputs[t.op] = name
+        self.static_ranges[loop] = self.fresh_name(loop.parent, f"{loop.name}.positions")
+        layers[self.static_ranges[loop]] = {"class": "range", "limit": axis.size, "out_spatial_dim": self.dim(axis),
+                                            "dtype": "int32"}
