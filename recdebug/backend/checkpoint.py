@@ -180,7 +180,7 @@ def data_arrays(g, inputs: dict, seq_lens: dict) -> tuple[dict, dict]:
     """(arrays for train_data.npz, StaticDataset's output_dim): each input batch first, then its time axis, cut
     per sequence to its length when the dataset is read."""
     from ..language.dims import batch_dim
-    from .engine import check_feeds
+    from .feeding import check_feeds
 
     checked = check_feeds(g, inputs)
     out, output_dim = {}, {}

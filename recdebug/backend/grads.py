@@ -77,7 +77,8 @@ class GradEngine(Engine):
 
 def grad_trace(g, inputs: dict, seq_lens: dict, loss, device=None, optimize=True, seed=0, params=None,
                max_bytes=None, targets=None):
-    from .engine import DEFAULT_TRACE_BYTES, check_feeds
+    from .feeding import check_feeds
+    from .tracing import DEFAULT_TRACE_BYTES
     from ..language.tensor import Tensor
 
     line = user_line()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..language.dims import dim_named, sorted_dims
-from .engine import (Engine, build_apart, checked_numbers, default_params, reference_labels, resolve_device,
-                     value_and_order)
+from .engine import Engine, build_apart, default_params, resolve_device
+from .feeding import checked_numbers, reference_labels, value_and_order
 from ..language.errors import DimError, LoopError, RecDebugError, RunError
 from ..language.state import State
 from ..emission.stepnet import build_step_net

@@ -13,7 +13,8 @@ import time
 import numpy as np
 
 from ..language.dims import batch_dim
-from .engine import Engine, build_apart, check_feeds, resolve_device
+from .engine import Engine, build_apart, resolve_device
+from .feeding import check_feeds
 from ..language.errors import RecDebugError, RunError, user_line
 
 

@@ -12,7 +12,7 @@ import traceback
 
 import numpy as np
 
-from ..backend.engine import value_and_order
+from ..backend.feeding import value_and_order
 from ..language.errors import BREAK_FILENAME, CELL_PREFIX, FeedError, RecDebugError, RunError, SourceLine, running_cell
 from ..language.graph import Graph
 
