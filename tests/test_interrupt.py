@@ -78,3 +78,59 @@ def test_ctrl_c_interrupts_run_and_trace_at_once_and_the_graph_stays_usable(tmp_
         assert out[what] < 1.0, f"KeyboardInterrupt came {out[what]:.2f} s after SIGINT during g.{what}"
     assert out["run_same"] and out["trace_same"]
     np.testing.assert_array_less(out["max_err"], 1e-5)
+
+
+CONFIG_CHILD = r'''
+import json, os, signal, sys, threading, time as clock
+import numpy as np
+import recdebug as rd
+sys.path.insert(0, "tests")
+from returnn_cli import DEMOS
+
+m = rd.from_returnn(DEMOS / "demo-tf-rec-explicit-lstm.config")
+rng = np.random.default_rng(0)
+small = {"data": rng.standard_normal((2, 4, 9)).astype(np.float32)}
+long = {"data": np.zeros((1, 200000, 9), np.float32)}
+
+
+def delay_of_interrupt(call):
+    sent = []
+
+    def send():
+        sent.append(clock.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Timer(0.5, send)
+    timer.start()
+    try:
+        call()
+    except KeyboardInterrupt:
+        return clock.monotonic() - sent[0]
+    timer.cancel()
+    return None
+
+
+before, trace_before = m.run(small).numpy("output"), m.trace(small).numpy("lstm/c")
+out = {"run": delay_of_interrupt(lambda: m.run(long)), "trace": delay_of_interrupt(lambda: m.trace(long))}
+out["run_same"] = bool(np.array_equal(before, m.run(small).numpy("output")))
+out["trace_same"] = bool(np.array_equal(trace_before, m.trace(small).numpy("lstm/c")))
+print("RESULT " + json.dumps(out), flush=True)
+'''
+
+
+def test_ctrl_c_interrupts_a_configs_run_and_trace_and_the_model_stays_usable(tmp_path):
+    """The config's builds share the language's session handling: Ctrl-C during m.run / m.trace of a long input
+    stops within a second, and the model then gives the same values as before."""
+    script = tmp_path / "interrupt_config_child.py"
+    script.write_text(CONFIG_CHILD)
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=root)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    for what in ("run", "trace"):
+        assert out[what] is not None, f"m.{what} ended before the interrupt: make the input longer"
+        assert out[what] < 1.0, f"KeyboardInterrupt came {out[what]:.2f} s after SIGINT during m.{what}"
+    assert out["run_same"] and out["trace_same"]

@@ -16,6 +16,7 @@ from ..emission import _tf_env  # noqa: F401  (before TensorFlow is imported)
 from ..language.dims import Dim, dim_named, sorted_dims
 from ..language.errors import DimError, RunError, running_cell, user_line
 from ..emission.netdict import Emitted, emit
+from .build import Build
 from .feeding import Feeding, _batch, _batch_size, check_feeds, checked_numbers
 from .tracing import DEFAULT_TRACE_BYTES, Tracing, check_capture
 
@@ -98,7 +99,7 @@ def init_value(path: str, dims, init, seed: int) -> np.ndarray:
     return np.full(shape, init, dtype=np.float32)
 
 
-class Engine(Tracing, Feeding):
+class Engine(Build, Tracing, Feeding):
     """One build of a graph: RETURNN TFNetwork in its own tf.Graph and Session."""
 
     def __init__(self, g, optimize: bool, device: str, seed: int, capture=None, search: bool = False,
@@ -116,15 +117,14 @@ class Engine(Tracing, Feeding):
         self.emitted: Emitted = emit(g, optimize=optimize, capture=capture, search=search, perturb=self.perturb)
         config = Config({"extern_data": self.emitted.extern_data, "debug_print_layer_output_template": False,
                          "optimize_move_layers_out": optimize, **self.config_options()})
-        self.tf_graph = tf.Graph()
-        with self.tf_graph.as_default(), tf.device("/gpu:0" if device == "gpu" else "/cpu:0"):
+        with self.scope():
             net = self.prepare()
             self.network = TFNetwork(config=config, train_flag=self.train_flag(), eval_flag=False,
                                      search_flag=self.search)
             self.network.construct_from_dict(net)
             self.finish()
             self._init_extra = tf.compat.v1.variables_initializer(self.extra_variables)
-        self.session = self._new_session()
+        self.open()
         self.param_vars = {}  # path -> (Parameter, tf.Variable)
         self.unbuilt_params = {}  # path -> Parameter: not in this build (a step net has only its loop's)
         for op in g.top.ops:
@@ -163,30 +163,15 @@ class Engine(Tracing, Feeding):
     def finish(self) -> None:
         """Called after the network is built, inside its graph and device scope."""
 
-    def _new_session(self):
-        """A session on this build's graph with every variable initialized (parameters: see set_params)."""
-        import tensorflow as tf
-
-        session = tf.compat.v1.Session(graph=self.tf_graph,
-                                       config=tf.compat.v1.ConfigProto(allow_soft_placement=True))
-        with self.tf_graph.as_default(), tf.device("/gpu:0" if self.device == "gpu" else "/cpu:0"):
-            self.network.initialize_params(session)
-        session.run(self._init_extra)
-        return session
-
-    def _open_session(self):
-        """The session; after an interrupted call closed it, a fresh one with the last parameters loaded again."""
-        if self.session is None:
-            self.session = self._new_session()
-            self.set_params(*self._loaded)
-        return self.session
+    def restore(self):
+        self.set_params(*self._loaded)
 
     def set_params(self, values: dict, seed: int):
         """Load parameter values: given ones by path or Parameter, the rest from the seeded initializer."""
         from ..language.module import Parameter
 
         self._loaded = (values, seed)
-        session = self._open_session()
+        session = self.live_session()
         by_path = {}
         for key, value in values.items():
             path = key.path(self.graph) if isinstance(key, Parameter) else key
@@ -208,12 +193,12 @@ class Engine(Tracing, Feeding):
             var.load(value, session)
 
     def run_session(self, fetches, feed_dict):
-        """``session.run`` that Ctrl-C interrupts at once, with TensorFlow's errors about the user's data turned
-        into clear ones."""
+        """``session.run`` that Ctrl-C interrupts at once (``Build.run_session``), with TensorFlow's errors about
+        the user's data turned into clear ones."""
         import tensorflow as tf
 
         try:
-            return self._interruptible_run(fetches, feed_dict)
+            return super().run_session(fetches, feed_dict)
         except tf.errors.UnimplementedError as e:
             if "TensorArray has size zero" not in str(e):
                 raise
@@ -222,35 +207,8 @@ class Engine(Tracing, Feeding):
                            hint="check the loop.end condition, or run a batch in which some sequence takes a step"
                            ) from None
 
-    def _interruptible_run(self, fetches, feed_dict):
-        """``session.run`` in a worker thread, waited for in short slices: Python raises KeyboardInterrupt only
-        between its own steps, never inside TensorFlow's call. On Ctrl-C the session is closed, which cancels
-        TensorFlow's call (there is no other way to stop it), and the next call opens a fresh session. The
-        closing runs in the background: TensorFlow may take a second to reach a point where it can cancel."""
-        session = self._open_session()
-        outcome = {}
-
-        def work():
-            try:
-                outcome["value"] = session.run(fetches, feed_dict=feed_dict)
-            except BaseException as e:  # handed to the caller's thread
-                outcome["error"] = e
-
-        worker = threading.Thread(target=work, name="recdebug-session-run", daemon=True)
-        try:
-            worker.start()
-            while worker.is_alive():
-                worker.join(0.05)
-        except KeyboardInterrupt:
-            self.session = None
-            threading.Thread(target=session.close, name="recdebug-session-close", daemon=True).start()
-            raise
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["value"]
-
     def params(self) -> dict:
-        session = self._open_session()
+        session = self.live_session()
         return {path: session.run(var) for path, (param, var) in self.param_vars.items()}
 
     def _fetches(self, layer_names: dict, lens: dict):
@@ -291,16 +249,6 @@ class Engine(Tracing, Feeding):
                         device=self.device)
         result.search_scores = score_values
         return result
-
-    def close(self):
-        if self.session is not None:
-            self.session.close()
-        from returnn.tensor import batch_dim
-
-        # RETURNN keeps the last build's batch info on its global batch dim, and with it that build's tf.Graph
-        built = self.network.extern_data.get_batch_info(allow_none=True)
-        if built is not None and batch_dim.batch is not None and batch_dim.batch.get_global_base() is built:
-            batch_dim.batch = None
 
 
 class Result:

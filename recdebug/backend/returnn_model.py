@@ -19,13 +19,14 @@ import copy
 import io
 import os
 import pprint
-import re
 from contextlib import contextmanager
 
 import numpy as np
 
 from ..emission import _tf_env  # noqa: F401  (before TensorFlow is imported)
+from ..emission.confignet import config_lines
 from ..language.errors import RecDebugError, RunError
+from .build import Build
 
 _LINE_KEYS_SKIPPED = ("class",)
 
@@ -99,70 +100,6 @@ def from_returnn(config, checkpoint=None, extern_data=None, device=None) -> "Ret
             raise RecDebugError(f"from_returnn: no RETURNN checkpoint {checkpoint!r} (expected {checkpoint}.index)",
                                 hint="give the checkpoint's prefix, e.g. model.001 for model.001.index")
     return ReturnnModel(cfg, net, path, text, checkpoint, resolve_device(device))
-
-
-def _refs(value, out: list):
-    """The layer references among a layer dict's option values (strings; lists, tuples and dicts walked)."""
-    if isinstance(value, str):
-        out.append(value)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            _refs(v, out)
-    elif isinstance(value, dict):
-        for v in value.values():
-            _refs(v, out)
-    return out
-
-
-# Options of a layer dict that never name a layer (their strings are kinds, modes, axes, code...).
-NOT_REFS = frozenset({
-    "class", "activation", "eval", "unit", "target", "loss", "loss_opts", "kind", "mode", "axis", "axes", "dtype",
-    "out_type", "n_out", "out_dim", "shape", "padding", "input_type", "unit_opts", "name_scope", "reuse_params",
-    "register_as_extern_data", "set_axes", "set_dim_tags", "max_seq_len", "direction", "red1", "red2", "var1",
-    "var2", "eval_locals", "init", "forward_weights_init", "recurrent_weights_init", "bias_init", "weights_init",
-    "L2", "dropout", "is_output_layer", "only_on_search", "only_on_eval", "beam_size", "length_normalization",
-    "search", "cheating", "include_eos", "optimize_move_layers_out", "value", "scale", "num_heads",
-    "total_key_dim", "filter_size", "strides", "dilation_rate", "with_bias", "keep_dims", "add_var2_if_empty",
-    "initial_output", "collocate_with", "window_size", "filter", "tags",
-})
-
-
-def layer_refs(layer: dict) -> list:
-    """Every reference string in a layer dict's options that may name a layer."""
-    out = []
-    for key, value in layer.items():
-        if key not in NOT_REFS:
-            _refs(value, out)
-    return out
-
-
-def config_lines(text: str | None, net: dict) -> dict:
-    """path -> 1-based line of the config text that defines the layer (its quoted name followed by a colon),
-    searched in order, each unit's layers after its rec layer's line."""
-    if not text:
-        return {}
-    lines = text.splitlines()
-    start = next((i for i, s in enumerate(lines) if re.match(r"\s*network\s*=", s)), 0)
-    out = {}
-
-    def find(name, after):
-        pat = re.compile(r"""["']""" + re.escape(name) + r"""["']\s*:""")
-        for i in range(after, len(lines)):
-            if pat.search(lines[i]):
-                return i
-        return None
-
-    def visit(layers: dict, prefix: str, after: int):
-        for name, layer in layers.items():
-            i = find(name, after)
-            if i is None:
-                continue
-            out[prefix + name] = i + 1
-            if isinstance(layer, dict) and isinstance(layer.get("unit"), dict):
-                visit(layer["unit"], prefix + name + "/", i + 1)
-
-    visit(net, "", start)
-    return out
 
 
 class ReturnnModel:
@@ -343,14 +280,14 @@ class ModelResult:
         return list(self._values)
 
 
-class ModelBuild:
-    """One build of the config's network in its own tf.Graph and Session, parameters loaded."""
+class ModelBuild(Build):
+    """One build of the config's network in its own tf.Graph and Session (``Build``), parameters loaded."""
 
     def __init__(self, model: ReturnnModel, kind: str, rec: str | None):
         import tensorflow as tf
         from returnn.tf.network import TFNetwork
 
-        self.model, self.kind, self.rec = model, kind, rec
+        self.model, self.kind, self.rec, self.device = model, kind, rec, model.device
         net = copy.deepcopy(model.net)
         self.searched = {}  # with search: rec layer -> its best hypothesis' layer
         if kind in ("run", "search"):  # every top-level layer (RETURNN builds the output layers and what they read)
@@ -384,9 +321,7 @@ class ModelBuild:
                     layer["is_output_layer"] = True
             if kind.startswith("templates"):  # every layer in the loop: its in-loop template, its state
                 net[rec]["optimize_move_layers_out"] = False
-        self.tf_graph = tf.Graph()
-        dev = "/gpu:0" if model.device == "gpu" else "/cpu:0"
-        with self.tf_graph.as_default(), tf.device(dev), behavior_version(model.behavior_version):
+        with self.scope(), behavior_version(model.behavior_version):
             # the train flag as RETURNN's engine gives it: a tensor fed False (some configs build only so); for a
             # search a plain False (a tensor would turn RETURNN's eval flag on, and with it the loop over the targets)
             self.train_flag = False if searching else \
@@ -401,22 +336,25 @@ class ModelBuild:
             except Exception as e:
                 raise RecDebugError(f"RETURNN could not build the network: {type(e).__name__}: "
                                     f"{str(e).splitlines()[0] if str(e) else ''}") from None
-            self.session = tf.compat.v1.Session(graph=self.tf_graph,
-                                                config=tf.compat.v1.ConfigProto(allow_soft_placement=True))
-            self.network.initialize_params(self.session)
-            if model.checkpoint:
+        self.open()
+        self.restore()
+        if kind.startswith("templates"):
+            self._templates()
+
+    def restore(self):
+        """The model's parameters: trained here, else its checkpoint's, else RETURNN's random initialization of
+        its first build (every build of the model has the same)."""
+        model = self.model
+        if model.checkpoint:
+            with self.scope():
                 self.network.load_params_from_file(model.checkpoint, session=self.session)
-            else:  # RETURNN's random initialization, once: every build of the model has the same parameters
-                params = self.network.get_params_list()
-                if model._initial_params is None:
-                    model._initial_params = {v.name: self.session.run(v) for v in params}
-                for v in params:
-                    if v.name in model._initial_params:
-                        v.load(model._initial_params[v.name], self.session)
-            if model._trained is not None:
-                self.load_params(model._trained)
-            if kind.startswith("templates"):
-                self._templates()
+        else:
+            params = self.network.get_params_list()
+            if model._initial_params is None:
+                model._initial_params = {v.name: self.session.run(v) for v in params}
+            self.load_params(model._initial_params)
+        if model._trained is not None:
+            self.load_params(model._trained)
 
     def _templates(self):
         """With every layer of the unit in the loop: the in-loop layers, their templates, what prev: reads."""
@@ -432,11 +370,6 @@ class ModelBuild:
             state = (getattr(layer, "rec_vars_outputs", {}) or {}).get("state")
             if state is not None:
                 self.cell_structure[name] = None if not nest.is_nested(state) else (lambda refs: list(refs))
-
-    def close(self):
-        if self.session is not None:
-            self.session.close()
-            self.session = None
 
     def load_params(self, values: dict):
         """Parameter values by variable name into this build."""
@@ -496,7 +429,7 @@ class ModelBuild:
     def run(self, inputs: dict, seq_lens: dict) -> ModelResult:
         fd = self.feed_dict(inputs, seq_lens)
         fetch, lens, scores = self._run_fetch
-        values, lens_v, scores_v = self.session.run((fetch, lens, scores), feed_dict=fd)
+        values, lens_v, scores_v = self.run_session((fetch, lens, scores), feed_dict=fd)
         for rec in self.searched:  # the lengths of the best hypotheses: the decide layer took the best score's
             all_lens = np.asarray(lens_v.pop(rec + ".all")).reshape(scores_v[rec].shape)
             lens_v[rec] = all_lens[np.arange(len(all_lens)), np.argmax(scores_v[rec], axis=1)]

@@ -1,16 +1,11 @@
 """Live stepping of a RETURNN config's rec layer (``ReturnnModel.stepper``), one iteration per call.
 
-The unit of the rec layer becomes a plain RETURNN net that runs one iteration: each layer keeps its options; its
-references are rewritten (``prev:X`` reads X's value of the previous step, fed from the stepper's buffers;
-``data:source`` and ``data:KEY`` gather frame t; ``:i`` is t; ``base:`` loses one level). An ``rnn_cell`` layer gets
-its cell state the same way, through RETURNN's ``state`` option. The parameters are those of the model's own build
-(from its checkpoint). The States' buffers and the step are those of the language's stepper (``stepcore``): each
-step reads entry t of every State's buffer on the device and writes entry t+1, so that ``step_back`` is exact and
-``set_state`` edits a State before continuing.
-
-A ``choice`` layer takes the reference label of step t (teacher forcing, the targets given by extern_data name),
-or with ``search=True`` runs the beam search: the K hypotheses of a sequence are K entries of the batch, the choice
-is a top-k over (score + log-probability) of each sequence's K * V candidates, as in ``stepsearch``.
+The unit of the rec layer becomes a plain RETURNN net that runs one iteration (``emission.confignet``); its
+parameters are those of the model's own build (from its checkpoint). The States' buffers and the step are those of
+the language's stepper (``stepcore``): each step reads entry t of every State's buffer on the device and writes
+entry t+1, so that ``step_back`` is exact and ``set_state`` edits a State before continuing. A choice layer takes
+the reference label of step t (teacher forcing, the targets given by extern_data name), or with ``search=True``
+runs the beam search: the K hypotheses of a sequence are K entries of the batch, as in ``stepsearch``.
 """
 from __future__ import annotations
 
@@ -20,14 +15,11 @@ import os
 
 import numpy as np
 
+from ..emission.confignet import PREFIX, config_step_net
 from ..language.errors import RecDebugError, RunError
-from .returnn_model import NOT_REFS, ModelBuild, behavior_version, extern_sizes, feed_extern_data, layer_refs
-from ..emission.stepnet import readers_of
+from .build import Build
+from .returnn_model import ModelBuild, behavior_version, extern_sizes, feed_extern_data
 from .stepcore import LoopStepper, StepBuffers, building
-
-PREFIX = "step."
-DROPPED_KEYS = ("initial_output", "is_output_layer", "loss", "loss_opts", "loss_scale", "collocate_with",
-                "only_on_search", "only_on_eval", "register_as_extern_data")
 
 
 class ConfigState:
@@ -43,79 +35,7 @@ class ConfigState:
         return f"ConfigState({self.key!r}, shape={self.shape}, dtype={self.dtype})"
 
 
-def _rewrite(value, names: dict, states: set, step):
-    """A reference string of a unit layer, rewritten for the flat step net."""
-    if isinstance(value, (list, tuple)):
-        out = [_rewrite(v, names, states, step) for v in value]
-        return tuple(out) if isinstance(value, tuple) else out
-    if isinstance(value, dict):
-        return {k: _rewrite(v, names, states, step) for k, v in value.items()}
-    if not isinstance(value, str):
-        return value
-    if value.startswith("prev:"):
-        name = value[len("prev:"):]
-        if name not in states:
-            raise RecDebugError(f"stepping: prev:{name} names no layer of the unit")
-        return f"{PREFIX}{name}.at_step"
-    if value.startswith("base:"):
-        rest = value[len("base:"):]
-        if rest.startswith("base:"):
-            raise RecDebugError(f"stepping: {value!r} reaches past the top level")
-        return rest
-    if value == ":i":
-        return step.index_layer
-    if value in ("data", "data:source"):
-        return step.source_layer()
-    if value.startswith("data:"):
-        return step.data_layer(value[len("data:"):])
-    name, sep, sub = value.partition("/")
-    if name in names:
-        return PREFIX + name + sep + sub
-    return value
-
-
-class _FlatNet:
-    """The flat net being made: extra layers added on demand (frame t of a data key, the unit's source)."""
-
-    def __init__(self, top: dict, rec: dict, time_axis: str):
-        self.net, self.rec, self.time_axis = top, rec, time_axis
-        self.index_layer = PREFIX + "index"
-        self.net[self.index_layer] = {"class": "recdebug_tensor", "key": "index", "shape": [], "dtype": "int32"}
-
-    def source_layer(self) -> str:
-        name = PREFIX + "source"
-        if name not in self.net:
-            src = self.rec.get("from", "data")
-            src = [src] if isinstance(src, str) else list(src)
-            if not src:
-                raise RecDebugError("stepping: the unit reads data:source, but the rec layer has no 'from'")
-            if len(src) > 1:
-                self.net[name + ".concat"] = {"class": "copy", "from": src}
-                src = [name + ".concat"]
-            self.net[name] = {"class": "gather", "from": src[0], "axis": self.time_axis, "position": self.index_layer}
-        return name
-
-    def data_layer(self, key: str) -> str:
-        name = f"{PREFIX}data.{key}"
-        if name not in self.net:
-            self.net[name] = {"class": "gather", "from": f"data:{key}", "axis": "T", "position": self.index_layer}
-        return name
-
-
-def _depends_on(net: dict, name: str, target: str, seen=None) -> bool:
-    seen = set() if seen is None else seen
-    if name in seen or name not in net or not isinstance(net[name], dict):
-        return False
-    seen.add(name)
-    for ref in layer_refs(net[name]):
-        ref = ref.split(":")[-1] if ref.startswith("base:") else ref
-        head = ref.partition("/")[0]
-        if head == target or _depends_on(net, head, target, seen):
-            return True
-    return False
-
-
-class ConfigStepEngine:
+class ConfigStepEngine(Build):
     """The step net of one rec layer of a config on the shared State buffers and step op (``stepcore``), in its
     own graph and session, its parameters copied from ``source`` (the model's build of the unit with every layer in
     the loop). ``lengths``: the rec layer runs a given number of steps per entry (else, searching, until its end
@@ -133,72 +53,20 @@ class ConfigStepEngine:
         self.model, self.rec = model, rec
         net = model.net
         unit = net[rec]["unit"]
-        top = {}
-        for name, layer in net.items():
-            if name == rec or not isinstance(layer, dict) or _depends_on(net, name, rec):
-                continue
-            top[name] = {k: v for k, v in layer.items() if k not in ("loss", "loss_opts", "loss_scale",
-                                                                      "is_output_layer")}
-        time_axis = "T"
-        flat = _FlatNet(top, net[rec], time_axis)
-        names = set(unit)
-        self.tf_graph = tf.Graph()
-        self.device_tensors = {}
-        dev = "/gpu:0" if model.device == "gpu" else "/cpu:0"
-        with self.tf_graph.as_default(), tf.device(dev):
+        self.device, self.device_tensors = model.device, {}
+        with self.scope():
             shapes = {st: ((batch,) + st.shape, st.dtype) for st in states.values()}
             shapes.update({(name, i): ((batch,) + shape, dtype) for name, parts in cell_states.items()
                            for i, (shape, dtype, _) in enumerate(parts)})
             self.core = StepBuffers(shapes, batch, max_steps, beam if search_choice is not None else None,
                                     ends=search_choice is not None, lengths=lengths)
             self.device_tensors.update(self.core.tensors)
-            for name, st in states.items():
-                top[f"{PREFIX}{name}.at_step"] = {"class": "recdebug_tensor", "key": self.core.read_key(st),
-                                                  "shape": st.dims, "dtype": st.dtype, "sparse_dim": st.sparse_tag}
-            for name, parts in cell_states.items():
-                for i, (shape, dtype, tags) in enumerate(parts):
-                    top[f"{PREFIX}{name}.state{i}"] = {"class": "recdebug_tensor",
-                                                       "key": self.core.read_key((name, i)), "shape": tags,
-                                                       "dtype": dtype}
-            for name, layer in unit.items():
-                d = {k: v for k, v in layer.items() if k not in DROPPED_KEYS}
-                if layer.get("class") == "choice":
-                    if name == search_choice:
-                        src = _rewrite(layer.get("from"), names, set(states), flat)
-                        src = src[0] if isinstance(src, list) and len(src) == 1 else src
-                        if layer.get("input_type", "prob") == "prob":
-                            top[f"{PREFIX}{name}.log_prob"] = {"class": "activation", "activation": "safe_log",
-                                                               "from": src}
-                            src = f"{PREFIX}{name}.log_prob"
-                        top[PREFIX + name] = {"class": "recdebug_config_beam_topk", "from": src, "beam_size": beam,
-                                              "key": "search", "is_output_layer": True}
-                        continue
-                    top[PREFIX + name] = {"class": "copy", "from": flat.data_layer(forced[name]),
-                                          "is_output_layer": True}
-                    continue
-                out = {}
-                for k, v in d.items():
-                    out[k] = v if k in NOT_REFS else _rewrite(v, names, set(states), flat)
-                if out.pop("target", None) is not None:  # inside a unit the target gives the dim: give it here
-                    if "n_out" not in out and "out_dim" not in out and name in source.templates:
-                        out["n_out"] = source.templates[name].dim
-                if name in cell_states:
-                    parts = cell_states[name]
-                    refs = [f"{PREFIX}{name}.state{i}" for i in range(len(parts))]
-                    out["state"] = refs[0] if source.cell_structure[name] is None else \
-                        source.cell_structure[name](refs)
-                out["is_output_layer"] = True
-                top[PREFIX + name] = out
-            self.after_choice = set()
-            if search_choice is not None:
-                in_step = {PREFIX + n for n in unit} | {f"{PREFIX}{n}.at_step" for n in states}
-                self.after_choice = readers_of(top, in_step, {PREFIX + search_choice},
-                                               refs=lambda d: [r.partition("/")[0] for r in layer_refs(d)])
-                for lname in self.after_choice - {PREFIX + search_choice}:
-                    layer = top[lname]
-                    for k in list(layer):
-                        if k not in NOT_REFS:
-                            layer[k] = _reorder(layer[k], self.after_choice, PREFIX + search_choice, top, unit)
+            reads = {name: (self.core.read_key(st), st.dims, st.dtype, st.sparse_tag) for name, st in states.items()}
+            cells = {name: [(self.core.read_key((name, i)), tags, dtype) for i, (_, dtype, tags) in enumerate(parts)]
+                     for name, parts in cell_states.items()}
+            top, self.after_choice = config_step_net(
+                net, rec, reads, cells, search_choice, forced, beam,
+                {n: source.templates[n].dim for n in unit if n in source.templates}, source.cell_structure)
             self.net_dict = top
             with building(self.device_tensors), behavior_version(model.behavior_version):
                 self.train_flag = tf.compat.v1.placeholder_with_default(False, shape=(), name="train_flag")
@@ -220,11 +88,9 @@ class ConfigStepEngine:
                 if layer is not None:
                     self.outputs[name] = layer.output.copy_as_batch_major()
             self._finish(states, cell_states, search_choice, batch, bool(net[rec].get("include_eos", False)))
-            self.session = tf.compat.v1.Session(graph=self.tf_graph,
-                                                config=tf.compat.v1.ConfigProto(allow_soft_placement=True))
-            self.network.initialize_params(self.session)
-            self.session.run(tf.compat.v1.variables_initializer(self.core.variables))
-        self._copy_params(source, unit)
+        self.extra_variables, self._source = self.core.variables, source
+        self.open()
+        self.restore()
 
     def _finish(self, states: dict, cell_states: dict, search_choice, batch: int, include_eos: bool):
         """The step op: each State's new value is its layer's, each cell state the rnn_cell's own."""
@@ -250,11 +116,12 @@ class ConfigStepEngine:
         self.core.finish(new, init, reordered, end=end, chooser=chooser,
                          end_reordered=PREFIX + "end" not in self.after_choice, include_eos=include_eos)
 
-    def _copy_params(self, source: ModelBuild, unit: dict):
+    def restore(self):
         """Every parameter of the step net gets its value from the model's build (the checkpoint's values), all in
         one session call each way."""
         import tensorflow as tf
 
+        source, unit = self._source, self.model.net[self.rec]["unit"]
         pairs = []  # (this build's variable, the model build's)
         for name, layer in self.network.layers.items():
             if not layer.params:
@@ -272,11 +139,6 @@ class ConfigStepEngine:
             feeds = [tf.compat.v1.placeholder(ours.dtype.base_dtype, ours.shape) for ours, _ in pairs]
             assign = [tf.compat.v1.assign(ours, ph) for (ours, _), ph in zip(pairs, feeds)]
         self.session.run(assign, feed_dict=dict(zip(feeds, values)))
-
-    def close(self):
-        if self.session is not None:
-            self.session.close()
-            self.session = None
 
 
 def _register_config_topk():
@@ -302,24 +164,6 @@ def _register_config_topk():
                                                  sparse_dim=out.sparse_dim, batch=out.batch, version=1)
 
     register_layer_class(ConfigBeamTopKLayer)
-
-
-def _reorder(value, after: set, choice: str, net: dict, unit: dict):
-    """In a layer after the choice: a reference to a unit layer computed before it (or a State of the previous
-    hypotheses) reads it through the backpointers."""
-    if isinstance(value, (list, tuple)):
-        out = [_reorder(v, after, choice, net, unit) for v in value]
-        return tuple(out) if isinstance(value, tuple) else out
-    if isinstance(value, dict):
-        return {k: _reorder(v, after, choice, net, unit) for k, v in value.items()}
-    if not isinstance(value, str) or not value.startswith(PREFIX) or value.partition("/")[0] in after:
-        return value
-    head = value.partition("/")[0]
-    if head not in net or head == PREFIX + "index":
-        return value
-    name = value + ".beam"
-    net.setdefault(name, {"class": "recdebug_beam_reorder", "from": value, "choice": choice})
-    return name
 
 
 class ReturnnStepper(LoopStepper):

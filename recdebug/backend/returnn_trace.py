@@ -65,7 +65,7 @@ def config_trace(build, inputs: dict, seq_lens: dict) -> Trace:
             continue
         fetch[path] = layer.output.placeholder
         dims_of[path] = tuple(labels(tag, time_tag) for tag in layer.output.dim_tags)
-    values, lens = build.session.run((fetch, build.rec_lens), feed_dict=fd)
+    values, lens = build.run_session((fetch, build.rec_lens), feed_dict=fd)
     entries = {}
     for path, arr in values.items():
         in_loop = labels.axis in dims_of[path]
@@ -84,7 +84,7 @@ def config_search_trace(build, inputs: dict, seq_lens: dict) -> Trace:
     import tensorflow as tf
 
     from ..emission.stepnet import readers_of
-    from .returnn_model import layer_refs
+    from ..emission.confignet import layer_refs
 
     rec, unit, choice = build.rec, build.model.net[build.rec]["unit"], build.choice
     fd = build.feed_dict(inputs, seq_lens)
@@ -109,7 +109,7 @@ def config_search_trace(build, inputs: dict, seq_lens: dict) -> Trace:
             fetch[f"{rec}/{name}"] = steps
             dims_of[f"{rec}/{name}"] = (labels.axis,) + tuple(rest[:b]) + ("batch", "beam") + tuple(rest[b:])
         fetch[f"{rec}/{choice}.backpointers"] = acc[f"choice_{choice}"].stack()  # [T, batch, beam]
-    values = build.session.run(fetch, feed_dict=fd)
+    values = build.run_session(fetch, feed_dict=fd)
     key = f"{rec}/{choice}"
     dims_of[key + ".scores"] = dims_of[key + ".backpointers"] = (labels.axis, "batch", "beam")
     states = set(cell.prev_layers_needed)

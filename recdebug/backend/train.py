@@ -155,7 +155,7 @@ def train_graph(g, inputs: dict, seq_lens: dict | None, loss, steps: int, learni
 
     start = default_params(g, params)
     engine.set_params(start, seed)
-    session = engine._open_session()
+    session = engine.live_session()
     # every call starts its optimizer afresh (Adam's moments, the step count), as RETURNN's command line does for
     # a run: the same parameters, data and seed train to the same result, whatever ran before
     session.run(engine._init_extra)
