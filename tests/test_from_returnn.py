@@ -478,6 +478,58 @@ def test_a_configs_model_trains_as_returnns_trainer_and_saves_checkpoints_return
     st.close()
 
 
+def numpy_lstm_losses(w, x, y, lens, dc, dh) -> tuple[float, float]:
+    """The explicit LSTM demo with ``dc``/``dh`` added to c and output at every step (float64): the config's
+    objective (its softmax's cross entropy, summed over the valid frames) and the mean of the rec layer's output."""
+    ce, total = 0.0, 0.0
+    for b, n in enumerate(lens):
+        h, c = np.zeros(10), np.zeros(10)
+        for t in range(n):
+            inp = np.concatenate([h, x[b, t]])
+            lin = {g: inp @ w[f"lstm/rec/{g}/W"] + w[f"lstm/rec/{g}/b"]
+                   for g in ("input_gate", "forget_gate", "output_gate", "cell_in")}
+            c = sigmoid(lin["input_gate"]) * np.tanh(lin["cell_in"]) + sigmoid(lin["forget_gate"]) * c + dc[b, t]
+            h = sigmoid(lin["output_gate"]) * c + dh[b, t]
+            ce -= np.log(softmax(h @ w["output/W"] + w["output/b"])[y[b, t]])
+            total += h.sum()
+    return ce, total / (lens.sum() * 10)
+
+
+def test_a_configs_trace_records_gradients_through_time_as_numpy_differentiates(trained, rng):
+    """m.trace(grad_of=...): dLoss/dc_t and dLoss/doutput_t at every valid step equal central differences of the
+    loop computed in numpy (float64), for the config's objective and for the mean of a layer; padding steps hold
+    zeros; the debugger draws their norms."""
+    m = rd.from_returnn(DEMOS / LSTM_CONFIG, checkpoint=trained["lstm"])
+    w = weights(trained["lstm"])
+    x, lens = lstm_feed(rng)
+    y = rng.integers(0, 2, x.shape[:2]).astype(np.int32)
+    feed, seq_lens = {"data": x, "classes": y}, {"data": lens, "classes": lens}
+    x64, zero, eps = x.astype(np.float64), np.zeros(x.shape[:2] + (10,)), 1e-5
+    for grad_of, which in (("objective", 0), ("lstm", 1)):
+        tr = m.trace(feed, seq_lens=seq_lens, grad_of=grad_of)
+        assert tr.loss == pytest.approx(numpy_lstm_losses(w, x64, y, lens, zero, zero)[which], rel=1e-5)
+        for state in ("c", "output"):
+            got = tr.grad(f"lstm/{state}", order=["batch", "lstm:time", tr.dims_of(f"lstm/{state}.grad")[-1]])
+            want = np.zeros_like(zero)
+            for b, n in enumerate(lens):
+                for t in range(n):
+                    for u in range(10):
+                        d = np.zeros_like(zero)
+                        d[b, t, u] = eps
+                        plus = numpy_lstm_losses(w, x64, y, lens, *((d, zero) if state == "c" else (zero, d)))
+                        minus = numpy_lstm_losses(w, x64, y, lens, *((-d, zero) if state == "c" else (zero, -d)))
+                        want[b, t, u] = (plus[which] - minus[which]) / (2 * eps)
+            assert np.abs(want).max() > 1e-3
+            np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4, err_msg=f"{grad_of}: d/d {state}")
+    d = rd.debugger(tr)
+    norms = np.frombuffer(d.views["lstm/c"].grad_norms, np.float32)
+    got = tr.grad("lstm/c", order=["batch", "lstm:time", tr.dims_of("lstm/c.grad")[-1]])[d.sequence]
+    np.testing.assert_allclose(norms[:lens[d.sequence]], np.linalg.norm(got, axis=1)[:lens[d.sequence]], rtol=1e-5)
+    d.close()
+    with pytest.raises(rd.RecDebugError, match="grad_of"):
+        m.trace(feed, seq_lens=seq_lens, grad_of=3)
+
+
 def test_explicit_rnn_demo_and_trace_files(rng, tmp_path):
     """demo-tf-rec-explicit-rnn.config (a tanh RNN whose output reads prev:output), trained briefly with RETURNN's
     command line: trace against numpy from the checkpoint's weights, stepper against the trace, and the trace saved

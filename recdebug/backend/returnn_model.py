@@ -158,12 +158,19 @@ class ReturnnModel:
         b = self._build("search" if search else "run", None)
         return b.run(inputs, seq_lens or {})
 
-    def trace(self, inputs: dict, seq_lens: dict | None = None, rec=None, search: bool = False):
+    def trace(self, inputs: dict, seq_lens: dict | None = None, rec=None, search: bool = False, grad_of=None):
         """Every layer of the rec layer's unit at every step: a Trace (``tr.numpy("output/s")``); each layer
         read with ``prev:`` is a State. Targets (teacher forcing) are inputs by extern_data name.
         ``search=True``: RETURNN's own beam search over the unit's choice layer, every hypothesis of every step
-        recorded ([time, batch, beam, ...]); ``tr.beams("output/output")`` backtracks them."""
+        recorded ([time, batch, beam, ...]); ``tr.beams("output/output")`` backtracks them.
+        ``grad_of``: ``"objective"`` (the config's losses, as ``m.train`` minimizes them; give the targets as inputs)
+        or a layer's name (the mean of its value over the valid frames): its gradient with respect to each float
+        State's value at every step is recorded too (``tr.grad("lstm/c")``; the debugger draws its norm)."""
         rec = self.rec_layer(rec)
+        if grad_of is not None:
+            from .returnn_trace import config_grad_trace
+
+            return config_grad_trace(self, rec, inputs, seq_lens or {}, grad_of)
         if search:
             return self._build("trace_search", rec).trace_search(inputs, seq_lens or {})
         return self._build("trace", rec).trace(inputs, seq_lens or {})
@@ -312,7 +319,7 @@ class ModelBuild(Build):
                                              "is_output_layer": True}
             net[rec]["is_output_layer"] = True
             net[rec]["optimize_move_layers_out"] = False  # every layer in the loop: one value per hypothesis
-        if kind in ("trace", "templates", "templates_search"):
+        if kind in ("trace", "trace_grad", "templates", "templates_search"):
             net[rec]["is_output_layer"] = True
             unit = net[rec]["unit"]
             for name, layer in unit.items():
@@ -321,6 +328,7 @@ class ModelBuild(Build):
                     layer["is_output_layer"] = True
             if kind.startswith("templates"):  # every layer in the loop: its in-loop template, its state
                 net[rec]["optimize_move_layers_out"] = False
+        net = self.prepare(net)
         with self.scope(), behavior_version(model.behavior_version):
             # the train flag as RETURNN's engine gives it: a tensor fed False (some configs build only so); for a
             # search a plain False (a tensor would turn RETURNN's eval flag on, and with it the loop over the targets)
@@ -329,17 +337,30 @@ class ModelBuild(Build):
             self.network = TFNetwork(config=model.config, train_flag=self.train_flag, eval_flag=not searching,
                                      search_flag=searching)
             try:
+                self.before_construct()
                 with contextlib.redirect_stdout(io.StringIO()):  # RETURNN prints a failed layer's options at length
                     self.network.construct_from_dict(net)
                 self.sizes = extern_sizes(self.network)
                 self._lengths()
+                self.after_construct()
             except Exception as e:
                 raise RecDebugError(f"RETURNN could not build the network: {type(e).__name__}: "
-                                    f"{str(e).splitlines()[0] if str(e) else ''}") from None
+                                    f"{str(e).splitlines()[0] if str(e) else ''}"
+                                    ) from (e if os.environ.get("RECDEBUG_DEBUG") else None)
         self.open()
         self.restore()
         if kind.startswith("templates"):
             self._templates()
+
+    def prepare(self, net: dict) -> dict:
+        """The net dict to build (a subclass: rewritten)."""
+        return net
+
+    def before_construct(self):
+        """Inside the build's scope, its network made but not yet built from the net dict."""
+
+    def after_construct(self):
+        """Inside the build's scope, once the network is built."""
 
     def restore(self):
         """The model's parameters: trained here, else its checkpoint's, else RETURNN's random initialization of

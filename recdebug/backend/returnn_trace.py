@@ -48,8 +48,9 @@ def _finish(build, entries: dict, labels: _Labels, lens: dict, moved=(), in_loop
     return tr
 
 
-def config_trace(build, inputs: dict, seq_lens: dict) -> Trace:
-    """Every layer of the unit at every step, as RETURNN's rec layer computed it (teacher-forced)."""
+def config_trace(build, inputs: dict, seq_lens: dict, extra=None) -> Trace:
+    """Every layer of the unit at every step, as RETURNN's rec layer computed it (teacher-forced); ``extra``: key ->
+    [batch, steps, ...] gradients of each State's value, recorded as ``<key>.grad``."""
     rec, unit = build.rec, build.model.net[build.rec]["unit"]
     fd = build.feed_dict(inputs, seq_lens)
     rec_layer = build.network.layers[rec]
@@ -65,13 +66,19 @@ def config_trace(build, inputs: dict, seq_lens: dict) -> Trace:
             continue
         fetch[path] = layer.output.placeholder
         dims_of[path] = tuple(labels(tag, time_tag) for tag in layer.output.dim_tags)
-    values, lens = build.run_session((fetch, build.rec_lens), feed_dict=fd)
+    values, lens, grads = build.run_session((fetch, build.rec_lens, dict(extra or {})), feed_dict=fd)
     entries = {}
     for path, arr in values.items():
         in_loop = labels.axis in dims_of[path]
         kind = "state" if path.split("/", 1)[1] in states and in_loop else ("layer" if in_loop else "value")
         entries[path] = Entry(path, np.asarray(arr), dims_of[path], kind, (labels.axis,) if in_loop else (),
                               build.model.line(path) or None)
+    for key, grad in grads.items():  # [batch, steps (as fed), ...]: the rec layer's steps
+        grad = np.asarray(grad)[:, :int(np.max(lens))]
+        dims = ("batch", labels.axis) + tuple(d for d in entries[key].dims if d not in ("batch", labels.axis))
+        entries[key + ".grad"] = Entry(key + ".grad", grad, dims, "grad", (labels.axis,), None)
+    if getattr(build, "objective", None) is not None and extra:
+        build.loss_value = float(build.run_session(build.objective, feed_dict=fd))
     moved = [f"{rec}/{n}" for n in list(cell.input_layers_moved_out or []) + list(cell.output_layers_moved_out or [])]
     return _finish(build, entries, labels, {labels.axis: (np.asarray(lens), ("batch",))}, moved,
                    [f"{rec}/{n}" for n in (cell.layers_in_loop or [])])
@@ -131,3 +138,96 @@ def config_search_trace(build, inputs: dict, seq_lens: dict) -> Trace:
     tr._lens[labels.axis] = (np.array([found.hypothesis(b, int(j))["length"] for b, j in enumerate(best)],
                                       np.int32), ("batch",))
     return tr
+
+
+PERTURB = "recdebug_perturb_"  # the extern data keys of the perturbations
+
+
+def config_grad_trace(model, rec: str, inputs: dict, seq_lens: dict, loss) -> Trace:
+    """``m.trace(..., grad_of=loss)``: the trace, and per step the gradient of ``loss`` with respect to each float
+    State's value. Each such State X of the unit gets a perturbation added to its value at every step (X becomes
+    X.unperturbed + frame t of an extern input fed as zeros); the gradient with respect to that input's frame t is
+    exactly dLoss/dX_t, as for the language's ``g.trace(..., grad_of=)``."""
+    from ..language.errors import RecDebugError
+
+    if not isinstance(loss, str) or not loss:
+        raise RecDebugError(f"trace(grad_of=...) of a config: \"objective\" or a layer's name, got {loss!r}")
+    source = model._build("templates", rec)
+    states = {}
+    for name in source.prev_needed:
+        tmpl = source.templates[name].copy_as_batch_major()
+        shape = tuple(tmpl.batch_shape[1:])
+        if tmpl.dtype.startswith("float") and tmpl.batch_dim_axis == 0 and None not in shape:
+            states[name] = shape
+    if not states:
+        raise RecDebugError(f"trace(grad_of=...): the unit of {rec!r} has no float State (a layer read with prev:) "
+                            "with static dims besides the batch")
+    key = ("trace_grad", rec, loss)
+    if key not in model._builds:
+        from .engine import build_apart
+
+        model._builds[key] = build_apart(lambda: _grad_build(model, rec, states, loss))
+    build = model._builds[key]
+    data = build.network.extern_data.data
+    steps = max([np.shape(v)[data[k].time_dim_axis] for k, v in inputs.items()
+                 if k in data and data[k].time_dim_axis is not None] + [1])
+    batch = next(np.shape(v)[0] for v in inputs.values())
+    fed = dict(inputs)
+    for name, shape in states.items():
+        fed[PERTURB + name] = np.zeros((batch, steps) + shape, np.float32)
+    tr = config_trace(build, fed, seq_lens, extra=build.grads)
+    tr.loss = build.loss_value
+    return tr
+
+
+def _grad_build(model, rec: str, states: dict, loss):
+    from .returnn_model import ModelBuild
+
+    class GradBuild(ModelBuild):
+        def prepare(self, net: dict) -> dict:
+            unit = net[rec]["unit"]
+            for name in states:
+                layer = unit.pop(name)
+                unit[name + ".unperturbed"] = dict(layer)
+                unit[name + ".perturbation"] = {"class": "gather", "from": f"base:data:{PERTURB}{name}",
+                                                "axis": "T", "position": ":i"}
+                unit[name] = {"class": "combine", "kind": "add", "from": [name + ".unperturbed",
+                                                                          name + ".perturbation"],
+                              "is_output_layer": True}
+                if "initial_output" in layer:
+                    unit[name]["initial_output"] = layer["initial_output"]
+            return net
+
+        def before_construct(self):
+            from returnn.tf.util.data import Data
+
+            for name, shape in states.items():  # as RETURNN makes its extern data: [batch, time, ...]
+                self.network.extern_data.data[PERTURB + name] = Data(
+                    name=PERTURB + name, shape=(None,) + tuple(shape), dtype="float32", auto_create_placeholders=True)
+
+        def after_construct(self):
+            import tensorflow as tf
+
+            from ..language.errors import RecDebugError
+
+            if loss == "objective":
+                objective = self.network.get_objective()
+                if not isinstance(objective, tf.Tensor):
+                    raise RecDebugError("trace(grad_of=\"objective\"): the network has no loss",
+                                        hint="give a layer a loss, or grad_of=<a layer's name>")
+            else:
+                out = self.network.get_layer(loss).output
+                x, mask = out.placeholder, tf.ones_like(out.placeholder, dtype=tf.bool)
+                for i, tag in enumerate(out.dim_tags):
+                    if tag.is_dynamic() and not tag.is_batch_dim():  # padding frames count for nothing
+                        mask = tf.logical_and(mask, out.get_sequence_mask_broadcast(axis=i))
+                frames = tf.reduce_sum(tf.cast(mask, tf.float32))
+                objective = tf.reduce_sum(tf.where(mask, x, tf.zeros_like(x))) / tf.maximum(frames, 1.0)
+            self.objective = objective
+            self.grads = {}
+            for name in states:
+                ph = self.network.extern_data.data[PERTURB + name].placeholder
+                (grad,) = tf.gradients(objective, [ph])
+                self.grads[f"{rec}/{name}"] = grad if grad is not None else tf.zeros_like(ph)
+
+    return GradBuild(model, "trace_grad", rec)
