@@ -166,44 +166,29 @@ def _register_config_topk():
     register_layer_class(ConfigBeamTopKLayer)
 
 
-class ReturnnStepper(LoopStepper):
-    """Live stepping of a RETURNN config's rec layer: the stepper of ``stepcore``, as ``rd.Stepper``; values by
-    the config's layer paths, batch first."""
+class ConfigLoop:
+    """What a config's rec layer holds for the stepper, read from the model's build with every unit layer in the
+    loop (``source``): its States (the layers read with ``prev:``), the cell states of its rnn_cell layers, its
+    choice layers (the one searched, the others teacher-forced from their targets) and how it ends. What the
+    stepper cannot run one step at a time is refused, naming the layer."""
 
-    graph = None
-    _remake_hint = "make a new stepper: m.stepper(...)"
-    _search_hint = "m.stepper(..., search=True)"
-    _top_prefix = PREFIX
-
-    def __init__(self, model, rec: str, inputs: dict, seq_lens: dict, search: bool = False, beam_size=None):
-        from .engine import build_apart
-
-        self.model, self.rec, self.device = model, rec, model.device
-        unit = model.net[rec]["unit"]
-        rec_dict = model.net[rec]
-        self.loop_name = rec
-        self.search = bool(search)
-        if self.search and "end" not in unit and not rec_dict.get("from"):
-            raise RecDebugError(f"rec layer {rec!r} has no end layer: a search needs one in the unit (RETURNN ends each "
-                                "hypothesis where it is true)", hint='e.g. "end": {"class": "compare", "from": '
-                                                                     '"output", "value": 0}')
-        source = model._build("templates_search" if self.search else "templates", rec)
+    def __init__(self, model, rec: str, source: ModelBuild, search: bool, beam_size):
+        self.model, self.rec = model, rec
+        unit, rec_dict = model.net[rec]["unit"], model.net[rec]
         self._analyze(source, unit)
         choices = [n for n, layer in unit.items() if layer.get("class") == "choice"]
-        if self.search and not choices:
+        if search and not choices:
             raise RecDebugError(f"rec layer {rec!r} has no choice layer: there is no search to step",
                                 hint="step it without search=True (teacher forcing)")
-        if self.search and len(choices) > 1:
+        if search and len(choices) > 1:
             raise RecDebugError(f"rec layer {rec!r} has {len(choices)} choice layers {choices}: live stepping "
                                 "searches over one")
-        self.choice = choices[0] if self.search else None
-        self.searching = self.search
-        self.beam = 1
-        if self.search:
+        self.search, self.choice, self.beam = search, choices[0] if search else None, 1
+        if search:
             self.beam = int(beam_size or unit[self.choice].get("beam_size") or 1)
             if self.beam < 1:
                 raise RecDebugError(f"beam_size must be at least 1, got {self.beam}")
-        forced = {}
+        self.forced = {}
         for name in choices:
             if name == self.choice:
                 continue
@@ -212,12 +197,14 @@ class ReturnnStepper(LoopStepper):
             if not isinstance(target, str):
                 raise RecDebugError(f"choice layer {rec}/{name} has no target to take its labels from (teacher "
                                     "forcing)", hint="step it with search=True")
-            forced[name] = target
-        self.forced = forced
+            self.forced[name] = target
         self.include_eos = bool(rec_dict.get("include_eos", False))
         self.has_end = "end" in unit
         self.unstacked = bool(rec_dict.get("from")) if "from" in rec_dict else False
-        # how many steps: the rec layer's own time axis (teacher forcing, or over its input), or max_seq_len
+
+    def steps(self, source: ModelBuild, inputs: dict, seq_lens: dict) -> tuple:
+        """(batch size, the most steps, per sequence lengths or None): the rec layer's own time axis (teacher
+        forcing, or over its input), or its max_seq_len (a search)."""
         fd = source.feed_dict(inputs, seq_lens)
         batch = None
         for ph, value in fd.items():
@@ -226,49 +213,27 @@ class ReturnnStepper(LoopStepper):
                 break
         if batch is None:
             raise RunError("stepping needs at least one input with the batch axis", hint="m.stepper({'data': x})")
-        self.batch = int(batch)
-        if self.search:
-            self._lens = None
-            self.max_steps = self._max_seq_len(source, fd)
-            if self.unstacked:
-                src = rec_dict["from"] if isinstance(rec_dict["from"], str) else rec_dict["from"][0]
-                key = src[len("data:"):] if src.startswith("data:") else ("data" if src == "data" else None)
-                lens = next(iter(source.sizes.get(key, {}).values()), None) if key else source.layer_lens.get(src)
-                self._lens = np.asarray(source.session.run(lens, feed_dict=fd))
-                self.max_steps = int(min(self.max_steps, self._lens.max()))
-        else:
-            self._lens = np.asarray(source.session.run(source.rec_lens, feed_dict=fd))
-            self.max_steps = int(self._lens.max())
-        self.lengths = self._lens if self._lens is not None and (not self.search or self.unstacked) else None
-        if self.search:  # hypothesis k of sequence b is entry b*K+k
-            inputs = {k: np.repeat(np.asarray(v), self.beam, axis=0) for k, v in inputs.items()}
-            seq_lens = {k: np.repeat(np.asarray(v), self.beam) for k, v in seq_lens.items()}
-        self.engine = build_apart(lambda: ConfigStepEngine(model, rec, source, self._states, self._cells, self.choice,
-                                                           forced, self.beam, self.batch * self.beam,
-                                                           self.max_steps, lengths=self.lengths is not None))
-        self._start()
-        try:
-            self._outputs = dict(self.engine.outputs)  # unit layer -> its value's template, batch first
-            self.after_choice = set(self.engine.after_choice)
-            data = self.engine.network.extern_data.data
-            self._feed = feed_extern_data(self.engine.network, {k: v for k, v in inputs.items() if k in data},
-                                          {k: v for k, v in seq_lens.items() if k in data}, sizes=self.engine.sizes)
-            if self.lengths is not None:
-                self._feed[self.engine.core.lengths_ph] = np.repeat(self.lengths, self.beam).astype(np.int32)
-            self.reset()
-        except BaseException:
-            self.close("it could not be made")
-            raise
+        if not self.search:
+            lens = np.asarray(source.session.run(source.rec_lens, feed_dict=fd))
+            return int(batch), int(lens.max()), lens
+        lens, steps = None, self._max_seq_len(source, fd)
+        if self.unstacked:
+            rec_from = self.model.net[self.rec]["from"]
+            src = rec_from if isinstance(rec_from, str) else rec_from[0]
+            key = src[len("data:"):] if src.startswith("data:") else ("data" if src == "data" else None)
+            found = next(iter(source.sizes.get(key, {}).values()), None) if key else source.layer_lens.get(src)
+            lens = np.asarray(source.session.run(found, feed_dict=fd))
+            steps = int(min(steps, lens.max()))
+        return int(batch), steps, lens
 
-    # --- what the unit holds ---
     def _analyze(self, source: ModelBuild, unit: dict):
         rec = self.rec
         for name, layer in unit.items():
             if layer.get("class") == "rec" and isinstance(layer.get("unit"), dict):
                 raise RecDebugError(f"stepping: layer {rec}/{name} is a rec layer inside the unit (a nested loop); "
                                     "the stepper runs one loop level", hint="m.trace(...) records it")
-        self._states, self._cells = {}, {}
-        self._order = [n for n in unit]
+        self.states, self.cells = {}, {}
+        self.order = [n for n in unit]
         for name in source.prev_needed:
             tmpl = source.templates[name].copy_as_batch_major()
             shape = tuple(tmpl.batch_shape[1:])
@@ -280,7 +245,7 @@ class ReturnnStepper(LoopStepper):
                              tmpl.sparse_dim.description if tmpl.sparse_dim is not None else None)
             st.sparse_tag = tmpl.sparse_dim
             st.initial = _initial_value(unit[name], rec, name)
-            self._states[name] = st
+            self.states[name] = st
         for name, layer in source.loop_layers.items():
             extra = getattr(layer, "rec_vars_outputs", {}) or {}
             if not extra or unit[name].get("class") == "choice":  # a search's scores: the stepper keeps them
@@ -303,7 +268,7 @@ class ReturnnStepper(LoopStepper):
                 tags = [batch_dim] + [Dim(s, name=f"{name}:cell_state{i}:{j}", kind=Dim.Types.Feature)
                                       for j, s in enumerate(shape)]
                 parts.append((shape, t.dtype.name, tags))
-            self._cells[name] = parts
+            self.cells[name] = parts
 
     def _max_seq_len(self, source: ModelBuild, fd: dict) -> int:
         """The search's bound on steps: the rec layer's max_seq_len (a number, or RETURNN's
@@ -326,6 +291,53 @@ class ReturnnStepper(LoopStepper):
                 raise RecDebugError(f"stepping: cannot evaluate max_seq_len {m!r} of {self.rec!r}: {e}") from None
         raise RecDebugError(f"stepping a search of {self.rec!r} needs its max_seq_len (a number, or "
                             "\"max_len_from('base:...')\")")
+
+
+class ReturnnStepper(LoopStepper):
+    """Live stepping of a RETURNN config's rec layer: the stepper of ``stepcore``, as ``rd.Stepper``; values by
+    the config's layer paths, batch first."""
+
+    graph = None
+    _remake_hint = "make a new stepper: m.stepper(...)"
+    _search_hint = "m.stepper(..., search=True)"
+    _top_prefix = PREFIX
+
+    def __init__(self, model, rec: str, inputs: dict, seq_lens: dict, search: bool = False, beam_size=None):
+        from .engine import build_apart
+
+        self.model, self.rec, self.device, self.loop_name = model, rec, model.device, rec
+        self.search = self.searching = bool(search)
+        unit, rec_dict = model.net[rec]["unit"], model.net[rec]
+        if self.search and "end" not in unit and not rec_dict.get("from"):  # (before a build that would fail)
+            raise RecDebugError(f"rec layer {rec!r} has no end layer: a search needs one in the unit (RETURNN ends each "
+                                "hypothesis where it is true)", hint='e.g. "end": {"class": "compare", "from": '
+                                                                     '"output", "value": 0}')
+        source = model._build("templates_search" if self.search else "templates", rec)
+        loop = ConfigLoop(model, rec, source, self.search, beam_size)
+        self._states, self._cells, self._order = loop.states, loop.cells, loop.order
+        self.choice, self.forced, self.beam = loop.choice, loop.forced, loop.beam
+        self.include_eos, self.has_end, self.unstacked = loop.include_eos, loop.has_end, loop.unstacked
+        self.batch, self.max_steps, self._lens = loop.steps(source, inputs, seq_lens)
+        self.lengths = self._lens if self._lens is not None and (not self.search or self.unstacked) else None
+        if self.search:  # hypothesis k of sequence b is entry b*K+k
+            inputs = {k: np.repeat(np.asarray(v), self.beam, axis=0) for k, v in inputs.items()}
+            seq_lens = {k: np.repeat(np.asarray(v), self.beam) for k, v in seq_lens.items()}
+        self.engine = build_apart(lambda: ConfigStepEngine(model, rec, source, self._states, self._cells, self.choice,
+                                                           self.forced, self.beam, self.batch * self.beam,
+                                                           self.max_steps, lengths=self.lengths is not None))
+        self._start()
+        try:
+            self._outputs = dict(self.engine.outputs)  # unit layer -> its value's template, batch first
+            self.after_choice = set(self.engine.after_choice)
+            data = self.engine.network.extern_data.data
+            self._feed = feed_extern_data(self.engine.network, {k: v for k, v in inputs.items() if k in data},
+                                          {k: v for k, v in seq_lens.items() if k in data}, sizes=self.engine.sizes)
+            if self.lengths is not None:
+                self._feed[self.engine.core.lengths_ph] = np.repeat(self.lengths, self.beam).astype(np.int32)
+            self.reset()
+        except BaseException:
+            self.close("it could not be made")
+            raise
 
     def __repr__(self):
         return f"ReturnnStepper({self.rec!r}, {self.status})"
