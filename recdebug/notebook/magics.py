@@ -33,8 +33,84 @@ def _pairs(items, what: str) -> list[tuple[str, str]]:
     return out
 
 
+class NotebookArguments:
+    """What the magics' options name, read from the notebook: a config and its extern data, a checkpoint, arrays,
+    a breakpoint's predicate; each wrong one a UsageError naming the option."""
+
+    def _config(self, token: str, extern_data_var: str | None):
+        """CONFIG of %recdebug: (a config path or a net dict, the extern_data dict or None)."""
+        ns = self.shell.user_ns
+        extern_data = None
+        if extern_data_var is not None:
+            extern_data = self._lookup(extern_data_var, "--extern-data")
+            if not isinstance(extern_data, dict):
+                raise UsageError(f"--extern-data {extern_data_var}: expected a dict as a RETURNN config's "
+                                 f"extern_data, got {type(extern_data).__name__}")
+        if token.isidentifier() and token in ns:
+            value = ns[token]
+            if isinstance(value, dict):
+                if extern_data is None and not any(k in value for k in ("extern_data", "num_inputs", "num_outputs")):
+                    raise UsageError(f"{token} is a net dict: give its extern data with --extern-data VAR (a dict "
+                                     "as a RETURNN config's extern_data, e.g. {'data': {'dim': 9}})")
+                return value, extern_data
+            if not isinstance(value, (str, os.PathLike)):
+                raise UsageError(f"{token} is a {type(value).__name__}: give a RETURNN config file's path or a "
+                                 "variable holding a net dict")
+            token, var = os.fspath(value), token
+        else:
+            var = None
+        path = os.path.expanduser(token)
+        if not os.path.isfile(path):
+            also = f" (the value of {var})" if var else \
+                f" and no notebook variable {token!r}" if token.isidentifier() else ""
+            raise UsageError(f"no config file {path!r}{also}: give the path of a RETURNN config file, or the name "
+                             "of a variable holding a net dict")
+        return path, extern_data
+
+    @staticmethod
+    def _checkpoint(prefix: str) -> str:
+        prefix = _unquote(prefix)
+        path = os.path.expanduser(prefix)
+        path = path[:-len(".index")] if path.endswith(".index") else path
+        if not os.path.exists(path + ".index"):
+            raise UsageError(f"--checkpoint {prefix}: no RETURNN checkpoint there (expected {path}.index); give "
+                             "the prefix RETURNN writes, e.g. model/model.001")
+        return path
+
+    def _array(self, var: str, option: str, key: str):
+        value = self._lookup(var, option)
+        try:
+            kind = np.asarray(value).dtype.kind
+        except ValueError:  # a ragged list
+            kind = "O"
+        if kind not in "biuf":
+            raise UsageError(f"{option} {key}={var}: {var} is a {type(value).__name__}, not an array of numbers "
+                             "(give a numpy array, batch first)")
+        return value
+
+    def _lookup(self, name: str, option: str):
+        if name not in self.shell.user_ns:
+            raise UsageError(f"{option}: no variable {name!r} in the notebook")
+        return self.shell.user_ns[name]
+
+    def _predicate(self, expr: str):
+        from ..records.protocol import on_nonfinite
+
+        expr = _unquote(expr)
+        if expr.lower() in ("nan", "inf", "nonfinite"):
+            return on_nonfinite()
+        linecache.cache[BREAK_FILENAME] = (len(expr), None, [expr + "\n"], BREAK_FILENAME)  # for its errors
+        try:
+            predicate = eval(compile(expr, BREAK_FILENAME, "eval"), self.shell.user_ns)
+        except Exception as e:
+            raise UsageError(f"--break {expr!r}: {type(e).__name__}: {e}") from None
+        if not callable(predicate):
+            raise UsageError(f"--break {expr!r} is not a predicate (a callable taking the stepper)")
+        return predicate
+
+
 @magics_class
-class RecloopMagics(Magics):
+class RecloopMagics(NotebookArguments, Magics):
     def __init__(self, shell):
         super().__init__(shell)
         self._last: RecloopResult | None = None  # closed when the next cell runs, unless stored with -o
@@ -212,77 +288,6 @@ class RecloopMagics(Magics):
             import matplotlib.pyplot as plt
 
             plt.close(result.figure)
-
-    def _config(self, token: str, extern_data_var: str | None):
-        """CONFIG of %recdebug: (a config path or a net dict, the extern_data dict or None)."""
-        ns = self.shell.user_ns
-        extern_data = None
-        if extern_data_var is not None:
-            extern_data = self._lookup(extern_data_var, "--extern-data")
-            if not isinstance(extern_data, dict):
-                raise UsageError(f"--extern-data {extern_data_var}: expected a dict as a RETURNN config's "
-                                 f"extern_data, got {type(extern_data).__name__}")
-        if token.isidentifier() and token in ns:
-            value = ns[token]
-            if isinstance(value, dict):
-                if extern_data is None and not any(k in value for k in ("extern_data", "num_inputs", "num_outputs")):
-                    raise UsageError(f"{token} is a net dict: give its extern data with --extern-data VAR (a dict "
-                                     "as a RETURNN config's extern_data, e.g. {'data': {'dim': 9}})")
-                return value, extern_data
-            if not isinstance(value, (str, os.PathLike)):
-                raise UsageError(f"{token} is a {type(value).__name__}: give a RETURNN config file's path or a "
-                                 "variable holding a net dict")
-            token, var = os.fspath(value), token
-        else:
-            var = None
-        path = os.path.expanduser(token)
-        if not os.path.isfile(path):
-            also = f" (the value of {var})" if var else \
-                f" and no notebook variable {token!r}" if token.isidentifier() else ""
-            raise UsageError(f"no config file {path!r}{also}: give the path of a RETURNN config file, or the name "
-                             "of a variable holding a net dict")
-        return path, extern_data
-
-    @staticmethod
-    def _checkpoint(prefix: str) -> str:
-        prefix = _unquote(prefix)
-        path = os.path.expanduser(prefix)
-        path = path[:-len(".index")] if path.endswith(".index") else path
-        if not os.path.exists(path + ".index"):
-            raise UsageError(f"--checkpoint {prefix}: no RETURNN checkpoint there (expected {path}.index); give "
-                             "the prefix RETURNN writes, e.g. model/model.001")
-        return path
-
-    def _array(self, var: str, option: str, key: str):
-        value = self._lookup(var, option)
-        try:
-            kind = np.asarray(value).dtype.kind
-        except ValueError:  # a ragged list
-            kind = "O"
-        if kind not in "biuf":
-            raise UsageError(f"{option} {key}={var}: {var} is a {type(value).__name__}, not an array of numbers "
-                             "(give a numpy array, batch first)")
-        return value
-
-    def _lookup(self, name: str, option: str):
-        if name not in self.shell.user_ns:
-            raise UsageError(f"{option}: no variable {name!r} in the notebook")
-        return self.shell.user_ns[name]
-
-    def _predicate(self, expr: str):
-        from ..records.protocol import on_nonfinite
-
-        expr = _unquote(expr)
-        if expr.lower() in ("nan", "inf", "nonfinite"):
-            return on_nonfinite()
-        linecache.cache[BREAK_FILENAME] = (len(expr), None, [expr + "\n"], BREAK_FILENAME)  # for its errors
-        try:
-            predicate = eval(compile(expr, BREAK_FILENAME, "eval"), self.shell.user_ns)
-        except Exception as e:
-            raise UsageError(f"--break {expr!r}: {type(e).__name__}: {e}") from None
-        if not callable(predicate):
-            raise UsageError(f"--break {expr!r} is not a predicate (a callable taking the stepper)")
-        return predicate
 
 
 def load_ipython_extension(ip):
