@@ -239,8 +239,10 @@ def test_a_recorded_trace_says_every_step_is_recorded_and_draws_each(lab, page):
         seq.press("Enter")
         expect(heat.locator(".rd-readout")).not_to_have_text(before)  # sequence 1 has arrived
         check_values(page, heat, values[1], 9)  # every step, the cursor on t=0
+        before = heat.locator(".rd-readout").inner_text()
         seq.fill("0")
         seq.press("Enter")
+        expect(heat.locator(".rd-readout")).not_to_have_text(before)  # sequence 0 is drawn again (not only asked for)
         expect(heat).to_have_attribute("data-cursor", "0")
         check_values(page, heat, values[0, :3], 9)  # its valid steps; the garbage frames after them are padding
         for t in (3, 8):
