@@ -319,15 +319,20 @@ SEARCH_NET = {  # an attention decoder that picks its own labels: a choice layer
 SEARCH_DATA = {"data": {"dim": 5}, "classes": {"dim": 6, "sparse": True, "available_for_inference": False}}
 
 
-@pytest.mark.parametrize("beam", [4, 1])
-def test_live_search_equals_returnns_own_search(rng, beam):
+def search_model(rng, beam: int):
+    """SEARCH_NET with the given beam size, and its input: ragged lengths, garbage in the padding frames."""
     net = {k: dict(v) for k, v in SEARCH_NET.items()}
     net["output"]["unit"] = {k: dict(v) for k, v in net["output"]["unit"].items()}
     net["output"]["unit"]["output"]["beam_size"] = beam
-    m = rd.from_returnn(net, extern_data=SEARCH_DATA)
     x = rng.standard_normal((5, 4, 5)).astype(np.float32)
     lens = np.array([4, 2, 3, 1, 4])
-    x[np.arange(4)[None, :] >= lens[:, None]] = 1e3  # garbage in the padding frames
+    x[np.arange(4)[None, :] >= lens[:, None]] = 1e3
+    return rd.from_returnn(net, extern_data=SEARCH_DATA), x, lens
+
+
+@pytest.mark.parametrize("beam", [4, 1])
+def test_live_search_equals_returnns_own_search(rng, beam):
+    m, x, lens = search_model(rng, beam)
     res = m.run({"data": x}, seq_lens={"data": lens}, search=True)  # RETURNN's own beam search
     st = m.stepper({"data": x}, seq_lens={"data": lens}, search=True)
     assert st.beam == beam and st.T == 8  # max_len_from('base:encoder') * 2
@@ -357,13 +362,7 @@ def test_a_configs_search_trace_is_returnns_search_and_the_live_search_steps_thr
     """m.trace(search=True): every hypothesis of every step as RETURNN's own search computed it. Checked against
     RETURNN's final beam (its decide layer), against RETURNN's loop fed the best hypotheses as targets, and the
     live search against it at every step, for every hypothesis not ended before the step."""
-    net = {k: dict(v) for k, v in SEARCH_NET.items()}
-    net["output"]["unit"] = {k: dict(v) for k, v in net["output"]["unit"].items()}
-    net["output"]["unit"]["output"]["beam_size"] = beam
-    m = rd.from_returnn(net, extern_data=SEARCH_DATA)
-    x = rng.standard_normal((5, 4, 5)).astype(np.float32)
-    lens = np.array([4, 2, 3, 1, 4])
-    x[np.arange(4)[None, :] >= lens[:, None]] = 1e3  # garbage in the padding frames
+    m, x, lens = search_model(rng, beam)
     res = m.run({"data": x}, seq_lens={"data": lens}, search=True)
     tr = m.trace({"data": x}, seq_lens={"data": lens}, search=True)
     bm = tr.beams("output/output")

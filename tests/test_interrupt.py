@@ -10,21 +10,9 @@ import sys
 
 import numpy as np
 
-CHILD = r'''
-import json, os, signal, threading, time as clock
-import numpy as np
-import recdebug as rd
-
-batch, time, feat, hid = rd.batch_dim, rd.Dim("time"), rd.Dim("feat", 8), rd.Dim("hid", 512)
-with rd.Graph() as g:
-    x = rd.Input("x", {batch, time, feat})
-    h = rd.State({batch, hid}, initial=0)
-    lin_x, lin_h = rd.Linear(hid), rd.Linear(hid)
-    with rd.Loop() as loop:
-        h.assign(rd.tanh(lin_x(loop.unstack(x)) + lin_h(h.get())))
-        last = loop.last(h.get())
-small = {"x": np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32)}
-long = {"x": np.zeros((1, 20000, 8), np.float32)}
+# the start of each child script: SIGINT during a call, and how long until it stopped
+DELAY = r'''
+import os, signal, threading, time as clock
 
 
 def delay_of_interrupt(call):
@@ -43,6 +31,24 @@ def delay_of_interrupt(call):
         return clock.monotonic() - sent[0]
     timer.cancel()
     return None
+
+'''
+
+CHILD = DELAY + r'''
+import json
+import numpy as np
+import recdebug as rd
+
+batch, time, feat, hid = rd.batch_dim, rd.Dim("time"), rd.Dim("feat", 8), rd.Dim("hid", 512)
+with rd.Graph() as g:
+    x = rd.Input("x", {batch, time, feat})
+    h = rd.State({batch, hid}, initial=0)
+    lin_x, lin_h = rd.Linear(hid), rd.Linear(hid)
+    with rd.Loop() as loop:
+        h.assign(rd.tanh(lin_x(loop.unstack(x)) + lin_h(h.get())))
+        last = loop.last(h.get())
+small = {"x": np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32)}
+long = {"x": np.zeros((1, 20000, 8), np.float32)}
 
 
 before = g.run(small)
@@ -80,8 +86,8 @@ def test_ctrl_c_interrupts_run_and_trace_at_once_and_the_graph_stays_usable(tmp_
     np.testing.assert_array_less(out["max_err"], 1e-5)
 
 
-CONFIG_CHILD = r'''
-import json, os, signal, sys, threading, time as clock
+CONFIG_CHILD = DELAY + r'''
+import json, sys
 import numpy as np
 import recdebug as rd
 sys.path.insert(0, "tests")
@@ -91,25 +97,6 @@ m = rd.from_returnn(DEMOS / "demo-tf-rec-explicit-lstm.config")
 rng = np.random.default_rng(0)
 small = {"data": rng.standard_normal((2, 4, 9)).astype(np.float32)}
 long = {"data": np.zeros((1, 200000, 9), np.float32)}
-
-
-def delay_of_interrupt(call):
-    sent = []
-
-    def send():
-        sent.append(clock.monotonic())
-        os.kill(os.getpid(), signal.SIGINT)
-
-    timer = threading.Timer(0.5, send)
-    timer.start()
-    try:
-        call()
-    except KeyboardInterrupt:
-        return clock.monotonic() - sent[0]
-    timer.cancel()
-    return None
-
-
 before, trace_before = m.run(small).numpy("output"), m.trace(small).numpy("lstm/c")
 out = {"run": delay_of_interrupt(lambda: m.run(long)), "trace": delay_of_interrupt(lambda: m.trace(long))}
 out["run_same"] = bool(np.array_equal(before, m.run(small).numpy("output")))

@@ -33,14 +33,7 @@ class GradEngine(Engine):
     def finish(self) -> None:
         import tensorflow as tf
 
-        out = self.network.get_layer(self.emitted.layer_of[self.loss_tensor]).output
-        x = out.placeholder
-        mask = tf.ones_like(x, dtype=tf.bool)
-        for i, tag in enumerate(out.dim_tags):
-            if tag.is_dynamic() and not tag.is_batch_dim():  # padding frames count for nothing
-                mask = tf.logical_and(mask, out.get_sequence_mask_broadcast(axis=i))
-        frames = tf.reduce_sum(tf.cast(mask, tf.float32))
-        self.objective = tf.reduce_sum(tf.where(mask, x, tf.zeros_like(x))) / tf.maximum(frames, 1.0)
+        self.objective = mean_over_frames(self.network.get_layer(self.emitted.layer_of[self.loss_tensor]).output)
         self.grads = {}
         for path, (key, state, loop) in self.emitted.perturb.items():
             ph = self.network.extern_data.data[key].placeholder
@@ -73,6 +66,19 @@ class GradEngine(Engine):
             out[path + ".grad"] = Entry(path + ".grad", values[path], tuple(label(d) for d in order), "grad",
                                         (label(loop.axis),), None)
         return out
+
+
+def mean_over_frames(out):
+    """The mean of a RETURNN output's values over its valid frames (padding frames count for nothing)."""
+    import tensorflow as tf
+
+    x = out.placeholder
+    mask = tf.ones_like(x, dtype=tf.bool)
+    for i, tag in enumerate(out.dim_tags):
+        if tag.is_dynamic() and not tag.is_batch_dim():
+            mask = tf.logical_and(mask, out.get_sequence_mask_broadcast(axis=i))
+    frames = tf.reduce_sum(tf.cast(mask, tf.float32))
+    return tf.reduce_sum(tf.where(mask, x, tf.zeros_like(x))) / tf.maximum(frames, 1.0)
 
 
 def grad_trace(g, inputs: dict, seq_lens: dict, loss, device=None, optimize=True, seed=0, params=None,

@@ -114,7 +114,8 @@ class ConfigStepEngine(Build):
             flags = tf.reshape(tf.cast(self.outputs["end"].placeholder, tf.bool), [-1])
             end = tf.broadcast_to(flags, [batch])
         self.core.finish(new, init, reordered, end=end, chooser=chooser,
-                         end_reordered=PREFIX + "end" not in self.after_choice, include_eos=include_eos)
+                         end_reordered=PREFIX + "end" not in self.after_choice, include_eos=include_eos,
+                         hidden=set(new) - set(states.values()))
 
     def restore(self):
         """Every parameter of the step net gets its value from the model's build (the checkpoint's values), all in
@@ -357,9 +358,6 @@ class ReturnnStepper(LoopStepper):
                 return st
         raise RecDebugError(f"no State {x!r} in {self.rec!r}; the layers read with prev: are "
                             f"{sorted(s.key for s in self._states.values())}")
-
-    def nonfinite_at(self, step: int) -> list:
-        return [s for s in super().nonfinite_at(step) if isinstance(s, ConfigState)]
 
     # --- values ---
     def value(self, x, at: int | None = None) -> np.ndarray:

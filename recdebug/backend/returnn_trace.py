@@ -48,9 +48,10 @@ def _finish(build, entries: dict, labels: _Labels, lens: dict, moved=(), in_loop
     return tr
 
 
-def config_trace(build, inputs: dict, seq_lens: dict, extra=None) -> Trace:
+def config_trace(build, inputs: dict, seq_lens: dict, extra=None, loss=None) -> Trace:
     """Every layer of the unit at every step, as RETURNN's rec layer computed it (teacher-forced); ``extra``: key ->
-    [batch, steps, ...] gradients of each State's value, recorded as ``<key>.grad``."""
+    [batch, steps, ...] gradients of each State's value, recorded as ``<key>.grad``; ``loss``: their loss (a scalar
+    tensor), its value kept as ``tr.loss``."""
     rec, unit = build.rec, build.model.net[build.rec]["unit"]
     fd = build.feed_dict(inputs, seq_lens)
     rec_layer = build.network.layers[rec]
@@ -66,7 +67,8 @@ def config_trace(build, inputs: dict, seq_lens: dict, extra=None) -> Trace:
             continue
         fetch[path] = layer.output.placeholder
         dims_of[path] = tuple(labels(tag, time_tag) for tag in layer.output.dim_tags)
-    values, lens, grads = build.run_session((fetch, build.rec_lens, dict(extra or {})), feed_dict=fd)
+    values, lens, grads, loss_value = build.run_session(
+        (fetch, build.rec_lens, dict(extra or {}), loss if loss is not None else []), feed_dict=fd)
     entries = {}
     for path, arr in values.items():
         in_loop = labels.axis in dims_of[path]
@@ -77,11 +79,12 @@ def config_trace(build, inputs: dict, seq_lens: dict, extra=None) -> Trace:
         grad = np.asarray(grad)[:, :int(np.max(lens))]
         dims = ("batch", labels.axis) + tuple(d for d in entries[key].dims if d not in ("batch", labels.axis))
         entries[key + ".grad"] = Entry(key + ".grad", grad, dims, "grad", (labels.axis,), None)
-    if getattr(build, "objective", None) is not None and extra:
-        build.loss_value = float(build.run_session(build.objective, feed_dict=fd))
     moved = [f"{rec}/{n}" for n in list(cell.input_layers_moved_out or []) + list(cell.output_layers_moved_out or [])]
-    return _finish(build, entries, labels, {labels.axis: (np.asarray(lens), ("batch",))}, moved,
-                   [f"{rec}/{n}" for n in (cell.layers_in_loop or [])])
+    tr = _finish(build, entries, labels, {labels.axis: (np.asarray(lens), ("batch",))}, moved,
+                 [f"{rec}/{n}" for n in (cell.layers_in_loop or [])])
+    if loss is not None:
+        tr.loss = float(loss_value)
+    return tr
 
 
 def config_search_trace(build, inputs: dict, seq_lens: dict) -> Trace:
@@ -175,12 +178,11 @@ def config_grad_trace(model, rec: str, inputs: dict, seq_lens: dict, loss) -> Tr
     fed = dict(inputs)
     for name, shape in states.items():
         fed[PERTURB + name] = np.zeros((batch, steps) + shape, np.float32)
-    tr = config_trace(build, fed, seq_lens, extra=build.grads)
-    tr.loss = build.loss_value
-    return tr
+    return config_trace(build, fed, seq_lens, extra=build.grads, loss=build.objective)
 
 
 def _grad_build(model, rec: str, states: dict, loss):
+    from .grads import mean_over_frames
     from .returnn_model import ModelBuild
 
     class GradBuild(ModelBuild):
@@ -216,13 +218,7 @@ def _grad_build(model, rec: str, states: dict, loss):
                     raise RecDebugError("trace(grad_of=\"objective\"): the network has no loss",
                                         hint="give a layer a loss, or grad_of=<a layer's name>")
             else:
-                out = self.network.get_layer(loss).output
-                x, mask = out.placeholder, tf.ones_like(out.placeholder, dtype=tf.bool)
-                for i, tag in enumerate(out.dim_tags):
-                    if tag.is_dynamic() and not tag.is_batch_dim():  # padding frames count for nothing
-                        mask = tf.logical_and(mask, out.get_sequence_mask_broadcast(axis=i))
-                frames = tf.reduce_sum(tf.cast(mask, tf.float32))
-                objective = tf.reduce_sum(tf.where(mask, x, tf.zeros_like(x))) / tf.maximum(frames, 1.0)
+                objective = mean_over_frames(self.network.get_layer(loss).output)
             self.objective = objective
             self.grads = {}
             for name in states:

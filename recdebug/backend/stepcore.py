@@ -138,7 +138,7 @@ class StepBuffers:
         return self._keys[key]
 
     def finish(self, new: dict, init: dict, reordered: set, end=None, chooser=None, end_reordered=False,
-               include_eos=False, lengths=None):
+               include_eos=False, lengths=None, hidden=()):
         """The ops, once the step net is built.
 
         ``new``/``init``: key -> the State's value after the step / its initial value (broadcast to one step's
@@ -146,7 +146,8 @@ class StepBuffers:
         before the choice, per hypothesis of the previous step (taken through the backpointers). ``end``: the end
         flags [batch] of a loop that ends by a flag (None: it runs its lengths, or to its bound); ``end_reordered``:
         they were computed before the choice. ``chooser``: the step net's top-k layer (``stepsearch``).
-        ``lengths``: the steps of each entry, a tensor of the build (default: ``lengths_ph``, if made)."""
+        ``lengths``: the steps of each entry, a tensor of the build (default: ``lengths_ph``, if made).
+        ``hidden``: keys of buffers that are no State of the user's (a cell's own state): not checked for NaN."""
         import tensorflow as tf
 
         t, batch = self.t, self.batch
@@ -184,7 +185,7 @@ class StepBuffers:
             mask = masks[len(shape)]
             frozen = tf.where(mask, value, old)
             updates.append(tf.compat.v1.scatter_update(var, next_row, tf.expand_dims(frozen, 0)))
-            if dtype.startswith("float"):
+            if dtype.startswith("float") and key not in hidden:
                 nonfinite[key] = tf.reduce_any(tf.logical_and(tf.logical_not(tf.math.is_finite(frozen)), mask))
             first = init[key] if init[key].dtype.base_dtype == tf.as_dtype(dtype) else tf.cast(init[key], dtype)
             first = tf.broadcast_to(first, [batch] + list(shape[1:]))
