@@ -17,6 +17,7 @@ from ..language.dims import Dim, dim_named, sorted_dims
 from ..language.errors import DimError, RunError, running_cell, user_line
 from ..emission.netdict import Emitted, emit
 from .build import Build
+from .recording import layer_outputs
 from .feeding import Feeding, _batch, _batch_size, check_feeds, checked_numbers
 from .tracing import DEFAULT_TRACE_BYTES, Tracing, check_capture
 
@@ -212,18 +213,9 @@ class Engine(Build, Tracing, Feeding):
         return {path: session.run(var) for path, (param, var) in self.param_vars.items()}
 
     def _fetches(self, layer_names: dict, lens: dict):
-        """Placeholders and rd dims of top-level layers, plus the lengths of dynamic dims not fed."""
-        fetch, dims_of, length_fetch = {}, {}, {}
-        for key, name in layer_names.items():
-            out = self.network.get_layer(name).output
-            dims = tuple(self.emitted.rd_dim(d) for d in out.dim_tags)
-            fetch[key] = out.placeholder
-            dims_of[key] = dims
-            for d, rd in zip(out.dim_tags, dims):
-                if rd is not None and rd.is_dynamic and rd not in lens and rd not in length_fetch:
-                    size = d.dyn_size_ext
-                    length_fetch[rd] = (size.placeholder, tuple(self.emitted.rd_dim(s) for s in size.dim_tags))
-        return fetch, dims_of, length_fetch
+        """Output tensors and rd dims of top-level layers, plus the lengths of dynamic dims not fed."""
+        fetch, dims_of, sizes = layer_outputs(self.network, layer_names, self.emitted.rd_dim)
+        return fetch, dims_of, {d: v for d, v in sizes.items() if d is not None and d.is_dynamic and d not in lens}
 
     def run(self, inputs: dict, seq_lens: dict, targets: dict | None = None) -> "Result":
         fd, lens, arrays = self.feed_dict(inputs, seq_lens)

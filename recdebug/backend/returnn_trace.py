@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..records.trace import DimInfo, Entry, Trace
+from .recording import beam_dims, beam_steps, best_lengths, choice_steps, layer_outputs, moved_out
 
 
 class _Labels:
@@ -38,14 +39,25 @@ class _Labels:
         return lab
 
 
-def _finish(build, entries: dict, labels: _Labels, lens: dict, moved=(), in_loop=(), beams=None) -> Trace:
+def _finish(build, entries: dict, labels: _Labels, lens: dict, beams=None) -> Trace:
     model, rec = build.model, build.rec
     states = {f"{rec}/{s}" for s in build.network.layers[rec].cell.prev_layers_needed}
-    tr = Trace(entries, labels.dims, lens, moved_out=list(moved), in_loop=list(in_loop), device=model.device,
-               dim_labels={})
+    moved, in_loop = moved_out(build.network, {f"{rec}/{n}" for n in model.net[rec]["unit"]})
+    if beams:  # a search: every layer in the loop
+        moved, in_loop = [], sorted(f"{rec}/{n}" for n in model.net[rec]["unit"])
+    tr = Trace(entries, labels.dims, lens, moved_out=moved, in_loop=in_loop, device=model.device, dim_labels={})
     tr._saved = {"hierarchy": model.hierarchy(rec, set(moved), set(in_loop), states), "net_text": model.net_text(),
                  "beams": beams or {}}
     return tr
+
+
+def _entry(build, states: set, path: str, arr, dims: tuple, axis: str) -> Entry:
+    name = path.split("/", 1)[1]
+    in_loop = axis in dims
+    kind = "search" if path.endswith((".scores", ".backpointers")) else \
+        "state" if name in states and in_loop else "layer" if in_loop else "value"
+    line = build.model.line(path.split(".", 1)[0] if kind == "search" else path)
+    return Entry(path, np.asarray(arr), dims, kind, (axis,) if in_loop else (), line or None)
 
 
 def config_trace(build, inputs: dict, seq_lens: dict, extra=None, loss=None) -> Trace:
@@ -55,33 +67,19 @@ def config_trace(build, inputs: dict, seq_lens: dict, extra=None, loss=None) -> 
     rec, unit = build.rec, build.model.net[build.rec]["unit"]
     fd = build.feed_dict(inputs, seq_lens)
     rec_layer = build.network.layers[rec]
-    time_tag, cell = rec_layer.output.get_time_dim_tag(), rec_layer.cell
-    states = set(cell.prev_layers_needed)
+    time_tag, states = rec_layer.output.get_time_dim_tag(), set(rec_layer.cell.prev_layers_needed)
     labels = _Labels(rec)
-    fetch, dims_of = {}, {}
-    for name in unit:
-        path = f"{rec}/{name}"
-        try:
-            layer = build.network.get_layer(path)
-        except Exception:  # e.g. a layer RETURNN builds only when searching
-            continue
-        fetch[path] = layer.output.placeholder
-        dims_of[path] = tuple(labels(tag, time_tag) for tag in layer.output.dim_tags)
+    # (a layer RETURNN builds only when searching is left out)
+    fetch, dims_of, _ = layer_outputs(build.network, {f"{rec}/{n}": f"{rec}/{n}" for n in unit},
+                                      lambda tag: labels(tag, time_tag), skip_missing=True)
     values, lens, grads, loss_value = build.run_session(
         (fetch, build.rec_lens, dict(extra or {}), loss if loss is not None else []), feed_dict=fd)
-    entries = {}
-    for path, arr in values.items():
-        in_loop = labels.axis in dims_of[path]
-        kind = "state" if path.split("/", 1)[1] in states and in_loop else ("layer" if in_loop else "value")
-        entries[path] = Entry(path, np.asarray(arr), dims_of[path], kind, (labels.axis,) if in_loop else (),
-                              build.model.line(path) or None)
+    entries = {path: _entry(build, states, path, arr, dims_of[path], labels.axis) for path, arr in values.items()}
     for key, grad in grads.items():  # [batch, steps (as fed), ...]: the rec layer's steps
         grad = np.asarray(grad)[:, :int(np.max(lens))]
         dims = ("batch", labels.axis) + tuple(d for d in entries[key].dims if d not in ("batch", labels.axis))
         entries[key + ".grad"] = Entry(key + ".grad", grad, dims, "grad", (labels.axis,), None)
-    moved = [f"{rec}/{n}" for n in list(cell.input_layers_moved_out or []) + list(cell.output_layers_moved_out or [])]
-    tr = _finish(build, entries, labels, {labels.axis: (np.asarray(lens), ("batch",))}, moved,
-                 [f"{rec}/{n}" for n in (cell.layers_in_loop or [])])
+    tr = _finish(build, entries, labels, {labels.axis: (np.asarray(lens), ("batch",))})
     if loss is not None:
         tr.loss = float(loss_value)
     return tr
@@ -91,55 +89,35 @@ def config_search_trace(build, inputs: dict, seq_lens: dict) -> Trace:
     """RETURNN's beam search of the rec layer: each unit layer's value for every hypothesis at every step
     ([time, batch, beam, ...]) before RETURNN resolved the final best ones, the choice's scores and backpointers;
     the time axis' lengths are those of each sequence's best hypothesis."""
-    import tensorflow as tf
-
     from ..emission.stepnet import readers_of
     from ..emission.confignet import layer_refs
 
     rec, unit, choice = build.rec, build.model.net[build.rec]["unit"], build.choice
     fd = build.feed_dict(inputs, seq_lens)
     cell = build.network.layers[rec].cell
-    acc = cell.final_acc_tas_dict
     k = int(unit[choice].get("beam_size") or 1)
     labels = _Labels(rec, beam=k)
     fetch, dims_of = {}, {}
-    with build.tf_graph.as_default():
-        for name in list(unit) + [choice + ".scores"]:
-            ta, layer = acc.get(f"output_{name}"), cell.net.layers.get(name)
-            if ta is None or layer is None or layer.output.batch_dim_axis is None:
-                continue
-            out, b = layer.output, layer.output.batch_dim_axis
-            rest = [labels(t) for i, t in enumerate(out.dim_tags) if i != b]
-            steps = ta.stack()  # [T, batch * beam, ...] in the in-loop layer's axis order
-            if out.beam is None:  # one value per sequence (a frame of an input): the same for each hypothesis
-                steps = tf.repeat(tf.expand_dims(steps, 2 + b), k, axis=2 + b)
-            else:
-                shape = tf.shape(steps)
-                steps = tf.reshape(steps, tf.concat([shape[:1 + b], [-1, k], shape[2 + b:]], 0))
-            fetch[f"{rec}/{name}"] = steps
-            dims_of[f"{rec}/{name}"] = (labels.axis,) + tuple(rest[:b]) + ("batch", "beam") + tuple(rest[b:])
-        fetch[f"{rec}/{choice}.backpointers"] = acc[f"choice_{choice}"].stack()  # [T, batch, beam]
-    values = build.run_session(fetch, feed_dict=fd)
     key = f"{rec}/{choice}"
+    with build.tf_graph.as_default():
+        for name in unit:
+            found = beam_steps(cell, name, k)
+            if found is not None and name in cell.net.layers:
+                fetch[f"{rec}/{name}"], tags, b = found
+                dims_of[f"{rec}/{name}"] = beam_dims(tags, b, labels, labels.axis, "batch", "beam")
+        fetch[key + ".backpointers"], fetch[key + ".scores"] = choice_steps(cell, choice, k)
     dims_of[key + ".scores"] = dims_of[key + ".backpointers"] = (labels.axis, "batch", "beam")
+    values = build.run_session(fetch, feed_dict=fd)
     states = set(cell.prev_layers_needed)
-    entries = {}
-    for path, arr in values.items():
-        name = path.split("/", 1)[1]
-        kind = "search" if path.endswith((".scores", ".backpointers")) else "state" if name in states else "layer"
-        entries[path] = Entry(path, np.asarray(arr), dims_of[path], kind, (labels.axis,),
-                              build.model.line(path.split(".", 1)[0] if kind == "search" else path) or None)
+    entries = {path: _entry(build, states, path, arr, dims_of[path], labels.axis) for path, arr in values.items()}
     unstacked = bool(build.model.net[rec].get("from"))
     beams = {key: {"end": f"{rec}/end" if f"{rec}/end" in entries else None, "lens_axis": None,
                    "include_eos": bool(build.model.net[rec].get("include_eos")) or unstacked}}
-    tr = _finish(build, entries, labels, {}, (), [f"{rec}/{n}" for n in unit], beams)
+    tr = _finish(build, entries, labels, {}, beams)
     after = readers_of(unit, set(unit), {choice}, refs=lambda d: [r.partition("/")[0] for r in layer_refs(d)
                                                                    if not r.startswith(("prev:", "base:"))])
     tr.after_choice = {f"{rec}/{n}" for n in after}
-    found = tr.beams(key)  # a sequence's steps: those of its best hypothesis
-    best = found.scores[-1].argmax(axis=1)
-    tr._lens[labels.axis] = (np.array([found.hypothesis(b, int(j))["length"] for b, j in enumerate(best)],
-                                      np.int32), ("batch",))
+    tr._lens[labels.axis] = (best_lengths(tr, key), ("batch",))  # a sequence's steps: its best hypothesis'
     return tr
 
 

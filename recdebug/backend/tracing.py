@@ -10,6 +10,7 @@ import numpy as np
 from ..emission.netdict import derived_from
 from ..language.errors import RecDebugError, RunError
 from .feeding import _batch, _batch_size
+from .recording import beam_dims, beam_steps, best_lengths, choice_steps, moved_out
 
 if TYPE_CHECKING:
     from ..records.trace import Trace
@@ -124,11 +125,7 @@ class Tracing:
             for y in self.graph.choices:
                 axis = y.scope.axis
                 if id(axis) in labels and label(axis) not in trace._lens:
-                    beams = trace.beams(y)
-                    best = beams.scores[-1].argmax(axis=1)
-                    lens_best = np.array([beams.hypothesis(b, int(k))["length"] for b, k in enumerate(best)],
-                                         dtype=np.int32)
-                    trace._lens[label(axis)] = (lens_best, (label(_batch()),))
+                    trace._lens[label(axis)] = (best_lengths(trace, y), (label(_batch()),))
         return trace
 
     def _label_axes(self) -> dict:
@@ -143,8 +140,6 @@ class Tracing:
         """With search: every step's values of every hypothesis, as RETURNN accumulated them before it resolved
         them to the final best ones: [steps, batch, beam, ...], plus per step the scores and backpointers.
         Built once per engine."""
-        import tensorflow as tf
-
         if getattr(self, "_beam_cache", None) is not None:
             return self._beam_cache
         em, fetch, dims_of = self.emitted, {}, {}
@@ -154,71 +149,25 @@ class Tracing:
                 if not choices or loop.parent is not self.graph.top:
                     continue
                 cell = self.network.get_layer(path).cell
-                acc = cell.final_acc_tas_dict
                 beam = choices[0].attrs["beam"]
-                k = beam.size
-                keys = [key for key, (_, _, loops) in em.trace_info.items() if loops[-1:] == (loop,)]
-                for key in keys:
-                    name = em.beam_alias.get(key, key.rsplit("/", 1)[-1])  # the same for every hypothesis: its copy
-                    ta = acc.get(f"output_{name}")
-                    if ta is None:
+                for key, (_, _, loops) in em.trace_info.items():
+                    if loops[-1:] != (loop,):
                         continue
-                    # the axes as accumulated: the layer's own output in the loop (its template may order them
-                    # otherwise, e.g. a value stacked by another loop, time-major there, batch-major here)
-                    in_loop = cell.net.layers.get(name)
-                    template = (in_loop or cell.layer_data_templates[name]).output
-                    steps = ta.stack()  # [T, batch * beam, ...] in the in-loop layer's axis order
-                    dims = [em.rd_dim(tg) for tg in template.dim_tags]
-                    b_axis = template.batch_dim_axis
-                    shape = tf.shape(steps)
-                    if template.beam is None:  # one value per sequence (a frame of the input): the same for each
-                        fetch[key] = tf.repeat(tf.expand_dims(steps, 2 + b_axis), k, axis=2 + b_axis)
-                    else:
-                        new_shape = tf.concat([shape[:1 + b_axis], [-1, k], shape[2 + b_axis:]], 0)
-                        fetch[key] = tf.reshape(steps, new_shape)
-                    dims_of[key] = (loop.axis,) + tuple(dims[:b_axis]) + (_batch(), beam) + tuple(dims[b_axis + 1:])
+                    # a layer the same for every hypothesis is read from its copy with the beam
+                    found = beam_steps(cell, em.beam_alias.get(key, key.rsplit("/", 1)[-1]), beam.size)
+                    if found is not None:
+                        fetch[key], tags, b = found
+                        dims_of[key] = beam_dims(tags, b, em.rd_dim, loop.axis, _batch(), beam)
                 for y in choices:
                     key = f"{path}/{y.name}"
-                    src = acc[f"choice_{y.name}"].stack()  # [T, batch, beam] backpointers
-                    fetch[key + ".backpointers"] = src
-                    dims_of[key + ".backpointers"] = (loop.axis, _batch(), beam)
-                    scores = acc[f"output_{y.name}.scores"].stack()
-                    fetch[key + ".scores"] = tf.reshape(scores, [tf.shape(scores)[0], -1, k])
-                    dims_of[key + ".scores"] = (loop.axis, _batch(), beam)
+                    fetch[key + ".backpointers"], fetch[key + ".scores"] = choice_steps(cell, y.name, beam.size)
+                    dims_of[key + ".backpointers"] = dims_of[key + ".scores"] = (loop.axis, _batch(), beam)
         self._beam_cache = (fetch, dims_of, {})
         return self._beam_cache
 
-    def rec_layers(self) -> dict:
-        """Rec layer path -> the constructed RETURNN RecLayer (nested ones from their enclosing loop's cell)."""
-        from returnn.tf.layers.rec import RecLayer
-
-        found = {}
-
-        def visit(layers: dict, prefix: str):
-            for name, layer in layers.items():
-                if isinstance(layer, RecLayer) and prefix + name not in found:
-                    found[prefix + name] = layer
-                    cell = layer.cell
-                    for net in (cell.net, cell.input_layers_net, cell.output_layers_net):
-                        if net is not None:
-                            visit(net.layers, prefix + name + "/")
-
-        visit(self.network.layers, "")
-        return found
-
     def moved_out(self) -> tuple[list, list]:
         """(in-loop layers RETURNN moved out of their loop, layers it kept inside), as layer paths."""
-        ours = set(self.emitted.lines) | set(self.emitted.trace_info)
-        moved, kept = [], []
-        for path, rec in self.rec_layers().items():
-            cell = rec.cell
-            for name in list(cell.input_layers_moved_out or []) + list(cell.output_layers_moved_out or []):
-                if f"{path}/{name}" in ours:
-                    moved.append(f"{path}/{name}")
-            for name in cell.layers_in_loop or []:
-                if f"{path}/{name}" in ours:
-                    kept.append(f"{path}/{name}")
-        return sorted(set(moved)), sorted(set(kept) - set(moved))
+        return moved_out(self.network, set(self.emitted.lines) | set(self.emitted.trace_info))
 
 
 def _derived_entry(key, how, entries, arrays, label, kind, axes, line):
