@@ -19,7 +19,7 @@ from ..emission.confignet import PREFIX, config_step_net
 from ..language.errors import RecDebugError, RunError
 from .build import Build
 from .returnn_model import ModelBuild, behavior_version, extern_sizes, feed_extern_data
-from .stepcore import LoopStepper, StepBuffers, building
+from .stepcore import ViewKey, LoopStepper, StepBuffers, building
 
 
 class ConfigState:
@@ -393,39 +393,27 @@ class ReturnnStepper(LoopStepper):
         return self._set_buffer(st, value.reshape((self.batch * self.beam,) + st.shape))
 
     # --- what the debugger asks ---
-    def view_keys(self) -> list:
-        return [st.key for st in self._states.values()]
+    _axis_name = "time"
 
-    def layer_keys(self) -> list:
-        return [f"{self.rec}/{n}" for n in self._order if n in self._outputs]
+    def _keys(self) -> dict:
+        keys = {}
+        for name in self._order:  # (a State is a layer of the unit too)
+            st, data = self._states.get(name), self._outputs.get(name)
+            if st is not None:
+                dims = [(t.description or "dim", int(t.dimension)) for t in st.dims if not t.is_batch_dim()]
+                keys[st.key] = ViewKey(st.key, True, dims, st.dtype.startswith(("int", "uint", "bool")), st.sparse,
+                                       layer=data is not None)
+            elif data is not None:
+                dims = [((t.description or f"{name}:{i}").replace(PREFIX, "", 1), int(t.dimension or 0))
+                        for i, t in enumerate(data.dim_tags[1:])]
+                sparse = data.sparse_dim.description if data.sparse_dim is not None else None
+                keys[f"{self.rec}/{name}"] = ViewKey(f"{self.rec}/{name}", False, dims,
+                                                     data.dtype.startswith(("int", "uint", "bool")), sparse)
+        return keys
 
-    def describe_key(self, key: str) -> tuple:
-        """(unit dims [(name, size)], whether it holds labels, its sparse dim's name, the loop axis' name)."""
-        name = key[len(self.rec) + 1:]
-        if name in self._states:
-            st = self._states[name]
-            dims = [(t.description or "dim", int(t.dimension)) for t in st.dims if not t.is_batch_dim()]
-            return dims, st.dtype.startswith(("int", "uint", "bool")), st.sparse, "time"
-        data = self._outputs[name]
-        dims = [((t.description or f"{name}:{i}").replace(PREFIX, "", 1), int(t.dimension or 0))
-                for i, t in enumerate(data.dim_tags[1:])]
-        sparse = data.sparse_dim.description if data.sparse_dim is not None else None
-        return dims, data.dtype.startswith(("int", "uint", "bool")), sparse, "time"
-
-    def key_value(self, key: str, at: int) -> np.ndarray:
-        """After ``at`` steps: a State's value, or a layer's value in iteration at-1 (zeros before any step)."""
-        name = key[len(self.rec) + 1:]
-        if name in self._states:
-            return self.value(key, at=at)
-        if self.t == 0:
-            dims, _, _, _ = self.describe_key(key)
-            shape = (self.batch,) + ((self.beam,) if self.search else ()) + tuple(size for _, size in dims)
-            return np.zeros(shape, np.float32)
-        return self.value(key, at=max(1, at))
-
-    def key_before_choice(self, key: str) -> bool:
-        name = key[len(self.rec) + 1:]
-        return self.search and name not in self._states and PREFIX + name not in self.after_choice
+    def before_choice(self, key: str) -> bool:
+        """With search: whether a unit layer is computed before the choice (per hypothesis of the last step)."""
+        return self.search and PREFIX + key[len(self.rec) + 1:] not in self.after_choice
 
     def hierarchy_nodes(self) -> list:
         return self.model.hierarchy(self.rec, states={st.key for st in self._states.values()},

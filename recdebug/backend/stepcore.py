@@ -371,6 +371,57 @@ class LoopStepper(SteppingControls):
         self.engine, self._feed, self._top = None, {}, None  # the feed is keyed by the build's placeholders
         self._moved()
 
+    # --- what the views read, by key: one answer for both front ends, from each one's ``_keys()`` ---
+    def _keys(self) -> dict:
+        """key (a State's or a layer's path) -> ViewKey, States first (a front end gives them)."""
+        raise NotImplementedError
+
+    def _all_keys(self) -> dict:
+        if getattr(self, "_key_cache", None) is None:
+            self._key_cache = self._keys()
+        return self._key_cache
+
+    def _key(self, key: str) -> "ViewKey":
+        found = self._all_keys().get(key)
+        if found is None:
+            raise RecDebugError(f"no State or layer {key!r} in {self._loop_text()}")
+        return found
+
+    def view_keys(self) -> list:
+        return [k for k, v in self._all_keys().items() if v.state]
+
+    def layer_keys(self) -> list:
+        return [k for k, v in self._all_keys().items() if v.layer]
+
+    def describe_key(self, key: str) -> tuple:
+        v = self._key(key)
+        return list(v.dims), v.ints, v.sparse, self._axis_name
+
+    def key_value(self, key: str, at: int) -> np.ndarray:
+        """After ``at`` steps: a State's value, or a layer's value in iteration at-1 (zeros before any step)."""
+        v = self._key(key)
+        if v.state:
+            return self.value(v.obj, at=at)
+        if self.t == 0:
+            shape = (self.batch,) + ((self.beam,) if self.searching else ()) + tuple(n for _, n in v.dims)
+            return np.zeros(shape, np.float32)
+        return self.value(v.obj, at=max(1, at))
+
+    def key_before_choice(self, key: str) -> bool:
+        v = self._key(key)
+        return self.searching and not v.state and self.before_choice(v.obj)
+
+
+class ViewKey:
+    """What the views know of a State or layer of a stepper: the user's object (``value`` takes it), its dims
+    besides batch and beam as [(name, size)] in the order ``value`` gives, whether it holds ints, its sparse dim's
+    name; ``layer``: it is among the layers with a value per step that the hierarchy picks (a config's State is
+    a layer of its unit too)."""
+
+    def __init__(self, obj, state: bool, dims, ints: bool, sparse=None, layer: bool | None = None):
+        self.obj, self.state, self.dims, self.ints, self.sparse = obj, state, tuple(dims), ints, sparse
+        self.layer = not state if layer is None else layer
+
 
 class StepperBeams(Beams):
     """The hypotheses of a live search after the steps run so far (``stepper.beams()``)."""

@@ -15,7 +15,7 @@ from .feeding import checked_numbers, reference_labels, value_and_order
 from ..language.errors import DimError, LoopError, RecDebugError, RunError
 from ..language.state import State
 from ..emission.stepnet import build_step_net
-from .stepcore import LoopStepper, StepBuffers, StepperBeams, building  # noqa: F401  (StepperBeams: public)
+from .stepcore import LoopStepper, ViewKey, StepBuffers, StepperBeams, building  # noqa: F401  (StepperBeams: public)
 from .stepsearch import register_layer_classes, add_beam
 from ..language.tensor import Tensor
 from ..records.protocol import count_steps, ended_text, steps_text
@@ -358,43 +358,19 @@ class Stepper(LoopStepper):
         super().close(why, hint)
 
     # --- what the debugger asks (by key: a State's path, or "<loop>/<layer>") ---
-    def view_keys(self) -> list:
-        """The keys of the States (one heatmap each)."""
-        return [s.path(self.graph) for s in self.states]
+    def _keys(self) -> dict:
+        def key(x, state: bool) -> ViewKey:
+            dims = [(d.name, int(d.size)) for d in sorted_dims(x.dims) if not d.is_batch]
+            sparse = x.sparse_dim.name if getattr(x, "sparse_dim", None) is not None else None
+            return ViewKey(x, state, dims, x.dtype in ("int32", "int64", "bool"), sparse)
 
-    def layer_keys(self) -> list:
-        """The keys of the loop's layers, with values per step."""
-        return [f"{self.loop.name}/{op.name}" for op in self.loop.ops]
+        keys = {s.path(self.graph): key(s, True) for s in self.states}
+        keys.update({f"{self.loop.name}/{op.name}": key(op.out, False) for op in self.loop.ops})
+        return keys
 
-    def _by_key(self, key: str):
-        x = next((s for s in self.states if s.path(self.graph) == key), None)
-        if x is None:
-            x = next((op.out for op in self.loop.ops if f"{self.loop.name}/{op.name}" == key), None)
-        if x is None:
-            raise RecDebugError(f"no State or layer {key!r} in {self.loop.describe()}")
-        return x
-
-    def describe_key(self, key: str) -> tuple:
-        """(unit dims [(name, size)] after the batch, whether it holds labels, its sparse dim's name, the loop
-        axis' name)."""
-        x = self._by_key(key)
-        dims = [(d.name, int(d.size)) for d in sorted(x.dims, key=lambda d: d.order) if not d.is_batch]
-        sparse = x.sparse_dim.name if getattr(x, "sparse_dim", None) is not None else None
-        return dims, x.dtype in ("int32", "int64", "bool"), sparse, self.loop.axis.name
-
-    def key_value(self, key: str, at: int) -> np.ndarray:
-        """After ``at`` steps: a State's value, or a layer's value in iteration at-1 (its first before a step)."""
-        x = self._by_key(key)
-        if isinstance(x, State):
-            return self.value(x, at=at)
-        if self.t == 0:  # no iteration yet: zeros in the layer's shape
-            sizes = tuple(d.size for d in sorted_dims(x.dims) if not d.is_batch)
-            return np.zeros((self.batch,) + ((self.beam,) if self.choice is not None else ()) + sizes, np.float32)
-        return self.value(x, at=max(1, at))
-
-    def key_before_choice(self, key: str) -> bool:
-        x = self._by_key(key)
-        return isinstance(x, Tensor) and self.before_choice(x)
+    @property
+    def _axis_name(self) -> str:
+        return self.loop.axis.name
 
     def hierarchy_nodes(self) -> list:
         from ..records.hierarchy import hierarchy_nodes
