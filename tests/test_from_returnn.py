@@ -664,3 +664,84 @@ def test_live_greedy_search_equals_numpy(rng):
         assert hyp["labels"] == labels, (b, hyp["labels"], labels)
         assert hyp["score"] == pytest.approx(score, abs=1e-4), b
     st.close()
+
+
+NESTED_NET = {  # an outer loop over "data" whose unit runs an inner loop over the encoded "mem" at every step
+    "enc": {"class": "linear", "activation": "tanh", "n_out": 3, "from": "data:mem"},
+    "loop": {"class": "rec", "from": "data", "unit": {
+        "x_t": {"class": "linear", "activation": None, "n_out": 3, "from": "data:source"},
+        "inner": {"class": "rec", "from": "base:enc", "unit": {
+            "h": {"class": "linear", "activation": "tanh", "n_out": 3, "from": ["data:source", "prev:h", "base:x_t"]},
+            "output": {"class": "copy", "from": "h"}}},
+        "pooled": {"class": "reduce", "mode": "mean", "axis": "stag:extern_data:mem", "from": "inner"},
+        "s": {"class": "linear", "activation": "tanh", "n_out": 4, "from": ["pooled", "prev:s"]},
+        "output": {"class": "copy", "from": "s"}}},
+    "output": {"class": "copy", "from": "loop"},
+}
+
+
+def numpy_nested(w, x, lens, mem, mem_lens):
+    """NESTED_NET in numpy: per outer step t, h runs over the valid frames of enc; s reads their mean."""
+    B, T, _ = x.shape
+    enc = np.tanh(mem @ w["enc/W"] + w["enc/b"])
+    s_all, h_all = np.zeros((B, T, 4)), np.zeros((B, T, mem.shape[1], 3))
+    for b in range(B):
+        s = np.zeros(4)
+        for t in range(lens[b]):
+            x_t = x[b, t] @ w["loop/rec/x_t/W"] + w["loop/rec/x_t/b"]
+            h = np.zeros(3)
+            for j in range(mem_lens[b]):
+                h = np.tanh(np.concatenate([enc[b, j], h, x_t]) @ w["loop/rec/inner/rec/h/W"]
+                            + w["loop/rec/inner/rec/h/b"])
+                h_all[b, t, j] = h
+            s = np.tanh(np.concatenate([h_all[b, t, :mem_lens[b]].mean(axis=0), s]) @ w["loop/rec/s/W"]
+                        + w["loop/rec/s/b"])
+            s_all[b, t] = s
+    return s_all, h_all
+
+
+def test_a_configs_nested_rec_layer_is_stepped_and_descended_into_as_numpy_computes_it(tmp_path, rng):
+    m = rd.from_returnn(NESTED_NET, extern_data={"data": {"dim": 2}, "mem": {"dim": 3}})
+    lens, mem_lens = np.array([5, 2, 4]), np.array([3, 4, 1])
+    x = rng.standard_normal((3, 5, 2)).astype(np.float32)
+    mem = rng.standard_normal((3, 4, 3)).astype(np.float32)
+    for arr, n in ((x, lens), (mem, mem_lens)):  # garbage in the padding frames
+        pad = np.arange(arr.shape[1])[None, :] >= n[:, None]
+        arr[pad] = rng.uniform(-1e3, 1e3, size=(pad.sum(), arr.shape[2]))
+    feed, feed_lens = {"data": x, "mem": mem}, {"data": lens, "mem": mem_lens}
+    want_s, want_h = numpy_nested(weights(m.save(tmp_path / "model")), x, lens, mem, mem_lens)
+
+    tr = m.trace(feed, feed_lens)
+    got = tr.numpy("loop/s", order=["batch", "loop:time", tr.dims_of("loop/s")[-1]])
+    for b in range(3):
+        np.testing.assert_allclose(got[b, :lens[b]], want_s[b, :lens[b]], atol=ATOL)
+
+    st = m.stepper(feed, feed_lens)
+    assert st.view_keys() == ["loop/s"] and "loop/inner" not in st.layer_keys()  # (its own axis: descend)
+    with pytest.raises(rd.RecDebugError, match="call step"):
+        st.descend()
+    for t in range(1, 6):
+        st.step()
+        valid = lens >= t
+        np.testing.assert_allclose(st.value("loop/s")[valid], want_s[valid, t - 1], atol=ATOL)
+        inner = st.descend("loop/inner")
+        assert inner.T == 4 and inner.lens.tolist() == mem_lens.tolist() and inner.states == ["loop/inner/h"]
+        np.testing.assert_array_equal(inner.value("loop/inner/h"), np.zeros((3, 3)))  # its initial value
+        for j in range(1, 5):
+            inner.step()
+            ok = valid & (mem_lens >= j)
+            np.testing.assert_allclose(inner.value("h")[ok], want_h[ok, t - 1, j - 1], atol=ATOL)
+        assert inner.finished and inner.ended == {0: 3, 1: 4, 2: 1}
+        inner.run_to(1)
+        np.testing.assert_allclose(inner.value("loop/inner/output")[valid], want_h[valid, t - 1, 0], atol=ATOL)
+    with pytest.raises(rd.RecDebugError, match="no nested rec layer 'x_t'"):
+        st.descend("x_t")
+    d = rd.debugger(st)  # the outer loop's States and layers; the nested loop is in the hierarchy
+    assert sorted(d.views) == ["loop/s"]
+    b = d.sequence
+    np.testing.assert_allclose(d.views["loop/s"]._array[:5], want_s[b], atol=ATOL)
+    d.select_layer("loop/pooled")
+    np.testing.assert_allclose(d.picked._array[:5], want_h[b, :, :mem_lens[b]].mean(axis=1), atol=ATOL)
+    assert {"loop/inner", "loop/inner/h"} <= {n["path"] for n in d.hierarchy.nodes}
+    d.close()
+    st.close()

@@ -19,7 +19,7 @@ from ..emission.confignet import PREFIX, config_step_net
 from ..language.errors import RecDebugError, RunError
 from .build import Build
 from .returnn_model import ModelBuild, behavior_version, extern_sizes, feed_extern_data
-from .stepcore import ViewKey, LoopStepper, StepBuffers, building
+from .stepcore import InnerStepsBase, LoopStepper, ViewKey, StepBuffers, building
 
 
 class ConfigState:
@@ -229,10 +229,8 @@ class ConfigLoop:
 
     def _analyze(self, source: ModelBuild, unit: dict):
         rec = self.rec
-        for name, layer in unit.items():
-            if layer.get("class") == "rec" and isinstance(layer.get("unit"), dict):
-                raise RecDebugError(f"stepping: layer {rec}/{name} is a rec layer inside the unit (a nested loop); "
-                                    "the stepper runs one loop level", hint="m.trace(...) records it")
+        self.inner = [n for n, layer in unit.items()  # nested rec layers: run whole in a step (descend)
+                      if layer.get("class") == "rec" and isinstance(layer.get("unit"), dict)]
         self.states, self.cells = {}, {}
         self.order = [n for n in unit]
         for name in source.prev_needed:
@@ -249,8 +247,8 @@ class ConfigLoop:
             self.states[name] = st
         for name, layer in source.loop_layers.items():
             extra = getattr(layer, "rec_vars_outputs", {}) or {}
-            if not extra or unit[name].get("class") == "choice":  # a search's scores: the stepper keeps them
-                continue
+            if not extra or unit[name].get("class") == "choice" or name in self.inner:  # (a search's scores: the
+                continue  # stepper keeps them; a nested loop starts afresh in every step)
             if unit[name].get("class") != "rnn_cell" or set(extra) != {"state"}:
                 raise RecDebugError(
                     f"stepping: layer {rec}/{name} (class {unit[name].get('class')!r}) keeps a hidden state of its "
@@ -315,7 +313,7 @@ class ReturnnStepper(LoopStepper):
                                                                      '"output", "value": 0}')
         source = model._build("templates_search" if self.search else "templates", rec)
         loop = ConfigLoop(model, rec, source, self.search, beam_size)
-        self._states, self._cells, self._order = loop.states, loop.cells, loop.order
+        self._states, self._cells, self._order, self._inner = loop.states, loop.cells, loop.order, loop.inner
         self.choice, self.forced, self.beam = loop.choice, loop.forced, loop.beam
         self.include_eos, self.has_end, self.unstacked = loop.include_eos, loop.has_end, loop.unstacked
         self.batch, self.max_steps, self._lens = loop.steps(source, inputs, seq_lens)
@@ -392,6 +390,38 @@ class ReturnnStepper(LoopStepper):
             raise RunError(f"set_state({st.key!r}): expected {st.dtype} values, got {value.dtype}")
         return self._set_buffer(st, value.reshape((self.batch * self.beam,) + st.shape))
 
+    def descend(self, inner: str | None = None) -> "ConfigInnerSteps":
+        """A rec layer inside the unit (default: the first; ``"inner"`` or ``"<rec>/inner"``) as it ran in the
+        iteration that ran last, to step through its iterations: ``value("<rec>/inner/h")``."""
+        e = self._live_engine()
+        if not self._inner:
+            raise RecDebugError(f"the unit of {self.rec!r} has no rec layer with a unit of its own (a nested loop)")
+        name = self._inner[0] if inner is None else str(inner).split("/")[-1]
+        if name not in self._inner:
+            raise RecDebugError(f"no nested rec layer {inner!r} in the unit of {self.rec!r}; it has "
+                                f"{[f'{self.rec}/{n}' for n in self._inner]}")
+        if self.t == 0:
+            raise RecDebugError("no outer iteration has run yet; call step() first")
+        unit = self.model.net[self.rec]["unit"][name]["unit"]
+        outs = {n: e.network.get_layer(f"{PREFIX}{name}/{n}").output.copy_as_batch_major() for n in unit}
+        lens = self._lengths_of(e, e.network.layers[PREFIX + name].output.get_time_dim_tag())
+        values, lens = self._layer(({n: o.placeholder for n, o in outs.items()}, lens), self.t - 1)
+        states = {n: _initial_value(unit[n], f"{self.rec}/{name}", n)
+                  for n in e.network.layers[PREFIX + name].cell.prev_layers_needed if n in unit}
+        return ConfigInnerSteps(self, f"{self.rec}/{name}", self.t - 1, values, states, lens)
+
+    @staticmethod
+    def _lengths_of(e, tag):
+        """The lengths tensor of a dynamic dim in the step net: an extern data's (this build's placeholder; the
+        dims are shared by every build of a config), else the dim's own."""
+        for key, d in e.network.extern_data.data.items():
+            for i, other in enumerate(d.dim_tags):
+                if other == tag and i in e.sizes.get(key, {}):
+                    return e.sizes[key][i]
+        if tag.dyn_size_ext is None or tag.dyn_size_ext.raw_tensor is None:
+            raise RecDebugError(f"descend: no lengths known for the axis {tag.description!r}")
+        return tag.dyn_size_ext.raw_tensor
+
     # --- what the debugger asks ---
     _axis_name = "time"
 
@@ -403,7 +433,7 @@ class ReturnnStepper(LoopStepper):
                 dims = [(t.description or "dim", int(t.dimension)) for t in st.dims if not t.is_batch_dim()]
                 keys[st.key] = ViewKey(st.key, True, dims, st.dtype.startswith(("int", "uint", "bool")), st.sparse,
                                        layer=data is not None)
-            elif data is not None:
+            elif data is not None and all(t.dimension is not None for t in data.dim_tags[1:]):
                 dims = [((t.description or f"{name}:{i}").replace(PREFIX, "", 1), int(t.dimension or 0))
                         for i, t in enumerate(data.dim_tags[1:])]
                 sparse = data.sparse_dim.description if data.sparse_dim is not None else None
@@ -421,6 +451,35 @@ class ReturnnStepper(LoopStepper):
 
     def net_dict_text(self) -> str:
         return self.model.net_text()
+
+
+class ConfigInnerSteps(InnerStepsBase):
+    """The iterations of a config's nested rec layer within one iteration of its outer one
+    (``ReturnnStepper.descend``): ``value("<rec>/<inner>/<layer>")`` after ``t`` inner steps, batch first."""
+
+    def __init__(self, outer: ReturnnStepper, name: str, outer_step: int, values: dict, states: dict, lens):
+        super().__init__(outer, name, outer_step, np.asarray(lens)[::outer.beam])
+        self._values, self._initial = values, states  # unit layer -> [entries, inner steps, ...]; State -> initial
+
+    @property
+    def states(self) -> list:
+        """The keys of the nested unit's States (its layers read with prev:)."""
+        return [f"{self.name}/{n}" for n in self._initial]
+
+    def value(self, key: str) -> np.ndarray:
+        n = str(key)[len(self.name) + 1:] if str(key).startswith(self.name + "/") else str(key)
+        if n not in self._values:
+            raise RecDebugError(f"no layer {key!r} in the unit of {self.name!r}; it has "
+                                f"{sorted(f'{self.name}/{x}' for x in self._values)}")
+        arr = self._values[n]
+        if self.t == 0:
+            if n not in self._initial:
+                raise RecDebugError(f"{key!r}: no inner iteration has run yet; call step() first")
+            arr = np.full(arr.shape[:1] + arr.shape[2:], self._initial[n], arr.dtype)
+        else:
+            arr = arr[:, self.t - 1]
+        st = self.outer
+        return arr.reshape((st.batch, st.beam) + arr.shape[1:]) if st.searching else arr
 
 
 def _initial_value(layer: dict, rec: str, name: str):

@@ -18,7 +18,7 @@ from contextvars import ContextVar
 import numpy as np
 
 from ..language.errors import RecDebugError
-from ..records.protocol import SteppingControls, count_steps, ended_sequences
+from ..records.protocol import SteppingControls, count_steps, ended_sequences, ended_text, steps_text
 from ..records.trace import Beams
 from .stepsearch import ENDED_OTHER_LABELS
 
@@ -410,6 +410,48 @@ class LoopStepper(SteppingControls):
     def key_before_choice(self, key: str) -> bool:
         v = self._key(key)
         return self.searching and not v.state and self.before_choice(v.obj)
+
+
+class InnerStepsBase:
+    """The iterations of an inner loop within one outer iteration, already run on the device and fetched: moving
+    through them (``step``, ``step_back``, ``run_to``) and where it stands. ``lens``: per sequence, how many inner
+    iterations it ran."""
+
+    def __init__(self, outer: LoopStepper, name: str, outer_step: int, lens):
+        self.outer, self.name, self.outer_step, self.lens = outer, name, outer_step, np.asarray(lens)
+        self.t = 0
+
+    @property
+    def T(self) -> int:
+        return int(self.lens.max()) if self.lens.size else 0
+
+    @property
+    def finished(self) -> bool:
+        return self.t >= self.T
+
+    @property
+    def ended(self) -> dict:
+        return {b: int(n) for b, n in enumerate(self.lens) if n <= self.t}
+
+    @property
+    def status(self) -> str:
+        parts = [f"outer loop at t={self.outer_step}", "inner loop " + steps_text(self.t, self.T)]
+        return " · ".join(parts + [ended_text(b, n) for b, n in sorted(self.ended.items())])
+
+    def __repr__(self):
+        return f"InnerSteps({self.name!r}, {self.status})"
+
+    def step(self, n: int = 1):
+        self.t = min(self.T, self.t + count_steps(n, "step", "step_back(n) goes back"))
+        return self
+
+    def step_back(self, n: int = 1):
+        self.t = max(0, self.t - count_steps(n, "step_back", "step(n) goes forward"))
+        return self
+
+    def run_to(self, t: int):
+        self.t = min(self.T, count_steps(t, "run_to", f"give a step in 0..{self.T}"))
+        return self
 
 
 class ViewKey:

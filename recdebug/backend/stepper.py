@@ -15,10 +15,9 @@ from .feeding import checked_numbers, reference_labels, value_and_order
 from ..language.errors import DimError, LoopError, RecDebugError, RunError
 from ..language.state import State
 from ..emission.stepnet import build_step_net
-from .stepcore import LoopStepper, ViewKey, StepBuffers, StepperBeams, building  # noqa: F401  (StepperBeams: public)
+from .stepcore import InnerStepsBase, LoopStepper, ViewKey, StepBuffers, StepperBeams, building  # noqa: F401  (StepperBeams: public)
 from .stepsearch import register_layer_classes, add_beam
 from ..language.tensor import Tensor
-from ..records.protocol import count_steps, ended_text, steps_text
 
 
 def _to_order(data, em, dims_wanted) -> "tf.Tensor":
@@ -383,47 +382,14 @@ class Stepper(LoopStepper):
         return net_text(self._live_engine().emitted)
 
 
-class InnerSteps:
-    """The iterations of an inner loop within one outer iteration (already run on the device; values fetched)."""
+class InnerSteps(InnerStepsBase):
+    """The iterations of an inner loop of the language within one outer iteration (``Stepper.descend``)."""
 
     def __init__(self, outer: Stepper, loop, outer_step: int, values, dims, init_values, init_dims, lens):
-        self.outer, self.loop, self.outer_step = outer, loop, outer_step
+        super().__init__(outer, loop.name, outer_step, lens)
+        self.loop = loop
         self._values, self._dims = values, dims
         self._init, self._init_dims = init_values, init_dims
-        self.lens = lens  # per sequence: how many inner iterations it ran
-        self.t = 0
-
-    @property
-    def T(self) -> int:
-        return int(self.lens.max()) if self.lens.size else 0
-
-    @property
-    def finished(self) -> bool:
-        return self.t >= self.T
-
-    @property
-    def ended(self) -> dict:
-        return {b: int(n) for b, n in enumerate(self.lens) if n <= self.t}
-
-    @property
-    def status(self) -> str:
-        parts = [f"outer loop at t={self.outer_step}", "inner loop " + steps_text(self.t, self.T)]
-        return " · ".join(parts + [ended_text(b, n) for b, n in sorted(self.ended.items())])
-
-    def __repr__(self):
-        return f"InnerSteps({self.loop.name!r}, {self.status})"
-
-    def step(self, n: int = 1) -> "InnerSteps":
-        self.t = min(self.T, self.t + count_steps(n, "step", "step_back(n) goes back"))
-        return self
-
-    def step_back(self, n: int = 1) -> "InnerSteps":
-        self.t = max(0, self.t - count_steps(n, "step_back", "step(n) goes forward"))
-        return self
-
-    def run_to(self, t: int) -> "InnerSteps":
-        self.t = min(self.T, count_steps(t, "run_to", f"give a step in 0..{self.T}"))
-        return self
 
     def value(self, x, order=None) -> np.ndarray:
         """As Stepper.value, for the inner loop's States and tensors."""

@@ -120,6 +120,8 @@ def config_step_net(net: dict, rec: str, states: dict, cells: dict, search_choic
             top[PREFIX + name] = {"class": "copy", "from": flat.data_layer(forced[name]), "is_output_layer": True}
             continue
         out = {k: v if k in NOT_REFS else _rewrite(v, names, set(states), flat) for k, v in d.items()}
+        if isinstance(out.get("unit"), dict):  # a nested rec layer: what its unit reads of this unit, and of the top
+            out["unit"] = _inner_unit(out["unit"], 1, lambda ref: _rewrite(ref, names, set(states), flat))
         if out.pop("target", None) is not None:  # inside a unit the target gives the dim: give it here
             if "n_out" not in out and "out_dim" not in out and name in target_dims:
                 out["n_out"] = target_dims[name]
@@ -139,6 +141,34 @@ def config_step_net(net: dict, rec: str, states: dict, cells: dict, search_choic
                 if k not in NOT_REFS:
                     layer[k] = _reorder(layer[k], after, PREFIX + search_choice, top, unit)
     return top, after
+
+
+def _inner_unit(unit: dict, depth: int, rewrite) -> dict:
+    """A nested rec layer's unit (``depth`` levels below the stepped unit) for the step net: a reference that
+    reaches the stepped unit (``depth`` times ``base:``) is rewritten as the unit's own references are; one that
+    reaches past it loses one ``base:`` (the step net is the top level). Every layer is made an output layer, so
+    that RETURNN keeps its value at every inner step (``descend``)."""
+    def ref(value):
+        if isinstance(value, (list, tuple)):
+            out = [ref(v) for v in value]
+            return tuple(out) if isinstance(value, tuple) else out
+        if isinstance(value, dict):
+            return {k: ref(v) for k, v in value.items()}
+        if not isinstance(value, str) or not value.startswith("base:" * depth):
+            return value
+        rest = value[len("base:") * depth:]
+        if rest.startswith("base:"):
+            return "base:" * depth + rest[len("base:"):]
+        return "base:" * depth + rewrite(rest)
+
+    out = {}
+    for name, layer in unit.items():
+        d = {k: v if k in NOT_REFS else ref(v) for k, v in layer.items()}
+        if isinstance(d.get("unit"), dict):
+            d["unit"] = _inner_unit(d["unit"], depth + 1, rewrite)
+        d["is_output_layer"] = True
+        out[name] = d
+    return out
 
 
 def _rewrite(value, names: dict, states: set, step):
