@@ -313,3 +313,59 @@ def test_a_wide_state_and_its_hierarchy_fit_the_view(lab, page, width, theme):
         page.screenshot(path=str(OUT / f"debugger-lstm32-{light}-{width}.png"))
     finally:
         set_theme(url, token, "JupyterLab Light")
+
+
+COVERAGE = '''
+import json
+import numpy as np
+import recdebug as rd
+
+batch, time, enc, feat = rd.batch_dim, rd.Dim("time"), rd.Dim("enc"), rd.Dim("feat", 3)
+with rd.Graph() as g:
+    x = rd.Input("x", [batch, time, feat])
+    m = rd.Input("m", [batch, enc, feat])
+    cov = rd.State({batch, enc}, initial=0.0)
+    with rd.Loop() as loop:
+        att = rd.softmax(rd.reduce_sum(m * loop.unstack(x), feat) - cov.get(), enc)
+        cov.assign(cov.get() + att)
+rng = np.random.default_rng(3)
+x_np, m_np = rng.standard_normal((2, 6, 3)).astype(np.float32), rng.standard_normal((2, 7, 3)).astype(np.float32)
+t_lens, e_lens = np.array([6, 6]), np.array([7, 3])
+m_np[1, 3:] = 1e3  # garbage in sequence 1's padding frames of enc
+st = g.stepper({"x": x_np, "m": m_np}, {time: t_lens, enc: e_lens})
+d = rd.debugger(st)
+st.step(4)
+d.select_sequence(1)
+ref, c = [], np.zeros(3)
+for t in range(4):  # numpy: sequence 1's valid frames of enc
+    s = m_np[1, :3].astype(np.float64) @ x_np[1, t] - c
+    c = c + np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+    ref.append(c)
+print("REF " + json.dumps(np.stack(ref).tolist()))
+'''
+
+
+@pytest.mark.parametrize("width,theme", [(1400, "JupyterLab Light"), (1000, "JupyterLab Dark")])
+def test_a_state_over_an_encoders_axis_shows_the_sequences_valid_frames_only(lab, page, width, theme):
+    """A coverage State over enc: the shown sequence's 3 valid frames of enc are the heatmap's units (its 4
+    padding frames, garbage in the input, are not drawn), hover and colour as numpy computes them, and the unit
+    label says so."""
+    from playwright.sync_api import expect
+
+    url, token = lab
+    set_theme(url, token, theme)
+    try:
+        write_notebook(url, token, f"coverage-{width}.ipynb", [COVERAGE, "d"])
+        page.set_viewport_size({"width": width, "height": 1000})
+        run_all(page, url, token, f"coverage-{width}.ipynb", 2)
+        cell = page.locator(".jp-CodeCell").nth(1)
+        expected = printed(page.locator(".jp-CodeCell").nth(0), "REF")  # [4 steps, 3 frames]
+        heat = cell.locator(".rd-heatmap").first
+        expect(cell.locator(".rd-status")).to_contain_text("at t=3 (4 of 6 steps run)")
+        expect(heat).to_contain_text("enc (3 of 7 units: sequence 1's valid frames)")
+        check_values(page, heat, expected, 6)
+        shape = heat.locator(".rd-heat").evaluate("c => [c.width, c.height]")
+        assert shape == [6, 3], shape  # steps x valid frames
+        cell.locator(".jp-OutputArea-output").first.screenshot(path=str(OUT / f"debugger-coverage-{width}.png"))
+    finally:
+        set_theme(url, token, "JupyterLab Light")

@@ -317,22 +317,40 @@ SEARCH_NET = {  # an attention decoder that picks its own labels: a choice layer
                    "end": {"class": "compare", "from": "output", "value": 5}}},
 }
 SEARCH_DATA = {"data": {"dim": 5}, "classes": {"dim": 6, "sparse": True, "available_for_inference": False}}
+ACCUM_ATTENTION = {  # SEARCH_NET's attention as the published setups write it: weight feedback from a State over the
+    # encoder's axis, the accumulated attention weights
+    "s_transformed": {"class": "linear", "activation": None, "with_bias": False, "from": "s", "n_out": 16},
+    "weight_feedback": {"class": "linear", "activation": None, "with_bias": False, "from": "prev:accum_att_weights",
+                        "n_out": 16},
+    "energy_in": {"class": "combine", "kind": "add", "from": ["base:enc_ctx", "weight_feedback", "s_transformed"],
+                  "n_out": 16},
+    "energy_tanh": {"class": "activation", "activation": "tanh", "from": "energy_in"},
+    "energy": {"class": "linear", "activation": None, "with_bias": False, "from": "energy_tanh", "n_out": 1},
+    "att_weights": {"class": "softmax_over_spatial", "from": "energy"},
+    "accum_att_weights": {"class": "combine", "kind": "add", "from": ["prev:accum_att_weights", "att_weights"],
+                          "initial_output": 0},
+    "c": {"class": "generic_attention", "weights": "att_weights", "base": "base:encoder"},
+}
 
 
-def search_model(rng, beam: int):
-    """SEARCH_NET with the given beam size, and its input: ragged lengths, garbage in the padding frames."""
+def search_model(rng, beam: int, accum: bool = False):
+    """SEARCH_NET with the given beam size (``accum``: its attention with accumulated weights, ACCUM_ATTENTION),
+    and its input: ragged lengths, garbage in the padding frames."""
     net = {k: dict(v) for k, v in SEARCH_NET.items()}
     net["output"]["unit"] = {k: dict(v) for k, v in net["output"]["unit"].items()}
     net["output"]["unit"]["output"]["beam_size"] = beam
+    if accum:
+        del net["output"]["unit"]["c"]
+        net["output"]["unit"].update(ACCUM_ATTENTION)
     x = rng.standard_normal((5, 4, 5)).astype(np.float32)
     lens = np.array([4, 2, 3, 1, 4])
     x[np.arange(4)[None, :] >= lens[:, None]] = 1e3
     return rd.from_returnn(net, extern_data=SEARCH_DATA), x, lens
 
 
-@pytest.mark.parametrize("beam", [4, 1])
-def test_live_search_equals_returnns_own_search(rng, beam):
-    m, x, lens = search_model(rng, beam)
+@pytest.mark.parametrize("beam,accum", [(4, False), (1, False), (4, True), (1, True)])
+def test_live_search_equals_returnns_own_search(rng, beam, accum):
+    m, x, lens = search_model(rng, beam, accum)
     res = m.run({"data": x}, seq_lens={"data": lens}, search=True)  # RETURNN's own beam search
     st = m.stepper({"data": x}, seq_lens={"data": lens}, search=True)
     assert st.beam == beam and st.T == 8  # max_len_from('base:encoder') * 2
@@ -357,12 +375,13 @@ def test_live_search_equals_returnns_own_search(rng, beam):
     st.close()
 
 
-@pytest.mark.parametrize("beam", [4, 1])
-def test_a_configs_search_trace_is_returnns_search_and_the_live_search_steps_through_it(rng, beam):
+@pytest.mark.parametrize("beam,accum", [(4, False), (1, False), (4, True)])
+def test_a_configs_search_trace_is_returnns_search_and_the_live_search_steps_through_it(rng, beam, accum):
     """m.trace(search=True): every hypothesis of every step as RETURNN's own search computed it. Checked against
     RETURNN's final beam (its decide layer), against RETURNN's loop fed the best hypotheses as targets, and the
-    live search against it at every step, for every hypothesis not ended before the step."""
-    m, x, lens = search_model(rng, beam)
+    live search against it at every step, for every hypothesis not ended before the step (``accum``: with a State
+    over the encoder's axis, its valid frames)."""
+    m, x, lens = search_model(rng, beam, accum)
     res = m.run({"data": x}, seq_lens={"data": lens}, search=True)
     tr = m.trace({"data": x}, seq_lens={"data": lens}, search=True)
     bm = tr.beams("output/output")
@@ -399,9 +418,15 @@ def test_a_configs_search_trace_is_returnns_search_and_the_live_search_steps_thr
     np.testing.assert_array_equal(live.backpointers, bm.backpointers[:steps])
     np.testing.assert_allclose(live.scores, bm.scores[:steps], atol=ATOL, rtol=0)
     order = ["output:time", "batch", "beam"]
-    states = {"output/c", "output/embed", "output/output"}
-    for key in ("output/s", "output/c_in", "output/c", "output/prob", "output/output", "output/embed"):
-        arr = tr.numpy(key, order=order + [d for d in tr.entries[key].dims if d not in order])
+    states = {"output/c", "output/embed", "output/output", "output/accum_att_weights"}
+    enc = "time:var:extern_data:data"
+    for key in ("output/s", "output/c_in", "output/c", "output/prob", "output/output", "output/embed") + \
+            (("output/accum_att_weights", "output/att_weights") if accum else ()):
+        rest = [d for d in tr.entries[key].dims if d not in order]
+        if enc in rest:  # the live value's axes: batch first, then as the unit's template has them
+            rest = [d for d in rest if d != enc] + [enc] if st.value(key).shape[-1] == x.shape[1] else [enc] + \
+                [d for d in rest if d != enc]
+        arr = tr.numpy(key, order=order + rest)
         before = key not in tr.after_choice
         assert before == st.key_before_choice(key) or key in states, key
         for t in range(steps):
@@ -412,7 +437,11 @@ def test_a_configs_search_trace_is_returnns_search_and_the_live_search_steps_thr
                         continue  # ended before this step: RETURNN's values there are its own padding
                     slot = bp[b, k] if before else k
                     value = got[b, k] if key in states else got[b, slot]  # a State: per new hypothesis
-                    np.testing.assert_allclose(value, arr[t, b, slot], atol=ATOL, rtol=0,
+                    want = arr[t, b, slot]
+                    if enc in rest:  # the encoder's valid frames
+                        axis = rest.index(enc)
+                        value, want = (np.take(a, np.arange(lens[b]), axis=axis) for a in (value, want))
+                    np.testing.assert_allclose(value, want, atol=ATOL, rtol=0,
                                                err_msg=f"{key} at t={t}, sequence {b}, hypothesis {k}")
     st.close()
     d = rd.debugger(tr)
@@ -717,7 +746,7 @@ def test_a_configs_nested_rec_layer_is_stepped_and_descended_into_as_numpy_compu
         np.testing.assert_allclose(got[b, :lens[b]], want_s[b, :lens[b]], atol=ATOL)
 
     st = m.stepper(feed, feed_lens)
-    assert st.view_keys() == ["loop/s"] and "loop/inner" not in st.layer_keys()  # (its own axis: descend)
+    assert st.view_keys() == ["loop/s"] and "loop/inner" in st.layer_keys()  # (its value over m's frames)
     with pytest.raises(rd.RecDebugError, match="call step"):
         st.descend()
     for t in range(1, 6):
@@ -743,5 +772,95 @@ def test_a_configs_nested_rec_layer_is_stepped_and_descended_into_as_numpy_compu
     d.select_layer("loop/pooled")
     np.testing.assert_allclose(d.picked._array[:5], want_h[b, :, :mem_lens[b]].mean(axis=1), atol=ATOL)
     assert {"loop/inner", "loop/inner/h"} <= {n["path"] for n in d.hierarchy.nodes}
+    d.select_layer("loop/inner")  # the nested loop's output at each outer step: m's valid frames x its units
+    assert d.picked._array.shape == (5, mem_lens[b] * 3)
+    np.testing.assert_allclose(d.picked._array.reshape(5, -1, 3), want_h[b, :, :mem_lens[b]], atol=ATOL)
     d.close()
     st.close()
+
+
+COVERAGE_NET = {  # an outer loop over "data" attending over "m" with weight feedback from the accumulated weights
+    "enc_ctx": {"class": "linear", "activation": None, "with_bias": False, "n_out": 4, "from": "data:m"},
+    "loop": {"class": "rec", "from": "data", "unit": {
+        "x_proj": {"class": "linear", "activation": None, "with_bias": False, "n_out": 4, "from": "data:source"},
+        "weight_feedback": {"class": "linear", "activation": None, "with_bias": False, "n_out": 4,
+                            "from": "prev:accum_att_weights"},
+        "energy_in": {"class": "combine", "kind": "add", "from": ["base:enc_ctx", "x_proj", "weight_feedback"],
+                      "n_out": 4},
+        "energy_tanh": {"class": "activation", "activation": "tanh", "from": "energy_in"},
+        "energy": {"class": "linear", "activation": None, "with_bias": False, "n_out": 1, "from": "energy_tanh"},
+        "att_weights": {"class": "softmax_over_spatial", "from": "energy"},
+        "accum_att_weights": {"class": "combine", "kind": "add", "from": ["prev:accum_att_weights", "att_weights"],
+                              "initial_output": 0},
+        "output": {"class": "generic_attention", "weights": "att_weights", "base": "base:data:m"}}},
+    "output": {"class": "copy", "from": "loop"},
+}
+
+
+def numpy_coverage_config(w, x, lens, mem, mem_lens, edit=None):
+    """COVERAGE_NET in numpy: the accumulated weights after each step [batch, steps, frames of m] (valid frames);
+    ``edit``: (step, weights [batch, frames]) set before that step."""
+    B, T, _ = x.shape
+    out = np.zeros((B, T, mem.shape[1]))
+    for b in range(B):
+        n = mem_lens[b]
+        ctx, acc = mem[b, :n] @ w["enc_ctx/W"], np.zeros(n)
+        for t in range(lens[b]):
+            if edit is not None and t == edit[0]:
+                acc = edit[1][b, :n].astype(np.float64)
+            energy_in = ctx + x[b, t] @ w["loop/rec/x_proj/W"] + acc[:, None] @ w["loop/rec/weight_feedback/W"]
+            energy = (np.tanh(energy_in) @ w["loop/rec/energy/W"])[:, 0]
+            att = np.exp(energy - energy.max())
+            acc = acc + att / att.sum()
+            out[b, t, :n] = acc
+    return out
+
+
+def test_a_configs_state_over_the_encoders_axis_steps_as_numpy_computes_it(tmp_path, rng):
+    m = rd.from_returnn(COVERAGE_NET, extern_data={"data": {"dim": 2}, "m": {"dim": 3}})
+    lens, mem_lens = np.array([4, 2, 3]), np.array([5, 3, 1])
+    x = rng.standard_normal((3, 4, 2)).astype(np.float32)
+    mem = rng.standard_normal((3, 5, 3)).astype(np.float32)
+    for arr, n in ((x, lens), (mem, mem_lens)):  # garbage in the padding frames
+        pad = np.arange(arr.shape[1])[None, :] >= n[:, None]
+        arr[pad] = rng.uniform(-1e3, 1e3, size=(pad.sum(), arr.shape[2]))
+    feed, feed_lens = {"data": x, "m": mem}, {"data": lens, "m": mem_lens}
+    w = weights(m.save(tmp_path / "model"))
+    want = numpy_coverage_config(w, x, lens, mem, mem_lens)
+    key = "loop/accum_att_weights"
+
+    st = m.stepper(feed, feed_lens)
+    assert st.view_keys() == [key] and st.value(key).shape == (3, 1, 5)  # batch first, as the unit has it
+    for t in range(1, 5):
+        st.step()
+        for b in range(3):
+            if t <= lens[b]:
+                np.testing.assert_allclose(st.value(key)[b, 0, :mem_lens[b]], want[b, t - 1, :mem_lens[b]],
+                                           atol=ATOL)
+    st.run_to(1)
+    edited = rng.uniform(0, 2, size=(3, 1, 5)).astype(np.float32)
+    with pytest.raises(rd.RunError, match=r"expected \(3, 1, 5\).*has 5 frames here, its longest sequence"):
+        st.set_state(key, edited[..., :3])
+    st.set_state(key, edited)
+    st.run_to(4)
+    after = numpy_coverage_config(w, x, lens, mem, mem_lens, edit=(1, edited[:, 0]))
+    for b in range(3):
+        np.testing.assert_allclose(st.value(key)[b, 0, :mem_lens[b]], after[b, lens[b] - 1, :mem_lens[b]],
+                                   atol=ATOL)
+
+    d = rd.debugger(st)  # each sequence's valid frames of m, no padding
+    for b in range(3):
+        d.select_sequence(b)
+        assert d.views[key]._array.shape == (4, mem_lens[b])
+        n = lens[b]
+        np.testing.assert_allclose(d.views[key]._array[0], edited[b, 0, :mem_lens[b]], atol=ATOL)  # set at t=1
+        np.testing.assert_allclose(d.views[key]._array[n - 1], after[b, n - 1, :mem_lens[b]], atol=ATOL)
+    d.select_layer("loop/att_weights")
+    assert d.picked._array.shape == (4, mem_lens[2])
+    d.close()
+    st.close()
+
+    tr = m.trace(feed, feed_lens)
+    got = tr.numpy(key, order=["batch", "loop:time", "time:var:extern_data:m", tr.dims_of(key)[2]])[..., 0]
+    for b in range(3):
+        np.testing.assert_allclose(got[b, :lens[b], :mem_lens[b]], want[b, :lens[b], :mem_lens[b]], atol=ATOL)

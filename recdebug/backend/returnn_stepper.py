@@ -61,7 +61,9 @@ class ConfigStepEngine(Build):
             self.core = StepBuffers(shapes, batch, max_steps, beam if search_choice is not None else None,
                                     ends=search_choice is not None, lengths=lengths)
             self.device_tensors.update(self.core.tensors)
-            reads = {name: (self.core.read_key(st), st.dims, st.dtype, st.sparse_tag) for name, st in states.items()}
+            # (an axis of its own, an extern data's: its dim as the config has it, not the model build's variant)
+            reads = {name: (self.core.read_key(st), [t.get_same_base() for t in st.dims], st.dtype, st.sparse_tag)
+                     for name, st in states.items()}
             cells = {name: [(self.core.read_key((name, i)), tags, dtype) for i, (_, dtype, tags) in enumerate(parts)]
                      for name, parts in cell_states.items()}
             top, self.after_choice = config_step_net(
@@ -97,10 +99,16 @@ class ConfigStepEngine(Build):
         import tensorflow as tf
         from tensorflow.python.util import nest
 
-        new, init, reordered = {}, {}, set()
+        new, init, reordered, valid = {}, {}, set(), {}
         for name, st in states.items():
-            new[st] = tf.reshape(self.outputs[name].placeholder, (batch,) + st.shape)
             init[st] = tf.constant(st.initial)
+            if None in st.shape:  # an axis of its own (an encoder's): sized by its longest sequence in the feed
+                sizes = [tf.reduce_max(self.lengths_of(tag)) if tag.dimension is None else tag.dimension
+                         for tag in st.dims[1:]]
+                init[st] = tf.fill(tf.stack([batch] + sizes), tf.constant(st.initial, st.dtype))
+                valid[st] = self._valid_frames(st)
+            value = self.outputs[name].placeholder
+            new[st] = value if None in st.shape else tf.reshape(value, (batch,) + st.shape)
             if PREFIX + name not in self.after_choice:
                 reordered.add(st)
         for name in cell_states:
@@ -115,7 +123,33 @@ class ConfigStepEngine(Build):
             end = tf.broadcast_to(flags, [batch])
         self.core.finish(new, init, reordered, end=end, chooser=chooser,
                          end_reordered=PREFIX + "end" not in self.after_choice, include_eos=include_eos,
-                         hidden=set(new) - set(states.values()))
+                         hidden=set(new) - set(states.values()), valid=valid)
+
+    def lengths_of(self, tag):
+        """The lengths tensor of a dynamic dim in the step net: an extern data's (this build's placeholder; the
+        dims are shared by every build of a config), else the dim's own."""
+        for key, d in self.network.extern_data.data.items():
+            for i, other in enumerate(d.dim_tags):
+                if other == tag and i in self.sizes.get(key, {}):
+                    return self.sizes[key][i]
+        if tag.dyn_size_ext is None or tag.dyn_size_ext.raw_tensor is None:
+            raise RecDebugError(f"stepping: no lengths known for the axis {tag.description!r}")
+        return tag.dyn_size_ext.raw_tensor
+
+    def _valid_frames(self, st):
+        """Where a State with an axis of its own has valid frames: a bool tensor [batch, ...] with 1 for its static
+        dims, broadcast against one step's value."""
+        import tensorflow as tf
+
+        mask = None
+        for i, tag in enumerate(st.dims[1:], start=1):
+            if tag.dimension is not None:
+                continue
+            lens = self.lengths_of(tag)
+            frames = tf.sequence_mask(lens, tf.reduce_max(lens))
+            frames = tf.reshape(frames, [-1] + [1] * (i - 1) + [tf.reduce_max(lens)] + [1] * (len(st.dims) - i - 1))
+            mask = frames if mask is None else tf.logical_and(mask, frames)
+        return mask
 
     def restore(self):
         """Every parameter of the step net gets its value from the model's build (the checkpoint's values), all in
@@ -234,13 +268,16 @@ class ConfigLoop:
         self.states, self.cells = {}, {}
         self.order = [n for n in unit]
         for name in source.prev_needed:
-            tmpl = source.templates[name].copy_as_batch_major()
-            shape = tuple(tmpl.batch_shape[1:])
-            if tmpl.batch_dim_axis is None or any(s is None for s in shape):
+            tmpl = source.templates[name]
+            b = tmpl.batch_dim_axis
+            if b is None:
                 raise RecDebugError(
                     f"stepping: {rec}/{name} (read with prev:) has the shape {tmpl}; the stepper keeps States with "
-                    "the batch axis and static dims only", hint="m.trace(...) records it")
-            st = ConfigState(f"{rec}/{name}", name, shape, tmpl.dtype, list(tmpl.dim_tags),
+                    "the batch axis", hint="m.trace(...) records it")
+            # batch first (read off the template: RETURNN cannot copy a search's template with an encoder's axis)
+            tags = [tmpl.dim_tags[b]] + [t for i, t in enumerate(tmpl.dim_tags) if i != b]
+            shape = tuple(n for i, n in enumerate(tmpl.batch_shape) if i != b)
+            st = ConfigState(f"{rec}/{name}", name, shape, tmpl.dtype, tags,
                              tmpl.sparse_dim.description if tmpl.sparse_dim is not None else None)
             st.sparse_tag = tmpl.sparse_dim
             st.initial = _initial_value(unit[name], rec, name)
@@ -383,12 +420,31 @@ class ReturnnStepper(LoopStepper):
         st = self._state(state)
         self._live_engine()
         value = np.asarray(value)
-        expected = (self.batch,) + ((self.beam,) if self.search else ()) + st.shape
+        shape = self._shape(st)
+        expected = (self.batch,) + ((self.beam,) if self.search else ()) + shape
         if value.shape != expected:
-            raise RunError(f"set_state({st.key!r}): shape {value.shape}, expected {expected}")
+            dynamic = "".join(f"; {t.description} has {n} frames here, its longest sequence"
+                              for t, n, s in zip(st.dims[1:], shape, st.shape) if s is None)
+            raise RunError(f"set_state({st.key!r}): shape {value.shape}, expected {expected} (batch first"
+                           f"{dynamic})")
         if value.dtype.kind not in "biuf" or (value.dtype.kind == "f" and st.dtype.startswith("int")):
             raise RunError(f"set_state({st.key!r}): expected {st.dtype} values, got {value.dtype}")
-        return self._set_buffer(st, value.reshape((self.batch * self.beam,) + st.shape))
+        return self._set_buffer(st, value.reshape((self.batch * self.beam,) + shape))
+
+    def _shape(self, st) -> tuple:
+        """A State's shape besides the batch in this stepper (an axis of its own: its longest sequence's frames)."""
+        return st.shape if None not in st.shape else tuple(self._buffer(st, 0).shape[1:])
+
+    def _frames(self, tag):
+        """Per sequence: its frames along a dynamic dim (None: its lengths are not known in the step net)."""
+        if getattr(self, "_frame_lens", None) is None:
+            self._frame_lens = {}
+        if tag not in self._frame_lens:
+            try:
+                self._frame_lens[tag] = np.asarray(self._layer(self.engine.lengths_of(tag), 0))[::self.beam]
+            except RecDebugError:
+                self._frame_lens[tag] = None
+        return self._frame_lens[tag]
 
     def descend(self, inner: str | None = None) -> "ConfigInnerSteps":
         """A rec layer inside the unit (default: the first; ``"inner"`` or ``"<rec>/inner"``) as it ran in the
@@ -404,23 +460,11 @@ class ReturnnStepper(LoopStepper):
             raise RecDebugError("no outer iteration has run yet; call step() first")
         unit = self.model.net[self.rec]["unit"][name]["unit"]
         outs = {n: e.network.get_layer(f"{PREFIX}{name}/{n}").output.copy_as_batch_major() for n in unit}
-        lens = self._lengths_of(e, e.network.layers[PREFIX + name].output.get_time_dim_tag())
+        lens = e.lengths_of(e.network.layers[PREFIX + name].output.get_time_dim_tag())
         values, lens = self._layer(({n: o.placeholder for n, o in outs.items()}, lens), self.t - 1)
         states = {n: _initial_value(unit[n], f"{self.rec}/{name}", n)
                   for n in e.network.layers[PREFIX + name].cell.prev_layers_needed if n in unit}
         return ConfigInnerSteps(self, f"{self.rec}/{name}", self.t - 1, values, states, lens)
-
-    @staticmethod
-    def _lengths_of(e, tag):
-        """The lengths tensor of a dynamic dim in the step net: an extern data's (this build's placeholder; the
-        dims are shared by every build of a config), else the dim's own."""
-        for key, d in e.network.extern_data.data.items():
-            for i, other in enumerate(d.dim_tags):
-                if other == tag and i in e.sizes.get(key, {}):
-                    return e.sizes[key][i]
-        if tag.dyn_size_ext is None or tag.dyn_size_ext.raw_tensor is None:
-            raise RecDebugError(f"descend: no lengths known for the axis {tag.description!r}")
-        return tag.dyn_size_ext.raw_tensor
 
     # --- what the debugger asks ---
     _axis_name = "time"
@@ -429,16 +473,22 @@ class ReturnnStepper(LoopStepper):
         keys = {}
         for name in self._order:  # (a State is a layer of the unit too)
             st, data = self._states.get(name), self._outputs.get(name)
-            if st is not None:
-                dims = [(t.description or "dim", int(t.dimension)) for t in st.dims if not t.is_batch_dim()]
-                keys[st.key] = ViewKey(st.key, True, dims, st.dtype.startswith(("int", "uint", "bool")), st.sparse,
-                                       layer=data is not None)
-            elif data is not None and all(t.dimension is not None for t in data.dim_tags[1:]):
-                dims = [((t.description or f"{name}:{i}").replace(PREFIX, "", 1), int(t.dimension or 0))
-                        for i, t in enumerate(data.dim_tags[1:])]
-                sparse = data.sparse_dim.description if data.sparse_dim is not None else None
-                keys[f"{self.rec}/{name}"] = ViewKey(f"{self.rec}/{name}", False, dims,
-                                                     data.dtype.startswith(("int", "uint", "bool")), sparse)
+            tags = st.dims[1:] if st is not None else data.dim_tags[1:] if data is not None else None
+            own = [t for t in tags or () if t.dimension is None]
+            if tags is None or len(own) > 1 or (own and self._frames(own[0]) is None):
+                continue  # (a nested rec layer's value, with its own steps: descend)
+            frames = self._frames(own[0]) if own else None
+            order = sorted(range(len(tags)), key=lambda i: tags[i].dimension is not None)  # its own axis first
+            dims = [((tags[i].description or f"{name}:{i}").replace(PREFIX, "", 1),
+                     int(tags[i].dimension if tags[i].dimension is not None else np.max(frames, initial=0)))
+                    for i in order]
+            source = st if st is not None else data
+            sparse = source.sparse if st is not None else \
+                data.sparse_dim.description if data.sparse_dim is not None else None
+            keys[st.key if st is not None else f"{self.rec}/{name}"] = ViewKey(
+                st.key if st is not None else f"{self.rec}/{name}", st is not None, dims,
+                source.dtype.startswith(("int", "uint", "bool")), sparse, layer=data is not None,
+                perm=order if order != sorted(order) else None, frames=frames)
         return keys
 
     def before_choice(self, key: str) -> bool:

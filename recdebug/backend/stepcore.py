@@ -56,10 +56,17 @@ def register_layer_class():
             super().transform_config_dict(d, network=network, get_layer=get_layer)
 
         @classmethod
-        def get_out_data_from_opts(cls, name, shape, dtype, sparse_dim=None, **kwargs):
-            return ConstantLayer.get_out_data_from_opts(
+        def get_out_data_from_opts(cls, name, shape, dtype, sparse_dim=None, network=None, **kwargs):
+            out = ConstantLayer.get_out_data_from_opts(
                 name=name, value=0, shape=shape, dtype=dtype, with_batch_dim=any(d.is_batch_dim() for d in shape),
                 sparse_dim=sparse_dim)
+            for i, tag in enumerate(out.dim_tags):  # an extern data's axis: as this net's extern data has it
+                if tag.is_dynamic() and not tag.is_batch_dim() and network is not None:
+                    found = [t for d in network.extern_data.data.values() for t in d.dim_tags
+                             if t == tag and t.dyn_size_ext is not None and t.dyn_size_ext.placeholder is not None]
+                    if found and found[0] is not tag:
+                        out = out.copy_template_replace_dim_tag(i, found[0])
+            return out
 
     register(DeviceTensorLayer)
     _layer_registered = True
@@ -103,11 +110,16 @@ class StepBuffers:
         self.vars, self.shapes, self.variables = {}, {}, []
         self._keys = {}
         for key, (shape, dtype) in states.items():
-            var = tf.Variable(tf.zeros([max_steps + 1] + list(shape), dtype=dtype), trainable=False,
-                              name=f"buffer_{len(self.vars)}")
+            if None in shape:  # an axis whose size the feed gives (an encoder's): allocated by reset, as the
+                # initial value is
+                var = tf.Variable(tf.zeros([0] * (len(shape) + 1), dtype=dtype), trainable=False,
+                                  shape=tf.TensorShape(None), validate_shape=False, name=f"buffer_{len(self.vars)}")
+            else:
+                var = tf.Variable(tf.zeros([max_steps + 1] + list(shape), dtype=dtype), trainable=False,
+                                  name=f"buffer_{len(self.vars)}")
             self._keys[key] = f"state/{len(self.vars)}"
             self.vars[key], self.shapes[key] = var, (tuple(shape), dtype)
-            self.tensors[self._keys[key]] = tf.gather(var, self.t)
+            self.tensors[self._keys[key]] = tf.ensure_shape(tf.gather(var, self.t), list(shape))
             self.variables.append(var)
         self.ended = self.scores = self.lengths_ph = None
         if ends or beam is not None:
@@ -138,7 +150,7 @@ class StepBuffers:
         return self._keys[key]
 
     def finish(self, new: dict, init: dict, reordered: set, end=None, chooser=None, end_reordered=False,
-               include_eos=False, lengths=None, hidden=()):
+               include_eos=False, lengths=None, hidden=(), valid=None):
         """The ops, once the step net is built.
 
         ``new``/``init``: key -> the State's value after the step / its initial value (broadcast to one step's
@@ -147,7 +159,9 @@ class StepBuffers:
         flags [batch] of a loop that ends by a flag (None: it runs its lengths, or to its bound); ``end_reordered``:
         they were computed before the choice. ``chooser``: the step net's top-k layer (``stepsearch``).
         ``lengths``: the steps of each entry, a tensor of the build (default: ``lengths_ph``, if made).
-        ``hidden``: keys of buffers that are no State of the user's (a cell's own state): not checked for NaN."""
+        ``hidden``: keys of buffers that are no State of the user's (a cell's own state): not checked for NaN.
+        ``valid``: key -> where a State with an axis of its own besides the batch has valid frames (a bool tensor
+        that broadcasts against one step's value): its padding frames are not checked for NaN."""
         import tensorflow as tf
 
         t, batch = self.t, self.batch
@@ -186,8 +200,17 @@ class StepBuffers:
             frozen = tf.where(mask, value, old)
             updates.append(tf.compat.v1.scatter_update(var, next_row, tf.expand_dims(frozen, 0)))
             if dtype.startswith("float") and key not in hidden:
-                nonfinite[key] = tf.reduce_any(tf.logical_and(tf.logical_not(tf.math.is_finite(frozen)), mask))
+                bad = tf.logical_and(tf.logical_not(tf.math.is_finite(frozen)), mask)
+                if key in (valid or {}):
+                    bad = tf.logical_and(bad, valid[key])
+                nonfinite[key] = tf.reduce_any(bad)
             first = init[key] if init[key].dtype.base_dtype == tf.as_dtype(dtype) else tf.cast(init[key], dtype)
+            if None in shape:  # the buffer made anew, sized as the initial value (which has every axis of the
+                size = tf.shape(first)  # State: an axis' size is that of this feed)
+                rest = tf.zeros(tf.concat([[self.max_steps], size], 0), dtype)
+                self.init_ops.append(tf.compat.v1.assign(var, tf.concat([tf.expand_dims(first, 0), rest], 0),
+                                                         validate_shape=False))
+                continue
             first = tf.broadcast_to(first, [batch] + list(shape[1:]))
             self.init_ops.append(tf.compat.v1.scatter_update(var, [0], tf.expand_dims(first, 0)))
         fetch = {"active": active, "nonfinite": nonfinite}
@@ -398,14 +421,21 @@ class LoopStepper(SteppingControls):
         return list(v.dims), v.ints, v.sparse, self._axis_name
 
     def key_value(self, key: str, at: int) -> np.ndarray:
-        """After ``at`` steps: a State's value, or a layer's value in iteration at-1 (zeros before any step)."""
+        """After ``at`` steps: a State's value, or a layer's value in iteration at-1 (zeros before any step),
+        [batch(, beam), ...] with its dims in the order ``describe_key`` gives."""
         v = self._key(key)
-        if v.state:
-            return self.value(v.obj, at=at)
-        if self.t == 0:
+        if not v.state and self.t == 0:
             shape = (self.batch,) + ((self.beam,) if self.searching else ()) + tuple(n for _, n in v.dims)
             return np.zeros(shape, np.float32)
-        return self.value(v.obj, at=max(1, at))
+        arr = self.value(v.obj, at=at if v.state else max(1, at))
+        lead = 2 if self.searching else 1
+        return arr.transpose(list(range(lead)) + [lead + i for i in v.perm]) if v.perm is not None else arr
+
+    def valid_units(self, key: str, b: int) -> int | None:
+        """How many of the flattened units of ``key`` hold sequence b's valid frames (a value with an axis of its
+        own besides the batch, first in ``describe_key``'s order: the rest is padding); None: all of them."""
+        v = self._key(key)
+        return None if v.frames is None else int(v.frames[b]) * int(np.prod([n for _, n in v.dims[1:]]))
 
     def key_before_choice(self, key: str) -> bool:
         v = self._key(key)
@@ -458,11 +488,15 @@ class ViewKey:
     """What the views know of a State or layer of a stepper: the user's object (``value`` takes it), its dims
     besides batch and beam as [(name, size)] in the order ``value`` gives, whether it holds ints, its sparse dim's
     name; ``layer``: it is among the layers with a value per step that the hierarchy picks (a config's State is
-    a layer of its unit too)."""
+    a layer of its unit too). A value with an axis of its own besides the batch (an encoder's) has it first, its
+    size that of the stepper's longest sequence, and ``frames``: each sequence's valid frames along it."""
 
-    def __init__(self, obj, state: bool, dims, ints: bool, sparse=None, layer: bool | None = None):
+    def __init__(self, obj, state: bool, dims, ints: bool, sparse=None, layer: bool | None = None, perm=None,
+                 frames=None):
         self.obj, self.state, self.dims, self.ints, self.sparse = obj, state, tuple(dims), ints, sparse
         self.layer = not state if layer is None else layer
+        self.perm = perm  # value's axes after batch (and beam) in the order of ``dims`` (None: as they are)
+        self.frames = frames  # per sequence: the valid frames along the first of ``dims`` (None: all valid)
 
 
 class StepperBeams(Beams):

@@ -52,11 +52,7 @@ class StepEngine(Engine):
         self.buffers = {}  # State -> (rd dims in buffer order, unit layer name)
         shapes = {}
         for state, name in loop.state_layers.items():
-            dims = sorted_dims(state.dims)
-            dynamic = [d for d in dims if d.is_dynamic]
-            if dynamic:
-                raise RunError(f"stepping: State {state.path(self.graph)!r} has the dynamic dim {dynamic[0]!r}; "
-                               f"the stepper keeps States with static dims only", hint="use g.trace() instead")
+            dims = sorted_dims(state.dims)  # (a dynamic dim besides the batch: its size is this feed's)
             shapes[state] = ([self.batch if d.is_batch else d.size for d in dims], state.dtype)
             self.buffers[state] = (dims, name)
         self.core = StepBuffers(shapes, self.batch, self.max_steps, self.choice.attrs["beam_size"]
@@ -101,7 +97,29 @@ class StepEngine(Engine):
             end = self._end_flags()
         self.core.finish(new, init, reordered, end=end, chooser=chooser,
                          end_reordered=end is not None and flat["end"] not in self.after_choice,
-                         include_eos=loop.include_eos, lengths=lengths)
+                         include_eos=loop.include_eos, lengths=lengths, valid=self._valid_frames(new))
+
+    def _valid_frames(self, new: dict) -> dict:
+        """State -> where its value has valid frames along its dynamic dims besides the batch (their lengths, per
+        entry), broadcast against one step's value in the buffer's order."""
+        import tensorflow as tf
+
+        valid = {}
+        for state, (dims, name) in self.buffers.items():
+            mask = None
+            for i, d in enumerate(dims):
+                if d.is_batch or not d.is_dynamic:
+                    continue
+                size = self.emitted.dims[d].dyn_size_ext
+                if size is None or size.placeholder is None or size.batch_ndim != 1:
+                    continue
+                lens = size.placeholder
+                frames = tf.sequence_mask(lens, tf.shape(new[state])[i])  # [batch, frames]
+                frames = tf.reshape(frames, [self.batch] + [1] * (i - 1) + [-1] + [1] * (len(dims) - i - 1))
+                mask = frames if mask is None else tf.logical_and(mask, frames)
+            if mask is not None:
+                valid[state] = mask
+        return valid
 
     def _end_flags(self):
         import tensorflow as tf
@@ -295,10 +313,12 @@ class Stepper(LoopStepper):
             if sorted(order, key=id) != sorted(dims, key=id):
                 raise DimError(f"set_state: order {tuple(order)} is not a permutation of {dims}")
             value = value.transpose([list(order).index(d) for d in dims])
-        expected = (self.batch,) + tuple(d.size for d in dims[1:])
+        expected = (self.batch,) + tuple(self.beam if d is self.beam_dim else self._size(d) for d in dims[1:])
         if value.shape != expected:
+            dynamic = [f"{d.name} has {self._size(d)} frames here, its longest sequence" for d in dims[1:]
+                       if d.is_dynamic and d is not self.beam_dim]
             raise RunError(f"set_state({state.path(self.graph)!r}): shape {value.shape}, expected {expected} "
-                           f"(order {tuple(d.name for d in dims)})")
+                           f"(order {tuple(d.name for d in dims)}" + "".join(f"; {x}" for x in dynamic) + ")")
         if self.choice is not None:
             value = value.reshape((self.batch * self.beam,) + value.shape[2:])
         return self._set_buffer(state, value)
@@ -359,13 +379,28 @@ class Stepper(LoopStepper):
     # --- what the debugger asks (by key: a State's path, or "<loop>/<layer>") ---
     def _keys(self) -> dict:
         def key(x, state: bool) -> ViewKey:
-            dims = [(d.name, int(d.size)) for d in sorted_dims(x.dims) if not d.is_batch]
+            have = [d for d in sorted_dims(x.dims) if not d.is_batch]
+            dims = sorted(have, key=lambda d: not d.is_dynamic)  # an axis of its own first: its padding last
             sparse = x.sparse_dim.name if getattr(x, "sparse_dim", None) is not None else None
-            return ViewKey(x, state, dims, x.dtype in ("int32", "int64", "bool"), sparse)
+            frames = self._lens.get(dims[0]) if dims and dims[0].is_dynamic else None
+            return ViewKey(x, state, [(d.name, self._size(d)) for d in dims], x.dtype in ("int32", "int64", "bool"),
+                           sparse, perm=[have.index(d) for d in dims] if dims != have else None, frames=frames)
 
         keys = {s.path(self.graph): key(s, True) for s in self.states}
         keys.update({f"{self.loop.name}/{op.name}": key(op.out, False) for op in self.loop.ops})
         return keys
+
+    def _size(self, d) -> int:
+        """A dim's size in this stepper's values: a dynamic one's is its longest sequence in the feed."""
+        if not d.is_dynamic:
+            return int(d.size)
+        if d in self._lens:
+            return int(np.max(self._lens[d], initial=0))
+        e = self._live_engine()
+        for state, (dims, _) in e.buffers.items():  # a dim computed before the loop: a State's buffer has it
+            if d in dims:
+                return int(self._buffer(state, 0).shape[dims.index(d)])
+        raise RecDebugError(f"{d!r}: its size in this stepper is not known (no input and no State has it)")
 
     @property
     def _axis_name(self) -> str:

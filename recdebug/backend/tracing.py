@@ -115,6 +115,9 @@ class Tracing:
                     continue
                 lens_dims = length_fetch[loop.axis][1] if loop.axis in length_fetch else (_batch(),)
                 loop_lens[label(loop.axis)] = (arr, tuple(label(d) for d in lens_dims))
+        for lab, d in list(labels.values()):  # an input's dynamic dim a value has (a State over an encoder's axis)
+            if d.is_dynamic and not d.is_batch and lab not in loop_lens and d in lens and np.ndim(lens[d]) == 1:
+                loop_lens[lab] = (np.asarray(lens[d]), (label(_batch()),))
         dims = {lab: DimInfo(lab, d.name, d.size, d.is_batch, d.order) for lab, d in labels.values()}
         moved_out, in_loop = self.moved_out()
         trace = Trace(entries, dims, loop_lens, moved_out, in_loop, device=self.device, lookup=lookup,

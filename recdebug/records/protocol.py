@@ -38,6 +38,11 @@ class SteppingControls:
         """Its value after ``at`` steps, numpy [batch(, beam), ...]."""
         raise NotImplementedError
 
+    def valid_units(self, key: str, b: int):
+        """How many of its flattened units hold sequence b's valid frames (a value with an axis of its own besides
+        the batch has it first; the rest is padding), or None: all of them."""
+        raise NotImplementedError
+
     def key_before_choice(self, key: str) -> bool:
         """Searching: whether it is computed before the choice (one value per previous hypothesis)."""
         raise NotImplementedError

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..language.errors import RecDebugError
 from .panels import HeatmapView
+from .sources import RecordedSource
 
 
 class Marks:
@@ -70,10 +71,9 @@ class Marks:
             if found is None or view.key not in self.other.entries:
                 continue
             a = self._array(view.key, b)
-            o_entry = self.other.entries[view.key]
-            axis = self.source.axis
-            rest = [d for d in o_entry.dims if d not in (axis, "batch")]
-            o = self.other.numpy(view.key, order=[axis, "batch"] + rest)[:, b].reshape(a.shape[0], -1)
+            o = RecordedSource(self.other).rows(view.key, b, None, None)  # in the same order, valid frames only
+            if o.shape != a.shape:
+                continue
             valid = np.arange(a.shape[0])[:, None] < self._length(b)
             mask = (~(np.abs(a - o) <= 1e-5) & ~(np.isnan(a) & np.isnan(o)) & valid).astype(np.uint8)
             steps = np.nonzero(mask.any(axis=1))[0]
@@ -88,7 +88,8 @@ class Marks:
         e = self.trace.entries[view.key + ".grad"]
         axis = self.source.axis
         rest = [d for d in e.dims if d not in (axis, "batch")]
-        g = self.trace.numpy(e.key, order=[axis, "batch"] + rest)[:, self.sequence]
+        order = [axis, "batch"] + rest
+        g = (self.trace.numpy(e.key, order=order) * self.trace.mask(e.key, order=order))[:, self.sequence]
         norms = np.sqrt((g.reshape(g.shape[0], -1).astype(np.float64) ** 2).sum(axis=1)).astype(np.float32)
         view.grad_norms = norms.tobytes()
 

@@ -38,12 +38,27 @@ class RecordedSource:
     def state_keys(self) -> list:
         return [e.key for e in self.trace.entries.values() if e.kind == "state" and e.loop_axes == (self.axis,)]
 
+    def _unit_dims(self, e) -> list:
+        """The dims of an entry's units, an axis of its own with lengths (an encoder's) first: its padding last."""
+        rest = [d for d in e.dims if d not in (self.axis, "batch", "beam")]
+        own = [d for d in rest if d in self.trace._lens and self.trace._lens[d][1] == ("batch",)][:1]
+        return own + [d for d in rest if d not in own]
+
     def describe(self, key: str) -> tuple:
         """(dims [(name, size)] besides the loop's axis, batch and beam; whether it holds ints; its sparse dim's
         name; the loop axis' name)."""
         e = self.trace.entries[key]
-        dims = [(d, int(e.array.shape[i])) for i, d in enumerate(e.dims) if d not in (self.axis, "batch", "beam")]
+        dims = [(d, int(e.array.shape[e.dims.index(d)])) for d in self._unit_dims(e)]
         return dims, e.array.dtype.kind in "iub", None, self.axis
+
+    def valid_units(self, key: str, b: int) -> int | None:
+        """How many of the units of ``key`` hold sequence b's valid frames (None: all)."""
+        e = self.trace.entries[key]
+        dims = self._unit_dims(e)
+        if not dims or dims[0] not in self.trace._lens or self.trace._lens[dims[0]][1] != ("batch",):
+            return None
+        rest = int(np.prod([e.array.shape[e.dims.index(d)] for d in dims[1:]]))
+        return int(self.trace._lens[dims[0]][0][b]) * rest
 
     def steps(self, beams) -> int:
         if beams is not None:  # every step the search ran, not only the best hypothesis' length
@@ -60,19 +75,19 @@ class RecordedSource:
         """[T, U] float32 values of ``key`` for sequence ``b`` (searching: along ``hypothesis``, (step, slot))."""
         tr, axis = self.trace, self.axis
         e = tr.entries[key]
+        rest, n = self._unit_dims(e), self.valid_units(key, b)
         if "beam" in e.dims and hypothesis is not None:
-            rest = [d for d in e.dims if d not in (axis, "batch", "beam")]
             values = tr.numpy(key, order=[axis, "batch", "beam"] + rest)[:, b]
             path = beams.path(hypothesis[0], b, hypothesis[1])
             before = tr.before_choice(key)
             rows = [values[t, beams.backpointers[t, b, slot]] if before else values[t, slot]
                     for t, slot in enumerate(path)]
             rows += [np.zeros_like(rows[0])] * (values.shape[0] - len(rows))
-            return np.stack(rows).reshape(values.shape[0], -1).astype(np.float32)
-        rest = [d for d in e.dims if d not in (axis, "batch")]
+            return np.stack(rows).reshape(values.shape[0], -1)[:, :n].astype(np.float32)
+        rest = [d for d in e.dims if d not in (axis, "batch")] if "beam" in e.dims else rest
         arr = tr.numpy(key, order=[axis, "batch"] + rest) if "batch" in e.dims else \
             tr.numpy(key, order=[axis] + rest)[:, None]
-        return arr[:, b].reshape(arr.shape[0], -1).astype(np.float32)
+        return arr[:, b].reshape(arr.shape[0], -1)[:, :n].astype(np.float32)
 
     def has_steps(self, path: str) -> bool:
         e = self.trace.entries.get(path)
@@ -129,15 +144,19 @@ class LiveSource:
     def rows(self, key: str, b: int, beams, hypothesis) -> np.ndarray:
         """[T, U] float32 values of ``key`` for sequence ``b`` (searching: along ``hypothesis``, (step, slot));
         zeros for the steps not run yet."""
-        rows = self.all_rows(key)
+        rows, n = self.all_rows(key), self.valid_units(key, b)
         if beams is None:
-            return rows[:, b].reshape(rows.shape[0], -1)
+            return rows[:, b].reshape(rows.shape[0], -1)[:, :n]
         out = np.zeros((rows.shape[0], rows.shape[-1]), np.float32)
         if hypothesis is not None:
             before = self.stepper.key_before_choice(key)
             for t, slot in enumerate(beams.path(hypothesis[0], b, hypothesis[1])):
                 out[t] = rows[t, b, beams.backpointers[t, b, slot] if before else slot]
-        return out
+        return out[:, :n]
+
+    def valid_units(self, key: str, b: int) -> int | None:
+        """How many of the units of ``key`` hold sequence b's valid frames (None: all)."""
+        return self.stepper.valid_units(key, b)
 
     def all_rows(self, key: str) -> np.ndarray:
         """[T, batch, U] (searching: [T, batch, beam, U]) values of the steps run so far."""

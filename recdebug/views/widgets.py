@@ -183,6 +183,12 @@ class Debugger(Controls, Cursor, SearchControl, Marks, StatusLine, w.VBox):
         b = self.sequence
         arr = self._array(view.key, b)
         known = self.source.known(self.T)
+        n = self.source.valid_units(view.key, b)
+        if n is not None:  # a value with an axis of its own: this sequence's valid frames only
+            dims = self.source.describe(view.key)[0]
+            total = int(np.prod([size for _, size in dims]))
+            view.unit_label = "×".join(name for name, _ in dims) + f" ({n} of {total} units: sequence {b}'s " \
+                                                                    "valid frames)"
         if self.stepper is not None and self.beams is not None and title is None:
             view.update(arr, self._length(b), known)  # a live search: mostly the new step's row
         else:
@@ -215,10 +221,11 @@ class Debugger(Controls, Cursor, SearchControl, Marks, StatusLine, w.VBox):
                     self._send(view)
             length = self._length(self.sequence)
             for view in self._active_views():
-                rows = self.source.all_rows(view.key)
+                rows, n = self.source.all_rows(view.key), self.source.valid_units(view.key, self.sequence)
                 with view.hold_sync():  # the new rows, the steps known and where the sequence ended: one message
-                    if view.known < t:
-                        view.set_rows({k: rows[k, self.sequence] for k in range(view.known, t)}, known=t)
+                    if view.known < t:  # (a value with an axis of its own: its valid frames only)
+                        view.set_rows({k: rows[k, self.sequence].reshape(-1)[:n] for k in range(view.known, t)},
+                                      known=t)
                     view.length = length
         self._place_cursor(t)
 
