@@ -864,3 +864,33 @@ def test_a_configs_state_over_the_encoders_axis_steps_as_numpy_computes_it(tmp_p
     got = tr.numpy(key, order=["batch", "loop:time", "time:var:extern_data:m", tr.dims_of(key)[2]])[..., 0]
     for b in range(3):
         np.testing.assert_allclose(got[b, :lens[b], :mem_lens[b]], want[b, :lens[b], :mem_lens[b]], atol=ATOL)
+
+
+def test_a_checkpoint_without_a_layers_parameters_is_said_in_the_configs_terms(tmp_path, rng):
+    """A layer nothing reads has no parameters in a checkpoint RETURNN trained (it never built it): run and search
+    leave it out, as RETURNN's own forward and search do. A layer that is needed and missing is one clear error
+    naming its parameters, and with pretraining in the config, why that may be."""
+    net = {k: dict(v) for k, v in SEARCH_NET.items()}
+    ckpt = rd.from_returnn(net, extern_data=SEARCH_DATA).save(tmp_path / "model")
+    x, lens = rng.standard_normal((2, 4, 5)).astype(np.float32), np.array([4, 2])
+    with pytest.raises(rd.RunError, match=r"missing input 'classes': the network reads it"):  # not searching
+        rd.from_returnn(net, extern_data=SEARCH_DATA, checkpoint=ckpt).run({"data": x}, {"data": lens})
+    feed = {"data": x, "classes": np.array([[1, 2, 5], [3, 5, 0]])}
+    feed_lens = {"data": lens, "classes": np.array([3, 2])}
+    plain = rd.from_returnn(net, extern_data=SEARCH_DATA, checkpoint=ckpt).run(feed, feed_lens)
+    extra = dict(net, unused={"class": "linear", "activation": None, "from": "encoder", "n_out": 3})
+    m = rd.from_returnn(extra, extern_data=SEARCH_DATA, checkpoint=ckpt)
+    res = m.run(feed, feed_lens)
+    np.testing.assert_array_equal(res.numpy("output"), plain.numpy("output"))
+    np.testing.assert_array_equal(res.numpy("enc_ctx"), plain.numpy("enc_ctx"))
+    assert "unused" not in res.keys()
+    assert m.run({"data": x}, {"data": lens}, search=True).numpy("output").shape[0] == 2
+
+    needed = dict(extra, enc_ctx={"class": "linear", "activation": "tanh", "from": "unused", "n_out": 16})
+    with pytest.raises(rd.RecDebugError, match=r"has no values for unused/W, unused/b: parameters of the layers "
+                                               r"unused") as e:
+        rd.from_returnn(needed, extern_data=SEARCH_DATA, checkpoint=ckpt).run(feed, feed_lens)
+    assert "pretrain" not in str(e.value)
+    config = {"network": needed, "extern_data": SEARCH_DATA, "pretrain": "default"}
+    with pytest.raises(rd.RecDebugError, match=r"(?s)has no values for unused/W.*a checkpoint of a pretrain epoch"):
+        rd.from_returnn(config, checkpoint=ckpt).trace(feed, feed_lens, rec="output")

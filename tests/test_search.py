@@ -533,19 +533,27 @@ def test_live_search_over_an_unstacked_axis_agrees_with_the_trace(rng):
             np.testing.assert_allclose(live.state(h, n - 1, b, k), traced.state(h, n - 1, b, k), atol=1e-5)
 
 
-def test_live_search_of_an_attention_decoder_agrees_with_returnn(rng):
+@pytest.mark.parametrize("coverage", [False, True])
+def test_live_search_of_an_attention_decoder_agrees_with_returnn(rng, coverage):
     """Values over the encoder's dynamic axis inside the searched loop (attention): the live search, which runs
-    its own top-k and reordering, finds RETURNN's hypotheses with RETURNN's scores."""
+    its own top-k and reordering, finds RETURNN's hypotheses with RETURNN's scores. ``coverage``: a State over the
+    encoder's axis too (the attention weights so far), each hypothesis its own copy, reordered by the
+    backpointers as RETURNN's search reorders it."""
     enc_t, hid, vocab, emb = rd.Dim("enc_time"), rd.Dim("hid", 4), rd.Dim("vocab", VOCAB), rd.Dim("emb", 3)
     with rd.Graph() as g:
         enc = rd.Input("enc", {batch, enc_t, hid})
         embed, lin_h, lin_out, lin_q = rd.Embedding(vocab, emb), rd.Linear(hid), rd.Linear(vocab), rd.Linear(hid)
         label = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
         h = rd.State({batch, hid})
+        cov = rd.State({batch, enc_t}, initial=0.0)
         with rd.Loop(max_seq_len=MAX_LEN) as loop:
             energy = rd.reduce_sum(enc * lin_q(h.get()), hid)
+            if coverage:
+                energy = energy - 2.0 * cov.get()
             w = rd.exp(energy - rd.reduce_max(energy, enc_t))
             w = w / rd.reduce_sum(w, enc_t)
+            if coverage:
+                cov.assign(cov.get() + w)
             h_ = rd.tanh(lin_h(rd.concat(embed(label.get()), rd.reduce_sum(enc * w, enc_t))))
             h.assign(h_)
             y = rd.choice(lin_out(h_), beam_size=3)
@@ -565,6 +573,12 @@ def test_live_search_of_an_attention_decoder_agrees_with_returnn(rng):
         for k in range(3):
             if not live.ended[0, b, k]:
                 np.testing.assert_allclose(live.state(h, 0, b, k), traced.state(h, 0, b, k), atol=1e-6)
+        if coverage:  # along every hypothesis of the final beam, every step to its end: the encoder's valid frames
+            n = lens[enc_t][b]
+            for hy in want:
+                for t, slot in enumerate(hy["slots"][:hy["length"]]):
+                    np.testing.assert_allclose(live.state(cov, t, b, slot)[:n], traced.state(cov, t, b, slot)[:n],
+                                               atol=1e-5, err_msg=f"cov of sequence {b} at t={t}")
     weights = st.value(w, at=1)  # attention weights per hypothesis of step 0: the encoder frames of each sequence
     assert weights.shape == (3, 3, 5)
     for b, n in enumerate(lens[enc_t]):

@@ -148,7 +148,17 @@ class ReturnnModel:
         if key not in self._builds:
             from .engine import build_apart
 
-            self._builds[key] = build_apart(lambda: ModelBuild(self, kind, rec))
+            try:
+                self._builds[key] = build_apart(lambda: ModelBuild(self, kind, rec))
+            except MissingParams as e:
+                if kind not in ("run", "search") or not e.layers:
+                    raise
+                skip = e.layers
+            else:
+                return self._builds[key]
+            # a top-level layer RETURNN never built while training (nothing read it), made an output here: left
+            # out, as RETURNN's own forward and search leave it out
+            self._builds[key] = build_apart(lambda: ModelBuild(self, kind, rec, skip=skip))
         return self._builds[key]
 
     def run(self, inputs: dict, seq_lens: dict | None = None, search: bool = False) -> "ModelResult":
@@ -222,7 +232,7 @@ class ReturnnModel:
         path = os.fspath(path)
         if os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        b = self._build("run", None)
+        b = self._build("save", None)  # every layer, each rec layer's unit in its loop: every parameter
         with b.tf_graph.as_default():
             b.network.save_params_to_file(path, session=b.session)
         return path
@@ -290,17 +300,22 @@ class ModelResult:
 class ModelBuild(Build):
     """One build of the config's network in its own tf.Graph and Session (``Build``), parameters loaded."""
 
-    def __init__(self, model: ReturnnModel, kind: str, rec: str | None):
+    def __init__(self, model: ReturnnModel, kind: str, rec: str | None, skip=()):
         import tensorflow as tf
         from returnn.tf.network import TFNetwork
 
         self.model, self.kind, self.rec, self.device = model, kind, rec, model.device
         net = copy.deepcopy(model.net)
         self.searched = {}  # with search: rec layer -> its best hypothesis' layer
-        if kind in ("run", "search"):  # every top-level layer (RETURNN builds the output layers and what they read)
-            for layer in net.values():
-                if isinstance(layer, dict):
+        if kind in ("run", "search", "save"):  # every top-level layer (RETURNN builds the output layers and what they
+            for name, layer in net.items():  # read)
+                if isinstance(layer, dict) and name not in skip:
                     layer["is_output_layer"] = True
+        if kind == "save":  # every layer of each unit too (RETURNN builds a unit's layers only as its outputs need)
+            for name in model.rec_layers:
+                for sub, layer in net[name]["unit"].items():
+                    if sub != "end" and isinstance(layer, dict):  # (see "trace" below)
+                        layer["is_output_layer"] = True
         if kind == "search":
             for name in model.rec_layers:
                 if any(isinstance(x, dict) and x.get("class") == "choice" for x in net[name]["unit"].values()):
@@ -348,13 +363,33 @@ class ModelBuild(Build):
                                     f"{str(e).splitlines()[0] if str(e) else ''}"
                                     ) from (e if os.environ.get("RECDEBUG_DEBUG") else None)
         self.open()
-        self.restore()
+        try:
+            self.restore()
+        except BaseException:
+            self.close()
+            raise
         if kind.startswith("templates"):
             self._templates()
 
     def prepare(self, net: dict) -> dict:
         """The net dict to build (a subclass: rewritten)."""
         return net
+
+    def run_session(self, fetches, feed_dict):
+        """``Build.run_session``, with an extern data the network needs but was not given said so."""
+        import re
+
+        import tensorflow as tf
+
+        try:
+            return super().run_session(fetches, feed_dict)
+        except tf.errors.InvalidArgumentError as e:
+            found = re.search(r"feed a value for placeholder tensor 'extern_data/placeholders/([^/']+)/", str(e))
+            if found is None:
+                raise
+            key = found.group(1)
+            raise RunError(f"missing input {key!r}: the network reads it here (e.g. a choice layer's target when not "
+                           f"searching)", hint=f"pass it as {{{key!r}: array}}, or run(..., search=True)") from None
 
     def before_construct(self):
         """Inside the build's scope, its network made but not yet built from the net dict."""
@@ -367,8 +402,11 @@ class ModelBuild(Build):
         its first build (every build of the model has the same)."""
         model = self.model
         if model.checkpoint:
-            with self.scope():
-                self.network.load_params_from_file(model.checkpoint, session=self.session)
+            try:
+                with self.scope():
+                    self.network.load_params_from_file(model.checkpoint, session=self.session)
+            except Exception as e:
+                raise missing_params(self.network, model, e) from (e if os.environ.get("RECDEBUG_DEBUG") else None)
         else:
             params = self.network.get_params_list()
             if model._initial_params is None:
@@ -465,6 +503,42 @@ class ModelBuild(Build):
         from .returnn_trace import config_search_trace
 
         return config_search_trace(self, inputs, seq_lens)
+
+
+class MissingParams(RecDebugError):
+    """The checkpoint lacks the values of some of the build's parameters; ``layers``: the top-level layers they
+    belong to."""
+
+    def __init__(self, message: str, layers=(), hint=None):
+        super().__init__(message, hint=hint)
+        self.layers = tuple(layers)
+
+
+def missing_params(network, model, error) -> RecDebugError:
+    """What RETURNN's checkpoint loader raised, said in the config's terms: which parameters the checkpoint lacks
+    and the layers (and config lines) they belong to."""
+    import ast
+    import re
+
+    # RETURNN's loader maps the checkpoint's names to the network's (renamed layers, other cells) and says which
+    # it could not map
+    found = re.search(r"could_not_find_map_list: (\[[^\]]*\])", str(error))
+    try:
+        missing = [str(m) for m in ast.literal_eval(found.group(1))] if found else []
+    except (ValueError, SyntaxError):
+        missing = []
+    if not missing:
+        return RecDebugError(f"RETURNN could not load the checkpoint {model.checkpoint!r}: {type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''}")
+    layers = sorted({m.split("/")[0] for m in missing})
+    where = ", ".join(f"{n} ({model.line(n)})" if model.line(n) else n for n in layers)
+    hint = "give a checkpoint of this network"
+    if model.config.has("pretrain"):
+        hint = ("the config trains with pretrain: a checkpoint of a pretrain epoch holds the pretrain network's "
+                "parameters; give one written after pretraining, or build the pretrain network's dict")
+    shown = ", ".join(missing[:6]) + (f" ... ({len(missing)} in all)" if len(missing) > 6 else "")
+    return MissingParams(f"the checkpoint {model.checkpoint!r} has no values for {shown}: parameters of the "
+                         f"layers {where}", layers=layers, hint=hint)
 
 
 def _sequences(inputs: dict, seq_lens: dict) -> int:

@@ -154,8 +154,6 @@ class ConfigStepEngine(Build):
     def restore(self):
         """Every parameter of the step net gets its value from the model's build (the checkpoint's values), all in
         one session call each way."""
-        import tensorflow as tf
-
         source, unit = self._source, self.model.net[self.rec]["unit"]
         pairs = []  # (this build's variable, the model build's)
         for name, layer in self.network.layers.items():
@@ -170,10 +168,9 @@ class ConfigStepEngine(Build):
                                     f"({sorted(layer.params)} vs {sorted(src.params) if src else 'no layer'})")
             pairs += [(var, src.params[key]) for key, var in layer.params.items()]
         values = source.session.run([theirs for _, theirs in pairs])
-        with self.tf_graph.as_default():
-            feeds = [tf.compat.v1.placeholder(ours.dtype.base_dtype, ours.shape) for ours, _ in pairs]
-            assign = [tf.compat.v1.assign(ours, ph) for (ours, _), ph in zip(pairs, feeds)]
-        self.session.run(assign, feed_dict=dict(zip(feeds, values)))
+        # each variable's initializer fed its value (as Variable.load does), all in one call and no new ops
+        self.session.run([ours.initializer for ours, _ in pairs],
+                         feed_dict={ours.initializer.inputs[1]: value for (ours, _), value in zip(pairs, values)})
 
 
 def _register_config_topk():
