@@ -1,11 +1,13 @@
 """Benchmark for a RETURNN config's live stepper (``rd.from_returnn(...).stepper``), measured side by side with
 RETURNN's own run of the same model.
 
-Two configs: tests/returnn_demos/demo-tf-attention.config (an encoder of BLSTMs, an attention decoder fed its
-reference labels: teacher forcing), and an attention decoder that searches (a choice layer with beam 4, an end
-layer). Per config, rounds interleaved: ``m.run`` (RETURNN's forward, or its beam search), ``m.trace`` (every
-layer of the unit at every step; teacher forcing only), making a stepper (``m.stepper(...)``: its build) and a
-full pass of a made one (``reset()`` and ``run_to(T)``); the ratios are to ``m.run`` in the same round. Then the stepper's single-step latency.
+Three configs: tests/returnn_demos/demo-tf-attention.config (an encoder of BLSTMs, an attention decoder fed its
+reference labels: teacher forcing), an attention decoder that searches (a choice layer with beam 4, an end layer),
+and the same with the attention of RETURNN's published attention setups (weight feedback from the accumulated
+attention weights: a State over the encoder's frames). Per config, rounds interleaved: ``m.run`` (RETURNN's
+forward, or its beam search), ``m.trace`` (every layer of the unit at every step; teacher forcing only), making a
+stepper (``m.stepper(...)``: its build) and a full pass of a made one (``reset()`` and ``run_to(T)``); the ratios
+are to ``m.run`` in the same round. Then the stepper's single-step latency.
 Usage: python bench/bench_config_stepper.py [--repeats 5] [--batch 8] [--enc 100] [--dec 40]
 """
 from __future__ import annotations
@@ -38,6 +40,23 @@ SEARCH_NET = {  # an attention decoder that picks its own labels
                    "end": {"class": "compare", "from": "output", "value": 0}}},
 }
 SEARCH_DATA = {"data": {"dim": 32}, "classes": {"dim": 50, "sparse": True, "available_for_inference": False}}
+# the attention of RETURNN's published attention setups: weight feedback from the accumulated attention weights, a
+# State over the encoder's frames
+ACCUM_UNIT = {
+    "s_transformed": {"class": "linear", "activation": None, "with_bias": False, "from": "s", "n_out": 128},
+    "weight_feedback": {"class": "linear", "activation": None, "with_bias": False, "from": "prev:accum_att_weights",
+                        "n_out": 128},
+    "energy_in": {"class": "combine", "kind": "add", "from": ["base:enc_ctx", "weight_feedback", "s_transformed"],
+                  "n_out": 128},
+    "energy_tanh": {"class": "activation", "activation": "tanh", "from": "energy_in"},
+    "energy": {"class": "linear", "activation": None, "with_bias": False, "from": "energy_tanh", "n_out": 1},
+    "att_weights": {"class": "softmax_over_spatial", "from": "energy"},
+    "accum_att_weights": {"class": "combine", "kind": "add", "from": ["prev:accum_att_weights", "att_weights"],
+                          "initial_output": 0},
+    "c": {"class": "generic_attention", "weights": "att_weights", "base": "base:encoder"},
+}
+ACCUM_NET = dict(SEARCH_NET, output=dict(SEARCH_NET["output"], unit={
+    **{k: v for k, v in SEARCH_NET["output"]["unit"].items() if k != "c"}, **ACCUM_UNIT}))
 
 
 def step_latency(make, n: int) -> float:
@@ -95,20 +114,22 @@ def main():
         row(name, r)
     print(f"  {'single step':<34} {step_latency(lambda: m.stepper(feed, lens), args.dec) * 1e3:9.2f} ms")
 
-    ms = rd.from_returnn(SEARCH_NET, extern_data=SEARCH_DATA, device="cpu")
     xs = rng.standard_normal((b, args.enc, 32)).astype(np.float32)
     slens = {"data": np.linspace(args.enc // 2, args.enc, b).astype(np.int32)}
-    make = (lambda: ms.stepper({"data": xs}, slens, search=True))
-    st = make()
-    ms.run({"data": xs}, slens, search=True), full_pass(st)
-    res = timed_side_by_side({"run (RETURNN's search)": lambda: ms.run({"data": xs}, slens, search=True),
-                              "m.stepper(..., search=True)": lambda: made(make),
-                              "stepper full pass (search)": lambda: full_pass(st)}, args.repeats)
-    st.close()
-    print(f"attention decoder, beam 4 search: batch {b}, {args.enc} encoder frames, at most {args.enc} steps")
-    for name, r in res.items():
-        row(name, r)
-    print(f"  {'single step (search)':<34} {step_latency(make, 40) * 1e3:9.2f} ms")
+    for title, net in (("attention decoder", SEARCH_NET),
+                       ("attention decoder with accumulated weights (a State over the encoder's frames)", ACCUM_NET)):
+        ms = rd.from_returnn(net, extern_data=SEARCH_DATA, device="cpu")
+        make = (lambda: ms.stepper({"data": xs}, slens, search=True))
+        st = make()
+        ms.run({"data": xs}, slens, search=True), full_pass(st)
+        res = timed_side_by_side({"run (RETURNN's search)": lambda: ms.run({"data": xs}, slens, search=True),
+                                  "m.stepper(..., search=True)": lambda: made(make),
+                                  "stepper full pass (search)": lambda: full_pass(st)}, args.repeats)
+        st.close()
+        print(f"{title}, beam 4 search: batch {b}, {args.enc} encoder frames, at most {args.enc} steps")
+        for name, r in res.items():
+            row(name, r)
+        print(f"  {'single step (search)':<34} {step_latency(make, 40) * 1e3:9.2f} ms")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,14 @@ def from_returnn(config, checkpoint=None, extern_data=None, device=None):
     return load(config, checkpoint=checkpoint, extern_data=extern_data, device=device)
 
 
+def plot_alignment(source, key, sequence=0, labels=None, vocab=None, t=None, hypothesis=None):
+    """A matplotlib Figure of the alignment of a value over the loop's steps and an encoder's frames (attention
+    weights, coverage) in a trace or stepper; see ``recdebug.views.alignment.plot_alignment``."""
+    from .views.alignment import plot_alignment as plot
+
+    return plot(source, key, sequence=sequence, labels=labels, vocab=vocab, t=t, hypothesis=hypothesis)
+
+
 def debugger(source, other=None, layers=(), reveal=None, shared_scale=False, vocab=None):
     """The debugger widget for an ``rd.Trace`` or an ``rd.Stepper`` (imports ipywidgets on first use); see
     ``recdebug.views.widgets.debugger`` for the options."""
@@ -44,6 +52,6 @@ __all__ = [
     "Loop", "choice", "tanh", "sigmoid", "relu", "exp", "log", "abs", "softmax", "log_softmax", "where", "gather",
     "dropout", "cross_entropy", "split", "concat", "zeros", "constant", "reduce_sum", "reduce_max", "reduce_min",
     "reduce_mean", "cast",
-    "Trace", "TraceDiff", "from_returnn", "Stepper", "on_nan", "on_nonfinite", "on_state", "debugger", "RecDebugError", "LoopError", "DimError", "RunError",
+    "Trace", "TraceDiff", "from_returnn", "Stepper", "on_nan", "on_nonfinite", "on_state", "debugger", "plot_alignment", "RecDebugError", "LoopError", "DimError", "RunError",
     "FeedError", "RecDebugWarning",
 ]

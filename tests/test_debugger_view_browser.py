@@ -366,6 +366,13 @@ def test_a_state_over_an_encoders_axis_shows_the_sequences_valid_frames_only(lab
         check_values(page, heat, expected, 6)
         shape = heat.locator(".rd-heat").evaluate("c => [c.width, c.height]")
         assert shape == [6, 3], shape  # steps x valid frames
+        alignment = cell.locator(".rd-alignment")  # the coverage's alignment: steps down, frames across
+        expect(alignment).to_be_visible()
+        size = alignment.evaluate("img => [img.naturalWidth, img.naturalHeight, img.src]")
+        assert size[0] > 300 and size[1] > 150, size
+        cell.get_by_role("button", name="step ▶").click()  # redrawn with the new step
+        expect(cell.locator(".rd-status")).to_contain_text("at t=4 (5 of 6 steps run)")
+        expect(alignment).not_to_have_attribute("src", size[2])
         cell.locator(".jp-OutputArea-output").first.screenshot(path=str(OUT / f"debugger-coverage-{width}.png"))
     finally:
         set_theme(url, token, "JupyterLab Light")

@@ -139,3 +139,81 @@ def test_the_debugger_shows_each_sequences_valid_frames_of_the_states_own_axis(r
     np.testing.assert_allclose(view._array[:2], want[1, :2, :3], atol=ATOL)
     d.close()
     st.close()
+
+
+def drawn(fig) -> np.ndarray:
+    """The matrix an alignment figure draws (masked: padding and steps not run)."""
+    return fig.axes[0].images[0].get_array()
+
+
+def test_the_alignment_of_attention_weights_is_drawn_from_a_trace_a_stepper_and_in_the_debugger(rng):
+    g, time, enc, cov, att = coverage_graph()
+    x, m = feeds(rng)
+    lens = {time: TIME_LENS, enc: ENC_LENS}
+    want = numpy_coverage(x, m, TIME_LENS, ENC_LENS)
+    weights = np.diff(np.concatenate([np.zeros((3, 1, 5)), want], axis=1), axis=1)  # each step's attention
+    tr = g.trace({"x": x, "m": m}, lens)
+    for b in range(3):  # loop steps down, the sequence's valid frames across, padding steps masked
+        got = drawn(rd.plot_alignment(tr, att, sequence=b))
+        assert got.shape == (4, ENC_LENS[b])
+        np.testing.assert_allclose(got[:TIME_LENS[b]], weights[b, :TIME_LENS[b], :ENC_LENS[b]], atol=ATOL)
+        assert got.mask[TIME_LENS[b]:].all() and not got.mask[:TIME_LENS[b]].any()
+    st = g.stepper({"x": x, "m": m}, lens)
+    st.step(2)
+    key = next(k for k in st.layer_keys() if k.endswith("softmax"))
+    fig = rd.plot_alignment(st, key, sequence=0)
+    got = drawn(fig)
+    np.testing.assert_allclose(got[:2], weights[0, :2], atol=ATOL)
+    assert got.mask[2:].all()  # not run yet
+    assert [r.get_y() + 0.5 for r in fig.axes[0].patches if r.get_edgecolor()[0] > 0.8] == [1.0]  # the cursor row
+    with pytest.raises(rd.RecDebugError, match="one value per frame of an axis of its own"):
+        rd.plot_alignment(st, key.rsplit("/", 1)[0] + "/unstack")
+
+    d = rd.debugger(st)  # the coverage State's alignment, then the picked attention weights'
+    assert d.alignment_key == cov.path(g) and d.alignment.layout.display is None
+    d.select_layer(key)
+    d.select_sequence(1)
+    assert d.alignment_key == key
+    np.testing.assert_allclose(drawn(d.alignment_figure())[:2], weights[1, :2, :3], atol=ATOL)
+    before = len(d.alignment.value)
+    d.step()
+    assert len(d.alignment.value) != before  # redrawn with the new step
+    assert d.picture()[:4] == b"\x89PNG"
+    d.close()
+    st.close()
+
+
+def test_a_searchs_alignment_follows_the_shown_hypothesis_with_its_labels(rng):
+    """With search, the rows follow the hypothesis through its backpointers and are labelled with its labels."""
+    from test_search import VOCAB
+
+    enc_t, hid, vocab, emb = rd.Dim("enc_time"), rd.Dim("hid", 4), rd.Dim("vocab", VOCAB), rd.Dim("emb", 3)
+    with rd.Graph() as g:
+        enc = rd.Input("enc", {batch, enc_t, hid})
+        embed, lin_h, lin_out, lin_q = rd.Embedding(vocab, emb), rd.Linear(hid), rd.Linear(vocab), rd.Linear(hid)
+        label = rd.State({batch}, initial=0, dtype="int32", sparse_dim=vocab)
+        h = rd.State({batch, hid})
+        with rd.Loop(max_seq_len=6) as loop:
+            energy = rd.reduce_sum(enc * lin_q(h.get()), hid)
+            w = rd.softmax(energy, enc_t)
+            h.assign(rd.tanh(lin_h(rd.concat(embed(label.get()), rd.reduce_sum(enc * w, enc_t)))))
+            y = rd.choice(lin_out(h.get()), beam_size=3)
+            label.assign(y)
+            loop.end(y == 0, include_eos=True)
+    enc_np = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    tr = g.trace({"enc": enc_np}, seq_lens={enc_t: [5, 3]}, search=True)
+    beams = tr.beams(y)
+    names = [f"w{i}" for i in range(VOCAB)]
+    fig = rd.plot_alignment(tr, w, sequence=1, vocab=names)
+    best = beams.hypotheses(1)[0]
+    got = drawn(fig)
+    values = tr.numpy(w, order=[tr.label(loop.axis), batch, tr.label(beams_dim(tr, w)), enc_t])
+    for t in range(best["length"]):  # per step, the slot the best hypothesis went through (w: before the choice)
+        slot = int(beams.backpointers[t, 1, best["slots"][t]])
+        np.testing.assert_allclose(got[t], values[t, 1, slot, :3], atol=ATOL)
+    ticks = [tk.get_text() for tk in fig.axes[0].get_yticklabels()]
+    assert ticks[:best["length"]] == [f"t={t}: {lab} w{lab}" for t, lab in enumerate(best["labels"])]
+
+
+def beams_dim(tr, x):
+    return next(d for d in tr.entries[tr.key(x)].dims if d.startswith("beam") or "beam" in d)

@@ -894,3 +894,36 @@ def test_a_checkpoint_without_a_layers_parameters_is_said_in_the_configs_terms(t
     config = {"network": needed, "extern_data": SEARCH_DATA, "pretrain": "default"}
     with pytest.raises(rd.RecDebugError, match=r"(?s)has no values for unused/W.*a checkpoint of a pretrain epoch"):
         rd.from_returnn(config, checkpoint=ckpt).trace(feed, feed_lens, rec="output")
+
+
+BROKEN = '''#!rnn.py
+extern_data = {"data": {"dim": 5}}
+network = {
+    "encoder": {"class": "linear", "activation": "%s", "from": "data", "n_out": 4},
+    "output": {"class": "rec", "from": "encoder", "unit": {
+        "s": {"class": "linear", "activation": "tanh", "from": ["data:source", "prev:s"], "n_out": 4},
+        "bad": {"class": "linear", "activation": "%s", "from": "s", "n_out": 3},
+        "output": {"class": "copy", "from": "s"}}},
+}
+'''
+
+
+@pytest.mark.parametrize("where,line", [("encoder", 4), ("output/bad", 7)])
+def test_what_fails_inside_returnn_is_one_error_naming_the_layer_and_the_configs_line(tmp_path, rng, where, line):
+    """A layer RETURNN cannot build (here an activation it does not know), at the top or inside the unit: run,
+    trace and the stepper each raise one RecDebugError naming the layer and its line in the config file (a unit
+    layer no output reads is not built by run, as RETURNN's forward does not build it)."""
+    path = tmp_path / "broken.config"
+    path.write_text(BROKEN % ("no_such_activation" if where == "encoder" else "tanh",
+                              "no_such_activation" if where == "output/bad" else "tanh"))
+    m = rd.from_returnn(path)
+    x, lens = rng.standard_normal((2, 3, 5)).astype(np.float32), np.array([3, 2])
+    calls = {"run": lambda: m.run({"data": x}, {"data": lens}), "trace": lambda: m.trace({"data": x}, {"data": lens}),
+             "stepper": lambda: m.stepper({"data": x}, {"data": lens})}
+    if where == "output/bad":
+        assert calls.pop("run")().numpy("output").shape == (2, 3, 4)
+    for what, call in calls.items():
+        with pytest.raises(rd.RecDebugError, match=rf"layer '{where}' \(broken.config:{line}\) failed: .*"
+                                                   r"no_such_activation") as e:
+            call()
+        assert e.value.__cause__ is None and "Traceback" not in str(e.value), what

@@ -351,16 +351,19 @@ class ModelBuild(Build):
                 tf.compat.v1.placeholder_with_default(False, shape=(), name="train_flag")
             self.network = TFNetwork(config=model.config, train_flag=self.train_flag, eval_flag=not searching,
                                      search_flag=searching)
+            printed = io.StringIO()  # RETURNN prints a failed layer's name and options at length
             try:
                 self.before_construct()
-                with contextlib.redirect_stdout(io.StringIO()):  # RETURNN prints a failed layer's options at length
+                with contextlib.redirect_stdout(printed):
                     self.network.construct_from_dict(net)
                 self.sizes = extern_sizes(self.network)
                 self._lengths()
                 self.after_construct()
+            except RecDebugError:
+                raise
             except Exception as e:
-                raise RecDebugError(f"RETURNN could not build the network: {type(e).__name__}: "
-                                    f"{str(e).splitlines()[0] if str(e) else ''}"
+                raise returnn_error(model, e, printed.getvalue(), "RETURNN could not build the network",
+                                    "fix that layer in the config (RETURNN's own error is above)"
                                     ) from (e if os.environ.get("RECDEBUG_DEBUG") else None)
         self.open()
         try:
@@ -503,6 +506,36 @@ class ModelBuild(Build):
         from .returnn_trace import config_search_trace
 
         return config_search_trace(self, inputs, seq_lens)
+
+
+def failed_layer(printed: str, prefix: str = "") -> str | None:
+    """The config's path of the layer RETURNN was building when it failed, from what it printed ("Exception
+    creating layer <net>/'<name>'"): ``rec/name`` for a layer of a rec layer's unit; ``prefix``: a step net's
+    prefix of the unit's layers."""
+    import re
+
+    found = re.findall(r"(?:Type|)(?:Error|Exception) creating layer (\S*)/'([^']+)'", printed)
+    if not found:
+        return None
+    net, name = found[0]  # the innermost (printed first, as the exception went up)
+    recs = re.findall(r"/([^/(]+)\(rec-subnet", net)
+    if prefix and name.startswith(prefix):
+        return name[len(prefix):]
+    return "/".join(recs + [name])
+
+
+def returnn_error(model, error, printed: str, what: str, hint: str, prefix: str = "", rec: str = "") -> RecDebugError:
+    """What RETURNN raised while building a config's network, as one RecDebugError naming the layer at fault and
+    the config's line that defines it."""
+    path = failed_layer(printed, prefix)
+    if path is not None and prefix and rec:
+        path = f"{rec}/{path}"
+    first = str(error).splitlines()[0] if str(error) else ""
+    if path is None:
+        return RecDebugError(f"{what}: {type(error).__name__}: {first}", hint=hint)
+    line = model.line(path)
+    return RecDebugError(f"{what}: layer {path!r}" + (f" ({line})" if line else "") + f" failed: "
+                         f"{type(error).__name__}: {first}", hint=hint)
 
 
 class MissingParams(RecDebugError):

@@ -18,7 +18,7 @@ import numpy as np
 from ..emission.confignet import PREFIX, config_step_net
 from ..language.errors import RecDebugError, RunError
 from .build import Build
-from .returnn_model import ModelBuild, behavior_version, extern_sizes, feed_extern_data
+from .returnn_model import ModelBuild, behavior_version, extern_sizes, feed_extern_data, returnn_error
 from .stepcore import InnerStepsBase, LoopStepper, ViewKey, StepBuffers, building
 
 
@@ -74,15 +74,15 @@ class ConfigStepEngine(Build):
                 self.train_flag = tf.compat.v1.placeholder_with_default(False, shape=(), name="train_flag")
                 self.network = TFNetwork(config=model.config, train_flag=self.train_flag, eval_flag=True,
                                          search_flag=False)
+                printed = io.StringIO()  # RETURNN prints a failed layer's name and options at length
                 try:
-                    with contextlib.redirect_stdout(io.StringIO()):  # RETURNN prints a failed layer at length
+                    with contextlib.redirect_stdout(printed):
                         self.network.construct_from_dict(top)
                     self.sizes = extern_sizes(self.network)
                 except Exception as e:
-                    raise RecDebugError(
-                        f"stepping {rec!r}: RETURNN could not build its unit as one step: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}",
-                        hint="m.trace(...) records every step of the rec layer as RETURNN runs it"
+                    raise returnn_error(
+                        model, e, printed.getvalue(), f"stepping {rec!r}: RETURNN could not build its unit as one step",
+                        "m.trace(...) records every step of the rec layer as RETURNN runs it", prefix=PREFIX, rec=rec
                     ) from (e if os.environ.get("RECDEBUG_DEBUG") else None)
             self.outputs = {}  # unit layer -> its value, batch first
             for name in unit:

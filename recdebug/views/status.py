@@ -38,11 +38,15 @@ class StatusLine:
         from .plot import draw_views, png
 
         views = [v for v in self._active_views() if v.shape[0] > 0 and v.shape[1] > 0]
-        return png(draw_views([{
+        figures = [draw_views([{
             "title": v.title, "unit_label": v.unit_label, "axis_label": v.axis_label, "values": v._array,
             "length": v.length, "known": v.known, "cursor": v.cursor, "scale": v.scale,
             "categorical": v.categorical, "labels": list(v.labels), "reveal": v.reveal} for v in views],
-            self.status))
+            self.status)]
+        alignment = self.alignment_figure()
+        if alignment is not None:
+            figures.append(alignment)
+        return png(figures[0]) if len(figures) == 1 else stacked_png(figures)
 
     def _repr_mimebundle_(self, **kwargs):
         """The widget, and beside it a PNG of its view now: exported notebooks (nbconvert, GitHub, nbviewer)
@@ -53,6 +57,30 @@ class StatusLine:
         except Exception as e:  # the widget still shows; the picture is only for exports
             logging.getLogger("recdebug").warning("the debugger's picture for exported notebooks failed: %s", e)
         return bundle
+
+
+def stacked_png(figures) -> bytes:
+    """Figures one below the other (left-aligned, white between), as one PNG."""
+    import io
+
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.image import imsave
+
+    images = []
+    for fig in figures:
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        images.append(np.asarray(canvas.buffer_rgba()))
+    width = max(im.shape[1] for im in images)
+    out = np.full((sum(im.shape[0] for im in images), width, 4), 255, np.uint8)
+    y = 0
+    for im in images:
+        out[y:y + im.shape[0], :im.shape[1]] = im
+        y += im.shape[0]
+    buf = io.BytesIO()
+    imsave(buf, out, format="png")
+    return buf.getvalue()
 
 
 def recorded_text(t: int, T: int) -> str:

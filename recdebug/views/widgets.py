@@ -19,6 +19,7 @@ import numpy as np
 import traitlets as tl
 
 from ..language.errors import RecDebugError
+from .alignment import AlignmentPanel
 from .controls import Controls
 from .cursor import Cursor
 from .marks import Marks
@@ -28,7 +29,7 @@ from .sources import LiveSource, RecordedSource
 from .status import StatusLine
 
 
-class Debugger(Controls, Cursor, SearchControl, Marks, StatusLine, w.VBox):
+class Debugger(Controls, Cursor, SearchControl, Marks, StatusLine, AlignmentPanel, w.VBox):
     """``rd.debugger(trace_or_stepper)``: step through a loop's hidden states."""
 
     t = tl.Int(0)  # steps done: the cursor shows step t-1
@@ -66,6 +67,7 @@ class Debugger(Controls, Cursor, SearchControl, Marks, StatusLine, w.VBox):
         # the picked layer's view: hidden until a layer is picked in the hierarchy
         self.picked = HeatmapView("", title="", reveal=self.reveal, recorded=self.source.recorded,
                                   layout=w.Layout(display="none"))
+        self._build_alignment()
         self.hierarchy = HierarchyView(nodes=self.source.nodes())
         self.hierarchy.observe(self._from_browser(lambda ch: self.select_layer(ch["new"])), "selected")
         self.net_text = w.HTML(value=_pre(self.source.net_text()), layout=w.Layout(width="100%"))
@@ -78,7 +80,7 @@ class Debugger(Controls, Cursor, SearchControl, Marks, StatusLine, w.VBox):
                    layout=w.Layout(flex_flow="row wrap", align_items="center")),
             self.slider, self.status_html, self.legend, *beam_box,
             # side by side when there is room, else the hierarchy below the views
-            w.HBox([w.VBox(list(self.views.values()) + [self.picked],
+            w.HBox([w.VBox(list(self.views.values()) + [self.picked, self.alignment],
                            layout=w.Layout(flex="2 1 460px", min_width="0", max_width="100%")),
                     w.VBox([w.HTML("<b>RecLayer hierarchy</b>"), self.hierarchy, raw],
                            layout=w.Layout(flex="1 1 300px", min_width="0", max_width="100%"))],
@@ -159,6 +161,7 @@ class Debugger(Controls, Cursor, SearchControl, Marks, StatusLine, w.VBox):
                 setattr(self.picked, name, value)
             self._send(self.picked, title=f"layer {path}")
             self.picked.cursor = self.t - 1
+        self._refresh_alignment()
 
     def _layer_exists(self, path: str) -> bool:
         return any(n["path"] == path for n in self.hierarchy.nodes) or self._layer_has_steps(path)
@@ -236,6 +239,7 @@ class Debugger(Controls, Cursor, SearchControl, Marks, StatusLine, w.VBox):
             self.slider.value = t - 1
         self._share_scale()
         self._refresh_status()
+        self._refresh_alignment()
 
     def _active_views(self):
         return list(self.views.values()) + ([self.picked] if self.selected_layer and
