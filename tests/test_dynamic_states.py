@@ -217,3 +217,34 @@ def test_a_searchs_alignment_follows_the_shown_hypothesis_with_its_labels(rng):
 
 def beams_dim(tr, x):
     return next(d for d in tr.entries[tr.key(x)].dims if d.startswith("beam") or "beam" in d)
+
+
+def test_the_alignment_is_drawn_over_the_loop_that_computes_it_in_a_trace_of_two_loops(rng):
+    """An encoder loop, then a decoder loop attending over the encoder's steps: the alignment's rows are the
+    decoder's steps (not the encoder's, which the trace holds first), in a trace and in a stepper of the decoder,
+    given the tensor itself."""
+    time, out_t, feat, hid = rd.Dim("time"), rd.Dim("out_t"), rd.Dim("feat", 3), rd.Dim("hid", 4)
+    with rd.Graph() as g:
+        x = rd.Input("x", [batch, time, feat])
+        y = rd.Input("y", [batch, out_t, hid])
+        h = rd.State({batch, hid}, initial=0.0)
+        with rd.Loop() as encoder:
+            h.assign(rd.tanh(rd.Linear(hid)(encoder.unstack(x)) + h.get()))
+            enc = encoder.stack(h.get())
+        with rd.Loop() as decoder:
+            att = rd.softmax(rd.reduce_sum(enc * decoder.unstack(y), hid), time)
+            decoder.stack(att)
+    x_np = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    y_np = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    lens = {time: np.array([5, 4]), out_t: np.array([3, 2])}
+    tr = g.trace({"x": x_np, "y": y_np}, lens)
+    fig = rd.plot_alignment(tr, att, sequence=1)
+    got = drawn(fig)
+    assert got.shape == (3, 4)  # 3 decoder steps (sequence 1 has 2) x its 4 encoder frames
+    want = tr.numpy(att, order=(out_t, batch, time))[:, 1, :4]
+    np.testing.assert_allclose(got[:2], want[:2], atol=ATOL)
+    assert got.mask[2].all() and fig.axes[0].get_ylabel() == "t (loop step)" and fig.axes[0].get_xlabel() == "time"
+    st = g.stepper({"x": x_np, "y": y_np}, lens, loop=decoder)
+    st.step(2)
+    np.testing.assert_allclose(drawn(rd.plot_alignment(st, att, sequence=1))[:2], want[:2], atol=ATOL)
+    st.close()

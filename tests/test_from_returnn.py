@@ -333,27 +333,50 @@ ACCUM_ATTENTION = {  # SEARCH_NET's attention as the published setups write it: 
 }
 
 
-def search_model(rng, beam: int, accum: bool = False):
-    """SEARCH_NET with the given beam size (``accum``: its attention with accumulated weights, ACCUM_ATTENTION),
-    and its input: ragged lengths, garbage in the padding frames."""
+PUBLISHED = {  # ACCUM_ATTENTION as the 2018 published setups write it: the encoder max-pooled in time (its axis a
+    # computed one), inverse fertility scaling the accumulated weights, the energy read from the LSTM's whole state of
+    # the step before (get_last_hidden_state of prev:s)
+    "top": {"encoder0": {"class": "linear", "activation": "tanh", "from": "data", "n_out": 16},
+            "encoder": {"class": "pool", "mode": "max", "padding": "same", "pool_size": (2,), "from": "encoder0"},
+            "inv_fertility": {"class": "linear", "activation": "sigmoid", "with_bias": False, "from": "encoder",
+                              "n_out": 1}},
+    "unit": {"prev_s_state": {"class": "get_last_hidden_state", "from": "prev:s", "n_out": 32},
+             "s_transformed": {"class": "linear", "activation": None, "with_bias": False, "from": "prev_s_state",
+                               "n_out": 16},
+             "accum_att_weights": {"class": "eval", "from": ["prev:accum_att_weights", "att_weights",
+                                                             "base:inv_fertility"],
+                                   "eval": "source(0) + source(1) * source(2) * 0.5",
+                                   "out_type": {"dim": 1, "shape": (None, 1)}}},
+}
+
+
+def search_model(rng, beam: int, accum: bool | str = False):
+    """SEARCH_NET with the given beam size (``accum``: its attention with accumulated weights, ACCUM_ATTENTION;
+    ``"published"``: as the published setups have it, PUBLISHED), and its input: ragged lengths, garbage in the
+    padding frames."""
     net = {k: dict(v) for k, v in SEARCH_NET.items()}
     net["output"]["unit"] = {k: dict(v) for k, v in net["output"]["unit"].items()}
     net["output"]["unit"]["output"]["beam_size"] = beam
     if accum:
         del net["output"]["unit"]["c"]
         net["output"]["unit"].update(ACCUM_ATTENTION)
+    if accum == "published":
+        del net["encoder"]
+        net = {**PUBLISHED["top"], **net}
+        net["output"]["unit"].update(PUBLISHED["unit"])
     x = rng.standard_normal((5, 4, 5)).astype(np.float32)
     lens = np.array([4, 2, 3, 1, 4])
     x[np.arange(4)[None, :] >= lens[:, None]] = 1e3
     return rd.from_returnn(net, extern_data=SEARCH_DATA), x, lens
 
 
-@pytest.mark.parametrize("beam,accum", [(4, False), (1, False), (4, True), (1, True)])
+@pytest.mark.parametrize("beam,accum", [(4, False), (1, False), (4, True), (1, True), (4, "published"),
+                                        (1, "published")])
 def test_live_search_equals_returnns_own_search(rng, beam, accum):
     m, x, lens = search_model(rng, beam, accum)
     res = m.run({"data": x}, seq_lens={"data": lens}, search=True)  # RETURNN's own beam search
     st = m.stepper({"data": x}, seq_lens={"data": lens}, search=True)
-    assert st.beam == beam and st.T == 8  # max_len_from('base:encoder') * 2
+    assert st.beam == beam and st.T == (4 if accum == "published" else 8)  # max_len_from('base:encoder') * 2
     st.run_until(lambda s: False)
     assert st.finished
     beams = st.beams()
@@ -367,7 +390,8 @@ def test_live_search_equals_returnns_own_search(rng, beam, accum):
         np.testing.assert_allclose(sorted((h["score"] for h in hyps), reverse=True), res.scores("output")[b],
                                    atol=ATOL, rtol=0, err_msg=f"final beam of sequence {b}")
     np.testing.assert_array_equal(got_lens, res.lens("output"))
-    assert len(set(got_lens)) > 1  # hypotheses ended at different steps
+    assert len(set(got_lens)) > 1 or accum == "published"  # hypotheses ended at different steps (the pooled
+    # encoder's bound, 4 steps, ends them all)
     if beam > 1:
         d = rd.debugger(st)
         assert d.beam_tree is not None and len(d.beam_tree.nodes) == beams.shape[0] * beam
@@ -375,7 +399,7 @@ def test_live_search_equals_returnns_own_search(rng, beam, accum):
     st.close()
 
 
-@pytest.mark.parametrize("beam,accum", [(4, False), (1, False), (4, True)])
+@pytest.mark.parametrize("beam,accum", [(4, False), (1, False), (4, True), (4, "published")])
 def test_a_configs_search_trace_is_returnns_search_and_the_live_search_steps_through_it(rng, beam, accum):
     """m.trace(search=True): every hypothesis of every step as RETURNN's own search computed it. Checked against
     RETURNN's final beam (its decide layer), against RETURNN's loop fed the best hypotheses as targets, and the
@@ -418,7 +442,8 @@ def test_a_configs_search_trace_is_returnns_search_and_the_live_search_steps_thr
     np.testing.assert_array_equal(live.backpointers, bm.backpointers[:steps])
     np.testing.assert_allclose(live.scores, bm.scores[:steps], atol=ATOL, rtol=0)
     order = ["output:time", "batch", "beam"]
-    states = {"output/c", "output/embed", "output/output", "output/accum_att_weights"}
+    states = {"output/c", "output/embed", "output/output", "output/accum_att_weights"} | \
+        ({"output/s"} if accum == "published" else set())  # (read with prev: by get_last_hidden_state)
     enc = "time:var:extern_data:data"
     for key in ("output/s", "output/c_in", "output/c", "output/prob", "output/output", "output/embed") + \
             (("output/accum_att_weights", "output/att_weights") if accum else ()):

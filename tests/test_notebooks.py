@@ -95,6 +95,21 @@ CLAIMS = {
          "CLAIM peak on frame 0 in most closing-tag steps, rarely elsewhere: True"),
         ("the live stepper's values equal the trace's at every step",
          "CLAIM stepper equals the trace at every step: True")],
+    "11_attention.ipynb": [
+        ("before training, the attention's argmax is on the right frame in at most\n30% of the valid steps",
+         "CLAIM before training: argmax on the right frame in at most 30% of the valid steps: True"),
+        ("after training, in at least 95% of them",
+         "CLAIM after training: argmax on the right frame in at least 95% of the valid steps: True"),
+        ("after `k` steps every sequence's coverage sums to `k` over its valid frames",
+         "CLAIM after k steps each sequence's coverage sums to k over its valid frames: True"),
+        ("the debugger's coverage view holds its 4 valid frames",
+         "CLAIM the coverage view of sequence 0 holds its 4 valid frames: True"),
+        ("the alignment under the\nviews is the coverage's",
+         "CLAIM the alignment under the views is the coverage's: True"),
+        ("gets less than 1% of the attention, where it\nhad the largest weight before",
+         "CLAIM after the edit the frame about to be read gets less than 1% of the attention, the most before: True"),
+        ("the skipped frame gets less than 1% of the attention at every step from `t=2` to the\nend",
+         "CLAIM the skipped frame gets less than 1% of the attention at every later step: True")],
 }
 
 # seconds a notebook may take (60 unless named here): 10 trains RETURNN's demo with RETURNN's command line, which on

@@ -62,8 +62,8 @@ class ConfigStepEngine(Build):
                                     ends=search_choice is not None, lengths=lengths)
             self.device_tensors.update(self.core.tensors)
             # (an axis of its own, an extern data's: its dim as the config has it, not the model build's variant)
-            reads = {name: (self.core.read_key(st), [t.get_same_base() for t in st.dims], st.dtype, st.sparse_tag)
-                     for name, st in states.items()}
+            reads = {name: (self.core.read_key(st), [t.get_same_base() for t in st.dims], st.dtype, st.sparse_tag,
+                            _dims_from(source, net, st)) for name, st in states.items()}
             cells = {name: [(self.core.read_key((name, i)), tags, dtype) for i, (_, dtype, tags) in enumerate(parts)]
                      for name, parts in cell_states.items()}
             top, self.after_choice = config_step_net(
@@ -132,9 +132,14 @@ class ConfigStepEngine(Build):
             for i, other in enumerate(d.dim_tags):
                 if other == tag and i in self.sizes.get(key, {}):
                     return self.sizes[key][i]
-        if tag.dyn_size_ext is None or tag.dyn_size_ext.raw_tensor is None:
-            raise RecDebugError(f"stepping: no lengths known for the axis {tag.description!r}")
-        return tag.dyn_size_ext.raw_tensor
+        # a computed axis (an encoder's after pooling): as a layer of this build has it
+        tags = [tag] + [t for name, layer in self.network.layers.items() if "/" not in name
+                        for t in layer.output.dim_tags if t == tag]
+        for t in tags:
+            size = t.dyn_size_ext.raw_tensor if t.dyn_size_ext is not None else None
+            if size is not None and size.graph is self.tf_graph:
+                return size
+        raise RecDebugError(f"stepping: no lengths known for the axis {tag.description!r}")
 
     def _valid_frames(self, st):
         """Where a State with an axis of its own has valid frames: a bool tensor [batch, ...] with 1 for its static
@@ -171,6 +176,21 @@ class ConfigStepEngine(Build):
         # each variable's initializer fed its value (as Variable.load does), all in one call and no new ops
         self.session.run([ours.initializer for ours, _ in pairs],
                          feed_dict={ours.initializer.inputs[1]: value for (ours, _), value in zip(pairs, values)})
+
+
+def _dims_from(source, net: dict, st) -> list:
+    """The top-level layers whose output has a State's dynamic dims (an encoder's computed axis, e.g. after
+    pooling), so that the step net's buffer read takes that build's own dim."""
+    found = []
+    for tag in st.dims[1:]:
+        if tag.dimension is not None:
+            continue
+        for name, layer in source.network.layers.items():
+            if "/" not in name and name in net and net[name].get("class") != "rec" and \
+                    any(t == tag for t in layer.output.dim_tags):
+                found.append(name)
+                break
+    return found
 
 
 def _register_config_topk():

@@ -44,7 +44,7 @@ def register_layer_class():
     class DeviceTensorLayer(LayerBase):
         layer_class = "recdebug_tensor"
 
-        def __init__(self, key, shape, dtype, sparse_dim=None, **kwargs):
+        def __init__(self, key, shape, dtype, sparse_dim=None, dims_from=(), **kwargs):
             super().__init__(**kwargs)
             value = device_tensor(key)
             perm = [_index_of(shape, tag) for tag in self.output.dim_tags]
@@ -54,15 +54,18 @@ def register_layer_class():
         def transform_config_dict(cls, d, network, get_layer):
             d.setdefault("from", [])
             super().transform_config_dict(d, network=network, get_layer=get_layer)
+            d["dims_from"] = [get_layer(name) for name in d.get("dims_from", ())]
 
         @classmethod
-        def get_out_data_from_opts(cls, name, shape, dtype, sparse_dim=None, network=None, **kwargs):
+        def get_out_data_from_opts(cls, name, shape, dtype, sparse_dim=None, network=None, dims_from=(), **kwargs):
             out = ConstantLayer.get_out_data_from_opts(
                 name=name, value=0, shape=shape, dtype=dtype, with_batch_dim=any(d.is_batch_dim() for d in shape),
                 sparse_dim=sparse_dim)
-            for i, tag in enumerate(out.dim_tags):  # an extern data's axis: as this net's extern data has it
+            for i, tag in enumerate(out.dim_tags):  # a dynamic axis: as this net's extern data or layers have it
                 if tag.is_dynamic() and not tag.is_batch_dim() and network is not None:
-                    found = [t for d in network.extern_data.data.values() for t in d.dim_tags
+                    have = [t for d in network.extern_data.data.values() for t in d.dim_tags] + \
+                        [t for layer in dims_from for t in layer.output.dim_tags]
+                    found = [t for t in have
                              if t == tag and t.dyn_size_ext is not None and t.dyn_size_ext.placeholder is not None]
                     if found and found[0] is not tag:
                         out = out.copy_template_replace_dim_tag(i, found[0])
@@ -403,6 +406,13 @@ class LoopStepper(SteppingControls):
         if getattr(self, "_key_cache", None) is None:
             self._key_cache = self._keys()
         return self._key_cache
+
+    def view_key_of(self, x) -> str:
+        """The key (as the views name it) of a State or in-loop value given as the front end's own object."""
+        found = next((k for k, v in self._all_keys().items() if v.obj is x), None)
+        if found is None:
+            raise RecDebugError(f"no State or layer {x!r} in {self._loop_text()}")
+        return found
 
     def _key(self, key: str) -> "ViewKey":
         found = self._all_keys().get(key)

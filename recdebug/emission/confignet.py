@@ -87,7 +87,8 @@ def config_step_net(net: dict, rec: str, states: dict, cells: dict, search_choic
                     target_dims: dict, cell_structure: dict) -> tuple[dict, set]:
     """The unit of ``net[rec]`` as a flat net of one step, and the names of its layers after the searched choice.
 
-    ``states``: unit layer read with ``prev:`` -> (key of its recdebug_tensor, its dims, dtype, sparse dim);
+    ``states``: unit layer read with ``prev:`` -> (key of its recdebug_tensor, its dims, dtype, sparse dim, the
+    top-level layers that have its dynamic dims);
     ``cells``: rnn_cell layer -> [(key, dims, dtype)] of its cell state's parts, ``cell_structure`` how they nest
     (None: one part); ``forced``: choice layer -> the data key of its reference labels; ``target_dims``: the dim a
     layer's ``target`` gives it inside the unit."""
@@ -99,9 +100,11 @@ def config_step_net(net: dict, rec: str, states: dict, cells: dict, search_choic
         top[name] = {k: v for k, v in layer.items() if k not in ("loss", "loss_opts", "loss_scale", "is_output_layer")}
     flat = _FlatNet(top, net[rec], "T")
     names = set(unit)
-    for name, (key, dims, dtype, sparse) in states.items():
+    for name, (key, dims, dtype, sparse, dims_from) in states.items():
         top[f"{PREFIX}{name}.at_step"] = {"class": "recdebug_tensor", "key": key, "shape": dims, "dtype": dtype,
                                           "sparse_dim": sparse}
+        if dims_from:  # layers of the step net with its dynamic dims (an encoder's computed axis)
+            top[f"{PREFIX}{name}.at_step"]["dims_from"] = list(dims_from)
     for name, parts in cells.items():
         for i, (key, dims, dtype) in enumerate(parts):
             top[f"{PREFIX}{name}.state{i}"] = {"class": "recdebug_tensor", "key": key, "shape": dims, "dtype": dtype}
@@ -118,6 +121,17 @@ def config_step_net(net: dict, rec: str, states: dict, cells: dict, search_choic
                                       "key": "search", "is_output_layer": True}
                 continue
             top[PREFIX + name] = {"class": "copy", "from": flat.data_layer(forced[name]), "is_output_layer": True}
+            continue
+        src = layer.get("from")
+        src = src[0] if isinstance(src, (list, tuple)) and len(src) == 1 else src
+        if layer.get("class") == "get_last_hidden_state" and isinstance(src, str) and src.startswith("prev:") \
+                and src[len("prev:"):] in cells:  # an rnn_cell's state of the step before: the stepper's buffers
+            parts = [f"{PREFIX}{src[len('prev:'):]}.state{i}" for i in range(len(cells[src[len("prev:"):]]))]
+            key = layer.get("key", "*")
+            if isinstance(key, str) and key not in ("*", "flat"):
+                key = ("c", "h").index(key) if key in ("c", "h") else key
+            top[PREFIX + name] = {"class": "copy", "from": parts if key in ("*", "flat") else [parts[key]],
+                                  "is_output_layer": True}
             continue
         out = {k: v if k in NOT_REFS else _rewrite(v, names, set(states), flat) for k, v in d.items()}
         if isinstance(out.get("unit"), dict):  # a nested rec layer: what its unit reads of this unit, and of the top

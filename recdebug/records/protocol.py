@@ -38,6 +38,10 @@ class SteppingControls:
         """Its value after ``at`` steps, numpy [batch(, beam), ...]."""
         raise NotImplementedError
 
+    def view_key_of(self, x) -> str:
+        """The key of a State or in-loop value given as the front end's own object (a State, an rd.Tensor)."""
+        raise NotImplementedError
+
     def valid_units(self, key: str, b: int):
         """How many of its flattened units hold sequence b's valid frames (a value with an axis of its own besides
         the batch has it first; the rest is padding), or None: all of them."""

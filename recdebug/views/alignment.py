@@ -68,8 +68,8 @@ def draw_alignment(ax, matrix: np.ndarray, length: int, known: int, cursor: int,
     ax.set_xlabel(frames, fontsize=8)
     ax.set_ylabel("t (loop step)", fontsize=8)
     ax.set_yticks(range(T))
-    names = [f"t={t}" + (f": {row_text(labels[t], vocab)}" if labels is not None and t < len(labels) else "")
-             for t in range(T)]
+    names = [f"t={t}" + (f": {row_text(labels[t], vocab)}" if labels is not None and t < min(len(labels), length)
+                         else "") for t in range(T)]  # (no label on a padding step)
     ax.set_yticklabels(names, fontsize=7)
     ax.tick_params(labelsize=7)
     if F <= 40:
@@ -81,14 +81,15 @@ def draw_alignment(ax, matrix: np.ndarray, length: int, known: int, cursor: int,
 
 
 def alignment_figure(matrix, length: int, known: int, cursor: int, labels=None, vocab=None, title: str = "",
-                     frames: str = "frame", width: float = 6.0):
-    """A matplotlib Figure (no pyplot: nothing is displayed by itself) of one alignment, with its colour bar."""
+                     frames: str = "frame", width: float = 6.0, figure=None):
+    """A matplotlib Figure of one alignment, with its colour bar (default: not pyplot's, so nothing is displayed
+    by itself; ``figure``: draw on that one)."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     T, F = np.shape(matrix)
-    fig = Figure(figsize=(width, min(9.0, 1.5 + 0.28 * max(T, 2))), dpi=80)
+    fig = figure if figure is not None else Figure(figsize=(width, min(9.0, 1.5 + 0.28 * max(T, 2))), dpi=80)
     ax = fig.add_axes((0.22, 0.2, 0.62, 0.68))
     top = draw_alignment(ax, np.asarray(matrix, np.float32), length, known, cursor, labels, vocab, title, frames)
     bar = fig.colorbar(ScalarMappable(Normalize(0.0, top), cmap="Blues"), cax=fig.add_axes((0.87, 0.2, 0.03, 0.68)))
@@ -102,11 +103,22 @@ def plot_alignment(source, key: str, sequence: int = 0, labels: str | None = Non
     and an encoder's frames for one sequence, as a matplotlib Figure. ``labels``: the key of the label chosen at
     each step (a search's are its best hypothesis' by default); ``vocab``: their names; ``t``: the step to mark
     (default: a stepper's last step run); ``hypothesis``: (step, slot) of a search's hypothesis to follow."""
+    import matplotlib.pyplot as plt  # (a figure of pyplot's: a notebook has its inline display set up)
+
     from ..records.trace import Trace
     from .sources import LiveSource, RecordedSource
 
-    src = RecordedSource(source) if isinstance(source, Trace) else LiveSource(source)
-    key = source.key(key) if isinstance(source, Trace) else key
+    if isinstance(source, Trace):
+        key = source.key(key)
+        src = RecordedSource(source)
+        loops = source.entries[key].loop_axes
+        if not loops:
+            raise RecDebugError(f"alignment of {key!r}: it is not computed in a loop")
+        src.axis = loops[0]  # the loop that computes it (a trace may hold an encoder's loop before it)
+        labels = source.key(labels) if labels is not None else None
+    else:
+        src = LiveSource(source)
+        key, labels = (x if x is None or isinstance(x, str) else source.view_key_of(x) for x in (key, labels))
     if not 0 <= sequence < src.batch:
         raise RecDebugError(f"sequence {sequence} is out of range (batch of {src.batch})")
     beams = src.beams()
@@ -120,8 +132,11 @@ def plot_alignment(source, key: str, sequence: int = 0, labels: str | None = Non
     cursor = (known - 1 if isinstance(source, Trace) is False else -1) if t is None else int(t)
     matrix = alignment_rows(src, key, sequence, beams, hypothesis)
     frames = src.describe(key)[0][0][0]
+    T = matrix.shape[0]
+    shown = plt.figure(figsize=(6.0, min(9.0, 1.5 + 0.28 * max(T, 2))), dpi=80)
+    plt.close(shown)  # shown once, as the value a notebook cell ends with, not again by pyplot's inline backend
     return alignment_figure(matrix, length, known, cursor, step_labels(src, sequence, beams, hypothesis, labels),
-                            vocab, f"{key}: sequence {sequence}", frames)
+                            vocab, f"{key}: sequence {sequence}", frames, figure=shown)
 
 
 class AlignmentPanel:
@@ -153,8 +168,8 @@ class AlignmentPanel:
             return None
         b, T = self.sequence, self.T
         labels = None
-        if self.beams is None:  # a label per step: the loop's sparse one-value layer or State (its choice)
-            labels = next((k for k in self.source.stepped_layers() + list(self.views)
+        if self.beams is None:  # a label per step: the loop's label State (one sparse value: the label written at
+            labels = next((k for k in self.views  # that step), else none
                            if self.source.describe(k)[2] is not None and not self.source.describe(k)[0]), None)
         vocab = self.vocab if isinstance(self.vocab, list) else None
         return alignment_figure(alignment_rows(self.source, key, b, self.beams, self.hypothesis), self._length(b),
