@@ -350,13 +350,15 @@ PUBLISHED = {  # ACCUM_ATTENTION as the 2018 published setups write it: the enco
 }
 
 
-def search_model(rng, beam: int, accum: bool | str = False):
+def search_model(rng, beam: int, accum: bool | str = False, length_normalization: bool = False):
     """SEARCH_NET with the given beam size (``accum``: its attention with accumulated weights, ACCUM_ATTENTION;
     ``"published"``: as the published setups have it, PUBLISHED), and its input: ragged lengths, garbage in the
     padding frames."""
     net = {k: dict(v) for k, v in SEARCH_NET.items()}
     net["output"]["unit"] = {k: dict(v) for k, v in net["output"]["unit"].items()}
     net["output"]["unit"]["output"]["beam_size"] = beam
+    if length_normalization:  # RETURNN's default, which the published setups keep
+        del net["output"]["unit"]["output"]["length_normalization"]
     if accum:
         del net["output"]["unit"]["c"]
         net["output"]["unit"].update(ACCUM_ATTENTION)
@@ -370,10 +372,13 @@ def search_model(rng, beam: int, accum: bool | str = False):
     return rd.from_returnn(net, extern_data=SEARCH_DATA), x, lens
 
 
-@pytest.mark.parametrize("beam,accum", [(4, False), (1, False), (4, True), (1, True), (4, "published"),
-                                        (1, "published")])
-def test_live_search_equals_returnns_own_search(rng, beam, accum):
-    m, x, lens = search_model(rng, beam, accum)
+@pytest.mark.parametrize("beam,accum,norm", [(4, False, False), (1, False, False), (4, True, False),
+                                             (1, True, False), (4, "published", False), (1, "published", False),
+                                             (4, False, True), (4, "published", True)])
+def test_live_search_equals_returnns_own_search(rng, beam, accum, norm):
+    """``norm``: the choice with RETURNN's length normalization: ended hypotheses' scores grow with the steps during
+    the search, and the final ones are divided by the steps, as RETURNN's search does."""
+    m, x, lens = search_model(rng, beam, accum, norm)
     res = m.run({"data": x}, seq_lens={"data": lens}, search=True)  # RETURNN's own beam search
     st = m.stepper({"data": x}, seq_lens={"data": lens}, search=True)
     assert st.beam == beam and st.T == (4 if accum == "published" else 8)  # max_len_from('base:encoder') * 2

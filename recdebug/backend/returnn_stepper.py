@@ -369,6 +369,8 @@ class ReturnnStepper(LoopStepper):
         loop = ConfigLoop(model, rec, source, self.search, beam_size)
         self._states, self._cells, self._order, self._inner = loop.states, loop.cells, loop.order, loop.inner
         self.choice, self.forced, self.beam = loop.choice, loop.forced, loop.beam
+        # RETURNN's length normalization of the searched choice (its default): the final scores divided by the steps
+        self.length_normalization = self.search and bool(unit[self.choice].get("length_normalization", True))
         self.include_eos, self.has_end, self.unstacked = loop.include_eos, loop.has_end, loop.unstacked
         self.batch, self.max_steps, self._lens = loop.steps(source, inputs, seq_lens)
         self.lengths = self._lens if self._lens is not None and (not self.search or self.unstacked) else None

@@ -519,6 +519,10 @@ class StepperBeams(Beams):
         super().__init__(stack(stepper._labels, np.int32), stack(stepper._scores, np.float32),
                          stack(stepper._backpointers, np.int32), stack(stepper._end, bool),
                          bool(stepper.include_eos or stepper.lengths is not None), stepper.lengths)
+        if getattr(stepper, "length_normalization", None) and stepper.finished and t:
+            # as RETURNN ends its search: the scores divided by its steps (the longest hypothesis, with its end)
+            longest = max(self.hypothesis(s, j)["length"] for s in range(b) for j in range(k))
+            self.final_divisor = float(longest + (0 if self.include_eos else 1))
 
     def state(self, state, t: int, b: int, k: int) -> np.ndarray:
         """The value of a State in hypothesis k of sequence b after step t."""

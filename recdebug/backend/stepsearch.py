@@ -10,7 +10,8 @@ step net runs one iteration as a plain net. So the step net carries the hypothes
   (a gather along the batch), as RETURNN reorders such values to the new beam;
 - the States are written per new hypothesis, reordered the same way.
 
-An ended hypothesis extends only by label 0, at no cost, and keeps its States.
+An ended hypothesis extends only by label 0, at no cost, and keeps its States; with a config's length normalization
+its score grows as RETURNN's choice layer makes it grow (``length_normalization``).
 """
 from __future__ import annotations
 
@@ -35,13 +36,18 @@ def register_layer_classes():
 
         layer_class = "recdebug_beam_topk"
 
-        def __init__(self, beam_size, key, **kwargs):
+        def __init__(self, beam_size, key, length_normalization=None, **kwargs):
             super().__init__(**kwargs)
             from .stepcore import device_tensor
 
             k = beam_size
             logp = self.sources[0].output.copy_as_batch_major().placeholder  # [batch * beam, vocab]
             prev_scores, prev_ended = device_tensor(key + "/scores"), device_tensor(key + "/ended")
+            if length_normalization is not None:  # RETURNN's choice layer: an ended hypothesis' score keeps
+                # score/length, which at step t means score * ((t+1)/t)**exponent (divided by the steps at the end)
+                t = tf.cast(device_tensor("index"), prev_scores.dtype)
+                grow = tf.pow((t + 1.0) / tf.maximum(t, 1.0), float(length_normalization))
+                prev_scores = tf.where(tf.logical_and(prev_ended, t > 0), prev_scores * grow, prev_scores)
             vocab = tf.shape(logp)[1]
             only_eos = tf.where(tf.equal(tf.range(vocab), 0), 0.0, ENDED_OTHER_LABELS)
             local = tf.where(prev_ended[:, None], tf.cast(only_eos, logp.dtype)[None, :], logp)

@@ -119,6 +119,9 @@ def config_step_net(net: dict, rec: str, states: dict, cells: dict, search_choic
                     src = f"{PREFIX}{name}.log_prob"
                 top[PREFIX + name] = {"class": "recdebug_config_beam_topk", "from": src, "beam_size": beam,
                                       "key": "search", "is_output_layer": True}
+                if layer.get("length_normalization", True):  # (RETURNN's default)
+                    top[PREFIX + name]["length_normalization"] = float(
+                        layer.get("length_normalization_exponent", 1.0))
                 continue
             top[PREFIX + name] = {"class": "copy", "from": flat.data_layer(forced[name]), "is_output_layer": True}
             continue

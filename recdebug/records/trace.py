@@ -391,6 +391,8 @@ class Beams:
             self.ended[t] = prev_ended | ends[t]
             self.end_step[t] = np.where(prev_ended, prev_end, np.where(ends[t], t, -1))
         self.include_eos = include_eos
+        # a finished search with RETURNN's length normalization: its final scores are divided by its steps
+        self.final_divisor: float | None = None
 
     @property
     def shape(self):
@@ -415,8 +417,10 @@ class Beams:
         end = int(self.end_step[t, b, k])
         length = (t + 1) if end < 0 else (end + 1 if self.include_eos else end)
         labels = [int(self.labels[s, b, slot]) for s, slot in enumerate(slots)][:length]
-        return {"labels": labels, "score": float(self.scores[t, b, k]), "length": length, "end_step": end,
-                "slots": slots}
+        score = float(self.scores[t, b, k])
+        if self.final_divisor and t == self.shape[0] - 1:
+            score /= self.final_divisor
+        return {"labels": labels, "score": score, "length": length, "end_step": end, "slots": slots}
 
     def best(self, b: int, t: int | None = None) -> int:
         """The beam slot of the best hypothesis of sequence b after step t (default: its last step)."""
