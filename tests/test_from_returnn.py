@@ -957,3 +957,51 @@ def test_what_fails_inside_returnn_is_one_error_naming_the_layer_and_the_configs
                                                    r"no_such_activation") as e:
             call()
         assert e.value.__cause__ is None and "Traceback" not in str(e.value), what
+
+
+def _unit_with(**changes):
+    """SEARCH_NET's unit with layers replaced (None: removed)."""
+    net = {k: dict(v) for k, v in SEARCH_NET.items()}
+    unit = {k: dict(v) for k, v in net["output"]["unit"].items()}
+    for name, layer in changes.items():
+        if layer is None:
+            unit.pop(name)
+        else:
+            unit[name] = layer
+    net["output"] = dict(net["output"], unit=unit)
+    return net
+
+
+ANALYSIS_BREAKS = {  # each step of the stepper's analysis of a unit, broken: (net, search, what the error says)
+    "initial_output": (_unit_with(embed={"class": "linear", "activation": None, "from": "output", "n_out": 8,
+                                         "initial_output": "apply(0)"}), True,
+                       r"output/embed has initial_output='apply\(0\)'; the stepper starts States at a number"),
+    "initial_state": (_unit_with(s={"class": "rnn_cell", "unit": "LSTMBlock", "from": ["prev:c", "prev:embed"],
+                                    "n_out": 16, "initial_state": "var"}), True,
+                      r"rnn_cell layer output/s has initial_state='var'; the stepper starts cell states at zeros"),
+    "hidden_state": (_unit_with(s={"class": "rec", "unit": "nativelstm2", "from": ["prev:c", "prev:embed"],
+                                   "n_out": 16}), True, r"layer output/s \(class 'rec'\) keeps a hidden state"),
+    "no_end": (_unit_with(end=None), True, r"rec layer 'output' has no end layer: a search needs one"),
+    "two_choices": (_unit_with(other={"class": "choice", "from": "prob", "target": "classes", "beam_size": 2}), True,
+                    r"rec layer 'output' has 2 choice layers \['output', 'other'\]: live stepping searches over one"),
+    "choice_without_target": (_unit_with(output={"class": "choice", "from": "prob", "beam_size": 4}), False,
+                              r"choice layer output/output has no target to take its labels from"),
+    "step_net": (_unit_with(c_in={"class": "linear", "activation": "no_such_activation", "from": ["s", "prev:embed"],
+                                  "n_out": 16}), True,
+                 r"RETURNN could not build the network: layer 'output/c_in' failed"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(ANALYSIS_BREAKS))
+def test_each_step_of_a_configs_stepper_analysis_broken_is_one_clear_error(rng, what):
+    """Whatever the stepper cannot run, or RETURNN cannot build, is one RecDebugError naming the layer and saying
+    what works instead, never RETURNN's or TensorFlow's own exception."""
+    net, search, message = ANALYSIS_BREAKS[what]
+    m = rd.from_returnn(net, extern_data=SEARCH_DATA)
+    x, lens = rng.standard_normal((2, 4, 5)).astype(np.float32), np.array([4, 2])
+    feed, feed_lens = {"data": x}, {"data": lens}
+    if not search:
+        feed, feed_lens = dict(feed, classes=np.array([[1, 2], [3, 5]])), dict(feed_lens, classes=np.array([2, 1]))
+    with pytest.raises(rd.RecDebugError, match=message) as e:
+        m.stepper(feed, feed_lens, search=search)
+    assert type(e.value).__module__.startswith("recdebug") and (e.value.__cause__ is None), what

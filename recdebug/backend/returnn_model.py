@@ -363,7 +363,7 @@ class ModelBuild(Build):
                 raise
             except Exception as e:
                 raise returnn_error(model, e, printed.getvalue(), "RETURNN could not build the network",
-                                    "fix that layer in the config (RETURNN's own error is above)"
+                                    "fix that layer in the config"
                                     ) from (e if os.environ.get("RECDEBUG_DEBUG") else None)
         self.open()
         try:

@@ -178,6 +178,28 @@ class ConfigStepEngine(Build):
                          feed_dict={ours.initializer.inputs[1]: value for (ours, _), value in zip(pairs, values)})
 
 
+def _target(layer: dict, rec_dict: dict):
+    target = layer.get("target") or rec_dict.get("target")
+    return target[0] if isinstance(target, (list, tuple)) else target
+
+
+def _check_choices(rec: str, unit: dict, rec_dict: dict, search: bool) -> list:
+    """The unit's choice layers, checked: one to search over, and each with a target (RETURNN's choice layer needs
+    one; teacher forcing takes its labels from it)."""
+    choices = [n for n, layer in unit.items() if isinstance(layer, dict) and layer.get("class") == "choice"]
+    if search and not choices:
+        raise RecDebugError(f"rec layer {rec!r} has no choice layer: there is no search to step",
+                            hint="step it without search=True (teacher forcing)")
+    if search and len(choices) > 1:
+        raise RecDebugError(f"rec layer {rec!r} has {len(choices)} choice layers {choices}: live stepping "
+                            "searches over one", hint="m.trace(..., search=True) records RETURNN's own search")
+    for name in choices:
+        if not isinstance(_target(unit[name], rec_dict), str):
+            raise RecDebugError(f"choice layer {rec}/{name} has no target to take its labels from (RETURNN's choice "
+                                "layer needs one, also to search)", hint='give it one: "target": "classes"')
+    return choices
+
+
 def _dims_from(source, net: dict, st) -> list:
     """The top-level layers whose output has a State's dynamic dims (an encoder's computed axis, e.g. after
     pooling), so that the step net's buffer read takes that build's own dim."""
@@ -228,13 +250,7 @@ class ConfigLoop:
         self.model, self.rec = model, rec
         unit, rec_dict = model.net[rec]["unit"], model.net[rec]
         self._analyze(source, unit)
-        choices = [n for n, layer in unit.items() if layer.get("class") == "choice"]
-        if search and not choices:
-            raise RecDebugError(f"rec layer {rec!r} has no choice layer: there is no search to step",
-                                hint="step it without search=True (teacher forcing)")
-        if search and len(choices) > 1:
-            raise RecDebugError(f"rec layer {rec!r} has {len(choices)} choice layers {choices}: live stepping "
-                                "searches over one")
+        choices = _check_choices(rec, unit, rec_dict, search)
         self.search, self.choice, self.beam = search, choices[0] if search else None, 1
         if search:
             self.beam = int(beam_size or unit[self.choice].get("beam_size") or 1)
@@ -242,14 +258,8 @@ class ConfigLoop:
                 raise RecDebugError(f"beam_size must be at least 1, got {self.beam}")
         self.forced = {}
         for name in choices:
-            if name == self.choice:
-                continue
-            target = unit[name].get("target") or rec_dict.get("target")
-            target = target[0] if isinstance(target, (list, tuple)) else target
-            if not isinstance(target, str):
-                raise RecDebugError(f"choice layer {rec}/{name} has no target to take its labels from (teacher "
-                                    "forcing)", hint="step it with search=True")
-            self.forced[name] = target
+            if name != self.choice:
+                self.forced[name] = _target(unit[name], rec_dict)
         self.include_eos = bool(rec_dict.get("include_eos", False))
         self.has_end = "end" in unit
         self.unstacked = bool(rec_dict.get("from")) if "from" in rec_dict else False
@@ -365,6 +375,7 @@ class ReturnnStepper(LoopStepper):
             raise RecDebugError(f"rec layer {rec!r} has no end layer: a search needs one in the unit (RETURNN ends each "
                                 "hypothesis where it is true)", hint='e.g. "end": {"class": "compare", "from": '
                                                                      '"output", "value": 0}')
+        _check_choices(rec, unit, rec_dict, self.search)  # (before a build that would fail less clearly)
         source = model._build("templates_search" if self.search else "templates", rec)
         loop = ConfigLoop(model, rec, source, self.search, beam_size)
         self._states, self._cells, self._order, self._inner = loop.states, loop.cells, loop.order, loop.inner
