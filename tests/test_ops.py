@@ -225,3 +225,27 @@ def test_dims_given_by_name(rng):
         np.testing.assert_allclose(got_total[b], x64[b, :n].sum(0), atol=ATOL)
     np.testing.assert_allclose(res.numpy(w_sum), w64[:, -1].sum(-1), atol=ATOL)
     np.testing.assert_allclose(res.numpy(frames, order=(batch, loop2.axis, feat)), w64, atol=ATOL)
+
+
+def test_where_of_a_label_and_a_label_number_is_a_label(rng):
+    """rd.where(cond, y, 0) with y labels of vocab and 0 a label of it: labels, which an embedding reads, in run and
+    stepper against numpy; a number outside the vocab gives plain ints."""
+    time, vocab, emb = rd.Dim("time"), rd.Dim("vocab", 5), rd.Dim("emb", 3)
+    with rd.Graph() as g:
+        y = rd.Input("y", {batch, time}, dtype="int32", sparse_dim=vocab)
+        embed = rd.Embedding(vocab, emb)
+        with rd.Loop() as loop:
+            y_t = loop.unstack(y)
+            masked = rd.where(y_t >= 3, y_t, 0)
+            out = loop.stack(embed(masked))
+            assert masked.sparse_dim is vocab and rd.where(y_t >= 3, 0, y_t).sparse_dim is vocab
+            assert rd.where(y_t >= 3, y_t, 7).sparse_dim is None  # 7 is no label of vocab
+    y_np = rng.integers(0, 5, (3, 5)).astype(np.int32)
+    y_np[1, 1:], y_np[2, 3:] = 99, -7  # garbage in the padding frames
+    for optimize in (True, False):
+        res = g.run({"y": y_np}, seq_lens={time: LENS}, optimize=optimize)
+        table = res.param(embed.weight).astype(np.float64)
+        assert_frames_close(res.numpy(out), table[np.where(y_np >= 3, y_np, 0).clip(0, 4)], LENS)
+    st = g.stepper({"y": y_np}, seq_lens={time: LENS})
+    st.step(2)
+    np.testing.assert_array_equal(st.value(masked)[[0, 2]], np.where(y_np[[0, 2], 1] >= 3, y_np[[0, 2], 1], 0))

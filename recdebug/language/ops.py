@@ -103,6 +103,12 @@ def where(cond: Tensor, a, b) -> Tensor:
     sparse = sparse.pop() if len(sparse) == 1 and len(values) == 2 else None
     if sparse is None:  # labels of different sparse dims (or a number): plain int values
         tensors = [cond] + [_sparse(v, None, line) for v in values]
+        label = values[0].sparse_dim if len(values) == 1 else None
+        number = a if not isinstance(a, Tensor) else b
+        if label is not None and isinstance(number, numbers.Integral) and 0 <= number < label.size:
+            # labels beside a number that is a label of theirs (rd.where(done, 0, y)): labels again
+            out = cond.graph.add_op("where", tensors, dims, dtype=dtype, attrs=attrs, line=line)
+            return _sparse(out, label, line)
     return cond.graph.add_op("where", tensors, dims, dtype=dtype, sparse_dim=sparse, attrs=attrs, line=line)
 
 
