@@ -129,7 +129,7 @@ def plot_alignment(source, key: str, sequence: int = 0, labels: str | None = Non
     length = src.length(sequence, steps) if beams is None else \
         (beams.hypothesis(sequence, hypothesis[1], hypothesis[0])["length"] if hypothesis is not None else steps)
     known = src.known(steps)
-    cursor = (known - 1 if isinstance(source, Trace) is False else -1) if t is None else int(t)
+    cursor = (-1 if isinstance(source, Trace) else known - 1) if t is None else int(t)  # a stepper: its last step
     matrix = alignment_rows(src, key, sequence, beams, hypothesis)
     frames = src.describe(key)[0][0][0]
     T = matrix.shape[0]
@@ -161,9 +161,9 @@ class AlignmentPanel:
                 return key
         return ""
 
-    def alignment_figure(self):
+    def alignment_figure(self, key: str | None = None):
         """The alignment as the debugger shows it now (a matplotlib Figure), or None without one."""
-        key = self._alignment_of()
+        key = self._alignment_of() if key is None else key
         if not key:
             return None
         b, T = self.sequence, self.T
@@ -185,5 +185,5 @@ class AlignmentPanel:
         if not key:
             self.alignment.layout.display = "none"
             return
-        self.alignment.value = png(self.alignment_figure())
+        self.alignment.value = png(self.alignment_figure(key))
         self.alignment.layout.display = None
