@@ -138,6 +138,7 @@ function render({ model, el: root }) {
   bars.style.display = "block";
 
   let values = new Float32Array(0), T = 0, U = 0, scale = 1, diff = new Uint8Array(0);
+  let signed = true;  // a negative value among the valid steps: diverging scale, else sequential (0 to +scale)
   let norms = new Float32Array(0), present = [], grads = new Float32Array(0);
 
   const categorical = () => model.get("categorical");
@@ -182,17 +183,22 @@ function render({ model, el: root }) {
 
   function rescale() {
     // the colour range: the valid steps computed so far of this sequence, or the scale shared by the debugger
-    let m = 0;
+    let m = 0, negative = false;
     const length = Math.min(model.get("length"), model.get("known"));
     const seen = new Set();
     for (let t = 0; t < Math.min(T, length); t++) {
       for (let u = 0; u < U; u++) {
         const v = values[t * U + u];
-        if (Number.isFinite(v)) { if (Math.abs(v) > m) m = Math.abs(v); seen.add(Math.round(v)); }
+        if (Number.isFinite(v)) {
+          if (Math.abs(v) > m) m = Math.abs(v);
+          if (v < 0) negative = true;
+          seen.add(Math.round(v));
+        }
       }
     }
     const fixed = model.get("scale");
     scale = fixed > 0 ? fixed : m > 0 ? m : 1;
+    signed = negative;  // (non-negative values, e.g. coverage or probabilities: white at 0 to red at +scale)
     present = Array.from(seen).sort((a, b) => a - b);
     norms = new Float32Array(T);
     for (let t = 0; t < T; t++) {
@@ -285,13 +291,15 @@ function render({ model, el: root }) {
     if (!categorical() && H > 0) {  // colour bar: its range and zero
       const x0 = LEFT + pw + 8, bw = 12;
       const grad = ctx.createLinearGradient(0, 0, 0, H);
-      grad.addColorStop(0, "rgb(255,0,0)"); grad.addColorStop(0.5, "rgb(255,255,255)");
-      grad.addColorStop(1, "rgb(0,0,255)");
+      grad.addColorStop(0, "rgb(255,0,0)");
+      if (signed) { grad.addColorStop(0.5, "rgb(255,255,255)"); grad.addColorStop(1, "rgb(0,0,255)"); }
+      else grad.addColorStop(1, "rgb(255,255,255)");
       ctx.fillStyle = grad; ctx.fillRect(x0, 0, bw, H);
       ctx.strokeStyle = fg; ctx.globalAlpha = 0.6; ctx.strokeRect(x0 + 0.5, 0.5, bw - 1, H - 1); ctx.globalAlpha = 1;
       ctx.fillStyle = fg; ctx.textAlign = "left"; ctx.textBaseline = "middle";
-      const labels = H >= 40 ? [[0, "+" + short(scale)], [H / 2, "0"], [H, "-" + short(scale)]]
-        : [[4, "±" + short(scale)]];
+      const labels = !signed ? (H >= 40 ? [[0, short(scale)], [H / 2, short(scale / 2)], [H, "0"]]
+        : [[4, "0…" + short(scale)]])
+        : H >= 40 ? [[0, "+" + short(scale)], [H / 2, "0"], [H, "-" + short(scale)]] : [[4, "±" + short(scale)]];
       for (const [y, s] of labels) ctx.fillText(s, x0 + bw + 3, Math.max(6, Math.min(H - 4, y)));
     }
     // differing cells (another run): a dot in each, the first differing step in orange
@@ -318,6 +326,7 @@ function render({ model, el: root }) {
     }
     root.dataset.cursor = String(cursor);
     root.dataset.scale = String(scale);
+    root.dataset.signed = signed ? "1" : "0";
     const picked = model.get("highlight") || [];
     if (picked.length && U > 0) {  // selected units: a marker at their rows and a frame around the brushed range
       ctx.fillStyle = "#f0b400";
@@ -442,14 +451,18 @@ function render({ model, el: root }) {
     bars.style.display = "block";
     // the values at the cursor as bars: one per unit, the colour bar's range up and down, the axes named
     const [ctx2, W2, H2] = sized(bars);
-    const pw = W2 - LEFT - RIGHT, top = 14, bottom = H2 - 16, mid = (top + bottom) / 2, half = (bottom - top) / 2;
+    // (non-negative values: the bars stand on zero at the bottom, as the colour bar's range runs 0 to +scale)
+    const pw = W2 - LEFT - RIGHT, top = 14, bottom = H2 - 16;
+    const mid = signed ? (top + bottom) / 2 : bottom, half = signed ? (bottom - top) / 2 : bottom - top;
     const fg = textColor();
     ctx2.font = "11px sans-serif"; ctx2.fillStyle = fg;
     ctx2.textAlign = "left"; ctx2.textBaseline = "top"; ctx2.globalAlpha = 0.75;
     ctx2.fillText(`values at t=${cursor}, one bar per unit`, LEFT + 4, 0);
     ctx2.globalAlpha = 1;
     ctx2.textAlign = "left"; ctx2.textBaseline = "middle";  // value axis, on the right like the colour bar's
-    for (const [y, s] of [[top, "+" + short(scale)], [mid, "0"], [bottom, "-" + short(scale)]]) {
+    const ticks = signed ? [[top, "+" + short(scale)], [mid, "0"], [bottom, "-" + short(scale)]]
+      : [[top, short(scale)], [bottom, "0"]];
+    for (const [y, s] of ticks) {
       ctx2.fillText(s, LEFT + pw + 6, y);
     }
     ctx2.globalAlpha = 0.4; ctx2.strokeStyle = fg;
@@ -464,7 +477,7 @@ function render({ model, el: root }) {
       const v = row[u];
       const rgb = Number.isNaN(v) ? NAN_COLOR : !Number.isFinite(v) ? INF_COLOR : v >= 0 ? [214, 70, 60] : [55, 105, 215];
       ctx2.fillStyle = `rgb(${rgb[0]},${rgb[1]},${rgb[2]})`;
-      const h = Number.isFinite(v) ? Math.min(1, Math.abs(v) / scale) * (half - 1) : half - 1;
+      const h = !signed && v < 0 ? 0 : Number.isFinite(v) ? Math.min(1, Math.abs(v) / scale) * (half - 1) : half - 1;
       ctx2.fillRect(LEFT + u * bw, v >= 0 ? mid - h : mid, Math.max(1, bw - (bw > 3 ? 1 : 0)), Math.max(1, h));
     }
   }

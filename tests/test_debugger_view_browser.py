@@ -364,6 +364,7 @@ def test_a_state_over_an_encoders_axis_shows_the_sequences_valid_frames_only(lab
         expect(cell.locator(".rd-status")).to_contain_text("at t=3 (4 of 6 steps run)")
         expect(heat).to_contain_text("enc (3 of 7 units: sequence 1's valid frames)")
         check_values(page, heat, expected, 6)
+        assert heat.get_attribute("data-signed") == "0"  # coverage is never negative: white (0) to red, from 0 up
         shape = heat.locator(".rd-heat").evaluate("c => [c.width, c.height]")
         assert shape == [6, 3], shape  # steps x valid frames
         alignment = cell.locator(".rd-alignment")  # the coverage's alignment: steps down, frames across

@@ -165,7 +165,8 @@ def test_the_alignment_of_attention_weights_is_drawn_from_a_trace_a_stepper_and_
     got = drawn(fig)
     np.testing.assert_allclose(got[:2], weights[0, :2], atol=ATOL)
     assert got.mask[2:].all()  # not run yet
-    assert [r.get_y() + 0.5 for r in fig.axes[0].patches if r.get_edgecolor()[0] > 0.8] == [1.0]  # the cursor row
+    outlines = [r.get_y() + 0.5 for r in fig.axes[0].patches if not r.get_fill()]
+    assert outlines == [1.0, 1.0]  # the cursor row, black on a white edge
     with pytest.raises(rd.RecDebugError, match="one value per frame of an axis of its own"):
         rd.plot_alignment(st, key.rsplit("/", 1)[0] + "/unstack")
 

@@ -393,3 +393,19 @@ def test_picture_colours_follow_the_heatmaps_mapping():
     assert (rgba[:, 3, 3] == 0).all()  # not shown yet: transparent
     labels = view_rgba(np.array([[0], [1], [3]], np.float32), 3, 3, 1.0, categorical=True)
     assert [tuple(c) for c in labels[0, :, :3]] == [(31, 119, 180), (255, 127, 14), (214, 39, 40)]
+
+
+def test_the_pictures_colour_bar_runs_from_zero_for_values_never_negative_and_is_symmetric_otherwise():
+    """STYLE.md: signed values on a diverging map centred on 0, non-negative ones (coverage, probabilities) on a
+    sequential one; the negative in the padding step does not count."""
+    from recdebug.views.plot import draw_views
+
+    def bar_range(values, length):
+        view = dict(title="v", unit_label="unit", axis_label="t", values=np.asarray(values, np.float32),
+                    length=length, known=len(values), cursor=0, scale=0, categorical=False, labels=None,
+                    reveal=False)
+        fig = draw_views([view], "status")
+        return tuple(round(float(x), 6) for x in fig.axes[1].get_ylim())
+
+    assert bar_range([[0.5, 2.0], [0.0, 1.0], [-7.0, 3.0]], length=2) == (0.0, 2.0)  # t=2 is padding
+    assert bar_range([[0.5, 2.0], [-1.0, 1.0]], length=2) == (-2.0, 2.0)

@@ -47,8 +47,11 @@ def row_text(label: int, vocab) -> str:
 def draw_alignment(ax, matrix: np.ndarray, length: int, known: int, cursor: int, labels=None, vocab=None,
                    title: str = "", frames: str = "frame"):
     """Draw an alignment on a matplotlib Axes: rows = steps (the first ``min(length, known)`` valid, the rest
-    grey), columns = frames, white (0) to dark blue (the largest value), the cursor's row outlined."""
+    grey), columns = frames, white (0) to red (the largest value, as the heatmaps draw non-negative values), the
+    cursor's row outlined."""
     import matplotlib
+
+    from .plot import value_cmap
 
     T, F = matrix.shape
     valid = min(length, known)
@@ -56,15 +59,16 @@ def draw_alignment(ax, matrix: np.ndarray, length: int, known: int, cursor: int,
     shown[:valid] = matrix[:valid]  # (padding: grey; steps not run yet: hatched)
     finite = matrix[:valid][np.isfinite(matrix[:valid])]
     top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-    cmap = matplotlib.colormaps["Blues"].with_extremes(bad="#bebebe")
+    cmap = value_cmap(False).with_extremes(bad="#bebebe")
     ax.imshow(shown, aspect="auto", cmap=cmap, vmin=0.0, vmax=top, interpolation="nearest",
               extent=(-0.5, F - 0.5, T - 0.5, -0.5))
     if valid < min(length, T):
         ax.add_patch(matplotlib.patches.Rectangle((-0.5, valid - 0.5), F, min(length, T) - valid, facecolor="white",
                                                   edgecolor="#909090", hatch="///", linewidth=0))
-    if 0 <= cursor < T:
-        ax.add_patch(matplotlib.patches.Rectangle((-0.5, cursor - 0.5), F, 1, fill=False, edgecolor="#d62728",
-                                                  linewidth=2))
+    if 0 <= cursor < T:  # black on a white edge, as the heatmaps' cursor: seen on white and on red
+        for colour, width in (("white", 3.5), ("black", 1.8)):
+            ax.add_patch(matplotlib.patches.Rectangle((-0.5, cursor - 0.5), F, 1, fill=False, edgecolor=colour,
+                                                      linewidth=width))
     ax.set_xlabel(frames, fontsize=8)
     ax.set_ylabel("t (loop step)", fontsize=8)
     ax.set_yticks(range(T))
@@ -88,11 +92,13 @@ def alignment_figure(matrix, length: int, known: int, cursor: int, labels=None, 
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
+    from .plot import value_cmap
+
     T, F = np.shape(matrix)
     fig = figure if figure is not None else Figure(figsize=(width, min(9.0, 1.5 + 0.28 * max(T, 2))), dpi=80)
     ax = fig.add_axes((0.22, 0.2, 0.62, 0.68))
     top = draw_alignment(ax, np.asarray(matrix, np.float32), length, known, cursor, labels, vocab, title, frames)
-    bar = fig.colorbar(ScalarMappable(Normalize(0.0, top), cmap="Blues"), cax=fig.add_axes((0.87, 0.2, 0.03, 0.68)))
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, top), cmap=value_cmap(False)), cax=fig.add_axes((0.87, 0.2, 0.03, 0.68)))
     bar.ax.tick_params(labelsize=7)
     return fig
 

@@ -6,10 +6,19 @@ import numpy as np
 from ..records.trace import connect_plot
 
 
+def value_cmap(signed: bool):
+    """The heatmaps' colour map: signed values blue (-scale), white (0), red (+scale); non-negative ones (coverage,
+    probabilities, norms) white (0) to red (+scale), the same colours as the positive half."""
+    import matplotlib
+    from matplotlib.colors import LinearSegmentedColormap
+
+    return matplotlib.colormaps["bwr"] if signed else LinearSegmentedColormap.from_list("rd_white_red", ["#ffffff",
+                                                                                                         "#ff0000"])
+
+
 def plot_trace(trace, sequence: int = 0, keys=None, t: int | None = None, figsize=None):
     """One row per value (default: the States): heatmap units x time with padding grey and NaN/Inf marked,
     and the norm over time; a line at step ``t`` when given."""
-    import matplotlib
     import matplotlib.pyplot as plt
 
     axis = trace._default_axis()
@@ -27,9 +36,12 @@ def plot_trace(trace, sequence: int = 0, keys=None, t: int | None = None, figsiz
         arr = per_step.reshape(per_step.shape[0], -1).astype(np.float64)  # [steps, units]
         steps = arr.shape[0]
         shown = np.ma.masked_invalid(arr.T)
-        scale = np.nanmax(np.abs(np.where(np.isfinite(arr[:length]), arr[:length], np.nan))) if length else 1.0
-        cmap = matplotlib.colormaps["bwr"].with_extremes(bad="#00c85a")  # NaN/Inf: green
-        row[0].imshow(shown, aspect="auto", cmap=cmap, vmin=-scale, vmax=scale, interpolation="nearest")
+        valid = arr[:length][np.isfinite(arr[:length])]
+        scale = float(np.abs(valid).max()) if valid.size and np.abs(valid).max() > 0 else 1.0
+        signed = bool((valid < 0).any())
+        cmap = value_cmap(signed).with_extremes(bad="#00c85a")  # NaN/Inf: green
+        row[0].imshow(shown, aspect="auto", cmap=cmap, vmin=-scale if signed else 0.0, vmax=scale,
+                      interpolation="nearest")
         if length < steps:
             row[0].axvspan(length - 0.5, steps - 0.5, color="#cdcdcd")
         row[0].set_title(f"{key} (sequence {sequence}, {length} of {steps} steps)", fontsize=9)
@@ -134,7 +146,9 @@ def draw_views(views: list, status: str, width: float = 10.0):
                 side.legend(handles=handles, loc="center left", fontsize=7, frameon=False, title="labels",
                             title_fontsize=7)
         else:
-            bar = fig.colorbar(ScalarMappable(Normalize(-scale, scale), cmap="bwr"), cax=side)
+            signed = bool((valid[np.isfinite(valid)] < 0).any())  # (as the widget: 0 to +scale without negatives)
+            bar = fig.colorbar(ScalarMappable(Normalize(-scale if signed else 0.0, scale), cmap=value_cmap(signed)),
+                               cax=side)
             bar.ax.tick_params(labelsize=7)
     return fig
 
