@@ -404,24 +404,28 @@ def test_live_search_equals_returnns_own_search(rng, beam, accum, norm):
     st.close()
 
 
-@pytest.mark.parametrize("beam,accum", [(4, False), (1, False), (4, True), (4, "published")])
-def test_a_configs_search_trace_is_returnns_search_and_the_live_search_steps_through_it(rng, beam, accum):
+@pytest.mark.parametrize("beam,accum,norm", [(4, False, False), (1, False, False), (4, True, False),
+                                             (4, "published", False), (4, False, True)])
+def test_a_configs_search_trace_is_returnns_search_and_the_live_search_steps_through_it(rng, tmp_path, beam, accum,
+                                                                                        norm):
     """m.trace(search=True): every hypothesis of every step as RETURNN's own search computed it. Checked against
     RETURNN's final beam (its decide layer), against RETURNN's loop fed the best hypotheses as targets, and the
     live search against it at every step, for every hypothesis not ended before the step (``accum``: with a State
-    over the encoder's axis, its valid frames)."""
-    m, x, lens = search_model(rng, beam, accum)
+    over the encoder's axis, its valid frames; ``norm``: RETURNN's length normalization, the final scores divided
+    by the steps, also from the trace's file)."""
+    m, x, lens = search_model(rng, beam, accum, norm)
     res = m.run({"data": x}, seq_lens={"data": lens}, search=True)
     tr = m.trace({"data": x}, seq_lens={"data": lens}, search=True)
-    bm = tr.beams("output/output")
-    assert bm.shape[1:] == (5, beam)
-    best = []
-    for b in range(5):
-        hyps = bm.hypotheses(b)
-        n = int(res.lens("output")[b])
-        assert hyps[0]["labels"] == res.numpy("output")[b, :n].tolist(), b
-        np.testing.assert_allclose([h["score"] for h in hyps], res.scores("output")[b], atol=ATOL, rtol=0)
-        best.append(hyps[0])
+    tr.save(tmp_path / "search.npz")
+    for bm in (rd.Trace.load(tmp_path / "search.npz").beams("output/output"), tr.beams("output/output")):
+        assert bm.shape[1:] == (5, beam)
+        best = []
+        for b in range(5):
+            hyps = bm.hypotheses(b)
+            n = int(res.lens("output")[b])
+            assert hyps[0]["labels"] == res.numpy("output")[b, :n].tolist(), b
+            np.testing.assert_allclose([h["score"] for h in hyps], res.scores("output")[b], atol=ATOL, rtol=0)
+            best.append(hyps[0])
     np.testing.assert_array_equal(tr.lens("output:time"), res.lens("output"))
 
     # RETURNN's loop without search, fed the best hypotheses' labels: the same States along each of them

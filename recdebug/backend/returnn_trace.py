@@ -112,7 +112,8 @@ def config_search_trace(build, inputs: dict, seq_lens: dict) -> Trace:
     entries = {path: _entry(build, states, path, arr, dims_of[path], labels.axis) for path, arr in values.items()}
     unstacked = bool(build.model.net[rec].get("from"))
     beams = {key: {"end": f"{rec}/end" if f"{rec}/end" in entries else None, "lens_axis": None,
-                   "include_eos": bool(build.model.net[rec].get("include_eos")) or unstacked}}
+                   "include_eos": bool(build.model.net[rec].get("include_eos")) or unstacked,
+                   "length_normalization": bool(unit[choice].get("length_normalization", True))}}
     tr = _finish(build, entries, labels, {}, beams)
     after = readers_of(unit, set(unit), {choice}, refs=lambda d: [r.partition("/")[0] for r in layer_refs(d)
                                                                    if not r.startswith(("prev:", "base:"))])

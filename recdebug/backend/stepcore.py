@@ -520,9 +520,7 @@ class StepperBeams(Beams):
                          stack(stepper._backpointers, np.int32), stack(stepper._end, bool),
                          bool(stepper.include_eos or stepper.lengths is not None), stepper.lengths)
         if getattr(stepper, "length_normalization", None) and stepper.finished and t:
-            # as RETURNN ends its search: the scores divided by its steps (the longest hypothesis, with its end)
-            longest = max(self.hypothesis(s, j)["length"] for s in range(b) for j in range(k))
-            self.final_divisor = float(longest + (0 if self.include_eos else 1))
+            self.normalize_final()
 
     def state(self, state, t: int, b: int, k: int) -> np.ndarray:
         """The value of a State in hypothesis k of sequence b after step t."""

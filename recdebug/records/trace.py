@@ -144,23 +144,28 @@ class Trace:
         key = self.key(choice)
         if key + ".backpointers" not in self.entries:
             raise RecDebugError(f"{key!r} has no beams in this trace: trace with search=True")
-        end_key, include_eos, lens_axis = self._beam_setup(key, choice)
+        end_key, include_eos, lens_axis, normalized = self._beam_setup(key, choice)
         lens = None if lens_axis is None else np.asarray(self.lens(lens_axis))
-        return BeamSteps(self, key, end_key, include_eos, lens)
+        beams = BeamSteps(self, key, end_key, include_eos, lens)
+        if normalized and beams.shape[0]:  # the search ran to its end: its final scores as RETURNN gives them
+            beams.normalize_final()
+        return beams
 
     def _beam_setup(self, key: str, choice=None) -> tuple:
         """How the hypotheses of a choice end: (key of the loop's end flag or None, include_eos, label of the
-        axis whose lengths end them (a search over unstacked frames) or None). From the choice's loop, else
-        from the file."""
+        axis whose lengths end them (a search over unstacked frames) or None, whether the final scores are length
+        normalized (a config's choice layer)). From the choice's loop, else from the file."""
         if getattr(choice, "scope", None) is None and self.emitted is not None:
             choice = next((t for t in self.emitted.layer_of if self._lookup.get(id(t)) == key), None)
         loop = getattr(choice, "scope", None)
         if loop is None:
             saved = self._saved.get("beams", {}).get(key)
-            return (saved["end"], saved["include_eos"], saved["lens_axis"]) if saved else (None, True, None)
+            if not saved:
+                return None, True, None, False
+            return saved["end"], saved["include_eos"], saved["lens_axis"], saved.get("length_normalization", False)
         end_key = self._lookup.get(id(loop.end_cond)) if loop.end_cond is not None else None
         by_frames = loop.unstacked and not loop.bounded  # the hypotheses of a sequence end with its frames
-        return end_key, bool(loop.include_eos or by_frames), self.label(loop.axis) if by_frames else None
+        return end_key, bool(loop.include_eos or by_frames), self.label(loop.axis) if by_frames else None, False
 
     @property
     def hierarchy(self) -> list:
@@ -397,6 +402,13 @@ class Beams:
     @property
     def shape(self):
         return self.labels.shape
+
+    def normalize_final(self):
+        """As RETURNN ends a search with length normalization: the final scores divided by its steps (the longest
+        hypothesis, with its end)."""
+        batch, beam = self.shape[1:]
+        longest = max(self.hypothesis(b, k)["length"] for b in range(batch) for k in range(beam))
+        self.final_divisor = float(longest + (0 if self.include_eos else 1))
 
     def last_step(self, b: int) -> int:
         """The last step of sequence b (steps after it are padding)."""

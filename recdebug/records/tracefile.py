@@ -62,8 +62,9 @@ def save(trace, path) -> None:
     for key in trace.entries:
         if key.endswith(".backpointers"):
             choice = key[:-len(".backpointers")]
-            end, include_eos, lens_axis = trace._beam_setup(choice)
-            beams.append({"choice": choice, "end": end, "include_eos": include_eos, "lens_axis": lens_axis})
+            end, include_eos, lens_axis, normalized = trace._beam_setup(choice)
+            beams.append({"choice": choice, "end": end, "include_eos": include_eos, "lens_axis": lens_axis,
+                          "length_normalization": normalized})
     meta = {"format": FORMAT, "version": VERSION, "entries": meta_entries, "lens": meta_lens,
             "dims": [vars(d) for d in trace.dims.values()], "moved_out": list(trace.moved_out),
             "in_loop": list(trace.in_loop), "device": trace.device, "after_choice": sorted(trace.after_choice),
@@ -221,7 +222,7 @@ _SPEC = {
     "entry": {"key": str, "array": str, "dims": _LABELS, "kind": str, "loop_axes": _LABELS, "line": _OPT_STR},
     "lens": {"axis": str, "array": str, "dims": _LABELS},
     "dim": {"label": str, "name": str, "size": _OPT_INT, "is_batch": bool, "order": int},
-    "beam": {"choice": str, "end": _OPT_STR, "include_eos": bool, "lens_axis": _OPT_STR},
+    "beam": {"choice": str, "end": _OPT_STR, "include_eos": bool, "lens_axis": _OPT_STR, "length_normalization": bool},
     "node": NODE_FIELDS,
 }
 _SPEC["top2"] = dict(_SPEC["top1"], version=int, beams=list, hierarchy=list, net_text=str)
@@ -277,7 +278,7 @@ def _parse_meta(raw: bytes) -> dict:
     for i, m in enumerate(meta["dims"]):
         _fields(m, f"dim {i}", "dim")
     for i, m in enumerate(meta.get("beams", [])):
-        _fields(m, f"beam search {i}", "beam")
+        _fields(m, f"beam search {i}", "beam", optional=("length_normalization",))  # (older files: none)
     for i, m in enumerate(meta.get("hierarchy", [])):
         _fields(m, f"hierarchy node {i}", "node", optional=OPTIONAL_NODE_FIELDS)
     return meta
