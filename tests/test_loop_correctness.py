@@ -138,16 +138,6 @@ def test_while_loop_lengths_without_any_stacked_output():
     np.testing.assert_allclose(res.numpy(final), stop.astype(np.float32))
 
 
-def test_a_state_without_the_batch_dim_is_refused_at_its_line():
-    with rd.Graph():
-        with pytest.raises(rd.DimError, match="one value per sequence") as e:
-            rd.State(set(), initial=0.0)
-    assert e.value.line is not None and "rd.State(set()" in e.value.line.code
-    with rd.Graph():
-        with pytest.raises(rd.DimError, match="batch"):
-            rd.State({rd.Dim("hid", 2)})
-
-
 # --- 4. an int32 State with a number as initial ---
 
 def test_int32_state_with_a_number_initial_counts_per_frame(rng):

@@ -118,6 +118,9 @@ def check_language(ns, tmp_path):
     assert [len(v) for v in ns["valid"]] == [7, 4, 2]
     mask = ns["tr"].mask(ns["out"], order=(batch, time, hid))
     assert (mask[:, :, 0] == (np.arange(7)[None, :] < lens[:, None])).all()
+    shared = ns["shared"]  # a State shared by the batch: one counter, every step the loop ran
+    np.testing.assert_array_equal(shared.numpy(ns["steps"]), np.arange(1, lens.max() + 1))
+    assert int(shared.numpy(ns["after"])) == lens.max()
 
 
 def res_with(ns, x):

@@ -103,7 +103,10 @@ class StepBuffers:
     search), so that the buffers keep which have ended. ``lengths``: whether the loop runs a given number of steps
     per entry (fed to ``lengths_ph``)."""
 
-    def __init__(self, states: dict, batch: int, max_steps: int, beam: int | None, ends: bool, lengths: bool):
+    def __init__(self, states: dict, batch: int, max_steps: int, beam: int | None, ends: bool, lengths: bool,
+                 shared=()):
+        """``shared``: keys of States without the batch dim (one value for every sequence): their buffers hold it
+        for each entry alike, the step net reads entry 0, and every step writes it (no sequence freezes it)."""
         import tensorflow as tf
 
         register_layer_class()
@@ -122,8 +125,11 @@ class StepBuffers:
                                   name=f"buffer_{len(self.vars)}")
             self._keys[key] = f"state/{len(self.vars)}"
             self.vars[key], self.shapes[key] = var, (tuple(shape), dtype)
-            self.tensors[self._keys[key]] = tf.ensure_shape(tf.gather(var, self.t), list(shape))
+            read = tf.gather(var, self.t)
+            self.tensors[self._keys[key]] = tf.ensure_shape(read[0], list(shape[1:])) if key in shared else \
+                tf.ensure_shape(read, list(shape))
             self.variables.append(var)
+        self.shared = set(shared)
         self.ended = self.scores = self.lengths_ph = None
         if ends or beam is not None:
             self.ended = tf.Variable(tf.zeros([max_steps + 1, batch], dtype=tf.bool), trainable=False, name="ended")
@@ -193,14 +199,18 @@ class StepBuffers:
             shape, dtype = self.shapes[key]
             self.state_at[key] = old = tf.gather(var, t)
             value = new[key]
-            if src is not None:
-                old = tf.gather(old, src)
-                if key in reordered:
-                    value = tf.gather(value, src)
-            if len(shape) not in masks:  # active, broadcast over one step's value (tf.where broadcasts it)
-                masks[len(shape)] = tf.reshape(active, [-1] + [1] * (len(shape) - 1))
-            mask = masks[len(shape)]
-            frozen = tf.where(mask, value, old)
+            if key in self.shared:  # the same for every entry, written at every step
+                frozen = value = tf.broadcast_to(value, [batch] + list(shape[1:]))
+                mask = tf.ones([batch] + [1] * (len(shape) - 1), tf.bool)
+            else:
+                if src is not None:
+                    old = tf.gather(old, src)
+                    if key in reordered:
+                        value = tf.gather(value, src)
+                if len(shape) not in masks:  # active, broadcast over one step's value (tf.where broadcasts it)
+                    masks[len(shape)] = tf.reshape(active, [-1] + [1] * (len(shape) - 1))
+                mask = masks[len(shape)]
+                frozen = tf.where(mask, value, old)
             updates.append(tf.compat.v1.scatter_update(var, next_row, tf.expand_dims(frozen, 0)))
             if dtype.startswith("float") and key not in hidden:
                 bad = tf.logical_and(tf.logical_not(tf.math.is_finite(frozen)), mask)
@@ -439,6 +449,8 @@ class LoopStepper(SteppingControls):
             return np.zeros(shape, np.float32)
         arr = self.value(v.obj, at=at if v.state else max(1, at))
         lead = 2 if self.searching else 1
+        if v.shared:  # one value for the batch: the same for each sequence (and hypothesis)
+            arr = np.broadcast_to(arr, (self.batch,) + ((self.beam,) if self.searching else ()) + arr.shape)
         return arr.transpose(list(range(lead)) + [lead + i for i in v.perm]) if v.perm is not None else arr
 
     def valid_units(self, key: str, b: int) -> int | None:
@@ -446,6 +458,9 @@ class LoopStepper(SteppingControls):
         own besides the batch, first in ``describe_key``'s order: the rest is padding); None: all of them."""
         v = self._key(key)
         return None if v.frames is None else int(v.frames[b]) * int(np.prod([n for _, n in v.dims[1:]]))
+
+    def key_shared(self, key: str) -> bool:
+        return self._key(key).shared
 
     def key_before_choice(self, key: str) -> bool:
         v = self._key(key)
@@ -499,10 +514,12 @@ class ViewKey:
     besides batch and beam as [(name, size)] in the order ``value`` gives, whether it holds ints, its sparse dim's
     name; ``layer``: it is among the layers with a value per step that the hierarchy picks (a config's State is
     a layer of its unit too). A value with an axis of its own besides the batch (an encoder's) has it first, its
-    size that of the stepper's longest sequence, and ``frames``: each sequence's valid frames along it."""
+    size that of the stepper's longest sequence, and ``frames``: each sequence's valid frames along it.
+    ``shared``: it has no batch dim (one value for every sequence: ``value`` gives it without one)."""
 
     def __init__(self, obj, state: bool, dims, ints: bool, sparse=None, layer: bool | None = None, perm=None,
-                 frames=None):
+                 frames=None, shared: bool = False):
+        self.shared = shared
         self.obj, self.state, self.dims, self.ints, self.sparse = obj, state, tuple(dims), ints, sparse
         self.layer = not state if layer is None else layer
         self.perm = perm  # value's axes after batch (and beam) in the order of ``dims`` (None: as they are)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..language.dims import dim_named, sorted_dims
+from ..language.dims import batch_dim, dim_named, sorted_dims
 from .engine import Engine, build_apart, default_params, resolve_device
 from .feeding import checked_numbers, reference_labels, value_and_order
 from ..language.errors import DimError, LoopError, RecDebugError, RunError
@@ -50,14 +50,17 @@ class StepEngine(Engine):
 
         em, loop = self.emitted, self.loop
         self.buffers = {}  # State -> (rd dims in buffer order, unit layer name)
-        shapes = {}
+        shapes, shared = {}, set()
         for state, name in loop.state_layers.items():
             dims = sorted_dims(state.dims)  # (a dynamic dim besides the batch: its size is this feed's)
             shapes[state] = ([self.batch if d.is_batch else d.size for d in dims], state.dtype)
+            if batch_dim not in state.dims:  # shared by the batch: kept for each entry alike
+                shapes[state] = ([self.batch] + shapes[state][0], state.dtype)
+                shared.add(state)
             self.buffers[state] = (dims, name)
         self.core = StepBuffers(shapes, self.batch, self.max_steps, self.choice.attrs["beam_size"]
                                 if self.choice is not None else None,
-                                ends=loop.end_cond is not None and self.forced is None, lengths=False)
+                                ends=loop.end_cond is not None and self.forced is None, lengths=False, shared=shared)
         self.extra_variables = self.core.variables
         self.device_tensors.update(self.core.tensors)
         self.t_ph = self.core.t
@@ -152,8 +155,6 @@ def _searched_choice(g, loop):
 
 def _repeat_for_beam(g, inputs: dict, seq_lens: dict, k: int) -> tuple[dict, dict]:
     """Each sequence's inputs and lengths repeated k times along the batch (one copy per hypothesis)."""
-    from ..language.dims import batch_dim
-
     out = {}
     for name, value in inputs.items():
         if name not in g.inputs:
@@ -170,8 +171,6 @@ def _repeat_for_beam(g, inputs: dict, seq_lens: dict, k: int) -> tuple[dict, dic
 def _batch_and_steps(g, loop, inputs: dict, seq_lens: dict, params=None, seed: int = 0,
                      targets=None) -> tuple[int, int]:
     """The batch size and the most steps the loop can take, from the feeds (before anything is built)."""
-    from ..language.dims import batch_dim
-
     batch, axis_size = None, None
     for name, inp in g.inputs.items():
         if name not in inputs:
@@ -281,6 +280,8 @@ class Stepper(LoopStepper):
             state = self._state(x)
             arr = self._buffer(state, k)
             dims = e.buffers[state][0]
+            if state in e.core.shared:  # one value for the batch (the buffer keeps it for each entry)
+                arr = arr[0]
         elif isinstance(x, Tensor):
             if x.scope is not self.loop:
                 raise RecDebugError(f"{x!r} is not computed in {self.loop.describe()}",
@@ -305,7 +306,8 @@ class Stepper(LoopStepper):
         state = self._state(state)
         e = self._live_engine()
         dims = e.buffers[state][0]
-        if self.choice is not None:
+        shared = state in e.core.shared
+        if self.choice is not None and not shared:
             dims = dims[:1] + (self.beam_dim,) + dims[1:]
         value = checked_numbers(f"set_state({state.path(self.graph)!r})", value, state.dtype)
         if order is not None:
@@ -313,13 +315,16 @@ class Stepper(LoopStepper):
             if sorted(order, key=id) != sorted(dims, key=id):
                 raise DimError(f"set_state: order {tuple(order)} is not a permutation of {dims}")
             value = value.transpose([list(order).index(d) for d in dims])
-        expected = (self.batch,) + tuple(self.beam if d is self.beam_dim else self._size(d) for d in dims[1:])
+        expected = tuple(self.beam if d is self.beam_dim else self._size(d) for d in dims) if shared else \
+            (self.batch,) + tuple(self.beam if d is self.beam_dim else self._size(d) for d in dims[1:])
         if value.shape != expected:
             dynamic = [f"{d.name} has {self._size(d)} frames here, its longest sequence" for d in dims[1:]
                        if d.is_dynamic and d is not self.beam_dim]
             raise RunError(f"set_state({state.path(self.graph)!r}): shape {value.shape}, expected {expected} "
                            f"(order {tuple(d.name for d in dims)}" + "".join(f"; {x}" for x in dynamic) + ")")
-        if self.choice is not None:
+        if shared:  # one value for the batch, kept for each entry of the step net's batch
+            value = np.broadcast_to(value, (self.batch * self.beam,) + value.shape)
+        elif self.choice is not None:
             value = value.reshape((self.batch * self.beam,) + value.shape[2:])
         return self._set_buffer(state, value)
 
@@ -384,7 +389,8 @@ class Stepper(LoopStepper):
             sparse = x.sparse_dim.name if getattr(x, "sparse_dim", None) is not None else None
             frames = self._lens.get(dims[0]) if dims and dims[0].is_dynamic else None
             return ViewKey(x, state, [(d.name, self._size(d)) for d in dims], x.dtype in ("int32", "int64", "bool"),
-                           sparse, perm=[have.index(d) for d in dims] if dims != have else None, frames=frames)
+                           sparse, perm=[have.index(d) for d in dims] if dims != have else None, frames=frames,
+                           shared=batch_dim not in x.dims)
 
         keys = {s.path(self.graph): key(s, True) for s in self.states}
         keys.update({f"{self.loop.name}/{op.name}": key(op.out, False) for op in self.loop.ops})

@@ -73,16 +73,19 @@ class Tracing:
 
         entries, lookup = {}, {}
         axis_of = {loop: loop.axis for loop in em.rec_paths}
+        beams = {y.op.attrs["beam"] for y in self.graph.choices}
         for key, arr in values.items():
-            kind, _, loops = em.trace_info.get(key, em.trace_info.get(key.rsplit(".", 1)[0], (None, None, None)))
+            kind, own, loops = em.trace_info.get(key, em.trace_info.get(key.rsplit(".", 1)[0], (None, None, None)))
             if kind is None or key.endswith((".scores", ".backpointers")):
                 kind = "search"
             dims = dims_of[key]
             if None in dims:
                 raise RecDebugError(f"trace: RETURNN returned a dim that recdebug does not know for {key!r}")
-            if key in em.trace_unbatched:  # recorded per sequence, the same for each: one of them
-                arr = np.take(arr, 0, axis=dims.index(_batch()))
-                dims = tuple(d for d in dims if d is not _batch())
+            if key in em.trace_unbatched or (own is not None and _batch() not in own and _batch() in dims):
+                # one value for the batch, recorded per sequence (and hypothesis), the same for each: one of them
+                for d in [d for d in dims if d is _batch() or d in beams]:
+                    arr = np.take(arr, 0, axis=dims.index(d))
+                    dims = tuple(x for x in dims if x is not d)
             arr, dims = _spread_over_steps(arr, dims, loops or (), fetched_lens, lens)
             entries[key] = Entry(key, arr, tuple(label(d) for d in dims), kind,
                                  tuple(label(axis_of[lp]) for lp in loops), _line(em.lines.get(key)))

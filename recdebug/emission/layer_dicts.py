@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from returnn.tensor import batch_dim as returnn_batch_dim
 
+from ..language.dims import batch_dim
 from ..language.graph import Scope
 from .analysis import _ARITH, _COMPARE, _EVAL_SYMBOL
 
@@ -108,7 +109,8 @@ class LayerDicts:
             return self.state_entry(op, scope)
         if k == "state_final":  # the last frame, or for an empty sequence the value before the loop
             loop, state = a["loop"], a["state"]
-            return {"class": "switch", "condition": loop.nonempty_name, "true_from": loop.state_finals[state],
+            ran = loop.nonempty_name if batch_dim in state.dims else self.shared_steps(loop)[1]
+            return {"class": "switch", "condition": ran, "true_from": loop.state_finals[state],
                     "false_from": self.ref(loop.init[state], scope)}
         if k == "stack":
             loop = a["loop"]
@@ -117,7 +119,8 @@ class LayerDicts:
                         "axis": self.dim(loop.rec_axis), "position": self.static_ranges[loop]}
             return {"class": "copy", "from": f"{loop.name}/{self.perturbed.get(id(a['value']), a['value'].op.name)}"}
         if k == "last":
-            return self.gather_last(a["loop"], self.perturbed.get(id(a["value"]), a["value"].op.name))
+            return self.gather_last(a["loop"], self.perturbed.get(id(a["value"]), a["value"].op.name),
+                                    shared=batch_dim not in op.out.dims)
         raise NotImplementedError(f"no RETURNN layer for op kind {k!r}")
 
     def unit_dtype(self, loop, unit: dict, name: str) -> str:
@@ -134,18 +137,37 @@ class LayerDicts:
             raise AssertionError(f"no dtype known for the unit layer {name!r}")
         return dtype
 
+    def unit_sparse(self, loop, name: str) -> bool:
+        """Whether the unit layer ``name`` of an op or a State of ``loop`` holds labels (has a sparse dim)."""
+        for state, layer in loop.state_layers.items():
+            if layer == name:
+                return state.sparse_dim is not None
+        return any(op.out.sparse_dim is not None for op in loop.ops if name in (op.name, self.perturbed.get(id(op.out))))
+
     def with_batch(self, unit: dict, name: str, dtype: str) -> str:
         """A layer of ``unit`` that is the layer ``name`` broadcast over the batch (same values per sequence)."""
         const = name + ".batch_zero"
         unit[const] = {"class": "constant", "value": False if dtype == "bool" else 0, "dtype": dtype,
                        "shape": [returnn_batch_dim], "with_batch_dim": True}
         unit[name + ".per_sequence"] = {"class": "combine", "kind": "logical_or" if dtype == "bool" else "add",
-                                        "from": [name, const], "is_output_layer": True}
+                                        "from": [name, const], "allow_broadcast_all_sources": True,
+                                        "is_output_layer": True}
         return name + ".per_sequence"
 
-    def gather_last(self, loop, layer_name: str) -> dict:
+    def gather_last(self, loop, layer_name: str, shared: bool = False) -> dict:
+        """The last frame of a stacked unit layer: per sequence, or for a value shared by the batch the loop's
+        last step (its longest sequence's)."""
+        if shared:  # (a valid step: RETURNN's clipping would clip it per sequence and add the batch dim)
+            return {"class": "gather", "from": f"{loop.name}/{layer_name}", "axis": self.dim(loop.rec_axis),
+                    "position": self.shared_steps(loop)[0]}
         return {"class": "gather", "from": f"{loop.name}/{layer_name}", "axis": self.dim(loop.rec_axis),
                 "position": loop.last_index_name, "clip_to_valid": True}
+
+    def shared_steps(self, loop) -> tuple:
+        """Names of two layers beside ``loop`` (made by emit_loop): its last step (scalar) and whether it ran any."""
+        if loop not in self.shared_last:
+            self.shared_last[loop] = tuple(self.fresh_name(loop.parent, f"{loop.name}.{n}") for n in ("last_step", "ran"))
+        return self.shared_last[loop]
 
     def step_zero(self, loop, unit: dict, dtype: str) -> str:
         """A layer of ``loop``'s unit: a zero (False) of ``dtype`` computed from the step index."""

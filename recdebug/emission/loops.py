@@ -49,7 +49,7 @@ class LoopEmission:
                 dims = sorted(state.dims, key=lambda d: d.order)
                 unit[zeros + ".const"] = {
                     "class": "constant", "value": False if state.dtype == "bool" else 0, "dtype": state.dtype,
-                    "shape": [self.dim(d) for d in dims], "with_batch_dim": True}
+                    "shape": [self.dim(d) for d in dims], "with_batch_dim": batch_dim in state.dims}
                 # zeros of this step: RETURNN takes a layer that depends on no step of its loop for the same at
                 # every step and may not stack it (a State assigned a value from outside its loop)
                 unit[zeros] = {"class": "combine", "kind": "logical_or" if state.dtype == "bool" else "add",
@@ -103,7 +103,9 @@ class LoopEmission:
             # with another dynamic dim)
             plain = [v.op.name for v in loop.exports if not any(d.is_dynamic and not d.is_batch for d in v.dims)]
             if loop.state_layers or plain or not loop.exports:
-                unit["output"] = {"class": "copy", "from": (list(loop.state_layers.values()) + plain
+                # (a State with the batch dim first: RETURNN fails to work out the unit starting from a shared one)
+                states = sorted(loop.state_layers, key=lambda s: batch_dim in s.dims)
+                unit["output"] = {"class": "copy", "from": ([loop.state_layers[s] for s in states] + plain
                                                             + [loop.ops[-1].name])[0]}
             else:  # zeros carried from step to step (a layer RETURNN keeps in the loop)
                 zeros = self.fresh_name(loop, "output.zeros")
@@ -147,7 +149,13 @@ class LoopEmission:
         if loop.state_finals:
             layers[loop.nonempty_name] = {"class": "compare", "kind": "greater", "from": loop.len_name, "value": 0}
         for state, name in loop.state_finals.items():
-            layers[name] = self.gather_last(loop, loop.state_layers[state])
+            layers[name] = self.gather_last(loop, loop.state_layers[state], shared=batch_dim not in state.dims)
+        if loop in self.shared_last:  # a value shared by the batch: the loop's last step is its longest sequence's
+            index, ran = self.shared_last[loop]
+            steps = self.fresh_name(loop.parent, f"{loop.name}.steps_run")
+            layers[steps] = {"class": "reduce", "mode": "max", "from": loop.len_name, "axis": "B"}
+            layers[index] = {"class": "eval", "from": steps, "eval": "tf.maximum(source(0) - 1, 0)"}
+            layers[ran] = {"class": "compare", "kind": "greater", "from": steps, "value": 0}
         loops = tuple(reversed([s for s in loop.ancestors() if s.is_loop]))
         if beams:  # the scores of every hypothesis at every step, recorded like a layer
             for y in (op for op in loop.ops if op.kind == "choice"):

@@ -10,7 +10,7 @@ from . import _tf_env  # noqa: F401  (before TensorFlow is imported)
 from returnn.tensor import Dim as ReturnnDim
 from returnn.tensor import batch_dim as returnn_batch_dim
 
-from ..language.dims import Dim
+from ..language.dims import Dim, batch_dim
 from ..language.graph import Graph, Scope
 from .analysis import derived_from  # noqa: F401  (the back end reads it from here)
 from .layer_dicts import LayerDicts
@@ -75,6 +75,8 @@ class _Emitter(LoopEmission, SearchEmission, TraceMap, LayerDicts):
         # -> its position layer (the step, per sequence)
         self.index_zeros: dict = {}
         self.step_zeros: dict = {}  # (id(loop), dtype) -> its layer of a zero computed from the step
+        self.shared_last: dict = {}  # Loop -> (its last step, whether it ran a step): for values shared by the batch
+        self.longest: dict = {}  # searching Loop -> its layer of the hypothesis that ran the most steps
 
     def dim(self, d: Dim):
         if d.is_batch:
@@ -128,10 +130,13 @@ class _Emitter(LoopEmission, SearchEmission, TraceMap, LayerDicts):
                 self.index_zeros[op] = self.fresh_name(scope, op.name + ".position")
                 layers[self.index_zeros[op]] = {"class": "combine", "kind": "add", "from": [":i", zeros]}
             layer = self.layer(op, scope)
+            if self.search and self.searched(op) and batch_dim not in op.out.dims:
+                layer = self.one_of_the_hypotheses(op, scope, layers, layer)  # one value shared by the batch
             if scope.parent is None:
                 layer["is_output_layer"] = True
                 self.out.fetch[op.out] = op.name
-                if self.searched(op):  # with search, one entry per hypothesis: the best one is the result
+                if self.searched(op) and batch_dim in op.out.dims:  # with search, one entry per hypothesis: the
+                    # best one is the result
                     name = self.fresh_name(scope, op.name + ".best")
                     layers[name] = {"class": "decide", "from": op.name, "length_normalization": False,
                                     "is_output_layer": True}

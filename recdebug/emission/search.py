@@ -34,6 +34,8 @@ class SearchEmission:
             zero = self.fresh_name(loop, name + ".beam_zero")
             unit[zero] = {"class": "eval", "from": "prev:output", "out_type": {"dtype": dtype},
                           "eval": f"tf.zeros_like(source(0), dtype=tf.{dtype})"}
+            if not self.unit_sparse(loop, name):  # (not the labels' sparse dim of prev:output)
+                unit[zero]["out_type"]["sparse"] = False
             alias[name] = self.fresh_name(loop, name + ".beam")
             unit[alias[name]] = {"class": "combine", "kind": "logical_or" if dtype == "bool" else "add",
                                  "from": [name, zero], "allow_broadcast_all_sources": True, "is_output_layer": True}
@@ -54,6 +56,25 @@ class SearchEmission:
                     value = layer[key]
                     layer[key] = [beamed_ref(v) for v in value] if isinstance(value, list) else beamed_ref(value)
         return [(path, alias.get(name, name)) for path, name in captured]
+
+    def one_of_the_hypotheses(self, op, scope: Scope, layers: dict, layer: dict) -> dict:
+        """A value shared by the batch read after a searching loop: RETURNN has it per hypothesis (through its beamed
+        copy, the same in each); it is read from the hypothesis that ran the most steps (valid at every step)."""
+        loop = op.attrs["after_loop"]
+        per_hypothesis = self.fresh_name(scope, op.name + ".hypotheses")
+        layers[per_hypothesis] = layer
+        if op.kind == "stack":  # over the loop's axis as the results have it: each sequence's best hypothesis
+            best = self.fresh_name(scope, op.name + ".best_hypotheses")
+            layers[best] = {"class": "decide", "from": per_hypothesis, "length_normalization": False}
+            lengths = self.fresh_name(scope, op.name + ".lengths")
+            layers[lengths] = {"class": "length", "from": best, "axis": self.dim(loop.axis)}
+            longest = self.fresh_name(scope, op.name + ".longest")
+            layers[longest] = {"class": "reduce", "mode": "argmax", "from": lengths, "axis": "B"}
+            return {"class": "gather", "from": best, "axis": "B", "position": longest}
+        if loop not in self.longest:  # its value after the loop's last step (of any hypothesis)
+            self.longest[loop] = self.fresh_name(scope, loop.name + ".longest")
+            layers[self.longest[loop]] = {"class": "reduce", "mode": "argmax", "from": loop.len_name, "axis": "B"}
+        return {"class": "gather", "from": per_hypothesis, "axis": "B", "position": self.longest[loop]}
 
     def searched(self, op) -> bool:
         """Whether a top-level op is the result of a loop that contains an rd.choice."""

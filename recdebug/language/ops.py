@@ -238,6 +238,9 @@ def constant(value, dims, dtype: str = "float32") -> Tensor:
     bad = [d for d in dims if d.is_dynamic]
     if bad:
         raise DimError(f"rd.constant: dynamic dim {bad[0]!r} has no size here", line=line)
+    if not isinstance(value, (bool, int, float)):
+        raise DimError(f"rd.constant fills its dims with one number, got {type(value).__name__} {value!r}", line=line,
+                       hint="for given values per unit use an rd.Parameter, or an input")
     g = current_graph("rd.zeros")
     return g.add_op("constant", [], dims, dtype=dtype, attrs={"value": value}, line=line)
 

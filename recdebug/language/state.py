@@ -1,4 +1,5 @@
-"""State: a variable with one value per sequence, carried over iterations by the loop that assigns it."""
+"""State: a variable with one value per sequence (or, without the batch dim, one value shared by every sequence: a
+step counter, a bound), carried over iterations by the loop that assigns it."""
 from __future__ import annotations
 
 import sys
@@ -16,10 +17,12 @@ class State:
                  name: str | None = None):
         self.dims = frozenset(dims)
         self.line = user_line()
-        if batch_dim not in self.dims:
-            raise DimError(f"State{dims_str(self.dims)}: a State holds one value per sequence, so its dims must "
-                           f"contain rd.batch_dim", line=self.line,
-                           hint="add the batch dim: rd.State({rd.batch_dim, ...})")
+        dynamic = [d for d in self.dims if d.is_dynamic]
+        if batch_dim not in self.dims and dynamic:
+            raise DimError(f"State{dims_str(self.dims)}: without the batch dim a State holds one value shared by "
+                           f"every sequence, but {dynamic[0]!r} has a length per sequence", line=self.line,
+                           hint="add the batch dim (rd.State({rd.batch_dim, ...})), or give a shared State static "
+                                "dims only")
         self.initial = initial
         self.dtype = dtype
         self.sparse_dim = sparse_dim
@@ -68,9 +71,13 @@ class State:
             raise DimError(f"State {self.path(g)!r}: assign expects an rd.Tensor, got {type(value).__name__}",
                            line=line)
         if value.dims != self.dims:
+            shared = batch_dim in value.dims and batch_dim not in self.dims
             raise DimError(f"State {self.path(g)!r} has dims {dims_str(self.dims)}, assigned a value with dims "
                            f"{dims_str(value.dims)}", line=line,
-                           hint="assign a value with exactly the State's dims (reduce or broadcast first)")
+                           hint="a State without the batch dim holds one value shared by every sequence; for a value "
+                                "per sequence (one that depends on the input or on a chosen label) give it the batch "
+                                "dim: rd.State({rd.batch_dim, ...})" if shared else
+                           "assign a value with exactly the State's dims (reduce or broadcast first)")
         if value.dtype != self.dtype:
             raise DimError(f"State {self.path(g)!r} has dtype {self.dtype}, assigned {value.dtype}", line=line)
         check_usable(value, scope, line)

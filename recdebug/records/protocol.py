@@ -47,6 +47,10 @@ class SteppingControls:
         the batch has it first; the rest is padding), or None: all of them."""
         raise NotImplementedError
 
+    def key_shared(self, key: str) -> bool:
+        """Whether it has no batch dim: one value for every sequence (``key_value`` gives it for each alike)."""
+        return False
+
     def key_before_choice(self, key: str) -> bool:
         """Searching: whether it is computed before the choice (one value per previous hypothesis)."""
         raise NotImplementedError

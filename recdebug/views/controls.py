@@ -64,6 +64,8 @@ class Controls:
             unit_label = f"{dims[0][0]} ({n} unit{'s' if n != 1 else ''})"
         else:
             unit_label = "×".join(name for name, _ in dims) + f" ({n} units, flattened)"
+        if self.source.shared(key):  # no batch dim: every sequence shows the same rows
+            unit_label += ", shared by the batch"
         labels = []
         if ints and self.vocab is not None:
             labels = self.vocab if isinstance(self.vocab, list) else \

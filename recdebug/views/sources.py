@@ -60,6 +60,10 @@ class RecordedSource:
         rest = int(np.prod([e.array.shape[e.dims.index(d)] for d in dims[1:]]))
         return int(self.trace._lens[dims[0]][0][b]) * rest
 
+    def shared(self, key: str) -> bool:
+        """Whether ``key`` has no batch dim: one value for every sequence."""
+        return "batch" not in self.trace.entries[key].dims
+
     def steps(self, beams) -> int:
         if beams is not None:  # every step the search ran, not only the best hypothesis' length
             return beams.shape[0]
@@ -85,8 +89,10 @@ class RecordedSource:
             rows += [np.zeros_like(rows[0])] * (values.shape[0] - len(rows))
             return np.stack(rows).reshape(values.shape[0], -1)[:, :n].astype(np.float32)
         rest = [d for d in e.dims if d not in (axis, "batch")] if "beam" in e.dims else rest
-        arr = tr.numpy(key, order=[axis, "batch"] + rest) if "batch" in e.dims else \
-            tr.numpy(key, order=[axis] + rest)[:, None]
+        if "batch" not in e.dims:  # one value for the batch: the same for each sequence
+            arr = tr.numpy(key, order=[axis] + rest)
+            return arr.reshape(arr.shape[0], -1)[:, :n].astype(np.float32)
+        arr = tr.numpy(key, order=[axis, "batch"] + rest)
         return arr[:, b].reshape(arr.shape[0], -1)[:, :n].astype(np.float32)
 
     def has_steps(self, path: str) -> bool:
@@ -131,6 +137,9 @@ class LiveSource:
 
     def describe(self, key: str) -> tuple:
         return self.stepper.describe_key(key)
+
+    def shared(self, key: str) -> bool:
+        return self.stepper.key_shared(key)
 
     def steps(self, beams) -> int:
         return self.stepper.T

@@ -192,10 +192,12 @@ class Debugger(Controls, Cursor, SearchControl, Marks, StatusLine, AlignmentPane
             total = int(np.prod([size for _, size in dims]))
             view.unit_label = "×".join(name for name, _ in dims) + f" ({n} of {total} units: sequence {b}'s " \
                                                                     "valid frames)"
+        # a value shared by the batch steps while any sequence does: no padding after the shown one's end
+        length = self.T if self.source.shared(view.key) else self._length(b)
         if self.stepper is not None and self.beams is not None and title is None:
-            view.update(arr, self._length(b), known)  # a live search: mostly the new step's row
+            view.update(arr, length, known)  # a live search: mostly the new step's row
         else:
-            view.show(arr, self._length(b), known, title)
+            view.show(arr, length, known, title)
 
     def _refresh_all(self):
         for view in self.views.values():
@@ -229,7 +231,7 @@ class Debugger(Controls, Cursor, SearchControl, Marks, StatusLine, AlignmentPane
                     if view.known < t:  # (a value with an axis of its own: its valid frames only)
                         view.set_rows({k: rows[k, self.sequence].reshape(-1)[:n] for k in range(view.known, t)},
                                       known=t)
-                    view.length = length
+                    view.length = self.T if self.source.shared(view.key) else length
         self._place_cursor(t)
 
     def _place_cursor(self, t: int):
