@@ -368,7 +368,8 @@ class Stepper(LoopStepper):
         init_names = {s: e.step_net.layer_names[inner.init[s].op.name] for s in inner.state_layers}
         inits = {s: e.network.get_layer(n).output for s, n in init_names.items()}
         any_out = next(iter(outs.values()))
-        axis_tag = next(tg for tg in any_out.dim_tags if e.emitted.rd_dim(tg) is inner.axis)
+        axis_tag = next(tg for tg in any_out.dim_tags if e.emitted.rd_dim(tg) is inner.rec_axis)  # (a static dim's:
+        # its steps)
         fetch = ({k: o.placeholder for k, o in outs.items()}, {s: o.placeholder for s, o in inits.items()},
                  axis_tag.dyn_size_ext.placeholder)
         values, init_values, lens = e.session.run(fetch, feed_dict=fd)
@@ -448,7 +449,7 @@ class InnerSteps(InnerStepsBase):
         else:
             raise RecDebugError(f"{x!r} is not a State or tensor of {self.loop.describe()}")
         arr, dims = self._values[key], self._dims[key]
-        axis = dims.index(self.loop.axis)
+        axis = dims.index(self.loop.rec_axis)  # (the loop's axis, or a static dim's steps)
         arr = np.take(arr, self.t - 1, axis=axis)
         return _ordered(arr, dims[:axis] + dims[axis + 1:], order, x)
 

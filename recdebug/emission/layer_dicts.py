@@ -96,6 +96,8 @@ class LayerDicts:
             return {"class": "choice", "from": a["log_prob_name"], "input_type": "log_prob",
                     "beam_size": a["beam_size"], "target": a["target_key"], "length_normalization": False}
         if k == "unstack":
+            if scope in self.window_loops:  # the frame of this step along the static dim
+                return {"class": "gather", "from": src[0], "axis": self.dim(a["axis"]), "position": ":i"}
             if scope.bounded:  # a while loop: frame t of the input, clipped to its frames
                 return {"class": "gather", "from": src[0], "axis": self.dim(a["axis"]),
                         "position": self.index_zeros[op], "clip_to_valid": True}

@@ -128,7 +128,14 @@ class LoopEmission:
                and not (self.search and choices)
                and not moving_out_fails(loop) and not (loop.parent.is_loop and (loop.unstacked or self.capture))
                and not (loop.bounded and loop.unstacked)}
-        if loop.bounded:
+        if loop in self.window_loops:  # a while loop of the static dim's size, every sequence that long
+            rec["max_seq_len"] = loop.axis.size
+            rec["include_eos"] = True
+            unit["end.step"] = {"class": "compare", "kind": "greater_equal", "from": ":i", "value": loop.axis.size - 1}
+            unit["end.batch"] = {"class": "constant", "value": False, "dtype": "bool", "shape": [returnn_batch_dim],
+                                 "with_batch_dim": True}
+            unit["end"] = {"class": "combine", "kind": "logical_or", "from": ["end.step", "end.batch"]}
+        elif loop.bounded:
             rec["max_seq_len_via"] = self.bound_names[loop]
             rec["include_eos"] = bool(loop.include_eos)
         elif loop.unstacked:
@@ -247,7 +254,16 @@ class LoopEmission:
         """A loop over a static dim: its inputs with that dim replaced by a dynamic dim of the same size (every
         sequence that long), which RETURNN's rec layer can iterate over; ``stack`` gathers the static dim back."""
         axis, steps = loop.axis, loop.rec_axis
-        top = self.out.net  # the steps' dim is made once, at the top level (also for a loop inside a loop)
+        self.static_ranges[loop] = self.fresh_name(loop.parent, f"{loop.name}.positions")
+        layers[self.static_ranges[loop]] = {"class": "range", "limit": axis.size, "out_spatial_dim": self.dim(axis),
+                                            "dtype": "int32"}
+        if loop.parent.is_loop:
+            # inside another loop a rec layer over those frames mixes up the static dim and its steps: a while
+            # loop of axis.size steps instead, each reading its frame (rd.gather(x, inner.index, win) as the
+            # user would write it)
+            self.window_loops.add(loop)
+            return
+        top = self.out.net  # the steps' dim is made once, at the top level
         length = self.fresh_name(self.g.top, f"{loop.name}.steps")
         top[length] = {"class": "constant", "value": axis.size, "dtype": "int32", "shape": [returnn_batch_dim],
                        "with_batch_dim": True}
@@ -259,6 +275,3 @@ class LoopEmission:
             layers[name] = {"class": "gather", "from": self.ref(t.op.inputs[0], loop.parent), "axis": self.dim(axis),
                             "position": steps_range}
             self.static_inputs[t.op] = name
-        self.static_ranges[loop] = self.fresh_name(loop.parent, f"{loop.name}.positions")
-        layers[self.static_ranges[loop]] = {"class": "range", "limit": axis.size, "out_spatial_dim": self.dim(axis),
-                                            "dtype": "int32"}

@@ -70,6 +70,7 @@ class _Emitter(LoopEmission, SearchEmission, TraceMap, LayerDicts):
         self.collocate: dict = {}  # (id(loop), layer name) -> names of inner rec layers that use it
         self.static_inputs: dict = {}  # unstack op over a static dim -> its input with the loop's dynamic steps
         self.static_ranges: dict = {}  # Loop over a static dim -> layer of positions 0..size-1 along that dim
+        self.window_loops: set = set()  # Loops over a static dim inside another loop: emitted as while loops
         self.bound_names: dict = {}  # bounded Loop -> its scalar layer of the most steps (max_seq_len_via)
         # loop.index op -> its layer of zeros {batch} (the index is one per sequence); unstack op of a while loop
         # -> its position layer (the step, per sequence)

@@ -194,12 +194,6 @@ class Loop(Scope):
             raise DimError(f"loop.unstack: {x!r} has no dim {axis!r}", line=line)
         if axis.is_batch:
             raise DimError("loop.unstack over the batch dim: a loop iterates over a time or feature dim", line=line)
-        if axis.size is not None and self.parent.is_loop:
-            raise LoopError(f"loop.unstack over the static dim {axis!r} inside another loop is not supported: "
-                            f"RETURNN's nested rec layer mixes up the static dim and its steps", line=line,
-                            hint="iterate over it in a top-level loop, or use rd.Loop(max_seq_len="
-                                 f"{axis.size}) with rd.gather(x, loop.index, {axis.name}) and "
-                                 f"loop.end(loop.index >= {axis.size - 1}, include_eos=True)")
         if self._axis is not None and self._axis is not axis:
             raise LoopError(f"loop.unstack over {axis!r}, but this loop iterates over {self._axis!r}", line=line,
                             hint="all unstacks of one loop share its axis; use another loop for another axis")
