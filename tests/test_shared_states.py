@@ -121,8 +121,10 @@ def test_a_shared_state_is_traced_and_stepped_as_numpy_computes_it(rng):
     st.close()
 
 
-def test_a_shared_counter_ends_a_while_loop_for_every_sequence_at_once(rng):
-    """loop.end(i >= n): every sequence ends at the same step; a batched State runs along."""
+@pytest.mark.parametrize("include_eos", [True, False])
+def test_a_shared_counter_ends_a_while_loop_for_every_sequence_at_once(rng, include_eos):
+    """loop.end(i >= 4): every sequence ends at the same step; a batched State runs along. Without include_eos the
+    step that ends the loop is not kept, and neither is what it wrote: the counter's final value is 3."""
     hid = rd.Dim("hid", 3)
     with rd.Graph() as g:
         h0 = rd.Input("h0", [batch, hid])
@@ -131,21 +133,24 @@ def test_a_shared_counter_ends_a_while_loop_for_every_sequence_at_once(rng):
         with rd.Loop(max_seq_len=10) as loop:
             i.assign(i.get() + 1)
             h.assign(rd.tanh(h.get() * 2.0 - rd.cast(i.get(), "float32")))
-            loop.end(i.get() >= 4, include_eos=True)
+            loop.end(i.get() >= 4, include_eos=include_eos)
             hs = loop.stack(h.get())
+        i_after = i.get()
+    n = 4 if include_eos else 3
     h0_np = rng.standard_normal((3, 3)).astype(np.float32)
     ref, hh = [], h0_np.astype(np.float64)
-    for t in range(4):
+    for t in range(n):
         hh = np.tanh(hh * 2.0 - (t + 1))
         ref.append(hh)
     ref = np.stack(ref, 1)
     for optimize in (True, False):
         res = g.run({"h0": h0_np}, optimize=optimize)
-        np.testing.assert_array_equal(res.lens(loop.axis), [4, 4, 4])
+        np.testing.assert_array_equal(res.lens(loop.axis), [n, n, n])
         np.testing.assert_allclose(res.numpy(hs, order=(batch, loop.axis, hid)), ref, atol=ATOL)
+        assert int(res.numpy(i_after)) == n
     st = g.stepper({"h0": h0_np})
     st.run_until(lambda s: False)
-    assert st.finished and st.t == 4 and int(st.value(i)) == 4
+    assert st.finished and st.t == 4 and int(st.value(i)) == n
     np.testing.assert_allclose(st.value(h, order=(batch, hid)), ref[:, -1], atol=ATOL)
 
 
@@ -231,3 +236,46 @@ def test_a_shared_state_refuses_a_dynamic_dim_and_a_per_sequence_value_with_a_hi
                 i.assign(loop.unstack(x))
             assert "rd.State({rd.batch_dim, ...})" in e.value.hint
             i.assign(i.get() + 1.0)
+
+
+def test_a_shared_state_assigned_in_an_inner_loop_of_ragged_steps_is_refused_and_in_a_window_loop_runs(rng):
+    """An inner while loop (or one over a dynamic dim) runs for every sequence, also those whose outer loop ended:
+    refused at the assign's line. An inner loop over a static dim takes the same steps for every sequence: a shared
+    counter there counts every window step of every outer step the loop ran."""
+    time, win, feat = rd.Dim("time"), rd.Dim("win", 3), rd.Dim("feat", 2)
+    with rd.Graph():
+        x = rd.Input("x", [batch, time, feat])
+        n = rd.State(set(), initial=0, dtype="int32")
+        with rd.Loop() as outer:
+            outer.unstack(x)
+            with pytest.raises(rd.LoopError, match="shared by the batch .* inside another loop") as e:
+                with rd.Loop(max_seq_len=3) as inner:
+                    n.assign(n.get() + 1)
+                    inner.end(inner.index >= 1)
+            assert "n.assign" in e.value.line.code
+    with rd.Graph() as g:
+        x = rd.Input("x", [batch, time, win, feat])
+        n = rd.State(set(), initial=0, dtype="int32")
+        h = rd.State({batch, feat}, initial=0.0)
+        with rd.Loop() as outer:
+            x_t = outer.unstack(x)
+            with rd.Loop() as inner:
+                n.assign(n.get() + 1)
+                h.assign(h.get() + inner.unstack(x_t, axis=win) * rd.cast(n.get(), "float32"))
+            n.assign(n.get())  # the outer loop owns them too: carried over its steps
+            h.assign(h.get())
+            counts = outer.stack(n.get())
+        after, h_after = n.get(), h.get()
+    x_np = rng.standard_normal((3, 4, 3, 2)).astype(np.float32)
+    lens = np.array([4, 2, 3])
+    x_np[np.arange(4)[None, :] >= lens[:, None]] = 1e3
+    ref = np.zeros((3, 2))
+    for b in range(3):
+        for t in range(lens[b]):
+            for w in range(3):
+                ref[b] = ref[b] + x_np[b, t, w] * (3 * t + w + 1)
+    for optimize in (True, False):
+        res = g.run({"x": x_np}, seq_lens={time: lens}, optimize=optimize)
+        np.testing.assert_array_equal(res.numpy(counts), [3, 6, 9, 12])
+        assert int(res.numpy(after)) == 12
+        np.testing.assert_allclose(res.numpy(h_after, order=(batch, feat)), ref, rtol=1e-5, atol=1e-3)

@@ -199,9 +199,10 @@ class StepBuffers:
             shape, dtype = self.shapes[key]
             self.state_at[key] = old = tf.gather(var, t)
             value = new[key]
-            if key in self.shared:  # the same for every entry, written at every step
-                frozen = value = tf.broadcast_to(value, [batch] + list(shape[1:]))
-                mask = tf.ones([batch] + [1] * (len(shape) - 1), tf.bool)
+            if key in self.shared:  # the same for every entry, written at every step some entry takes (the step
+                # where the last one ends without keeping that frame writes nothing, as no sequence keeps it)
+                mask = tf.broadcast_to(tf.reduce_any(active), [batch] + [1] * (len(shape) - 1))
+                frozen = tf.where(mask, tf.broadcast_to(value, [batch] + list(shape[1:])), old)
             else:
                 if src is not None:
                     old = tf.gather(old, src)

@@ -107,6 +107,16 @@ class Loop(Scope):
         for state in self.entries:
             if state not in self.assigned:
                 self.entry_source[state] = value_in(g, parent, state)
+        same_steps = bool(self.unstacked) and self.axis.size is not None and self.end_cond is None
+        for state in self.assigned:
+            if batch_dim not in state.dims and self.parent.is_loop and not same_steps:
+                raise LoopError(f"State {state.path(g)!r} is shared by the batch (it has no batch dim) and assigned in "
+                                f"{self.describe()}, a loop inside another loop whose steps differ per sequence: "
+                                f"RETURNN runs such an inner loop for every sequence, also those whose outer loop has "
+                                f"ended, and a shared value would count their steps", line=self.assign_lines[state],
+                                hint="give the State the batch dim (rd.State({rd.batch_dim, ...})), or assign it in "
+                                     "the outer loop (an inner loop over a static dim may assign it: every sequence "
+                                     "takes its steps)")
         for state in self.assigned:
             self.state_layers[state] = self.unique_name(state.path(g).replace("/", "."))
         self.len_name = parent.unique_name(f"{self.name}.len")
