@@ -179,6 +179,9 @@ class _Seq:
         if k in ("state_final", "stack", "last"):
             loop = a["loop"]
             run = self.run_loop(loop, env)
+            if batch_dim not in op.out.dims:  # shared by the batch: every step the loop ran, any sequence's
+                iters = self.shared_iters(loop, env)
+                run = LoopRun(loop, len(iters), iters)
             if k == "state_final":
                 state = a["state"]
                 if run.n == 0:
@@ -353,10 +356,36 @@ class _Seq:
         env.runs[loop] = run
         return run
 
+    def shared_iters(self, loop, env: Env) -> list:
+        """The iterations of ``loop`` (in env) as a value shared by the batch sees them: every step the loop ran for
+        any sequence (a top-level loop: its longest sequence's steps; a loop over a static dim: its size). Values
+        are computed on demand, so the steps after this sequence's own end compute only what is asked for."""
+        key = (loop, "shared")
+        if key in env.runs:
+            return env.runs[key]
+        if loop.unstacked and loop.axis.size is not None and loop.end_cond is None:
+            total, base = loop.axis.size, []
+        elif loop.parent is self.ref.graph.top:
+            total = max(s.run_loop(loop, s.top).n for s in self.ref.seqs)
+            base = self.run_loop(loop, env).iters
+        else:  # (the language refuses a shared State assigned here: its steps differ per sequence)
+            run = self.run_loop(loop, env)
+            total, base = run.n, run.iters
+        iters = list(base[:total])
+        prev = iters[-1] if iters else None
+        for t in range(len(iters), total):
+            prev = Env(loop, env, t, prev)
+            iters.append(prev)
+        env.runs[key] = iters
+        return iters
+
     def steps(self, x, chain, env: Env) -> V | None:
         """``x`` at every step of the loops ``chain`` (outermost first), as stacked V (None: no step)."""
         loop = chain[0]
         run = self.run_loop(loop, env)
+        if batch_dim not in x.dims:  # shared by the batch: every step the loops ran
+            iters = self.shared_iters(loop, env)
+            run = LoopRun(loop, len(iters), iters)
         frames = []
         for i in range(run.n):
             if len(chain) == 1:
@@ -367,10 +396,10 @@ class _Seq:
                     continue
                 frames.append(inner)
         if len(frames) < run.n:  # some outer step ran no inner step: pad those steps as invalid
-            return self._steps_padded(x, chain, env, run)
+            return self._steps_padded(x, chain, run)
         return stack_values(frames, loop.axis)
 
-    def _steps_padded(self, x, chain, env, run):
+    def _steps_padded(self, x, chain, run):
         frames = []
         template = None
         for i in range(run.n):

@@ -31,7 +31,7 @@ batch = rd.batch_dim
 # Empty it (or remove a name) once the feature works in recdebug.
 # Features recdebug is still landing: programs use them only when their name is NOT in this set.
 PENDING: set = set()
-ENABLED = {"static_unstack", "unstack_end", "tensor_max_seq_len"} - PENDING
+ENABLED = {"static_unstack", "unstack_end", "tensor_max_seq_len", "shared_state", "window_loop"} - PENDING
 
 # recdebug bugs this generator found and that are not fixed yet (a minimal program for each: BUG_PROGRAMS below, run
 # as strict xfail tests). While a name is in this set, the generator avoids what triggers it, so that the test looks
@@ -199,6 +199,10 @@ class Gen:
             kw["variant"] = any(k in expr for k in (".unstack(", ".index", ".get()")) or any(
                 v is not None and v.loop is here and v.variant for v in map(self.by_code.get, re.findall(r"\w+", expr)))
         return self.add(Val(name, dims, dtype, mag, **kw))
+
+    def lines_of(self, v) -> str:
+        """The line that made ``v``."""
+        return next((line for line in reversed(self.lines) if line.strip().startswith(f"{v.code} = ")), "")
 
     def visible(self, pred=lambda v: True):
         """The values usable here (not those with an open loop's own axis: a loop over time sees frames)."""
@@ -674,14 +678,28 @@ class Gen:
         return set().union(*[lp.used_modules for lp in self.stack]) if self.stack else set()
 
     # --- States ---
-    def new_state(self, kind=None):
-        """Declare a State (top level) of a random kind; returns its StateInfo."""
+    def new_state(self, kind=None, shared_ok=True):
+        """Declare a State (top level) of a random kind; returns its StateInfo. ``shared_ok``: it may be one
+        shared by the batch (no batch dim; for a top-level loop)."""
         kinds = ["hid", "hid", "feat", "scalar", "count", "label", "count_feat"]
         if self.tracing and "trace_sparse_state" in AVOIDED:
             kinds.remove("label")
+        if shared_ok and "shared_state" in ENABLED:
+            kinds += ["shared_count", "shared_float"]
         kind = kind or self.pick(kinds)
         name = self.fresh("s")
-        if kind in ("hid", "feat", "scalar"):
+        if kind == "shared_count":
+            init = self.pick([0, 1, 2])
+            self.decls.append(f'{name} = rd.State(set(), initial={init}, dtype="int32")')
+            info = StateInfo(name, set(), "int32", lo=init, hi=init)
+            info.shared = True
+        elif kind == "shared_float":
+            dims = self.pick([set(), {"F"}])
+            dcode = "{feat}" if dims else "set()"
+            self.decls.append(f"{name} = rd.State({dcode}, initial={self.pick(['0', '0.5', '-1.0'])})")
+            info = StateInfo(name, dims, "float32")
+            info.shared = True
+        elif kind in ("hid", "feat", "scalar"):
             dims = {"hid": {"B", "H"}, "feat": {"B", "F"}, "scalar": {"B"}}[kind]
             dcode = "{" + ", ".join(["batch"] + [self.dimcode(d) for d in sorted(dims - {"B"})]) + "}"
             init = self.pick(["0", "0.5", "-1.0", "tensor"]) if "H" in dims or dims == {"B"} else \
@@ -719,7 +737,20 @@ class Gen:
     def assign_state(self, info, prev):
         """Assign ``info`` once in the current loop, from the visible values (squashed: bounded)."""
         lp = self.stack[-1]
-        if info.dtype == "float32" and info.force_add is not None:
+        if info.shared:  # one value for the batch: from shared values only
+            base = prev.code if prev is not None else f"{info.name}.get()"
+            if info.dtype == "int32":
+                k = self.pick([1, 1, 2])
+                new = self.let(f"{base} + {k}", info.dims, "int32", lo=info.lo, hi=info.hi + k * lp.max_steps)
+            else:
+                others = self.visible(lambda v: "B" not in v.dims and v.dims <= info.dims and v.dtype == "float32"
+                                      and v.code != base)
+                other = self.pick(others).code if others and self.coin(0.5) else self.pick(["0.25", "-0.5"])
+                form = self.draw(st.integers(0, 1))
+                expr = f"rd.tanh({base} + {other})" if form == 0 else f"{base} * 0.5 + rd.tanh({other} + 0.1)" \
+                    if other[0].isalpha() else f"{base} * 0.5 + {other}"
+                new = self.let(expr, info.dims, mag=2.0)
+        elif info.dtype == "float32" and info.force_add is not None:
             base = prev if prev is not None else self.read_state(info)
             v = self.let(f"{base.code} + {info.force_add.code}", info.dims, mag=base.mag + info.force_add.mag)
             info.force_add = None
@@ -825,6 +856,7 @@ class StateInfo:
     def __init__(self, name, dims, dtype, label=False, lo=0, hi=0):
         self.name, self.dims, self.dtype, self.label = name, frozenset(dims), dtype, label
         self.lo, self.hi, self.mag = lo, hi, 1.5
+        self.shared = False  # no batch dim: one value for every sequence
         self.assign_in = None
         self.force_add = None  # a value the next assign must add
 
@@ -855,9 +887,16 @@ def _frame_source(gen, lp, kind):
 
 def _end_cond(gen, lp):
     """loop.end(...): on the step counter against an input, a counter, or a float value."""
-    form = gen.draw(st.integers(0, 3))
+    form = gen.draw(st.integers(0, 4))
     idx = f"{lp.name}.index"
-    if form == 0:
+    counters = gen.visible(lambda v: v.dtype == "int32" and not v.dims and v.loop is lp and ".get()" in
+                           gen.lines_of(v))  # a shared counter read in this step: every sequence ends at once
+    if form == 4 and not counters:
+        form = 1
+    if form == 4:
+        c = gen.pick(counters)
+        cond = f"{c.code} >= {gen.draw(st.integers(c.lo + 1, max(c.lo + 1, c.lo + lp.max_steps)))}"
+    elif form == 0:
         stop = gen.input("stop")
         cond = f"{idx} >= {stop.code}"
     elif form == 1:
@@ -910,7 +949,7 @@ def write_loop(gen, kind, states, nested=False, n_ops=None):
             # the first inner State is a float one: it takes a value of the outer step (the inner loop then
             # depends on the outer loop's step, see KNOWN_BUGS "inner_invariant")
             inner_states = [gen.new_state(gen.pick(["hid", "feat", "scalar"]))]
-            inner_states += [gen.new_state() for _ in range(gen.draw(st.integers(0, 1)))]
+            inner_states += [gen.new_state(shared_ok=False) for _ in range(gen.draw(st.integers(0, 1)))]
             ilp = write_inner_loop(gen, inner_states)
             # the outer loop uses what the inner one left: its results and States' final values
             for r in ilp.results:
@@ -942,7 +981,8 @@ def write_loop(gen, kind, states, nested=False, n_ops=None):
 def write_inner_loop(gen, states):
     """An inner loop: a while loop, or an unstack over enc_t of the encoder input."""
     outer_unstacks = gen.stack[-1].kind in ("unstack", "static", "unstack_end")
-    kind = "while" if outer_unstacks and "nested_unstack" in AVOIDED else gen.pick(["while", "unstack_enc"])
+    kinds = ["while", "unstack_enc"] + (["window"] if "window_loop" in ENABLED else [])
+    kind = "while" if outer_unstacks and "nested_unstack" in AVOIDED else gen.pick(kinds)
     max_steps = gen.draw(st.integers(1, 3))
     if "inner_invariant" in AVOIDED:  # a value of the outer step, for the inner loop to depend on
         gen.force_var = True
@@ -956,6 +996,11 @@ def write_inner_loop(gen, states):
         lp.max_steps = max_steps
         if gen.coin(0.4):
             gen.let(f"{lp.name}.index", (), "int32", lo=0, hi=max_steps - 1)
+    elif kind == "window":  # over a static dim inside the loop: every sequence takes its 3 steps
+        lp = gen.open_loop("static", "W", True, "rd.Loop()")
+        xs = gen.input("xs")
+        gen.let(f"{lp.name}.unstack({xs.code}, axis=win)", {"B", "H"}, mag=3.0)
+        lp.max_steps = 3
     else:
         lp = gen.open_loop("unstack", "E", True, "rd.Loop()")
         enc = gen.input("enc")
@@ -1094,6 +1139,10 @@ def write_decoder(gen):
         _frame_source(gen, lp, "unstack")
     e = gen.let(f"{emb}({lab.name}.get())", {"B", "H"}, mag=2.0)
     hp = gen.read_state(h)
+    counter = gen.new_state("shared_count") if "shared_state" in ENABLED and gen.coin(0.3) else None
+    if counter is not None:  # one step counter for every hypothesis, read by the hidden State
+        n = gen.read_state(counter)
+        hp = gen.let(f"{hp.code} + rd.cast({n.code}, \"float32\") * 0.1", {"B", "H"}, mag=hp.mag + 0.6)
     lin = gen.fresh("lin")
     gen.decls.append(f"{lin} = rd.Linear(hid)")
     frame = [v for v in gen.pools[-1] if v.dims == {"B", "F"}]
@@ -1115,6 +1164,8 @@ def write_decoder(gen):
     y = gen.fresh("y")
     gen.emit(f"{y} = rd.choice({logits.code}, beam_size=1, input_type=\"{input_type}\")")
     gen.emit(f"{lab.name}.assign({y})")
+    if counter is not None:
+        gen.emit(f"{counter.name}.assign({counter.name}.get() + 1)")
     if not over_frames:
         cond = f"{y} == 0"
         if not eos and "all_empty" in AVOIDED:  # rarely ends every sequence at step 0
@@ -1410,7 +1461,7 @@ def check_program(source, data, optimize=True, checks=("run", "trace", "stepper"
         tensors, states = named_values(ns, g)
         top = {k: v for k, v in tensors.items() if v.scope is g.top}
         expected = {k: ref.value_and_mask(v, canonical(v.dims)) for k, v in top.items()}
-        in_loop = {k: v for k, v in tensors.items() if v.scope is not g.top and batch in v.dims}
+        in_loop = {k: v for k, v in tensors.items() if v.scope is not g.top}
         states = {s.path(g): s for s in g.states}
         expected_steps = {}
         if "trace" in checks:
@@ -1511,11 +1562,15 @@ def check_stepper(g, ref, inputs, seq_lens, params, states, in_loop, search, kno
     if search:
         carried = [s for s in carried]
     expected = {}
+
+    def lead(x):  # a value shared by the batch has no batch axis
+        return (batch,) if batch in x.dims else ()
+
     for s in carried:
-        expected[s] = ref.steps_and_mask(s, (batch, loop.axis) + canonical(s.dims - {batch}), loop=loop)
+        expected[s] = ref.steps_and_mask(s, lead(s) + (loop.axis,) + canonical(s.dims - {batch}), loop=loop)
     values = [v for v in in_loop.values() if v.scope is loop][:3]
     for v in values:
-        expected[v] = ref.steps_and_mask(v, (batch, loop.axis) + canonical(v.dims - {batch}))
+        expected[v] = ref.steps_and_mask(v, lead(v) + (loop.axis,) + canonical(v.dims - {batch}))
     k = 0
     limit = int(lens.max()) if len(lens) else 0
     while k < limit and not st_.finished:
@@ -1523,13 +1578,16 @@ def check_stepper(g, ref, inputs, seq_lens, params, states, in_loop, search, kno
         k += 1
         for x, (arr, mask) in expected.items():
             what = f"stepper step {k} " + (f"State {x.path(g)}" if isinstance(x, rd.State) else f"{x.name}")
-            order = (batch,) + canonical(x.dims - {batch})
-            if search:
+            order = lead(x) + canonical(x.dims - {batch})
+            if search and lead(x):
                 got = st_.value(x)
                 got = got[:, 0] if got.ndim == len(order) + 1 else got
             else:
                 got = st_.value(x, order=order)
-            compare(what, got, arr[:, k - 1], mask[:, k - 1], x.dtype)
+            if lead(x):
+                compare(what, got, arr[:, k - 1], mask[:, k - 1], x.dtype)
+            else:
+                compare(what, got, arr[k - 1], mask[k - 1], x.dtype)
     if k < limit:
         raise Mismatch(f"stepper finished after {k} steps, the interpreter runs {limit}")
 
@@ -2065,6 +2123,22 @@ BUG_PROGRAMS = {
         last = loop.last(d)
         loop.end(loop.index >= stop)
 ''', (2, [3, 1], [1, 1], 0), True, ("run",)),
+    "fixed/shared_state_read_by_an_inner_end": ('''
+    x = rd.Input("x", {batch, time, feat})
+    s1 = rd.State({batch, feat}, initial=-1.0)
+    n = rd.State(set(), initial=0, dtype="int32")  # shared by the batch
+    s10 = rd.State({batch, feat}, initial=0.5)
+    with rd.Loop() as outer:
+        x_t = outer.unstack(x)
+        n_prev, v9 = n.get(), rd.tanh(s1.get() + x_t)
+        with rd.Loop(max_seq_len=2, include_eos=True) as inner:
+            s10.assign(rd.tanh(v9))       # RETURNN worked out the outer unit from s1 (made from the inner loop's
+            # result), reached s1.prev through the inner loop and failed: a dependency loop on s1
+            inner.end((n_prev != rd.cast(rd.reduce_min(s10.get(), feat) <= 0.7, "int32")) & (inner.index >= 1))
+        s1.assign(rd.tanh(s10.get()))
+        n.assign(n_prev + 1)
+        o = outer.stack(s1.get())
+''', (2, [3, 1], [1, 1], 0), True, ("run", "trace", "stepper")),
 }
 
 

@@ -154,8 +154,10 @@ def test_a_shared_counter_ends_a_while_loop_for_every_sequence_at_once(rng, incl
     np.testing.assert_allclose(st.value(h, order=(batch, hid)), ref[:, -1], atol=ATOL)
 
 
-def decoder(beam_size):
-    """A decoder whose step reads a shared counter n (the step, for every hypothesis)."""
+def decoder(beam_size, before=False):
+    """A decoder whose step reads a shared counter n (the step, for every hypothesis); ``before``: added to the
+    hidden State before the Linear (RETURNN's search could not work out such a unit with n without the batch dim:
+    recdebug carries it per hypothesis there)."""
     hid, vocab, emb = rd.Dim("hid", 4), rd.Dim("vocab", 5), rd.Dim("emb", 3)
     with rd.Graph() as g:
         enc = rd.Input("enc", {batch, hid})
@@ -165,7 +167,9 @@ def decoder(beam_size):
         h = rd.State({batch, hid}, initial=enc)
         with rd.Loop(max_seq_len=6) as loop:
             n.assign(n.get() + 1)
-            h_ = rd.tanh(lin_h(rd.concat(embed(label.get()), h.get())) - rd.cast(n.get(), "float32") * 0.3)
+            shift = rd.cast(n.get(), "float32") * 0.3
+            h_ = rd.tanh(lin_h(rd.concat(embed(label.get()), h.get() - shift))) if before else \
+                rd.tanh(lin_h(rd.concat(embed(label.get()), h.get())) - shift)
             h.assign(h_)
             y = rd.choice(lin_out(h_), beam_size=beam_size)
             label.assign(y)
@@ -175,11 +179,11 @@ def decoder(beam_size):
     return g, loop, n, labels, ns, n_after
 
 
-@pytest.mark.parametrize("beam", [3, 1])
-def test_a_shared_counter_in_a_live_search_is_the_same_for_every_hypothesis(rng, beam):
+@pytest.mark.parametrize("beam,before", [(3, False), (1, False), (3, True), (1, True)])
+def test_a_shared_counter_in_a_live_search_is_the_same_for_every_hypothesis(rng, beam, before):
     """The live search ends with RETURNN's own search's hypotheses and scores (beam 3) and with numpy's greedy
     decoding (beam 1); the counter is the steps run, for every hypothesis."""
-    g, loop, n, labels, ns, n_after = decoder(beam)
+    g, loop, n, labels, ns, n_after = decoder(beam, before)
     p = {"embedding/weight": rng.standard_normal((5, 3)), "linear/weight": rng.standard_normal((7, 4)),
          "linear/bias": rng.standard_normal(4) * 0.3, "linear_1/weight": rng.standard_normal((4, 5)) * 1.5,
          "linear_1/bias": rng.standard_normal(5) * 0.5}
@@ -198,8 +202,12 @@ def test_a_shared_counter_in_a_live_search_is_the_same_for_every_hypothesis(rng,
         if beam == 1:  # numpy's greedy decoding, the counter the step
             lab, hh, seq = 0, enc_np[b].astype(np.float64), []
             for t in range(6):
-                hh = np.tanh(np.concatenate([p["embedding/weight"][lab], hh]) @ p["linear/weight"]
-                             + p["linear/bias"] - (t + 1) * 0.3)
+                if before:
+                    hh = np.tanh(np.concatenate([p["embedding/weight"][lab], hh - (t + 1) * 0.3]) @ p["linear/weight"]
+                                 + p["linear/bias"])
+                else:
+                    hh = np.tanh(np.concatenate([p["embedding/weight"][lab], hh]) @ p["linear/weight"]
+                                 + p["linear/bias"] - (t + 1) * 0.3)
                 lab = int(np.argmax(hh @ p["linear_1/weight"] + p["linear_1/bias"]))
                 seq.append(lab)
                 if lab == 0:

@@ -33,8 +33,13 @@ class LoopEmission:
         for (scope_id, name), recs in self.collocate.items():
             if scope_id == id(loop):
                 unit[name]["collocate_with"] = sorted(recs)
+        # a State shared by the batch is carried without the batch dim, except in RETURNN's own search: its template
+        # construction fails on one there (a dependency loop on the choice), so it is carried per hypothesis, each
+        # the same, and read back once after the loop (``one_of_the_hypotheses``) and in a trace
+        searching = self.search and any(op.kind == "choice" for op in loop.ops)
         for state, name in loop.state_layers.items():
             v = loop.assigned[state]
+            batched = batch_dim in state.dims or searching
             layer = {"class": "copy", "from": self.ref(v, loop), "is_output_layer": True}
             # the value plus zeros of the State's dims: RETURNN guesses the dims of a State's previous value from
             # the value, which may lack some (e.g. no batch dim when only States feed it). A label State gets the
@@ -49,7 +54,8 @@ class LoopEmission:
                 dims = sorted(state.dims, key=lambda d: d.order)
                 unit[zeros + ".const"] = {
                     "class": "constant", "value": False if state.dtype == "bool" else 0, "dtype": state.dtype,
-                    "shape": [self.dim(d) for d in dims], "with_batch_dim": batch_dim in state.dims}
+                    "shape": [self.dim(d) for d in dims] if batch_dim in state.dims else
+                    [returnn_batch_dim] * batched + [self.dim(d) for d in dims], "with_batch_dim": batched}
                 # zeros of this step: RETURNN takes a layer that depends on no step of its loop for the same at
                 # every step and may not stack it (a State assigned a value from outside its loop)
                 unit[zeros] = {"class": "combine", "kind": "logical_or" if state.dtype == "bool" else "add",
@@ -67,6 +73,14 @@ class LoopEmission:
                         "class": "reinterpret_data", "from": [dense], "set_sparse": True,
                         "set_sparse_dim": self.dim(state.sparse_dim), "is_output_layer": True}
             layer["initial_output"] = self.initial(loop, state)
+            if batched and batch_dim not in state.dims:  # (searching) its initial value per hypothesis too
+                init = self.fresh_name(loop.parent, name + ".initial_per_sequence")
+                layers[init] = {"class": "combine", "kind": "logical_or" if state.dtype == "bool" else "add",
+                                "from": [layer["initial_output"][len("base:"):], init + ".zeros"],
+                                "allow_broadcast_all_sources": True}
+                layers[init + ".zeros"] = {"class": "constant", "value": False if state.dtype == "bool" else 0,
+                                           "dtype": state.dtype, "shape": [returnn_batch_dim], "with_batch_dim": True}
+                layer["initial_output"] = "base:" + init
             unit[name] = layer
             self.out.lines[self.path(loop, name)] = loop.assign_lines[state]
             self.out.state_layers.setdefault(state, []).append(self.path(loop, name))
@@ -96,9 +110,11 @@ class LoopEmission:
         elif any(reads_inner_loop(loop, loop.assigned[state]) for state in loop.state_layers):
             # RETURNN works out the unit's shapes starting from "output": starting from a State that other States
             # and an inner loop depend on, it fails (a dependency loop); starting from a State made from an inner
-            # loop's result, it finds them all
-            unit["output"] = {"class": "copy", "from": next(
-                name for state, name in loop.state_layers.items() if reads_inner_loop(loop, loop.assigned[state]))}
+            # loop's result, it finds them all; starting from a State shared by the batch (no batch dim), which
+            # nothing of the batch feeds, it does too where the first fails (an inner loop's end reads it)
+            shared = [name for state, name in loop.state_layers.items() if batch_dim not in state.dims]
+            unit["output"] = {"class": "copy", "from": (shared + [
+                name for state, name in loop.state_layers.items() if reads_inner_loop(loop, loop.assigned[state])])[0]}
         else:  # a State, or a value without other dynamic dims (RETURNN loses the loop's lengths of an output
             # with another dynamic dim)
             plain = [v.op.name for v in loop.exports if not any(d.is_dynamic and not d.is_batch for d in v.dims)]
@@ -194,7 +210,7 @@ class LoopEmission:
             captured.append((ring, own_paths[ring]))
         for i, (path, name) in enumerate(captured):
             op = next((o for o in loop.ops if o.name == name), None)
-            if op is None or batch_dim in op.out.dims:
+            if op is None or batch_dim in op.out.dims or searching:  # (searching: its beamed copy has the batch)
                 unit[name]["is_output_layer"] = True
             else:
                 # RETURNN cannot stack a loop value without the batch dim: record it per sequence, read one back
