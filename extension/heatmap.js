@@ -439,7 +439,7 @@ function render({ model, el: root }) {
     if (categorical()) {
       const names = model.get("labels") || [];
       const shownLabels = Array.from(row.slice(0, 16), (v) => names[Math.round(v)] !== undefined
-        ? `${Math.round(v)} ${names[Math.round(v)]}` : fmt(v));
+        ? `${Math.round(v)} ${names[Math.round(v)]}` : Number.isInteger(v) ? String(v) : fmt(v));
       readout.textContent = `t=${cursor}: label${U > 1 ? "s" : ""} ${shownLabels.join(", ")}` +
         (U > 16 ? ` ... (${U} in all)` : "");
       return;

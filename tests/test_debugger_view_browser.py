@@ -377,3 +377,54 @@ def test_a_state_over_an_encoders_axis_shows_the_sequences_valid_frames_only(lab
         cell.locator(".jp-OutputArea-output").first.screenshot(path=str(OUT / f"debugger-coverage-{width}.png"))
     finally:
         set_theme(url, token, "JupyterLab Light")
+
+
+SHARED = '''
+import json
+import numpy as np
+import recdebug as rd
+
+batch, time, feat = rd.batch_dim, rd.Dim("time"), rd.Dim("feat", 2)
+with rd.Graph() as g:
+    x = rd.Input("x", {batch, time, feat})
+    i = rd.State(set(), initial=0, dtype="int32")  # one step counter for the batch
+    h = rd.State({batch, feat}, initial=0.0)
+    with rd.Loop() as loop:
+        i.assign(i.get() + 1)
+        h.assign(h.get() + loop.unstack(x) * rd.cast(i.get(), "float32"))
+x_np = np.random.default_rng(2).standard_normal((2, 5, 2)).astype(np.float32)
+lens = np.array([5, 2])
+x_np[1, 2:] = 1e3  # garbage in sequence 1's padding frames
+st = g.stepper({"x": x_np}, seq_lens={time: lens})
+d = rd.debugger(st)
+st.step(4)
+d.select_sequence(1)  # ended after 2 steps; the shared counter went on
+'''
+
+
+@pytest.mark.parametrize("width,theme", [(1000, "JupyterLab Dark")])
+def test_a_state_shared_by_the_batch_draws_one_row_the_same_for_every_sequence(lab, page, width, theme):
+    """A State without the batch dim: one row labelled "shared by the batch", its hover values the counter's 1..4
+    also for a sequence that ended after 2 steps (no padding grey there), while the batched State beside it is
+    padding after that sequence's end."""
+    from playwright.sync_api import expect
+
+    url, token = lab
+    set_theme(url, token, theme)
+    try:
+        write_notebook(url, token, "shared.ipynb", [SHARED, "d"])
+        page.set_viewport_size({"width": width, "height": 1000})
+        run_all(page, url, token, "shared.ipynb", 2)
+        cell = page.locator(".jp-CodeCell").nth(1)
+        expect(cell.locator(".rd-status")).to_contain_text("at t=3 (4 of 5 steps run)")
+        counter, h = cell.locator(".rd-heatmap").nth(0), cell.locator(".rd-heatmap").nth(1)
+        expect(counter).to_contain_text("one value, shared by the batch")
+        for t in range(4):
+            assert float(hover(page, counter, t, 0, 5, 1)) == t + 1
+            assert pixel(counter, t, 0)[:3] != list(PAD)
+        assert hover(page, h, 3, 0, 5, 2) == "padding"  # the batched State: sequence 1 ended after t=1
+        expect(counter.locator(".rd-readout")).to_have_text("t=3: label 4")  # an int, written as one
+        assert counter.get_attribute("data-signed") == "0"  # a counter from 1 up: white (0) to red
+        cell.locator(".jp-OutputArea-output").first.screenshot(path=str(OUT / f"debugger-shared-{width}.png"))
+    finally:
+        set_theme(url, token, "JupyterLab Light")

@@ -308,32 +308,33 @@ def test_a_loop_over_a_static_dim(rng, optimize):
         np.testing.assert_allclose(st.value(s), ref[:, t], atol=ATOL)
 
 
-def test_a_static_dim_in_a_nested_loop_is_refused_and_the_hint_works(rng):
+def test_a_static_dim_in_a_nested_loop_runs_as_written_and_as_the_while_loop_it_becomes(rng):
+    """inner.unstack(x_t, axis=win) inside a loop, as the user writes it, and the while loop over the window's
+    positions that recdebug emits for it, written by hand: both as numpy computes them."""
     time, win, feat = rd.Dim("time"), rd.Dim("win", 3), rd.Dim("feat", 2)
-    with rd.Graph():
-        x = rd.Input("x", {batch, time, win, feat})
-        with rd.Loop() as outer:
-            x_t = outer.unstack(x)
-            with pytest.raises(rd.LoopError, match="static dim") as e:
-                with rd.Loop() as inner:
-                    inner.unstack(x_t, axis=win)
-    assert "inner.unstack(x_t, axis=win)" in e.value.line.code and "rd.gather" in str(e.value)
-    with rd.Graph() as g:  # what the hint says: a window per frame as a while loop over the window's positions
-        x = rd.Input("x", {batch, time, win, feat})
-        acc = rd.State({batch, feat})
-        with rd.Loop() as outer:
-            x_t = outer.unstack(x)
-            s = rd.State({batch, feat})
-            with rd.Loop(max_seq_len=3) as inner:
-                s.assign(s.get() * 0.5 + rd.gather(x_t, inner.index, win))
-                inner.end(inner.index >= 2, include_eos=True)
-            acc.assign(acc.get() + s.get())
-            out = outer.stack(acc.get())
     lens = [4, 2]
     x_np = rng.standard_normal((2, 4, 3, 2)).astype(np.float32)
     x_np[1, 2:] = 1e3
     per_frame = np.stack([_np_decay(x_np[:, t].astype(np.float64), 3)[:, 2] for t in range(4)], axis=1)
-    assert_frames_close(g.run({"x": x_np}, seq_lens={time: lens}).numpy(out), np.cumsum(per_frame, axis=1), lens)
+    for written in (True, False):
+        with rd.Graph() as g:
+            x = rd.Input("x", {batch, time, win, feat})
+            acc = rd.State({batch, feat})
+            with rd.Loop() as outer:
+                x_t = outer.unstack(x)
+                s = rd.State({batch, feat})
+                if written:
+                    with rd.Loop() as inner:
+                        s.assign(s.get() * 0.5 + inner.unstack(x_t, axis=win))
+                else:
+                    with rd.Loop(max_seq_len=3) as inner:
+                        s.assign(s.get() * 0.5 + rd.gather(x_t, inner.index, win))
+                        inner.end(inner.index >= 2, include_eos=True)
+                acc.assign(acc.get() + s.get())
+                out = outer.stack(acc.get())
+        for optimize in (True, False):
+            got = g.run({"x": x_np}, seq_lens={time: lens}, optimize=optimize).numpy(out)
+            assert_frames_close(got, np.cumsum(per_frame, axis=1), lens)
 
 
 # --- 11. unstack and end in one loop ---
