@@ -244,6 +244,17 @@ def test_a_shared_state_refuses_a_dynamic_dim_and_a_per_sequence_value_with_a_hi
                 i.assign(loop.unstack(x))
             assert "rd.State({rd.batch_dim, ...})" in e.value.hint
             i.assign(i.get() + 1.0)
+    vocab = rd.Dim("vocab", 4)
+    with rd.Graph():  # in a search: a value that depends on the chosen label is per hypothesis
+        ctx = rd.Input("ctx", [batch, vocab])
+        n = rd.State(set(), initial=0, dtype="int32")
+        with rd.Loop(max_seq_len=3) as loop:
+            y = rd.choice(ctx, beam_size=2)
+            with pytest.raises(rd.DimError, match=r"State 'n' has dims \{\}, assigned a value with dims") as e:
+                n.assign(n.get() + y)
+            assert "chosen label" in e.value.hint and "n.assign(n.get() + y)" in e.value.line.code
+            n.assign(n.get() + 1)
+            loop.end(y == 0)
 
 
 def test_a_shared_state_assigned_in_an_inner_loop_of_ragged_steps_is_refused_and_in_a_window_loop_runs(rng):
