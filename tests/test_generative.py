@@ -2139,6 +2139,22 @@ BUG_PROGRAMS = {
         n.assign(n_prev + 1)
         o = outer.stack(s1.get())
 ''', (2, [3, 1], [1, 1], 0), True, ("run", "trace", "stepper")),
+    "fixed/shared_state_beside_an_inner_loop": ('''
+    xt = rd.Input("xt", (time, batch, feat))
+    ctx = rd.Input("ctx", {batch, hid})
+    n = rd.State(set(), initial=2, dtype="int32")  # shared by the batch, not read by the inner loop
+    s2 = rd.State({batch, hid}, initial=ctx)
+    s11 = rd.State({batch, hid}, initial=0)
+    with rd.Loop() as outer:
+        x_t = outer.unstack(xt)
+        v7 = s2.get()
+        with rd.Loop(max_seq_len=2, include_eos=True) as inner:
+            s11.assign(s11.get() * 0.5 + rd.tanh(rd.Linear(hid)(v7)))
+            inner.end(inner.index >= 2)
+        n.assign(n.get() + 1)             # RETURNN working out the outer unit from n (the shared State first)
+        s2.assign(rd.sigmoid(s11.get()) - v7 * 0.25)  # failed: a dependency loop on s2.prev
+        out = outer.stack(s11.get())
+''', (4, [2, 2, 2, 4], [2, 1, 1, 2], 5759), False, ("trace", "stepper")),
 }
 
 

@@ -27,6 +27,24 @@ def reads_inner_loop(loop, v) -> bool:
     return False
 
 
+def read_by_inner_loop(loop, state) -> bool:
+    """Whether a loop inside ``loop`` reads ``state``'s value of ``loop``'s step (or one made from it)."""
+    entry = loop.entries.get(state)
+    if entry is None:
+        return False
+    made = {id(entry)}
+    for op in loop.ops:  # (in the order they were written: inputs first)
+        if any(id(x) in made for x in op.inputs):
+            made.add(id(op.out))
+    inner = [op for child in loop.children for op in _all_ops(child)]
+    return any(id(x) in made for op in inner for x in op.inputs) or \
+        any(id(child.max_seq_len) in made for child in loop.children)
+
+
+def _all_ops(loop) -> list:
+    return list(loop.ops) + [op for child in loop.children for op in _all_ops(child)]
+
+
 def _derivation_ring(derived: dict):
     """A path of ``derived`` (path -> how) that derives, through others, from itself; None when there is none."""
     for start in derived:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from returnn.tensor import batch_dim as returnn_batch_dim
 
 from ..language.dims import batch_dim
-from .analysis import _derivation_ring, moving_out_fails, reads_inner_loop
+from .analysis import _derivation_ring, moving_out_fails, read_by_inner_loop, reads_inner_loop
 from .stepnet import readers_of
 
 
@@ -110,9 +110,10 @@ class LoopEmission:
         elif any(reads_inner_loop(loop, loop.assigned[state]) for state in loop.state_layers):
             # RETURNN works out the unit's shapes starting from "output": starting from a State that other States
             # and an inner loop depend on, it fails (a dependency loop); starting from a State made from an inner
-            # loop's result, it finds them all; starting from a State shared by the batch (no batch dim), which
-            # nothing of the batch feeds, it does too where the first fails (an inner loop's end reads it)
-            shared = [name for state, name in loop.state_layers.items() if batch_dim not in state.dims]
+            # loop's result, it finds them all; where an inner loop reads a State shared by the batch (no batch dim:
+            # its end condition, say), starting from that one works and the first fails
+            shared = [name for state, name in loop.state_layers.items()
+                      if batch_dim not in state.dims and read_by_inner_loop(loop, state)]
             unit["output"] = {"class": "copy", "from": (shared + [
                 name for state, name in loop.state_layers.items() if reads_inner_loop(loop, loop.assigned[state])])[0]}
         else:  # a State, or a value without other dynamic dims (RETURNN loses the loop's lengths of an output
