@@ -81,7 +81,7 @@ class Tracing:
             dims = dims_of[key]
             if None in dims:
                 raise RecDebugError(f"trace: RETURNN returned a dim that recdebug does not know for {key!r}")
-            if key in em.trace_unbatched or (own is not None and _batch() not in own and _batch() in dims):
+            if own is not None and _batch() not in own and _batch() in dims:
                 # one value for the batch, recorded per sequence (and hypothesis), the same for each: one of them
                 for d in [d for d in dims if d is _batch() or d in beams]:
                     arr = np.take(arr, 0, axis=dims.index(d))

@@ -36,9 +36,9 @@ def read_by_inner_loop(loop, state) -> bool:
     for op in loop.ops:  # (in the order they were written: inputs first)
         if any(id(x) in made for x in op.inputs):
             made.add(id(op.out))
-    inner = [op for child in loop.children for op in _all_ops(child)]
-    return any(id(x) in made for op in inner for x in op.inputs) or \
-        any(id(child.max_seq_len) in made for child in loop.children)
+    read = [x for child in loop.children for op in _all_ops(child) for x in op.inputs]
+    read += [child.max_seq_len for child in loop.children if hasattr(child.max_seq_len, "op")]  # (a tensor bound)
+    return any(id(x) in made for x in read)
 
 
 def _all_ops(loop) -> list:

@@ -125,36 +125,36 @@ class LayerDicts:
                                     shared=batch_dim not in op.out.dims)
         raise NotImplementedError(f"no RETURNN layer for op kind {k!r}")
 
-    def unit_dtype(self, loop, unit: dict, name: str) -> str:
-        """The dtype of the unit layer ``name`` that recdebug emitted for an op or a State of ``loop``."""
+    def unit_value(self, loop, name: str):
+        """The State or Tensor of ``loop`` that recdebug emitted the unit layer ``name`` for (None: a helper)."""
         for state, layer in loop.state_layers.items():
             if layer == name:
-                return state.dtype
+                return state
         base = name[:-len(".per_sequence")] if name.endswith(".per_sequence") else name
-        for op in loop.ops:
-            if base in (op.name, self.perturbed.get(id(op.out))):
-                return op.out.dtype
+        return next((op.out for op in loop.ops if base in (op.name, self.perturbed.get(id(op.out)))), None)
+
+    def unit_dtype(self, loop, unit: dict, name: str) -> str:
+        """The dtype of the unit layer ``name`` that recdebug emitted for an op or a State of ``loop``."""
+        value = self.unit_value(loop, name)
+        if value is not None:
+            return value.dtype
         dtype = unit[name].get("dtype") or unit[name].get("out_type", {}).get("dtype")
         if dtype is None:
             raise AssertionError(f"no dtype known for the unit layer {name!r}")
         return dtype
 
-    def unit_sparse(self, loop, name: str) -> bool:
-        """Whether the unit layer ``name`` of an op or a State of ``loop`` holds labels (has a sparse dim)."""
-        for state, layer in loop.state_layers.items():
-            if layer == name:
-                return state.sparse_dim is not None
-        return any(op.out.sparse_dim is not None for op in loop.ops if name in (op.name, self.perturbed.get(id(op.out))))
-
-    def with_batch(self, unit: dict, name: str, dtype: str) -> str:
-        """A layer of ``unit`` that is the layer ``name`` broadcast over the batch (same values per sequence)."""
-        const = name + ".batch_zero"
-        unit[const] = {"class": "constant", "value": False if dtype == "bool" else 0, "dtype": dtype,
-                       "shape": [returnn_batch_dim], "with_batch_dim": True}
-        unit[name + ".per_sequence"] = {"class": "combine", "kind": "logical_or" if dtype == "bool" else "add",
-                                        "from": [name, const], "allow_broadcast_all_sources": True,
-                                        "is_output_layer": True}
-        return name + ".per_sequence"
+    def with_batch(self, layers: dict, name: str, dtype: str, out: str | None = None, output: bool = True) -> str:
+        """A layer of ``layers`` (named ``out``, default ``<name>.per_sequence``) that is the layer ``name`` broadcast
+        over the batch (the same values per sequence); ``output``: an output layer (a loop stacks it)."""
+        const = (out or name) + ".batch_zero"
+        out = out or name + ".per_sequence"
+        layers[const] = {"class": "constant", "value": False if dtype == "bool" else 0, "dtype": dtype,
+                         "shape": [returnn_batch_dim], "with_batch_dim": True}
+        layers[out] = {"class": "combine", "kind": "logical_or" if dtype == "bool" else "add", "from": [name, const],
+                       "allow_broadcast_all_sources": True}
+        if output:
+            layers[out]["is_output_layer"] = True
+        return out
 
     def gather_last(self, loop, layer_name: str, shared: bool = False) -> dict:
         """The last frame of a stacked unit layer: per sequence, or for a value shared by the batch the loop's
@@ -168,7 +168,8 @@ class LayerDicts:
     def shared_steps(self, loop) -> tuple:
         """Names of two layers beside ``loop`` (made by emit_loop): its last step (scalar) and whether it ran any."""
         if loop not in self.shared_last:
-            self.shared_last[loop] = tuple(self.fresh_name(loop.parent, f"{loop.name}.{n}") for n in ("last_step", "ran"))
+            self.shared_last[loop] = tuple(self.fresh_name(loop.parent, f"{loop.name}.{n}")
+                                           for n in ("last_step", "ran"))
         return self.shared_last[loop]
 
     def step_zero(self, loop, unit: dict, dtype: str) -> str:

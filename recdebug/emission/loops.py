@@ -51,11 +51,11 @@ class LoopEmission:
             outside = labels and not made_labels and (v.scope is not loop or v.op.kind == "state_entry")
             if not labels or made_labels or outside:
                 zeros = self.fresh_name(loop, name + ".zeros")
-                dims = sorted(state.dims, key=lambda d: d.order)
-                unit[zeros + ".const"] = {
-                    "class": "constant", "value": False if state.dtype == "bool" else 0, "dtype": state.dtype,
-                    "shape": [self.dim(d) for d in dims] if batch_dim in state.dims else
-                    [returnn_batch_dim] * batched + [self.dim(d) for d in dims], "with_batch_dim": batched}
+                shape = [self.dim(d) for d in sorted(state.dims, key=lambda d: d.order)]
+                if batched and batch_dim not in state.dims:  # (a shared State, searching: per hypothesis)
+                    shape = [returnn_batch_dim] + shape
+                unit[zeros + ".const"] = {"class": "constant", "value": False if state.dtype == "bool" else 0,
+                                          "dtype": state.dtype, "shape": shape, "with_batch_dim": batched}
                 # zeros of this step: RETURNN takes a layer that depends on no step of its loop for the same at
                 # every step and may not stack it (a State assigned a value from outside its loop)
                 unit[zeros] = {"class": "combine", "kind": "logical_or" if state.dtype == "bool" else "add",
@@ -74,13 +74,9 @@ class LoopEmission:
                         "set_sparse_dim": self.dim(state.sparse_dim), "is_output_layer": True}
             layer["initial_output"] = self.initial(loop, state)
             if batched and batch_dim not in state.dims:  # (searching) its initial value per hypothesis too
-                init = self.fresh_name(loop.parent, name + ".initial_per_sequence")
-                layers[init] = {"class": "combine", "kind": "logical_or" if state.dtype == "bool" else "add",
-                                "from": [layer["initial_output"][len("base:"):], init + ".zeros"],
-                                "allow_broadcast_all_sources": True}
-                layers[init + ".zeros"] = {"class": "constant", "value": False if state.dtype == "bool" else 0,
-                                           "dtype": state.dtype, "shape": [returnn_batch_dim], "with_batch_dim": True}
-                layer["initial_output"] = "base:" + init
+                layer["initial_output"] = "base:" + self.with_batch(
+                    layers, layer["initial_output"][len("base:"):], state.dtype,
+                    out=self.fresh_name(loop.parent, name + ".initial_per_sequence"), output=False)
             unit[name] = layer
             self.out.lines[self.path(loop, name)] = loop.assign_lines[state]
             self.out.state_layers.setdefault(state, []).append(self.path(loop, name))
@@ -120,7 +116,8 @@ class LoopEmission:
             # with another dynamic dim)
             plain = [v.op.name for v in loop.exports if not any(d.is_dynamic and not d.is_batch for d in v.dims)]
             if loop.state_layers or plain or not loop.exports:
-                # (a State with the batch dim first: RETURNN fails to work out the unit starting from a shared one)
+                # (a State shared by the batch first: RETURNN failed to work out a unit starting from a batched
+                # State that reads a shared one)
                 states = sorted(loop.state_layers, key=lambda s: batch_dim in s.dims)
                 unit["output"] = {"class": "copy", "from": ([loop.state_layers[s] for s in states] + plain
                                                             + [loop.ops[-1].name])[0]}
@@ -216,7 +213,6 @@ class LoopEmission:
             else:
                 # RETURNN cannot stack a loop value without the batch dim: record it per sequence, read one back
                 captured[i] = (path, self.with_batch(unit, name, op.out.dtype))
-                self.out.trace_unbatched.add(path)
                 # kept in the loop: RETURNN fails to accumulate a value without the batch dim that it moved out
                 layers[loop.name]["optimize_move_layers_out"] = False
         if choices and self.search:

@@ -38,7 +38,6 @@ class Emitted:
     # Values a trace derives instead of recording them again (path -> how), see _Emitter.derived():
     trace_derived: dict = field(default_factory=dict)
     after_choice: set = field(default_factory=set)  # in-loop layer paths computed from an rd.choice in their step
-    trace_unbatched: set = field(default_factory=set)  # in-loop layer paths without the batch dim, recorded with it
     # In a searching loop: layer path -> the unit layer read for it, with the search's beam (see give_beam)
     beam_alias: dict = field(default_factory=dict)
     # With perturb: State layer path -> (extern data key of its zero perturbation [batch, axis, ...], State, Loop)

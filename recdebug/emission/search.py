@@ -34,7 +34,7 @@ class SearchEmission:
             zero = self.fresh_name(loop, name + ".beam_zero")
             unit[zero] = {"class": "eval", "from": "prev:output", "out_type": {"dtype": dtype},
                           "eval": f"tf.zeros_like(source(0), dtype=tf.{dtype})"}
-            if not self.unit_sparse(loop, name):  # (not the labels' sparse dim of prev:output)
+            if getattr(self.unit_value(loop, name), "sparse_dim", None) is None:  # (not prev:output's labels')
                 unit[zero]["out_type"]["sparse"] = False
             alias[name] = self.fresh_name(loop, name + ".beam")
             unit[alias[name]] = {"class": "combine", "kind": "logical_or" if dtype == "bool" else "add",

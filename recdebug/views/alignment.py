@@ -98,7 +98,8 @@ def alignment_figure(matrix, length: int, known: int, cursor: int, labels=None, 
     fig = figure if figure is not None else Figure(figsize=(width, min(9.0, 1.5 + 0.28 * max(T, 2))), dpi=80)
     ax = fig.add_axes((0.22, 0.2, 0.62, 0.68))
     top = draw_alignment(ax, np.asarray(matrix, np.float32), length, known, cursor, labels, vocab, title, frames)
-    bar = fig.colorbar(ScalarMappable(Normalize(0.0, top), cmap=value_cmap(False)), cax=fig.add_axes((0.87, 0.2, 0.03, 0.68)))
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, top), cmap=value_cmap(False)),
+                       cax=fig.add_axes((0.87, 0.2, 0.03, 0.68)))
     bar.ax.tick_params(labelsize=7)
     return fig
 

@@ -74,7 +74,7 @@ class Marks:
             o = RecordedSource(self.other).rows(view.key, b, None, None)  # in the same order, valid frames only
             if o.shape != a.shape:
                 continue
-            valid = np.arange(a.shape[0])[:, None] < (self.T if self.source.shared(view.key) else self._length(b))
+            valid = np.arange(a.shape[0])[:, None] < self._key_length(view.key, b)
             mask = (~(np.abs(a - o) <= 1e-5) & ~(np.isnan(a) & np.isnan(o)) & valid).astype(np.uint8)
             steps = np.nonzero(mask.any(axis=1))[0]
             with view.hold_sync():

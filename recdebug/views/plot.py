@@ -120,8 +120,8 @@ def draw_views(views: list, status: str, width: float = 10.0):
         T, U = values.shape
         shown = min(v["known"], v["cursor"] + 1) if v["reveal"] else v["known"]
         valid = values[:min(v["length"], v["known"])]
-        finite = np.abs(valid[np.isfinite(valid)])
-        scale = v["scale"] or (float(finite.max()) if finite.size and finite.max() > 0 else 1.0)
+        finite = valid[np.isfinite(valid)]
+        scale = v["scale"] or (float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0)
         ax.imshow(view_rgba(values, v["length"], shown, scale, v["categorical"]), aspect="auto",
                   interpolation="nearest", extent=(-0.5, T - 0.5, U - 0.5, -0.5))
         ax.set_title(f"{v['title']}   {v['unit_label']} × {v['axis_label']}", fontsize=9, loc="left")
@@ -146,7 +146,7 @@ def draw_views(views: list, status: str, width: float = 10.0):
                 side.legend(handles=handles, loc="center left", fontsize=7, frameon=False, title="labels",
                             title_fontsize=7)
         else:
-            signed = bool((valid[np.isfinite(valid)] < 0).any())  # (as the widget: 0 to +scale without negatives)
+            signed = bool((finite < 0).any())  # (as the widget: 0 to +scale without negatives)
             bar = fig.colorbar(ScalarMappable(Normalize(-scale if signed else 0.0, scale), cmap=value_cmap(signed)),
                                cax=side)
             bar.ax.tick_params(labelsize=7)

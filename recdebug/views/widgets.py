@@ -128,6 +128,13 @@ class Debugger(Controls, Cursor, SearchControl, Marks, StatusLine, AlignmentPane
             return self.T
         return self.source.length(b, self.T)
 
+    def _key_length(self, key: str, b: int, length: int | None = None) -> int:
+        """The valid steps of ``key``'s view for sequence b (``length``: ``_length(b)``, when known): a value shared
+        by the batch steps while any sequence does, so it has no padding after the shown one's end."""
+        if self.source.shared(key):
+            return self.T
+        return self._length(b) if length is None else length
+
     def _array(self, key: str, b: int) -> np.ndarray:
         """[T, U] float32 values of ``key`` for sequence ``b`` (with search: along the selected hypothesis)."""
         return self.source.rows(key, b, self.beams, self.hypothesis)
@@ -192,8 +199,7 @@ class Debugger(Controls, Cursor, SearchControl, Marks, StatusLine, AlignmentPane
             total = int(np.prod([size for _, size in dims]))
             view.unit_label = "×".join(name for name, _ in dims) + f" ({n} of {total} units: sequence {b}'s " \
                                                                     "valid frames)"
-        # a value shared by the batch steps while any sequence does: no padding after the shown one's end
-        length = self.T if self.source.shared(view.key) else self._length(b)
+        length = self._key_length(view.key, b)
         if self.stepper is not None and self.beams is not None and title is None:
             view.update(arr, length, known)  # a live search: mostly the new step's row
         else:
@@ -231,7 +237,7 @@ class Debugger(Controls, Cursor, SearchControl, Marks, StatusLine, AlignmentPane
                     if view.known < t:  # (a value with an axis of its own: its valid frames only)
                         view.set_rows({k: rows[k, self.sequence].reshape(-1)[:n] for k in range(view.known, t)},
                                       known=t)
-                    view.length = self.T if self.source.shared(view.key) else length
+                    view.length = self._key_length(view.key, self.sequence, length)
         self._place_cursor(t)
 
     def _place_cursor(self, t: int):
