@@ -354,7 +354,8 @@ function render({ model, el: root }) {
     legend.style.display = "block";
     const names = model.get("labels") || [];
     const cap = el("span", "", legend);
-    cap.textContent = present.length ? "labels: " : "labels: (none in the steps shown)";
+    const word = model.get("value_word") || "label";  // a label of a vocabulary, or an int value (a counter)
+    cap.textContent = present.length ? `${word}s: ` : `${word}s: (none in the steps shown)`;
     for (const v of present.slice(0, 24)) {
       const item = el("span", "rd-legend-item", legend);
       item.style.marginRight = "10px"; item.style.whiteSpace = "nowrap";
@@ -440,7 +441,8 @@ function render({ model, el: root }) {
       const names = model.get("labels") || [];
       const shownLabels = Array.from(row.slice(0, 16), (v) => names[Math.round(v)] !== undefined
         ? `${Math.round(v)} ${names[Math.round(v)]}` : Number.isInteger(v) ? String(v) : fmt(v));
-      readout.textContent = `t=${cursor}: label${U > 1 ? "s" : ""} ${shownLabels.join(", ")}` +
+      const word = model.get("value_word") || "label";
+      readout.textContent = `t=${cursor}: ${word}${U > 1 ? "s" : ""} ${shownLabels.join(", ")}` +
         (U > 16 ? ` ... (${U} in all)` : "");
       return;
     }
@@ -556,7 +558,7 @@ function render({ model, el: root }) {
   model.on("change:values", load);
   model.on("change:shape", load);
   model.on("change:diff", load);
-  for (const name of ["length", "known", "scale", "categorical", "labels", "reveal", "grad_norms"]) {
+  for (const name of ["length", "known", "scale", "categorical", "labels", "value_word", "reveal", "grad_norms"]) {
     model.on("change:" + name, () => { rescale(); drawAll(); });
   }
   model.on("change:title", drawAll);

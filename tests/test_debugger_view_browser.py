@@ -423,7 +423,8 @@ def test_a_state_shared_by_the_batch_draws_one_row_the_same_for_every_sequence(l
             assert float(hover(page, counter, t, 0, 5, 1)) == t + 1
             assert pixel(counter, t, 0)[:3] != list(PAD)
         assert hover(page, h, 3, 0, 5, 2) == "padding"  # the batched State: sequence 1 ended after t=1
-        expect(counter.locator(".rd-readout")).to_have_text("t=3: label 4")  # an int, written as one
+        expect(counter.locator(".rd-readout")).to_have_text("t=3: value 4")  # an int, written as one: no label
+        expect(counter.locator(".rd-legend")).to_contain_text("values:")  # (not labels of a vocabulary)
         assert counter.get_attribute("data-signed") == "0"  # a counter from 1 up: white (0) to red
         cell.locator(".jp-OutputArea-output").first.screenshot(path=str(OUT / f"debugger-shared-{width}.png"))
     finally:

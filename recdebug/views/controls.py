@@ -71,4 +71,4 @@ class Controls:
             labels = self.vocab if isinstance(self.vocab, list) else \
                 self.vocab.get(key, self.vocab.get(sparse, []) if sparse else [])
         return {"unit_label": unit_label, "axis_label": f"t ({axis_name})", "categorical": ints,
-                "labels": list(labels)}
+                "labels": list(labels), "value_word": "label" if sparse else "value"}  # (a counter: values)

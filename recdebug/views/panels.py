@@ -46,6 +46,7 @@ class HeatmapView(anywidget.AnyWidget):
     scale = tl.Float(0.0).tag(sync=True)  # the colour bar's range: +-scale (0: this view's own max |value|)
     categorical = tl.Bool(False).tag(sync=True)  # labels (ints): one colour each and a legend
     labels = tl.List(tl.Unicode()).tag(sync=True)  # the vocabulary: the name of label i, if given
+    value_word = tl.Unicode("label").tag(sync=True)  # what one int is called: "label" (a sparse dim's) or "value"
     reveal = tl.Bool(False).tag(sync=True)  # draw the steps up to the cursor only
     grad_norms = tl.Bytes(b"").tag(sync=True)  # float32 [T]: |dLoss/dvalue| per step (a trace with grad_of)
     brush = tl.List(tl.Int(), []).tag(sync=True)  # [t0, t1]: a step range brushed in the heatmap (from the page)

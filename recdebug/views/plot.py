@@ -129,7 +129,10 @@ def draw_views(views: list, status: str, width: float = 10.0):
         ax.set_ylabel("unit", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.yaxis.get_major_locator().set_params(integer=True)
+        if U <= 12:  # each unit its tick (one unit: no -0.5 and 0.5 ticks)
+            ax.set_yticks(range(U))
+        else:
+            ax.yaxis.get_major_locator().set_params(integer=True)
         if shown < T:  # steps not run yet (or not revealed): hatched, as the widget draws them
             ax.axvspan(shown - 0.5, T - 0.5, facecolor="none", edgecolor="#909090", hatch="///", linewidth=0)
         if v["cursor"] >= 0:
@@ -143,8 +146,8 @@ def draw_views(views: list, status: str, width: float = 10.0):
             handles = [Patch(color=np.array(_category(k)) / 255,
                              label=f"{k} {names[k]}" if k < len(names) else str(k)) for k in present]
             if handles:
-                side.legend(handles=handles, loc="center left", fontsize=7, frameon=False, title="labels",
-                            title_fontsize=7)
+                side.legend(handles=handles, loc="center left", fontsize=7, frameon=False,
+                            title=v.get("value_word", "label") + "s", title_fontsize=7)
         else:
             signed = bool((finite < 0).any())  # (as the widget: 0 to +scale without negatives)
             bar = fig.colorbar(ScalarMappable(Normalize(-scale if signed else 0.0, scale), cmap=value_cmap(signed)),

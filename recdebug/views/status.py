@@ -41,7 +41,8 @@ class StatusLine:
         figures = [draw_views([{
             "title": v.title, "unit_label": v.unit_label, "axis_label": v.axis_label, "values": v._array,
             "length": v.length, "known": v.known, "cursor": v.cursor, "scale": v.scale,
-            "categorical": v.categorical, "labels": list(v.labels), "reveal": v.reveal} for v in views],
+            "categorical": v.categorical, "labels": list(v.labels), "value_word": v.value_word,
+            "reveal": v.reveal} for v in views],
             self.status)]
         alignment = self.alignment_figure()
         if alignment is not None:
