@@ -121,3 +121,54 @@ def test_ctrl_c_interrupts_a_configs_run_and_trace_and_the_model_stays_usable(tm
         assert out[what] is not None, f"m.{what} ended before the interrupt: make the input longer"
         assert out[what] < 1.0, f"KeyboardInterrupt came {out[what]:.2f} s after SIGINT during m.{what}"
     assert out["run_same"] and out["trace_same"]
+
+
+STEPPER_CHILD = DELAY + r'''
+import json
+import numpy as np
+import recdebug as rd
+
+batch, time, feat, hid = rd.batch_dim, rd.Dim("time"), rd.Dim("feat", 8), rd.Dim("hid", 512)
+with rd.Graph() as g:
+    x = rd.Input("x", {batch, time, feat})
+    h = rd.State({batch, hid}, initial=0)
+    lin_x, lin_h = rd.Linear(hid), rd.Linear(hid)
+    with rd.Loop() as loop:
+        h.assign(rd.tanh(lin_x(loop.unstack(x)) + lin_h(h.get())))
+x_np = np.random.default_rng(0).standard_normal((1, 20000, 8)).astype(np.float32) * 0.1
+st = g.stepper({"x": x_np})
+st.step(2)  # the in-graph loop built before the interrupt is timed
+out = {"run_to": delay_of_interrupt(lambda: st.run_to(st.T))}
+out["t"] = stopped = st.t
+p = {name: g.run({"x": x_np[:, :1]}).param(m) for name, m in [("wx", lin_x.weight), ("bx", lin_x.bias),
+                                                                ("wh", lin_h.weight), ("bh", lin_h.bias)]}
+ref = [np.zeros((1, 512))]
+for t in range(stopped + 3):
+    ref.append(np.tanh(x_np[:, t] @ p["wx"] + p["bx"] + ref[-1] @ p["wh"] + p["bh"]))
+err = [float(np.abs(st.value(h) - ref[stopped]).max())]
+st.step_back(2)
+err.append(float(np.abs(st.value(h) - ref[stopped - 2]).max()))
+st.step()
+st.run_to(stopped + 3)  # in the graph again
+err.append(float(np.abs(st.value(h) - ref[stopped + 3]).max()))
+out["max_err"], out["t_after"] = max(err), st.t
+print("RESULT " + json.dumps(out), flush=True)
+'''
+
+
+def test_ctrl_c_interrupts_a_long_run_to_and_the_stepper_stays_usable(tmp_path):
+    """run_to runs in the graph in calls of about a quarter of a second: Ctrl-C stops it within a second, at a
+    step whose States equal numpy's, and stepping back and on (in the graph again) stays exact."""
+    script = tmp_path / "interrupt_stepper_child.py"
+    script.write_text(STEPPER_CHILD)
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=root)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["run_to"] is not None, "run_to ended before the interrupt: make the loop longer"
+    assert out["run_to"] < 1.0, f"KeyboardInterrupt came {out['run_to']:.2f} s after SIGINT during run_to"
+    assert 2 < out["t"] < 20000 and out["t_after"] == out["t"] + 3
+    np.testing.assert_array_less(out["max_err"], 1e-5)

@@ -116,8 +116,9 @@ class Engine(Build, Tracing, Feeding):
         self.device = device
         self.capture = capture
         self.emitted: Emitted = emit(g, optimize=optimize, capture=capture, search=search, perturb=self.perturb)
-        config = Config({"extern_data": self.emitted.extern_data, "debug_print_layer_output_template": False,
-                         "optimize_move_layers_out": optimize, **self.config_options()})
+        self.returnn_config = config = Config({
+            "extern_data": self.emitted.extern_data, "debug_print_layer_output_template": False,
+            "optimize_move_layers_out": optimize, **self.config_options()})
         with self.scope():
             net = self.prepare()
             self.network = TFNetwork(config=config, train_flag=self.train_flag(), eval_flag=False,

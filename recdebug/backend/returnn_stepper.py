@@ -97,33 +97,61 @@ class ConfigStepEngine(Build):
     def _finish(self, states: dict, cell_states: dict, search_choice, batch: int, include_eos: bool):
         """The step op: each State's new value is its layer's, each cell state the rnn_cell's own."""
         import tensorflow as tf
-        from tensorflow.python.util import nest
 
-        new, init, reordered, valid = {}, {}, set(), {}
-        for name, st in states.items():
+        self._step_spec = (states, cell_states, search_choice, batch, include_eos)
+        init = {}
+        for st in states.values():
             init[st] = tf.constant(st.initial)
             if None in st.shape:  # an axis of its own (an encoder's): sized by its longest sequence in the feed
                 sizes = [tf.reduce_max(self.lengths_of(tag)) if tag.dimension is None else tag.dimension
                          for tag in st.dims[1:]]
                 init[st] = tf.fill(tf.stack([batch] + sizes), tf.constant(st.initial, st.dtype))
+        init.update({(name, i): tf.constant(0) for name, parts in cell_states.items() for i in range(len(parts))})
+        self.core.finish(init=init, **self.step_args(self.network))
+
+    def step_args(self, net) -> dict:
+        """What ``StepBuffers.step_updates`` takes, from a build of the step net's layers (this build's, or
+        an in-graph loop's)."""
+        import tensorflow as tf
+        from tensorflow.python.util import nest
+
+        states, cell_states, search_choice, batch, include_eos = self._step_spec
+        new, reordered, valid = {}, set(), {}
+        for name, st in states.items():
+            if None in st.shape:
                 valid[st] = self._valid_frames(st)
-            value = self.outputs[name].placeholder
+            value = net.layers[PREFIX + name].output.copy_as_batch_major().placeholder
             new[st] = value if None in st.shape else tf.reshape(value, (batch,) + st.shape)
             if PREFIX + name not in self.after_choice:
                 reordered.add(st)
-        for name in cell_states:
-            for i, value in enumerate(nest.flatten(self.network.layers[PREFIX + name].rec_vars_outputs["state"])):
-                new[(name, i)], init[(name, i)] = value, tf.constant(0)
+        for name, parts in cell_states.items():
+            for i, value in enumerate(nest.flatten(net.layers[PREFIX + name].rec_vars_outputs["state"])):
+                new[(name, i)] = value
                 if PREFIX + name not in self.after_choice:
                     reordered.add((name, i))
-        chooser = self.network.layers[PREFIX + search_choice] if search_choice is not None else None
+        chooser = net.layers[PREFIX + search_choice] if search_choice is not None else None
         end = None
         if chooser is not None and self.core.lengths_ph is None and "end" in self.outputs:
-            flags = tf.reshape(tf.cast(self.outputs["end"].placeholder, tf.bool), [-1])
-            end = tf.broadcast_to(flags, [batch])
-        self.core.finish(new, init, reordered, end=end, chooser=chooser,
-                         end_reordered=PREFIX + "end" not in self.after_choice, include_eos=include_eos,
-                         hidden=set(new) - set(states.values()), valid=valid)
+            flags = net.layers[PREFIX + "end"].output.copy_as_batch_major().placeholder
+            end = tf.broadcast_to(tf.reshape(tf.cast(flags, tf.bool), [-1]), [batch])
+        return dict(new=new, reordered=reordered, end=end, chooser=chooser,
+                    end_reordered=PREFIX + "end" not in self.after_choice, include_eos=include_eos,
+                    hidden=set(new) - set(states.values()), valid=valid)
+
+    def tensors_at(self, t) -> dict:
+        """What the step net's ``recdebug_tensor`` layers read at step ``t`` (a tensor)."""
+        return self.core.reads(t)
+
+    def loop_network(self):
+        """A network for an in-graph loop's build of the step net's layers, on this build's data."""
+        from returnn.tf.network import TFNetwork
+
+        return TFNetwork(config=self.model.config, extern_data=self.network.extern_data, train_flag=self.train_flag,
+                         eval_flag=True, search_flag=False)
+
+    def construction(self):
+        """Where RETURNN builds this step net's layers: under the config's behavior version."""
+        return behavior_version(self.model.behavior_version)
 
     def lengths_of(self, tag):
         """The lengths tensor of a dynamic dim in the step net: an extern data's (this build's placeholder; the

@@ -125,9 +125,6 @@ class StepBuffers:
                                   name=f"buffer_{len(self.vars)}")
             self._keys[key] = f"state/{len(self.vars)}"
             self.vars[key], self.shapes[key] = var, (tuple(shape), dtype)
-            read = tf.gather(var, self.t)
-            self.tensors[self._keys[key]] = tf.ensure_shape(read[0], list(shape[1:])) if key in shared else \
-                tf.ensure_shape(read, list(shape))
             self.variables.append(var)
         self.shared = set(shared)
         self.ended = self.scores = self.lengths_ph = None
@@ -137,10 +134,24 @@ class StepBuffers:
         if beam is not None:  # hypotheses' scores, per step; hypothesis k of sequence b is entry b*K+k
             self.scores = tf.Variable(tf.zeros([max_steps + 1, batch]), trainable=False, name="scores")
             self.variables.append(self.scores)
-            self.tensors["search/scores"] = tf.gather(self.scores, self.t)
-            self.tensors["search/ended"] = tf.gather(self.ended, self.t)
         if lengths:
             self.lengths_ph = tf.compat.v1.placeholder(tf.int32, [batch], name="recdebug_lengths")
+        self.tensors.update(self.reads(self.t))
+
+    def reads(self, t) -> dict:
+        """What the step net's ``recdebug_tensor`` layers read at step ``t`` (a tensor): every buffer's entry t."""
+        import tensorflow as tf
+
+        out = {"index": t}
+        for key, var in self.vars.items():
+            shape = self.shapes[key][0]
+            read = tf.gather(var, t)
+            out[self._keys[key]] = tf.ensure_shape(read[0], list(shape[1:])) if key in self.shared else \
+                tf.ensure_shape(read, list(shape))
+        if self.scores is not None:
+            out["search/scores"] = tf.gather(self.scores, t)
+            out["search/ended"] = tf.gather(self.ended, t)
+        return out
 
     def set_op(self, key) -> tuple:
         """(placeholder, op) that writes a State's entry t (made when first asked for: most steppers never edit)."""
@@ -158,22 +169,55 @@ class StepBuffers:
         """The key of the ``recdebug_tensor`` that reads a State's value at step t."""
         return self._keys[key]
 
-    def finish(self, new: dict, init: dict, reordered: set, end=None, chooser=None, end_reordered=False,
-               include_eos=False, lengths=None, hidden=(), valid=None):
-        """The ops, once the step net is built.
-
-        ``new``/``init``: key -> the State's value after the step / its initial value (broadcast to one step's
-        shape), tensors in the buffer's order. ``reordered``: with a search, the keys whose new value was computed
-        before the choice, per hypothesis of the previous step (taken through the backpointers). ``end``: the end
-        flags [batch] of a loop that ends by a flag (None: it runs its lengths, or to its bound); ``end_reordered``:
-        they were computed before the choice. ``chooser``: the step net's top-k layer (``stepsearch``).
-        ``lengths``: the steps of each entry, a tensor of the build (default: ``lengths_ph``, if made).
-        ``hidden``: keys of buffers that are no State of the user's (a cell's own state): not checked for NaN.
-        ``valid``: key -> where a State with an axis of its own besides the batch has valid frames (a bool tensor
-        that broadcasts against one step's value): its padding frames are not checked for NaN."""
+    def finish(self, new: dict, init: dict, reordered: set, **step):
+        """The ops, once the step net is built: the step op (``step_updates`` at the fed step), the ops that start
+        the buffers and the reads of entry t. ``init``: key -> a State's initial value (broadcast to one step's
+        shape), a tensor in the buffer's order."""
         import tensorflow as tf
 
-        t, batch = self.t, self.batch
+        self.state_at, self._set_ops = {key: tf.gather(var, self.t) for key, var in self.vars.items()}, {}
+        self.user_keys = [key for key in self.vars if key not in step.get("hidden", ())]  # the user's States
+        updates, fetch, _ = self.step_updates(self.t, new, reordered, **step)
+        with tf.control_dependencies([v for v in fetch.values() if not isinstance(v, dict)] +
+                                     list(fetch["nonfinite"].values())):
+            self.step_op = tf.group(*updates)
+        self.step_fetch = fetch
+        self.init_ops = []
+        for key, var in self.vars.items():
+            shape, dtype = self.shapes[key]
+            first = init[key] if init[key].dtype.base_dtype == tf.as_dtype(dtype) else tf.cast(init[key], dtype)
+            if None in shape:  # the buffer made anew, sized as the initial value (which has every axis of the
+                size = tf.shape(first)  # State: an axis' size is that of this feed)
+                rest = tf.zeros(tf.concat([[self.max_steps], size], 0), dtype)
+                self.init_ops.append(tf.compat.v1.assign(var, tf.concat([tf.expand_dims(first, 0), rest], 0),
+                                                         validate_shape=False))
+                continue
+            first = tf.broadcast_to(first, [self.batch] + list(shape[1:]))
+            self.init_ops.append(tf.compat.v1.scatter_update(var, [0], tf.expand_dims(first, 0)))
+        if self.ended is not None:
+            self.init_ops.append(tf.compat.v1.scatter_update(self.ended, [0], tf.zeros([1, self.batch], tf.bool)))
+        if self.scores is not None:
+            first = tf.constant([0.0] + [ENDED_OTHER_LABELS] * (self.beam - 1))  # one hypothesis to start from
+            self.init_ops.append(tf.compat.v1.scatter_update(
+                self.scores, [0], tf.reshape(tf.tile(first, [self.batch // self.beam]), [1, self.batch])))
+
+    def step_updates(self, t, new: dict, reordered: set, end=None, chooser=None, end_reordered=False,
+                     include_eos=False, lengths=None, hidden=(), valid=None) -> tuple:
+        """(the writes of entry t+1, what the host keeps of the step, key -> the value written) for one step of the
+        step net built at step ``t`` (a tensor: the fed step, or an in-graph loop's).
+
+        ``new``: key -> the State's value after the step, a tensor in the buffer's order. ``reordered``: with a
+        search, the keys whose new value was computed before the choice, per hypothesis of the previous step (taken
+        through the backpointers). ``end``: the end flags [batch] of a loop that ends by a flag (None: it runs its
+        lengths, or to its bound); ``end_reordered``: they were computed before the choice. ``chooser``: the step
+        net's top-k layer (``stepsearch``). ``lengths``: the steps of each entry, a tensor of the build (default:
+        ``lengths_ph``, if made). ``hidden``: keys of buffers that are no State of the user's (a cell's own state):
+        not checked for NaN. ``valid``: key -> where a State with an axis of its own besides the batch has valid
+        frames (a bool tensor that broadcasts against one step's value): its padding frames are not checked for
+        NaN."""
+        import tensorflow as tf
+
+        batch = self.batch
         src = chooser.flat_src if chooser is not None else None  # per new hypothesis, the entry it extends
         lengths = self.lengths_ph if lengths is None else lengths
         if lengths is not None:
@@ -192,12 +236,11 @@ class StepBuffers:
             active = tf.logical_and(active, tf.logical_not(ended_t))
             if end is not None and not include_eos:
                 active = tf.logical_and(active, tf.logical_not(end))
-        updates, nonfinite, self.init_ops = [], {}, []
-        self.state_at, self._set_ops = {}, {}
+        updates, nonfinite, written = [], {}, {}
         next_row, masks = tf.reshape(t + 1, [1]), {}
         for key, var in self.vars.items():
             shape, dtype = self.shapes[key]
-            self.state_at[key] = old = tf.gather(var, t)
+            old = tf.gather(var, t)
             value = new[key]
             if key in self.shared:  # the same for every entry, written at every step some entry takes (the step
                 # where the last one ends without keeping that frame writes nothing, as no sequence keeps it)
@@ -213,41 +256,24 @@ class StepBuffers:
                 mask = masks[len(shape)]
                 frozen = tf.where(mask, value, old)
             updates.append(tf.compat.v1.scatter_update(var, next_row, tf.expand_dims(frozen, 0)))
+            written[key] = frozen
             if dtype.startswith("float") and key not in hidden:
                 bad = tf.logical_and(tf.logical_not(tf.math.is_finite(frozen)), mask)
                 if key in (valid or {}):
                     bad = tf.logical_and(bad, valid[key])
                 nonfinite[key] = tf.reduce_any(bad)
-            first = init[key] if init[key].dtype.base_dtype == tf.as_dtype(dtype) else tf.cast(init[key], dtype)
-            if None in shape:  # the buffer made anew, sized as the initial value (which has every axis of the
-                size = tf.shape(first)  # State: an axis' size is that of this feed)
-                rest = tf.zeros(tf.concat([[self.max_steps], size], 0), dtype)
-                self.init_ops.append(tf.compat.v1.assign(var, tf.concat([tf.expand_dims(first, 0), rest], 0),
-                                                         validate_shape=False))
-                continue
-            first = tf.broadcast_to(first, [batch] + list(shape[1:]))
-            self.init_ops.append(tf.compat.v1.scatter_update(var, [0], tf.expand_dims(first, 0)))
         fetch = {"active": active, "nonfinite": nonfinite}
-        if self.ended is not None:
-            if src is not None or end is not None:
-                now_ended = ended_t if end is None else tf.logical_or(ended_t, end)
-                updates.append(tf.compat.v1.scatter_update(self.ended, next_row, tf.expand_dims(now_ended, 0)))
-            self.init_ops.append(tf.compat.v1.scatter_update(self.ended, [0], tf.zeros([1, batch], tf.bool)))
+        if self.ended is not None and (src is not None or end is not None):
+            now_ended = ended_t if end is None else tf.logical_or(ended_t, end)
+            updates.append(tf.compat.v1.scatter_update(self.ended, next_row, tf.expand_dims(now_ended, 0)))
         if end is not None or src is not None:
             fetch["end"] = end if end is not None else tf.zeros([batch], tf.bool)
         if chooser is not None:
-            k = self.beam
             updates.append(tf.compat.v1.scatter_update(self.scores, next_row, tf.expand_dims(chooser.new_scores, 0)))
-            first = tf.constant([0.0] + [ENDED_OTHER_LABELS] * (k - 1))  # one hypothesis to start from
-            self.init_ops.append(tf.compat.v1.scatter_update(
-                self.scores, [0], tf.reshape(tf.tile(first, [batch // k]), [1, batch])))
             fetch["labels"] = chooser.output.placeholder
             fetch["backpointers"] = chooser.src_slot
             fetch["scores"] = chooser.new_scores
-        with tf.control_dependencies([v for v in fetch.values() if not isinstance(v, dict)] +
-                                     list(nonfinite.values())):
-            self.step_op = tf.group(*updates)
-        self.step_fetch = fetch
+        return updates, fetch, written
 
 
 class LoopStepper(SteppingControls):
@@ -331,30 +357,111 @@ class LoopStepper(SteppingControls):
         return self
 
     def step(self, n: int = 1):
-        """Run ``n`` iterations (stops at the end of the loop)."""
+        """Run ``n`` iterations (stops at the end of the loop); more than one run in the graph, in few calls."""
         e = self._live_engine()
         n = count_steps(n, "step", "step_back(n) goes back")
+        if n > 1 and not self.finished and self._step_loop() is not None:
+            self._run_steps(self.t + n, None)
+            self._moved()
+            return self
         for _ in range(n):
             if self.finished:
                 break
             _, out = e.session.run((e.core.step_op, e.core.step_fetch), feed_dict=self._fed(self.t))
-            for kept in (self._active, self._end, self._nonfinite, self._labels, self._backpointers, self._scores,
-                         self._hyp_ended):
-                del kept[self.t:]
-            self._active.append(out["active"])
-            self._end.append(out.get("end", np.zeros(self.batch * self.beam, dtype=bool)))
-            self._nonfinite.append({s: bool(v) for s, v in out["nonfinite"].items()})
-            if self.searching:  # per sequence and hypothesis: [batch, beam]
-                k = self.beam
-                self._labels.append(out["labels"].reshape(self.batch, k))
-                self._backpointers.append(out["backpointers"])
-                self._scores.append(out["scores"].reshape(self.batch, k))
-                self._end[-1] = out["end"].reshape(self.batch, k)
-                prev = self._hyp_ended[-1] if self._hyp_ended else np.zeros((self.batch, k), bool)
-                self._hyp_ended.append(np.take_along_axis(prev, out["backpointers"], axis=1) | self._end[-1])
-            self.t += 1
+            self._drop_after(self.t)
+            self._record(out)
         self._moved()
         return self
+
+    def run_until(self, predicate, max_steps: int | None = None) -> bool:
+        """Step until ``predicate(stepper)`` is true (True) or the loop ends (False). A breakpoint the loop can test
+        itself (``rd.on_nonfinite``, ``rd.on_state`` with a bound) runs in the graph, in few calls; any other
+        predicate is asked after every step."""
+        self._live_engine()
+        watch = getattr(predicate, "watch", None)
+        spec = watch(self) if watch is not None else None
+        loop = self._step_loop() if spec is not None else None
+        if loop is None or not loop.watchable(spec):
+            return super().run_until(predicate, max_steps)
+        self.breakpoint = None
+        try:
+            limit = max_steps if max_steps is not None else self.T + 1
+            hit = not self.finished and limit > 0 and self._run_steps(self.t + limit, spec)
+            if hit:
+                self.breakpoint = predicate.describe(self)
+            return hit
+        finally:
+            self._moved()
+
+    def _step_loop(self):
+        """The in-graph loop of this stepper's build (made when first needed), or None where it cannot be made
+        (``loop_error`` says why; stepping then runs one call per step)."""
+        if getattr(self, "_loop", None) is None and getattr(self, "loop_error", None) is None:
+            from .engine import build_apart
+            from .steploop import StepLoop
+
+            try:
+                self._loop = build_apart(lambda: StepLoop(self.engine, self._top_prefix))
+            except Exception as e:  # a unit RETURNN cannot build inside a while loop: stepped one call per step
+                self.loop_error = f"{type(e).__name__}: {e}"
+        return getattr(self, "_loop", None)
+
+    def _run_steps(self, stop: int, watch) -> bool:
+        """Steps to ``stop`` (at most; the end of the loop stops it) in the graph, in calls of about a quarter of a
+        second each (the host stops between them: Ctrl-C); True when the breakpoint ``watch`` held."""
+        import time
+
+        e, loop = self.engine, self._loop
+        until_ended = (self.has_end or self.searching) and self.lengths is None
+        stop = min(stop, self.T)
+        chunk = getattr(self, "_chunk", 32)
+        while self.t < stop and not self.finished:
+            n = min(stop - self.t, chunk)
+            fd = self._fed(self.t)
+            fd.update(loop.feed(self.t, self.t + n, until_ended, watch))
+            began = time.perf_counter()
+            end, hit, history = e.session.run((loop.end, loop.hit, loop.read), feed_dict=fd)
+            took = time.perf_counter() - began
+            start = self.t
+            self._drop_after(start)
+            try:
+                for i in range(int(end) - start):
+                    out = {name: values[i] for name, values in history.items()}
+                    flags = out.pop("nonfinite", ())
+                    out["nonfinite"] = dict(zip(loop.nonfinite_keys, flags))
+                    self._record(out)
+            except KeyboardInterrupt:  # keep what was recorded whole
+                self._drop_after(self.t)
+                raise
+            if took > 0:
+                self._chunk = chunk = int(min(4096, max(8, (end - start) * 0.25 / took)))
+            if hit:
+                return True
+        return False
+
+    def _drop_after(self, t: int):
+        """Forget what was kept of the steps from ``t`` on (they are recomputed); after an interrupted record, of
+        the step that was not kept whole."""
+        kept = (self._active, self._end, self._nonfinite, self._labels, self._backpointers, self._scores,
+                self._hyp_ended)
+        self.t = min([t] + [len(k) for k in kept[:7 if self.searching else 3]])
+        for k in kept:
+            del k[self.t:]
+
+    def _record(self, out: dict):
+        """Keep what the host needs of the step just run (the step's fetch) and count it."""
+        self._active.append(out["active"])
+        self._end.append(out.get("end", np.zeros(self.batch * self.beam, dtype=bool)))
+        self._nonfinite.append({s: bool(v) for s, v in out["nonfinite"].items()})
+        if self.searching:  # per sequence and hypothesis: [batch, beam]
+            k = self.beam
+            self._labels.append(out["labels"].reshape(self.batch, k))
+            self._backpointers.append(out["backpointers"])
+            self._scores.append(out["scores"].reshape(self.batch, k))
+            self._end[-1] = out["end"].reshape(self.batch, k)
+            prev = self._hyp_ended[-1] if self._hyp_ended else np.zeros((self.batch, k), bool)
+            self._hyp_ended.append(np.take_along_axis(prev, out["backpointers"], axis=1) | self._end[-1])
+        self.t += 1
 
     # --- the buffers ---
     def _buffer(self, key, at: int) -> np.ndarray:

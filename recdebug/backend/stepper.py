@@ -84,12 +84,18 @@ class StepEngine(Engine):
 
     def finish(self) -> None:
         em, loop, net = self.emitted, self.loop, self.network
+        init = {state: _to_order(net.get_layer(loop.init[state].op.name).output, em, dims)
+                for state, (dims, name) in self.buffers.items()}
+        self.core.finish(init=init, **self.step_args(net))
+
+    def step_args(self, net) -> dict:
+        """What ``StepBuffers.step_updates`` takes, from a build of the step net's layers (this build's, or
+        an in-graph loop's)."""
+        em, loop = self.emitted, self.loop
         flat = self.step_net.layer_names
         chooser = net.get_layer(flat[self.choice.name]) if self.choice is not None else None
-        new, init = {}, {}
-        for state, (dims, name) in self.buffers.items():
-            new[state] = _to_order(net.get_layer(flat[name]).output, em, dims)
-            init[state] = _to_order(net.get_layer(loop.init[state].op.name).output, em, dims)
+        new = {state: _to_order(net.get_layer(flat[name]).output, em, dims)
+               for state, (dims, name) in self.buffers.items()}
         reordered = {s for s, (_, name) in self.buffers.items() if flat[name] not in self.after_choice}
         end = lengths = None
         if self.forced is not None:  # teacher forcing: the loop runs over the reference labels, ignoring `end`
@@ -97,10 +103,31 @@ class StepEngine(Engine):
         elif loop.unstacked and not loop.bounded:
             lengths = em.dims[loop.rec_axis].dyn_size_ext.placeholder
         elif loop.end_cond is not None:
-            end = self._end_flags()
-        self.core.finish(new, init, reordered, end=end, chooser=chooser,
-                         end_reordered=end is not None and flat["end"] not in self.after_choice,
-                         include_eos=loop.include_eos, lengths=lengths, valid=self._valid_frames(new))
+            end = self._end_flags(net)
+        return dict(new=new, reordered=reordered, end=end, chooser=chooser,
+                    end_reordered=end is not None and flat["end"] not in self.after_choice,
+                    include_eos=loop.include_eos, lengths=lengths, valid=self._valid_frames(new))
+
+    def tensors_at(self, t) -> dict:
+        """What the step net's ``recdebug_tensor`` layers read at step ``t`` (a tensor)."""
+        import tensorflow as tf
+
+        out = self.core.reads(t)
+        if self.forced is not None:
+            out["reference"] = tf.gather(self.labels_ph, t, axis=1)
+        return out
+
+    @property
+    def net_dict(self) -> dict:
+        return self.step_net.net
+
+    def loop_network(self):
+        """A network for an in-graph loop's build of the step net's layers, on this build's data."""
+        from returnn.tf.network import TFNetwork
+
+        net = self.network
+        return TFNetwork(config=self.returnn_config, extern_data=net.extern_data, train_flag=net.train_flag,
+                         eval_flag=False, search_flag=self.search)
 
     def _valid_frames(self, new: dict) -> dict:
         """State -> where its value has valid frames along its dynamic dims besides the batch (their lengths, per
@@ -124,10 +151,10 @@ class StepEngine(Engine):
                 valid[state] = mask
         return valid
 
-    def _end_flags(self):
+    def _end_flags(self, net):
         import tensorflow as tf
 
-        out = self.network.get_layer(self.step_net.layer_names["end"]).output
+        out = net.get_layer(self.step_net.layer_names["end"]).output
         flags = _to_order(out, self.emitted, tuple(self.emitted.rd_dim(tg) for tg in out.dim_tags))
         return tf.reshape(tf.broadcast_to(flags, [self.batch]) if out.batch_ndim == 0 else flags, [self.batch])
 

@@ -135,7 +135,7 @@ class RecloopMagics(NotebookArguments, Magics):
               help="record only in-loop layers matching PATTERN (fnmatch, repeatable; default: all)")
     @argument("--break", dest="break_", metavar="EXPR",
               help="stop the live stepper where EXPR holds: 'nan', or an expression for a predicate "
-                   "(e.g. rd.on_state(h, lambda v: abs(v).max() > 5))")
+                   "(e.g. rd.on_state(h, above=5, below=-5))")
     @argument("--live", action="store_true",
               help="show the debugger on the live stepper (step, edit States, continue) instead of the trace")
     @argument("--search", action="store_true",

@@ -179,7 +179,8 @@ def count_steps(n, what: str, hint: str) -> int:
 
 
 class on_nonfinite:
-    """Breakpoint: stop at the first step after which a State (or the given one) holds NaN or Inf."""
+    """Breakpoint: stop at the first step after which a State (or the given one) holds NaN or Inf (in a sequence
+    still running). A live stepper tests it in the graph."""
 
     def __init__(self, state=None):
         self.state = state
@@ -187,6 +188,10 @@ class on_nonfinite:
     def __call__(self, st) -> bool:
         bad = st.nonfinite_at(st.t - 1)
         return bool(bad) if self.state is None else st._state(self.state) in bad
+
+    def watch(self, st) -> dict:
+        """What the stepper's in-graph loop tests: NaN/Inf in every State, or in one."""
+        return {"nonfinite": True if self.state is None else [st._state(self.state)]}
 
     def describe(self, st) -> str:
         bad = st.nonfinite_at(st.t - 1)
@@ -198,14 +203,36 @@ on_nan = on_nonfinite
 
 
 class on_state:
-    """Breakpoint: stop when ``predicate(values)`` is true for a State's values (numpy, canonical order)."""
+    """Breakpoint on a State's values (numpy, canonical order, every entry): ``predicate(values)`` is true, or
+    (without a predicate) some value is greater than ``above`` or less than ``below``. A live stepper tests the
+    bounds in the graph; a predicate is asked after every step."""
 
-    def __init__(self, state, predicate, text: str | None = None):
-        self.state, self.predicate, self.text = state, predicate, text
+    def __init__(self, state, predicate=None, text: str | None = None, *, above=None, below=None):
+        if (predicate is None) == (above is None and below is None):
+            raise RunError("rd.on_state(state, ...) takes a predicate or bounds (above=..., below=...), one of them",
+                           hint="rd.on_state(h, above=0.99, below=-0.99) stops where some |value| > 0.99")
+        self.state, self.predicate, self.text, self.above, self.below = state, predicate, text, above, below
 
     def __call__(self, st) -> bool:
-        return bool(self.predicate(st.value(self.state)))
+        values = st.value(self.state)
+        if self.predicate is not None:
+            return bool(self.predicate(values))
+        values = np.asarray(values, np.float32)  # as the graph compares them
+        return bool((self.above is not None and (values > np.float32(self.above)).any()) or
+                    (self.below is not None and (values < np.float32(self.below)).any()))
+
+    def watch(self, st) -> dict | None:
+        """What the stepper's in-graph loop tests (None: the predicate is Python's, asked after every step)."""
+        if self.predicate is not None:
+            return None
+        key = st._state(self.state)
+        return {bound: {key: float(value)} for bound, value in (("above", self.above), ("below", self.below))
+                if value is not None}
 
     def describe(self, st) -> str:
         name = self.state if isinstance(self.state, str) else st._state(self.state).path(st.graph)
+        if self.text is None and self.predicate is None:
+            bounds = [f"> {self.above}" if self.above is not None else "", f"< {self.below}"
+                      if self.below is not None else ""]
+            return f"a value {' or '.join(b for b in bounds if b)} in {name} at t={st.t - 1}"
         return f"{self.text or 'condition'} on {name} at t={st.t - 1}"
