@@ -1590,6 +1590,23 @@ def check_stepper(g, ref, inputs, seq_lens, params, states, in_loop, search, kno
                 compare(what, got, arr[k - 1], mask[k - 1], x.dtype)
     if k < limit:
         raise Mismatch(f"stepper finished after {k} steps, the interpreter runs {limit}")
+    # the same steps again in the graph (run_to: one loop in TensorFlow): every State after every step
+    st_.reset()
+    st_.run_to(k)
+    if getattr(st_, "loop_error", None) is not None:
+        raise Mismatch(f"run_to could not run the loop in the graph: {st_.loop_error}")
+    if st_.t != k:
+        raise Mismatch(f"run_to({k}) stopped after {st_.t} steps")
+    for x in carried:
+        order = lead(x) + canonical(x.dims - {batch})
+        arr, mask = expected[x]
+        for i in range(1, k + 1):
+            got = st_.value(x, at=i) if search and lead(x) else st_.value(x, order=order, at=i)
+            if search and lead(x) and got.ndim == len(order) + 1:
+                got = got[:, 0]
+            what = f"run_to: after step {i}, State {x.path(g)}"
+            compare(what, got, arr[:, i - 1] if lead(x) else arr[i - 1], mask[:, i - 1] if lead(x) else mask[i - 1],
+                    x.dtype)
 
 
 # --- the tests ---
