@@ -404,3 +404,38 @@ logging.getLogger("recdebug").warning("a recdebug warning")
     before, _, after = proc.stderr.partition("QUIET-UNTIL-HERE")
     assert before == "", before[:2000]
     assert "a user warning" in after and "a recdebug warning" in after
+
+
+def test_the_cell_builds_once_and_makes_its_stepper_when_first_asked_for(ip):
+    """The run's values come from the trace's build and session call; the stepper is made on first use (unless
+    --live or --break steps it). Both against numpy, with ragged lengths and garbage in the padding frames."""
+    rng = np.random.default_rng(3)
+    ip.user_ns["x_np"] = x_np = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    ip.user_ns["lens_np"] = lens = np.array([5, 2, 4], np.int32)
+    x_np[1, 2:] = x_np[2, 4:] = 1e3
+    r, out = run(ip, "%%recloop --feed x=x_np --lens time=lens_np -o res\n" + CELL)
+    assert r.success, out
+    res, g = ip.user_ns["res"], ip.user_ns["res"].graph
+    assert len(g._engines) == 1 and res._stepper is not None and callable(res._stepper)  # no run or step build
+    p = res.params()
+    w, b = p["linear/weight"], p["linear/bias"]
+    h, want = np.zeros((3, 4)), np.zeros((3, 5, 4))
+    for t in range(5):
+        h = np.where((t < lens)[:, None], np.tanh(x_np[:, t] @ w + b + h), h)
+        want[:, t] = h
+    valid = np.arange(5)[None, :] < lens[:, None]
+    got = res.numpy(ip.user_ns["out"], order=("batch", "time", "hidden"))
+    np.testing.assert_allclose(got[valid], want[valid], atol=1e-5)
+    np.testing.assert_array_equal(res.lens("time"), lens)
+    np.testing.assert_allclose(res.trace.numpy(ip.user_ns["h"], order=("batch", "time", "hidden"))[valid],
+                               want[valid], atol=1e-5)
+    st = res.stepper  # made now
+    assert st is res.stepper and not callable(res._stepper)
+    st.run_to(5)
+    np.testing.assert_allclose(st.value(ip.user_ns["h"], order=("batch", "hidden")), want[np.arange(3), lens - 1],
+                               atol=1e-5)
+    run(ip, "%%recloop --feed x=x_np --lens time=lens_np -o res2\n" + CELL)
+    res2 = ip.user_ns["res2"]
+    res2.close()  # never asked for its stepper: asking now says it was closed
+    with pytest.raises(rd.RecDebugError, match=r"this stepper is closed: its %%recloop result was closed"):
+        res2.stepper

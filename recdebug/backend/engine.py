@@ -224,21 +224,35 @@ class Engine(Build, Tracing, Feeding):
         layers = {t: self.emitted.decided.get(t, name) if self.search else name
                   for t, name in self.emitted.fetch.items()}
         fetch, dims_of, length_fetch = self._fetches(layers, lens)
-        for loop in self.graph.top.children:  # every top-level loop's lengths, also when nothing is stacked
+        length_fetch.update(self._loop_lengths(lens, length_fetch))
+        values, fetched_lens, score_values = self.run_session(
+            (fetch, {d: p for d, (p, _) in length_fetch.items()}, self._search_scores()), feed_dict=fd)
+        return self._result(values, dims_of, lens, fetched_lens, score_values, arrays)
+
+    def _loop_lengths(self, lens: dict, length_fetch: dict) -> dict:
+        """The lengths of every top-level loop not fed or fetched already (also when nothing is stacked)."""
+        out = {}
+        for loop in self.graph.top.children:
             searched = self.search and any(loop.contains(y.scope) for y in self.graph.choices)
             if loop.axis not in lens and loop.axis not in length_fetch and not searched:
-                length_fetch[loop.axis] = (self.network.get_layer(loop.len_name).output.placeholder, (_batch(),))
-        scores = {}
-        if self.search:
-            for loop in {y.scope for y in self.graph.choices if y.scope.parent is self.graph.top}:
-                scores[loop] = self.network.get_layer(loop.name).get_search_choices().beam_scores
-        values, fetched_lens, score_values = self.run_session(
-            (fetch, {d: p for d, (p, _) in length_fetch.items()}, scores), feed_dict=fd)
-        lens.update(fetched_lens)
+                out[loop.axis] = (self.network.get_layer(loop.len_name).output.placeholder, (_batch(),))
+        return out
+
+    def _search_scores(self) -> dict:
+        """A searching top-level loop -> its final beam's scores (a tensor)."""
+        if not self.search:
+            return {}
+        return {loop: self.network.get_layer(loop.name).get_search_choices().beam_scores
+                for loop in {y.scope for y in self.graph.choices if y.scope.parent is self.graph.top}}
+
+    def _result(self, values: dict, dims_of: dict, lens: dict, fetched_lens: dict, score_values: dict,
+                arrays: dict) -> "Result":
+        """The run's Result from the fetched top-level values, lengths and search scores."""
+        lens = {**lens, **fetched_lens}
         alias = self._label_axes()
         dims_of = {t: tuple(alias.get(d, d) for d in dims) for t, dims in dims_of.items()}
         lens = {alias.get(d, d): n for d, n in lens.items()}
-        result = Result(self.graph, {t: (values[t], dims_of[t]) for t in fetch}, lens, self.params(), arrays,
+        result = Result(self.graph, {t: (values[t], dims_of[t]) for t in values}, lens, self.params(), arrays,
                         device=self.device)
         result.search_scores = score_values
         return result
@@ -372,10 +386,11 @@ def default_params(g, params) -> dict:
 
 
 def trace_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, seed=0, params=None, capture=None,
-                max_bytes=None, search=False, targets=None, train=False, grad_of=None):
+                max_bytes=None, search=False, targets=None, train=False, grad_of=None, with_result=False):
     """One run of the real RecLayer that records every step of the captured in-loop layers (default: all);
     ``grad_of``: a loss whose gradient with respect to each State's value is recorded too, per step;
-    ``max_bytes``: default DEFAULT_TRACE_BYTES."""
+    ``max_bytes``: default DEFAULT_TRACE_BYTES. ``with_result``: (trace, the run's Result) from the same build and
+    session call (not with ``grad_of``)."""
     max_bytes = DEFAULT_TRACE_BYTES if max_bytes is None else max_bytes
     check_feeds(g, inputs, seq_lens)  # before a build that takes seconds
     if grad_of is not None:
@@ -390,4 +405,4 @@ def trace_graph(g, inputs: dict, seq_lens: dict, device=None, optimize=True, see
     engine = get_engine(g, optimize, device, seed, capture="all" if capture is None else capture, search=search,
                         train=train)
     engine.set_params(default_params(g, params), seed)
-    return engine.trace(inputs, seq_lens, max_bytes, targets)
+    return engine.trace(inputs, seq_lens, max_bytes, targets, with_result=with_result)

@@ -21,7 +21,8 @@ DEFAULT_TRACE_BYTES = 2 * 1024**3
 class Tracing:
     """Mixed into the Engine: ``trace`` and what it reads of RETURNN's rec layers."""
 
-    def trace(self, inputs: dict, seq_lens: dict, max_bytes: int | None, targets=None) -> "Trace":
+    def trace(self, inputs: dict, seq_lens: dict, max_bytes: int | None, targets=None, with_result=False):
+        """The Trace; ``with_result``: (the Trace, the run's Result), both from one session call (a search: two)."""
         from ..records.trace import DimInfo, Entry, Trace
 
         em = self.emitted
@@ -40,17 +41,23 @@ class Tracing:
         top_layers = {t: em.decided.get(t, n) if self.search else n for t, n in em.fetch.items()}
         top, top_dims, top_lens = self._fetches(top_layers, lens)
         length_fetch.update(top_lens)
+        run_loop_lens = self._loop_lengths(lens, top_lens) if with_result else {}  # as a run fetches them
+        run_fetch = ({d: p for d, (p, _) in run_loop_lens.items()}, self._search_scores() if with_result else {})
         if self.search:  # RETURNN reads its step accumulators once per run: the raw beams need a run of their own
             values = self.run_session(fetch, feed_dict=fd)
-            top_values, fetched_lens, plain_values = self.run_session(
-                (top, {d: p for d, (p, _) in length_fetch.items()}, plain), feed_dict=fd)
+            top_values, fetched_lens, plain_values, run_values = self.run_session(
+                (top, {d: p for d, (p, _) in length_fetch.items()}, plain, run_fetch), feed_dict=fd)
             values.update(plain_values)
             dims_of.update(plain_dims)
             extra_values = {}
         else:
             extra = self.extra_trace(fd, lens)
-            values, top_values, fetched_lens, extra_values = self.run_session(
-                (fetch, top, {d: p for d, (p, _) in length_fetch.items()}, extra), feed_dict=fd)
+            values, top_values, fetched_lens, extra_values, run_values = self.run_session(
+                (fetch, top, {d: p for d, (p, _) in length_fetch.items()}, extra, run_fetch), feed_dict=fd)
+        result = None
+        if with_result:  # the lengths a run gives: its values' and its loops'
+            run_lens = {**{d: fetched_lens[d] for d in top_lens}, **run_values[0]}
+            result = self._result(top_values, top_dims, lens, run_lens, run_values[1], arrays)
         alias = self._label_axes()
         if alias:
             dims_of = {k: tuple(alias.get(d, d) for d in dims) for k, dims in dims_of.items()}
@@ -132,7 +139,7 @@ class Tracing:
                 axis = y.scope.axis
                 if id(axis) in labels and label(axis) not in trace._lens:
                     trace._lens[label(axis)] = (best_lengths(trace, y), (label(_batch()),))
-        return trace
+        return (trace, result) if with_result else trace
 
     def _label_axes(self) -> dict:
         """Dims RETURNN iterates over in place of a loop's axis -> that axis, so that results and traces read as

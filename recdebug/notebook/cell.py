@@ -12,6 +12,7 @@ import traceback
 
 import numpy as np
 
+from ..backend.engine import trace_graph
 from ..backend.feeding import value_and_order
 from ..language.errors import BREAK_FILENAME, CELL_PREFIX, FeedError, RecDebugError, RunError, SourceLine, running_cell
 from ..language.graph import Graph
@@ -39,14 +40,19 @@ class RecloopError(Exception):
 class RecloopResult:
     """Everything one %%recloop run made (``-o NAME`` keeps it): ``.graph``, ``.net_dict``, ``.result`` (the
     run, an rd.Result; ``numpy``, ``lens``, ``scores``, ``param``, ``params`` answer as it does), ``.trace``,
-    ``.stepper`` (None when the loop cannot be stepped live), ``.widget`` (the debugger), ``.outputs``."""
+    ``.stepper`` (None when the loop cannot be stepped live; made when first asked for, unless the debugger
+    steps it), ``.widget`` (the debugger), ``.outputs``."""
 
     def __init__(self, graph, result, trace, stepper, widget, other_trace=None, figure=None, feeds=None,
                  seq_lens=None, random_inputs=(), random_lens=(), seed=0):
+        """``stepper``: the live stepper, or a function that makes it (returning it and why not, as
+        ``_stepper_if_possible``)."""
         self.graph = graph
         self.result = result
         self.trace = trace
-        self.stepper = stepper
+        self._stepper = stepper
+        self._closed = None  # (why, hint) once closed
+        self.why_not_stepped = None
         self.widget = widget
         self.other_trace = other_trace
         self.figure = figure
@@ -106,14 +112,25 @@ class RecloopResult:
             print(self.made_up)
         display(self.widget if self.widget is not None else self.figure)
 
+    @property
+    def stepper(self):
+        """The live stepper of the cell's first loop (None when it cannot be stepped), made when first asked for."""
+        if callable(self._stepper):
+            if self._closed is not None:
+                raise RecDebugError(f"this stepper is closed: {self._closed[0]}", hint=self._closed[1])
+            self._stepper, self.why_not_stepped = self._stepper()
+        return self._stepper
+
     def close(self, why: str | None = None, hint: str | None = None):
         """Free the TensorFlow sessions and the widgets of this run. ``why``, ``hint``: what its stepper says
         when it is used after this."""
+        why = why or "its %%recloop result was closed (close())"
+        hint = hint or "run the %%recloop cell again and use its result's stepper"
+        self._closed = (why, hint)
         if self.widget is not None:
             self.widget.close()
-        if self.stepper is not None:
-            self.stepper.close(why or "its %%recloop result was closed (close())",
-                               hint or "run the %%recloop cell again and use its result's stepper")
+        if self._stepper is not None and not callable(self._stepper):
+            self._stepper.close(why, hint)
         self.graph.close()
 
     def __repr__(self):
@@ -263,15 +280,16 @@ def _run_cell(g, filename, feeds, seq_lens, seed, device, optimize, compare_opti
     try:
         seq_lens = g.seq_lens_by_dim(seq_lens) or {}
         all_feeds, lens, random_inputs, random_lens = default_inputs(g, feeds or {}, seq_lens, seed)
-        result = g.run(all_feeds, seq_lens=lens, device=device, optimize=optimize, seed=seed, search=search,
-                       targets=targets)
-        trace = g.trace(all_feeds, seq_lens=lens, device=device, optimize=optimize, seed=seed, capture=capture,
-                        search=search, targets=targets)
+        # the run's values come with the trace: one build, one session call
+        trace, result = trace_graph(g, all_feeds, g.seq_lens_by_dim(lens), device=device, optimize=optimize,
+                                    seed=seed, capture=capture, search=search, targets=targets, with_result=True)
         other = None
         if compare_optimize:
             other = g.trace(all_feeds, seq_lens=lens, device=device, optimize=not optimize, seed=seed,
                             capture=capture)
-        stepper, why_not = _stepper_if_possible(g, all_feeds, lens, device, seed, targets)
+        stepper, why_not = None, None
+        if breakpoint is not None or live:  # the debugger steps it; else it is made when first asked for
+            stepper, why_not = _stepper_if_possible(g, all_feeds, lens, device, seed, targets)
     except FeedError as e:
         raise RecloopError(_feed_error_lines(e, feed_vars), e, verbose) from None
     except RecDebugError as e:
@@ -300,6 +318,8 @@ def _run_cell(g, filename, feeds, seq_lens, seed, device, optimize, compare_opti
                                        + _user_frames(e, filename)[1:], e, verbose) from None
         else:
             widget = debugger(trace, other=other)
+    if stepper is None and why_not is None:
+        stepper = lambda: _stepper_if_possible(g, all_feeds, lens, device, seed, targets)  # noqa: E731
     return RecloopResult(g, result, trace, stepper, widget, other, figure, all_feeds, lens, random_inputs,
                          random_lens, seed)
 
