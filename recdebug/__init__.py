@@ -8,7 +8,7 @@ from .language.ops import (abs, cast, choice, concat, constant, cross_entropy, d
                            reduce_max, reduce_mean, reduce_min, reduce_sum, relu, sigmoid, softmax, split, tanh, where, zeros)
 from .language.state import State
 from .language.tensor import Input, Tensor
-from .records.protocol import on_nan, on_nonfinite, on_state
+from .records.protocol import on_label, on_nan, on_nonfinite, on_state
 from .records.trace import Trace, TraceDiff
 from . import backend  # noqa: F401,E402  (imported, it gives the Graph its calls)
 from .backend.stepper import Stepper
@@ -52,6 +52,6 @@ __all__ = [
     "Loop", "choice", "tanh", "sigmoid", "relu", "exp", "log", "abs", "softmax", "log_softmax", "where", "gather",
     "dropout", "cross_entropy", "split", "concat", "zeros", "constant", "reduce_sum", "reduce_max", "reduce_min",
     "reduce_mean", "cast",
-    "Trace", "TraceDiff", "from_returnn", "Stepper", "on_nan", "on_nonfinite", "on_state", "debugger", "plot_alignment", "RecDebugError", "LoopError", "DimError", "RunError",
+    "Trace", "TraceDiff", "from_returnn", "Stepper", "on_nan", "on_nonfinite", "on_state", "on_label", "debugger", "plot_alignment", "RecDebugError", "LoopError", "DimError", "RunError",
     "FeedError", "RecDebugWarning",
 ]

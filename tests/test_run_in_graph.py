@@ -196,3 +196,24 @@ def test_a_configs_live_search_run_in_the_graph_equals_returnns_search(rng, beam
     ref.step_back(1)
     assert st.run_until(rd.on_nan()) is False and ref.run_until(lambda s: rd.on_nan()(s)) is False
     assert_same_steps(st, ref, st.states)
+
+
+@pytest.mark.parametrize("sequence", [None, 2])
+def test_run_until_a_label_is_chosen_stops_where_single_steps_stop(rng, sequence):
+    g, loop, y, labels, (h, c) = build_feedback(beam_size=3)
+    p = params_feedback(rng)
+    enc = rng.standard_normal((4, 4)).astype(np.float32)
+    expected, _ = beam_search_feedback(p, enc, 3)
+    for label in range(6):
+        want = next((t + 1 for t, picks in enumerate(expected) for b, chosen in enumerate(picks)
+                     if (sequence is None or b == sequence) and any(pick[2] == label for pick in chosen)), None)
+        st, ref = g.stepper({"enc": enc}, params=p), g.stepper({"enc": enc}, params=p)
+        hit = st.run_until(rd.on_label(label, sequence))
+        assert ref.run_until(lambda s: rd.on_label(label, sequence)(s)) == hit == (want is not None)
+        assert in_graph(st) and st.t == (want or len(expected)), (label, st.t, want)
+        assert_same_steps(st, ref, (h, c))
+        if hit:
+            where = "" if sequence is None else f" in sequence {sequence}"
+            assert st.breakpoint == f"label {label} chosen{where} at t={want - 1}"
+    with pytest.raises(rd.RunError, match="expected a label number"):
+        rd.on_label("a")

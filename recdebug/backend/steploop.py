@@ -5,9 +5,9 @@ The loop's build shares everything else with the single-step build: the buffers,
 them by name), the data and the layers computed once per stepper (their values are fed, as for a single step).
 Each iteration does what one step does (``StepBuffers.step_updates``) and also writes what the host keeps of every
 step (which entries are active, end flags, NaN/Inf per State, a search's choices) into history buffers, read back
-with the call. A breakpoint the loop can test itself (``on_nonfinite``, ``on_state`` with a bound) stops it after
-the step where it holds; a call runs at most ``stop - start`` steps, so that the host can stop between calls
-(Ctrl-C) and the stepper stays usable.
+with the call. A breakpoint the loop can test itself (``on_nonfinite``, ``on_state`` with a bound, ``on_label``)
+stops it after the step where it holds; a call runs at most ``stop - start`` steps, so that the host can stop
+between calls (Ctrl-C) and the stepper stays usable.
 """
 from __future__ import annotations
 
@@ -54,6 +54,8 @@ class StepLoop:
                           for i, key in enumerate(self.user_keys)}
             self.below = {key: tf.compat.v1.placeholder_with_default(float("-inf"), [], name=f"below_{i}")
                           for i, key in enumerate(self.user_keys)}
+            self.watch_label = tf.compat.v1.placeholder_with_default(-1, [], name="watch_label")
+            self.watch_sequence = tf.compat.v1.placeholder_with_default(-1, [], name="watch_sequence")
             kept = {name: x for name, x in single.items() if name != "nonfinite"}
             if self.nonfinite_keys:
                 kept["nonfinite"] = tf.stack([single["nonfinite"][k] for k in self.nonfinite_keys])
@@ -86,6 +88,11 @@ class StepLoop:
                 else:
                     hit = tf.constant(False)
                     fetch.pop("nonfinite")
+                if "labels" in fetch:  # a search: a hypothesis (of every sequence, or of one) chose the label
+                    chosen = tf.reshape(tf.equal(fetch["labels"], self.watch_label), [core.batch // core.beam, -1])
+                    rows = tf.logical_or(tf.less(self.watch_sequence, 0),
+                                         tf.equal(tf.range(core.batch // core.beam), self.watch_sequence))
+                    hit = tf.logical_or(hit, tf.reduce_any(tf.logical_and(chosen, rows[:, None])))
                 for key in self.user_keys:
                     value = tf.cast(written[key], tf.float32)
                     hit = tf.logical_or(hit, tf.logical_or(tf.reduce_any(value > self.above[key]),
@@ -117,10 +124,15 @@ class StepLoop:
             fd[self.above[key]] = bound
         for key, bound in watch.get("below", {}).items():
             fd[self.below[key]] = bound
+        if "label" in watch:
+            label, sequence = watch["label"]
+            fd[self.watch_label] = label
+            fd[self.watch_sequence] = -1 if sequence is None else sequence
         return fd
 
     def watchable(self, watch: dict) -> bool:
         """Whether the loop can test the breakpoint ``watch`` itself."""
         keys = set(watch.get("above", {})) | set(watch.get("below", {}))
         nonfinite = watch.get("nonfinite")
-        return keys <= set(self.user_keys) and (nonfinite in (None, True) or set(nonfinite) <= set(self.nonfinite_keys))
+        return keys <= set(self.user_keys) and (nonfinite in (None, True) or set(nonfinite) <= set(
+            self.nonfinite_keys)) and ("label" not in watch or "labels" in self.history)

@@ -236,3 +236,24 @@ class on_state:
                       if self.below is not None else ""]
             return f"a value {' or '.join(b for b in bounds if b)} in {name} at t={st.t - 1}"
         return f"{self.text or 'condition'} on {name} at t={st.t - 1}"
+
+
+class on_label:
+    """Breakpoint of a search: stop after the first step where some hypothesis (of any sequence, or of sequence
+    ``sequence``) chose ``label``. A live stepper tests it in the graph."""
+
+    def __init__(self, label: int, sequence: int | None = None):
+        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
+            raise RunError(f"rd.on_label({label!r}): expected a label number", hint="rd.on_label(0) stops at <eos>")
+        self.label, self.sequence = int(label), sequence
+
+    def __call__(self, st) -> bool:
+        chosen = st.beams().labels[st.t - 1]  # [batch, beam]
+        return bool(((chosen if self.sequence is None else chosen[self.sequence]) == self.label).any())
+
+    def watch(self, st) -> dict:
+        return {"label": (self.label, self.sequence)}
+
+    def describe(self, st) -> str:
+        where = "" if self.sequence is None else f" in sequence {self.sequence}"
+        return f"label {self.label} chosen{where} at t={st.t - 1}"
