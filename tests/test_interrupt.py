@@ -69,16 +69,21 @@ print("RESULT " + json.dumps(out), flush=True)
 '''
 
 
-def test_ctrl_c_interrupts_run_and_trace_at_once_and_the_graph_stays_usable(tmp_path):
-    script = tmp_path / "interrupt_child.py"
-    script.write_text(CHILD)
+def child_result(tmp_path, text: str, name: str) -> dict:
+    """Runs a child script (SIGINT must not hit the test process) and returns what it printed after RESULT."""
+    script = tmp_path / f"{name}.py"
+    script.write_text(text)
     root = pathlib.Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=str(root))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env,
                           cwd=root)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def test_ctrl_c_interrupts_run_and_trace_at_once_and_the_graph_stays_usable(tmp_path):
+    out = child_result(tmp_path, CHILD, "interrupt_child")
     for what in ("run", "trace"):
         assert out[what] is not None, f"g.{what} ended before the interrupt: make the loop longer"
         assert out[what] < 1.0, f"KeyboardInterrupt came {out[what]:.2f} s after SIGINT during g.{what}"
@@ -108,15 +113,7 @@ print("RESULT " + json.dumps(out), flush=True)
 def test_ctrl_c_interrupts_a_configs_run_and_trace_and_the_model_stays_usable(tmp_path):
     """The config's builds share the language's session handling: Ctrl-C during m.run / m.trace of a long input
     stops within a second, and the model then gives the same values as before."""
-    script = tmp_path / "interrupt_config_child.py"
-    script.write_text(CONFIG_CHILD)
-    root = pathlib.Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHONPATH=str(root))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env,
-                          cwd=root)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT "):])
+    out = child_result(tmp_path, CONFIG_CHILD, "interrupt_config_child")
     for what in ("run", "trace"):
         assert out[what] is not None, f"m.{what} ended before the interrupt: make the input longer"
         assert out[what] < 1.0, f"KeyboardInterrupt came {out[what]:.2f} s after SIGINT during m.{what}"
@@ -159,15 +156,7 @@ print("RESULT " + json.dumps(out), flush=True)
 def test_ctrl_c_interrupts_a_long_run_to_and_the_stepper_stays_usable(tmp_path):
     """run_to runs in the graph in calls of about a quarter of a second: Ctrl-C stops it within a second, at a
     step whose States equal numpy's, and stepping back and on (in the graph again) stays exact."""
-    script = tmp_path / "interrupt_stepper_child.py"
-    script.write_text(STEPPER_CHILD)
-    root = pathlib.Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHONPATH=str(root))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env,
-                          cwd=root)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT "):])
+    out = child_result(tmp_path, STEPPER_CHILD, "interrupt_stepper_child")
     assert out["run_to"] is not None, "run_to ended before the interrupt: make the loop longer"
     assert out["run_to"] < 1.0, f"KeyboardInterrupt came {out['run_to']:.2f} s after SIGINT during run_to"
     assert 2 < out["t"] < 20000 and out["t_after"] == out["t"] + 3
