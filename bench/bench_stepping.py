@@ -57,23 +57,20 @@ with rd.Loop() as loop:
 
 
 def warm_cell(x_np, hidden: int, repeats: int, run_of_built):
-    """A %%recloop cell of the bench LSTM (rd.LSTM, its debugger on the trace) in a warm process, side by side
-    with a run of a built graph: (median s, best s, ratio)."""
-    from recdebug.notebook.cell import run_recloop
+    """A %%recloop cell of the bench LSTM (rd.LSTM; the debugger on its trace) run again and again in a warm IPython
+    shell, side by side with a run of a built graph: (median s, best s, ratio)."""
+    from IPython.core.interactiveshell import InteractiveShell
 
-    ns = {"rd": rd, "np": np, "batch": batch, "time": rd.Dim("time"), "feat": rd.Dim("feat", 64),
-          "hid": rd.Dim("hidden", hidden)}
-    last = []
+    shell = InteractiveShell.instance()
+    shell.run_cell("%load_ext recdebug")
+    shell.user_ns.update({"rd": rd, "np": np, "batch": batch, "time": rd.Dim("time"), "feat": rd.Dim("feat", 64),
+                          "hid": rd.Dim("hidden", hidden), "x_np": x_np})
 
     def cell():
-        if last:
-            last.pop().close("the next run")
-        last.append(run_recloop(CELL, ns, feeds={"x": x_np}))
+        assert shell.run_cell("%%recloop --feed x=x_np\n" + CELL).success
 
     cell()  # warm: imports, RETURNN's first build
-    out = timed_side_by_side({"run()": run_of_built, "cell": cell}, repeats)["cell"]
-    last.pop().close()
-    return out
+    return timed_side_by_side({"run()": run_of_built, "cell": cell}, repeats)["cell"]
 
 
 def main():
@@ -161,7 +158,7 @@ def main():
     print(f"{'one step() (ms)':38s} {one_step * 1e3:9.3f} {'':8s} {'':13s} {'<= 2':>7s}")
     med, best, ratio = warm_cell(x_np, args.hidden, args.repeats,
                                  lambda: g.run(feed, seq_lens=lens, device=args.device))
-    print(f"{'%%recloop cell, warm (s)':38s} {med:9.4f} {best:8.4f} {ratio:13.2f} {'<= 0.5s':>7s}")
+    print(f"{'%%recloop cell run again (s)':38s} {med:9.4f} {best:8.4f} {ratio:13.2f} {'<= 0.5s':>7s}")
     print(f"{'first call incl. build: run()':38s} {build_run:9.4f}")
     print(f"{'first call incl. build: trace()':38s} {build_trace:9.4f}")
     print(f"{'stepper build':38s} {build_step:9.4f}")

@@ -439,3 +439,47 @@ def test_the_cell_builds_once_and_makes_its_stepper_when_first_asked_for(ip):
     res2.close()  # never asked for its stepper: asking now says it was closed
     with pytest.raises(rd.RecDebugError, match=r"this stepper is closed: its %%recloop result was closed"):
         res2.stepper
+
+
+def test_a_cell_run_again_takes_over_the_build_of_its_last_run_and_computes_anew(ip):
+    """A closed result's build is kept as a spare: the same cell run again (other data, another seed) takes it over
+    instead of building, and its values are the new run's (numpy); a cell of another net builds its own."""
+    rng = np.random.default_rng(5)
+    lens = np.array([5, 3, 4], np.int32)
+    ip.user_ns["lens_np"] = lens
+
+    def reference(res, x_np):
+        p = res.params()
+        h, want = np.zeros((3, p["linear/bias"].shape[0])), []
+        for t in range(5):
+            h = np.where((t < lens)[:, None], np.tanh(x_np[:, t] @ p["linear/weight"] + p["linear/bias"] + h), h)
+            want.append(h)
+        return np.stack(want, 1)
+
+    def check(res, x_np):
+        valid = np.arange(5)[None, :] < lens[:, None]
+        want = reference(res, x_np)
+        got = res.numpy(ip.user_ns["out"], order=("batch", "time", want.shape[-1] == 4 and "hidden" or "hidden5"))
+        np.testing.assert_allclose(got[valid], want[valid], atol=1e-5)
+        order = ("batch", "time", "hidden" if want.shape[-1] == 4 else "hidden5")
+        np.testing.assert_allclose(res.trace.numpy(ip.user_ns["h"], order=order)[valid], want[valid], atol=1e-5)
+
+    builds = []
+    for seed in (0, 1):
+        ip.user_ns["x_np"] = x_np = rng.standard_normal((3, 5, 4)).astype(np.float32)
+        x_np[1, 3:] = 1e3
+        r, out = run(ip, f"%%recloop --feed x=x_np --lens time=lens_np --seed {seed} -o again\n" + CELL)
+        assert r.success, out
+        res = ip.user_ns["again"]
+        builds.append(next(iter(res.graph._engines.values())))
+        check(res, x_np)
+    assert builds[1] is builds[0]  # taken over, not built again
+    assert not np.allclose(ip.user_ns["again"].params()["linear/weight"], 0)
+    ip.user_ns["hid5"] = rd.Dim("hidden5", 5)
+    other = CELL.replace("rd.State({batch, hid})", "rd.State({batch, hid5})").replace("rd.Linear(hid)",
+                                                                                       "rd.Linear(hid5)")
+    r, out = run(ip, "%%recloop --feed x=x_np --lens time=lens_np -o again\n" + other)
+    assert r.success, out
+    res = ip.user_ns["again"]
+    assert next(iter(res.graph._engines.values())) is not builds[0]  # another net: built
+    check(res, x_np)

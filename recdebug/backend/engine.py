@@ -112,6 +112,8 @@ class Engine(Build, Tracing, Feeding):
         from returnn.tf.network import TFNetwork
 
         self.graph = g
+        self.build_options = dict(optimize=optimize, device=device, seed=seed, capture=capture, search=search,
+                                  train=train)
         self.optimize = optimize
         self.device = device
         self.capture = capture
@@ -127,6 +129,10 @@ class Engine(Build, Tracing, Feeding):
             self.finish()
             self._init_extra = tf.compat.v1.variables_initializer(self.extra_variables)
         self.open()
+        self._bind_params(g)
+        self.set_params({}, seed)
+
+    def _bind_params(self, g):
         self.param_vars = {}  # path -> (Parameter, tf.Variable)
         self.unbuilt_params = {}  # path -> Parameter: not in this build (a step net has only its loop's)
         for op in g.top.ops:
@@ -137,7 +143,34 @@ class Engine(Build, Tracing, Feeding):
                     self.unbuilt_params[param.path(g)] = param
                 else:
                     self.param_vars[param.path(g)] = (param, layer.var)
-        self.set_params({}, seed)
+
+    def release(self):
+        """Its graph is closed: a plain build is kept as a spare that a graph emitting the same net takes over (a
+        %%recloop cell run again builds nothing); the oldest spares beyond ``SPARE_BUILDS`` are freed."""
+        if type(self) is not Engine or self.session is None:
+            self.close()
+            return
+        if getattr(self, "net_key", None) is None:  # (an adopted build keeps its first emission's)
+            self.net_key = _net_key(self.emitted)
+        self.graph = None
+        _spares.append(self)
+        while len(_spares) > SPARE_BUILDS:
+            _spares.pop(0).close()
+
+    def adopt(self, g, em: Emitted) -> bool:
+        """Take this spare build over for graph ``g`` whose emission ``em`` is the same net as this build's, dim
+        for dim: the rd dims of ``g`` then stand for the dims the network was built with. False if it is not."""
+        old = self.emitted
+        if len(em.dims) != len(old.dims) or _net_key(em) != self.net_key:
+            return False
+        pairs = list(zip(em.dims, old.dims))
+        if any((a.name, a.size, a.is_dynamic, a.is_batch) != (b.name, b.size, b.is_dynamic, b.is_batch)
+               for a, b in pairs):
+            return False
+        em.dims.update({a: old.dims[b] for a, b in pairs})
+        self.graph, self.emitted = g, em
+        self._bind_params(g)
+        return True
 
     extra_variables: list = []  # TF variables of a subclass, initialized with the network's
     perturb = False  # a subclass' net: every State of a loop over an input plus a perturbation fed as zeros
@@ -321,6 +354,31 @@ class Result:
         return f"Result({len(self._values)} values, device={self.device!r})"
 
 
+SPARE_BUILDS = 2  # builds of closed graphs kept for a graph that emits the same net
+_spares: list = []
+
+
+def _net_key(em: Emitted) -> str:
+    """The net dict and extern data as text, each RETURNN dim named by its place among the emitted dims (two
+    emissions of the same code give the same text, though their dims are other objects)."""
+    import json
+
+    from returnn.tensor import Dim as ReturnnDim
+
+    place = {id(rdim): i for i, rdim in enumerate(em.dims.values())}
+
+    def plain(x):
+        if isinstance(x, dict):
+            return {str(k): plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        if isinstance(x, ReturnnDim):
+            return f"<dim {place[id(x)]}>" if id(x) in place else repr(x)
+        return x if isinstance(x, (str, int, float, bool, type(None))) else repr(x)
+
+    return json.dumps([plain(em.net), plain(em.extern_data)], sort_keys=True)
+
+
 def get_engine(g, optimize: bool, device: str | None, seed: int, capture=None, search: bool = False,
                train: bool = False) -> Engine:
     if g.scope is not g.top:
@@ -329,9 +387,25 @@ def get_engine(g, optimize: bool, device: str | None, seed: int, capture=None, s
     capture_key = capture if capture in (None, "all") else tuple(capture)
     key = (bool(optimize), device, seed, len(g.ops), capture_key, bool(search), bool(train))
     if key not in g._engines:
-        g._engines[key] = build_apart(lambda: Engine(g, optimize=bool(optimize), device=device, seed=seed,
-                                                     capture=capture_key, search=bool(search), train=bool(train)))
+        options = dict(optimize=bool(optimize), device=device, seed=seed, capture=capture_key, search=bool(search),
+                       train=bool(train))
+        g._engines[key] = _spare_for(g, options) or build_apart(lambda: Engine(g, **options))
     return g._engines[key]
+
+
+def _spare_for(g, options: dict):
+    """A spare build (``Engine.release``) of the same net with the same options, taken over for ``g``; or None."""
+    same = lambda a, b: {**a, "seed": 0} == {**b, "seed": 0}  # noqa: E731  (every call sets the parameters)
+    fits = [e for e in _spares if same(e.build_options, options)]
+    if not fits:
+        return None
+    em = emit(g, optimize=options["optimize"], capture=options["capture"], search=options["search"])
+    for engine in fits:
+        if engine.adopt(g, em):
+            _spares.remove(engine)
+            engine.build_options = options
+            return engine
+    return None
 
 
 def build_apart(make):

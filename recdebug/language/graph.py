@@ -239,12 +239,16 @@ class Graph:
         self.trained_params = _backend("load")(self, path)
         return self.trained_params
 
-    def close(self):
-        """Free the TensorFlow sessions this graph holds, its steppers' too (they refuse to step after this)."""
+    def close(self, keep_builds: bool = False):
+        """Free the TensorFlow sessions this graph holds, its steppers' too (they refuse to step after this).
+        ``keep_builds``: keep its builds for a graph of the same net to take over (a %%recloop cell run again)."""
         for stepper in list(self._steppers):
             stepper.close(why="its graph was closed (g.close())")
         for engine in self._engines.values():
-            engine.close()
+            if keep_builds and hasattr(engine, "release"):
+                engine.release()
+            else:
+                engine.close()
         self._engines.clear()
 
     def __repr__(self):

@@ -121,9 +121,9 @@ class RecloopResult:
             self._stepper, self.why_not_stepped = self._stepper()
         return self._stepper
 
-    def close(self, why: str | None = None, hint: str | None = None):
+    def close(self, why: str | None = None, hint: str | None = None, keep_builds: bool = False):
         """Free the TensorFlow sessions and the widgets of this run. ``why``, ``hint``: what its stepper says
-        when it is used after this."""
+        when it is used after this. ``keep_builds``: the cell runs again, whose graph may take over the builds."""
         why = why or "its %%recloop result was closed (close())"
         hint = hint or "run the %%recloop cell again and use its result's stepper"
         self._closed = (why, hint)
@@ -131,7 +131,7 @@ class RecloopResult:
             self.widget.close()
         if self._stepper is not None and not callable(self._stepper):
             self._stepper.close(why, hint)
-        self.graph.close()
+        self.graph.close(keep_builds=keep_builds)
 
     def __repr__(self):
         loops = len(self.graph.loops)

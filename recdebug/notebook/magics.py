@@ -192,11 +192,12 @@ class RecloopMagics(NotebookArguments, Magics):
         predicate = self._predicate(args.break_) if args.break_ else None
         if self._last is not None:
             self._last.close("a later %%recloop cell ran and closed the result it belonged to",
-                             "use the stepper of the new run, or keep a run's result open with %%recloop -o NAME")
+                             "use the stepper of the new run, or keep a run's result open with %%recloop -o NAME",
+                             keep_builds=True)
             self._last = None
         if args.out and isinstance(ns.get(args.out), RecloopResult):
             ns[args.out].close(f"%%recloop -o {args.out} ran again and closed the result it belonged to",
-                               f"use {args.out}.stepper, the new run's stepper")
+                               f"use {args.out}.stepper, the new run's stepper", keep_builds=True)
         result = run_recloop(cell, ns, feeds=feeds, seq_lens=lens, seed=args.seed, device=args.device,
                              optimize=not args.no_optimize, compare_optimize=args.compare_optimize,
                              capture=args.capture, breakpoint=predicate, static=args.static,

@@ -80,7 +80,7 @@ def stacked_png(figures) -> bytes:
         out[y:y + im.shape[0], :im.shape[1]] = im
         y += im.shape[0]
     buf = io.BytesIO()
-    imsave(buf, out, format="png")
+    imsave(buf, out, format="png", pil_kwargs={"compress_level": 1})
     return buf.getvalue()
 
 
