@@ -9,7 +9,9 @@ Usage: python bench/bench_stepping.py [--steps 2000] [--hidden 1024]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import io
 import time as clock
 
 import numpy as np
@@ -66,8 +68,9 @@ def warm_cell(x_np, hidden: int, repeats: int, run_of_built):
     shell.user_ns.update({"rd": rd, "np": np, "batch": batch, "time": rd.Dim("time"), "feat": rd.Dim("feat", 64),
                           "hid": rd.Dim("hidden", hidden), "x_np": x_np})
 
-    def cell():
-        assert shell.run_cell("%%recloop --feed x=x_np\n" + CELL).success
+    def cell():  # (a shell without a front end prints what it displays: not into the table)
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert shell.run_cell("%%recloop --feed x=x_np\n" + CELL).success
 
     cell()  # warm: imports, RETURNN's first build
     return timed_side_by_side({"run()": run_of_built, "cell": cell}, repeats)["cell"]
