@@ -483,3 +483,14 @@ def test_a_cell_run_again_takes_over_the_build_of_its_last_run_and_computes_anew
     res = ip.user_ns["again"]
     assert next(iter(res.graph._engines.values())) is not builds[0]  # another net: built
     check(res, x_np)
+
+
+def test_closing_a_result_by_hand_frees_the_spare_builds(ip):
+    from recdebug.backend import engine
+
+    run(ip, "%%recloop -o spare1\n" + CELL)
+    run(ip, "%%recloop -o spare1\n" + CELL.replace("h.get()))", "h.get()) * 0.5)"))  # another net: one spare kept
+    assert engine._spares and all(e.session is not None for e in engine._spares)
+    kept = list(engine._spares)
+    ip.user_ns["spare1"].close()
+    assert not engine._spares and all(e.session is None for e in kept)

@@ -5,9 +5,9 @@ gives the language's Graph its calls."""
 from ..emission.netdict import emit
 from ..language.graph import connect_backend
 from .checkpoint import load_params, save_graph
-from .engine import run_graph, trace_graph
+from .engine import free_spares, run_graph, trace_graph
 from .stepper import Stepper
 from .train import train_graph
 
 connect_backend(emit=emit, run=run_graph, trace=trace_graph, stepper=Stepper, train=train_graph, save=save_graph,
-                load=load_params)
+                load=load_params, free_spares=free_spares)

@@ -393,6 +393,12 @@ def get_engine(g, optimize: bool, device: str | None, seed: int, capture=None, s
     return g._engines[key]
 
 
+def free_spares():
+    """Free the spare builds (``Engine.release``): a graph closed by the user gives its memory back, all of it."""
+    while _spares:
+        _spares.pop().close()
+
+
 def _spare_for(g, options: dict):
     """A spare build (``Engine.release``) of the same net with the same options, taken over for ``g``; or None."""
     same = lambda a, b: {**a, "seed": 0} == {**b, "seed": 0}  # noqa: E731  (every call sets the parameters)

@@ -241,7 +241,8 @@ class Graph:
 
     def close(self, keep_builds: bool = False):
         """Free the TensorFlow sessions this graph holds, its steppers' too (they refuse to step after this).
-        ``keep_builds``: keep its builds for a graph of the same net to take over (a %%recloop cell run again)."""
+        ``keep_builds``: keep its builds for a graph of the same net to take over (a %%recloop cell run again);
+        without it, the builds kept so from other graphs are freed too."""
         for stepper in list(self._steppers):
             stepper.close(why="its graph was closed (g.close())")
         for engine in self._engines.values():
@@ -250,6 +251,8 @@ class Graph:
             else:
                 engine.close()
         self._engines.clear()
+        if not keep_builds and "free_spares" in _BACKEND:
+            _BACKEND["free_spares"]()
 
     def __repr__(self):
         return f"Graph({len(self.ops)} ops, {len(self.loops)} loops)"
