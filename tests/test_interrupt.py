@@ -34,7 +34,8 @@ def delay_of_interrupt(call):
 
 '''
 
-CHILD = DELAY + r'''
+# a 512-unit loop of the language, and numpy's States of it: the start of each child script of the language
+RNN = r'''
 import json
 import numpy as np
 import recdebug as rd
@@ -47,6 +48,20 @@ with rd.Graph() as g:
     with rd.Loop() as loop:
         h.assign(rd.tanh(lin_x(loop.unstack(x)) + lin_h(h.get())))
         last = loop.last(h.get())
+
+
+def numpy_states(x_np, result, steps):
+    """h after 0..steps steps, in numpy, with the parameters of ``result`` (a run)."""
+    p = {name: result.param(m) for name, m in [("wx", lin_x.weight), ("bx", lin_x.bias), ("wh", lin_h.weight),
+                                                ("bh", lin_h.bias)]}
+    states = [np.zeros((x_np.shape[0], 512))]
+    for t in range(steps):
+        states.append(np.tanh(x_np[:, t] @ p["wx"] + p["bx"] + states[-1] @ p["wh"] + p["bh"]))
+    return states
+
+'''
+
+CHILD = DELAY + RNN + r'''
 small = {"x": np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32)}
 long = {"x": np.zeros((1, 20000, 8), np.float32)}
 
@@ -59,11 +74,7 @@ after = g.run(small)
 trace_after = g.trace(small, capture=["h"])
 out["run_same"] = bool(np.array_equal(before.numpy(last), after.numpy(last)))
 out["trace_same"] = bool(np.array_equal(trace_before.numpy(h), trace_after.numpy(h)))
-p = {name: after.param(m) for name, m in [("wx", lin_x.weight), ("bx", lin_x.bias), ("wh", lin_h.weight),
-                                            ("bh", lin_h.bias)]}
-state = np.zeros((2, 512))
-for t in range(3):
-    state = np.tanh(small["x"][:, t] @ p["wx"] + p["bx"] + state @ p["wh"] + p["bh"])
+state = numpy_states(small["x"], after, 3)[-1]
 out["max_err"] = float(np.abs(after.numpy(last, order=(batch, hid)) - state).max())
 print("RESULT " + json.dumps(out), flush=True)
 '''
@@ -120,28 +131,13 @@ def test_ctrl_c_interrupts_a_configs_run_and_trace_and_the_model_stays_usable(tm
     assert out["run_same"] and out["trace_same"]
 
 
-STEPPER_CHILD = DELAY + r'''
-import json
-import numpy as np
-import recdebug as rd
-
-batch, time, feat, hid = rd.batch_dim, rd.Dim("time"), rd.Dim("feat", 8), rd.Dim("hid", 512)
-with rd.Graph() as g:
-    x = rd.Input("x", {batch, time, feat})
-    h = rd.State({batch, hid}, initial=0)
-    lin_x, lin_h = rd.Linear(hid), rd.Linear(hid)
-    with rd.Loop() as loop:
-        h.assign(rd.tanh(lin_x(loop.unstack(x)) + lin_h(h.get())))
+STEPPER_CHILD = DELAY + RNN + r'''
 x_np = np.random.default_rng(0).standard_normal((1, 20000, 8)).astype(np.float32) * 0.1
 st = g.stepper({"x": x_np})
 st.step(2)  # the in-graph loop built before the interrupt is timed
 out = {"run_to": delay_of_interrupt(lambda: st.run_to(st.T))}
 out["t"] = stopped = st.t
-p = {name: g.run({"x": x_np[:, :1]}).param(m) for name, m in [("wx", lin_x.weight), ("bx", lin_x.bias),
-                                                                ("wh", lin_h.weight), ("bh", lin_h.bias)]}
-ref = [np.zeros((1, 512))]
-for t in range(stopped + 3):
-    ref.append(np.tanh(x_np[:, t] @ p["wx"] + p["bx"] + ref[-1] @ p["wh"] + p["bh"]))
+ref = numpy_states(x_np, g.run({"x": x_np[:, :1]}), stopped + 3)
 err = [float(np.abs(st.value(h) - ref[stopped]).max())]
 st.step_back(2)
 err.append(float(np.abs(st.value(h) - ref[stopped - 2]).max()))

@@ -112,8 +112,8 @@ class Engine(Build, Tracing, Feeding):
         from returnn.tf.network import TFNetwork
 
         self.graph = g
-        self.build_options = dict(optimize=optimize, device=device, seed=seed, capture=capture, search=search,
-                                  train=train)
+        # what makes the build (the seed only gives the parameters' first values: every call sets them)
+        self.build_options = dict(optimize=optimize, device=device, capture=capture, search=search, train=train)
         self.optimize = optimize
         self.device = device
         self.capture = capture
@@ -387,9 +387,9 @@ def get_engine(g, optimize: bool, device: str | None, seed: int, capture=None, s
     capture_key = capture if capture in (None, "all") else tuple(capture)
     key = (bool(optimize), device, seed, len(g.ops), capture_key, bool(search), bool(train))
     if key not in g._engines:
-        options = dict(optimize=bool(optimize), device=device, seed=seed, capture=capture_key, search=bool(search),
+        options = dict(optimize=bool(optimize), device=device, capture=capture_key, search=bool(search),
                        train=bool(train))
-        g._engines[key] = _spare_for(g, options) or build_apart(lambda: Engine(g, **options))
+        g._engines[key] = _spare_for(g, options) or build_apart(lambda: Engine(g, seed=seed, **options))
     return g._engines[key]
 
 
@@ -401,15 +401,13 @@ def free_spares():
 
 def _spare_for(g, options: dict):
     """A spare build (``Engine.release``) of the same net with the same options, taken over for ``g``; or None."""
-    same = lambda a, b: {**a, "seed": 0} == {**b, "seed": 0}  # noqa: E731  (every call sets the parameters)
-    fits = [e for e in _spares if same(e.build_options, options)]
+    fits = [e for e in _spares if e.build_options == options]
     if not fits:
         return None
     em = emit(g, optimize=options["optimize"], capture=options["capture"], search=options["search"])
     for engine in fits:
         if engine.adopt(g, em):
             _spares.remove(engine)
-            engine.build_options = options
             return engine
     return None
 

@@ -375,8 +375,8 @@ class LoopStepper(SteppingControls):
 
     def run_until(self, predicate, max_steps: int | None = None) -> bool:
         """Step until ``predicate(stepper)`` is true (True) or the loop ends (False). A breakpoint the loop can test
-        itself (``rd.on_nonfinite``, ``rd.on_state`` with a bound) runs in the graph, in few calls; any other
-        predicate is asked after every step."""
+        itself (``rd.on_nonfinite``, ``rd.on_state`` with a bound, ``rd.on_label``) runs in the graph, in few calls;
+        any other predicate is asked after every step."""
         self._live_engine()
         watch = getattr(predicate, "watch", None)
         spec = watch(self) if watch is not None else None

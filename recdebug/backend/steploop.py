@@ -54,6 +54,7 @@ class StepLoop:
                           for i, key in enumerate(self.user_keys)}
             self.below = {key: tf.compat.v1.placeholder_with_default(float("-inf"), [], name=f"below_{i}")
                           for i, key in enumerate(self.user_keys)}
+            self.bounded = tf.compat.v1.placeholder_with_default(False, [], name="bounded")  # a bound is watched
             self.watch_label = tf.compat.v1.placeholder_with_default(-1, [], name="watch_label")
             self.watch_sequence = tf.compat.v1.placeholder_with_default(-1, [], name="watch_sequence")
             kept = {name: x for name, x in single.items() if name != "nonfinite"}
@@ -93,10 +94,16 @@ class StepLoop:
                     rows = tf.logical_or(tf.less(self.watch_sequence, 0),
                                          tf.equal(tf.range(core.batch // core.beam), self.watch_sequence))
                     hit = tf.logical_or(hit, tf.reduce_any(tf.logical_and(chosen, rows[:, None])))
-                for key in self.user_keys:
-                    value = tf.cast(written[key], tf.float32)
-                    hit = tf.logical_or(hit, tf.logical_or(tf.reduce_any(value > self.above[key]),
-                                                           tf.reduce_any(value < self.below[key])))
+                def beyond_a_bound():  # (only while a bound is watched: no pass over the States otherwise)
+                    out = tf.constant(False)
+                    for key in self.user_keys:
+                        value = tf.cast(written[key], tf.float32)
+                        out = tf.logical_or(out, tf.logical_or(tf.reduce_any(value > self.above[key]),
+                                                               tf.reduce_any(value < self.below[key])))
+                    return out
+
+                if self.user_keys:
+                    hit = tf.logical_or(hit, tf.cond(self.bounded, beyond_a_bound, lambda: tf.constant(False)))
                 updates += [tf.compat.v1.scatter_update(self.history[name], row, tf.expand_dims(x, 0))
                             for name, x in fetch.items()]
                 with tf.control_dependencies(updates):
@@ -124,6 +131,7 @@ class StepLoop:
             fd[self.above[key]] = bound
         for key, bound in watch.get("below", {}).items():
             fd[self.below[key]] = bound
+        fd[self.bounded] = bool(watch.get("above") or watch.get("below"))
         if "label" in watch:
             label, sequence = watch["label"]
             fd[self.watch_label] = label
