@@ -3,8 +3,9 @@
 The bench LSTM (input 64, hidden 256, batch 8, T=500) written with the recdebug API. Prints times and ratios to
 run(): the traces, a full stepper pass in the graph (reset + run_to(T)) and one call per step (reset + T x step()),
 run_until(rd.on_nan()) to a NaN planted at step 450 (scaled with T), the latency of one step, and the trace's
-memory against the raw size of the floats it captured.
-Usage: python bench/bench_stepping.py [--steps 2000] [--hidden 1024]
+memory against the raw size of the floats it captured, and the system time and page faults of run and trace (a
+trace's cost over run is mostly the kernel's: fresh pages for the values it records).
+Usage: python bench/bench_stepping.py [--steps 2000] [--hidden 1024] [--system-memory]
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import argparse
 import contextlib
 import gc
 import io
+import os
 import time as clock
 
 import numpy as np
@@ -37,6 +39,19 @@ class Lstm(rd.Module):
         h = rd.tanh(c) * rd.sigmoid(g_out)
         self.h.assign(h)
         return h
+
+
+def kernel_time(fn, repeats: int) -> tuple:
+    """(system CPU seconds, minor page faults) per call of ``fn``: the kernel's share, mostly the fresh pages of
+    memory that the call's results are written into."""
+    import resource
+
+    fn()
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(repeats):
+        fn()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return (after.ru_stime - before.ru_stime) / repeats, (after.ru_minflt - before.ru_minflt) / repeats
 
 
 def bench_lstm(hidden=256):
@@ -82,7 +97,11 @@ def main():
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--system-memory", action="store_true",
+                    help="without TensorFlow's pooled CPU allocator, which recdebug turns on (TF_CPU_ALLOCATOR_USE_BFC)")
     args = ap.parse_args()
+    if args.system_memory:  # (read when TensorFlow makes its CPU device, at the first run)
+        os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "false"
     g, loop, out, lstm, time = bench_lstm(args.hidden)
     rng = np.random.default_rng(0)
     x_np = rng.standard_normal((8, args.steps, 64)).astype(np.float32)
@@ -132,6 +151,9 @@ def main():
     rounds.update({k: v for k, v in timed_side_by_side({
         "run()": lambda: g.run(feed, seq_lens=lens, device=args.device),
         "full pass, one call per step": single_steps}, max(1, args.repeats // 2)).items() if k != "run()"})
+    kernel = {what: kernel_time(fn, args.repeats) for what, fn in (
+        ("run()", lambda: g.run(feed, seq_lens=lens, device=args.device)),
+        ("trace()", lambda: g.trace(feed, seq_lens=lens, device=args.device)))}
     st.reset()
     latencies = []
     for _ in range(min(200, args.steps)):
@@ -162,6 +184,8 @@ def main():
     med, best, ratio = warm_cell(x_np, args.hidden, args.repeats,
                                  lambda: g.run(feed, seq_lens=lens, device=args.device))
     print(f"{'%%recloop cell run again (s)':38s} {med:9.4f} {best:8.4f} {ratio:13.2f} {'<= 0.5s':>7s}")
+    for what, (system, faults) in kernel.items():  # where a trace's time over run's goes: fresh memory
+        print(f"{'system time per call (ms): ' + what:38s} {system * 1e3:9.1f}   page faults per call {faults:.0f}")
     print(f"{'first call incl. build: run()':38s} {build_run:9.4f}")
     print(f"{'first call incl. build: trace()':38s} {build_trace:9.4f}")
     print(f"{'stepper build':38s} {build_step:9.4f}")

@@ -224,11 +224,11 @@ def _shifted_entry(key, state, how, entries, kind, line):
 
     _, _, init = how
     axis = state.dims.index(state.loop_axes[0])
+    top = entries[init]  # (not the dict of entries: it holds this one, and a cycle would keep the arrays alive)
 
     def derive():
         values = state.array
         first = np.take(values, [0], axis=axis)
-        top = entries[init]
         first = np.broadcast_to(_broadcast_to_dims(top.array, top.dims, state.dims), first.shape)
         rest = np.take(values, np.arange(values.shape[axis] - 1), axis=axis)
         return np.concatenate([first.astype(values.dtype), rest], axis=axis)

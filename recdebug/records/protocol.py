@@ -232,7 +232,8 @@ class on_state:
     def describe(self, st) -> str:
         name = self.state if isinstance(self.state, str) else st._state(self.state).path(st.graph)
         if self.text is None and self.predicate is None:
-            bounds = [f"{sign} {value}" for sign, value in ((">", self.above), ("<", self.below)) if value is not None]
+            bounds = [f"{sign} {float(np.float32(value)):.7g}"  # (as the graph compares: in float32)
+                      for sign, value in ((">", self.above), ("<", self.below)) if value is not None]
             return f"a value {' or '.join(bounds)} in {name} at t={st.t - 1}"
         return f"{self.text or 'condition'} on {name} at t={st.t - 1}"
 
