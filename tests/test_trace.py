@@ -197,3 +197,21 @@ def test_a_dropped_trace_frees_its_arrays_at_once(lstm_graph, rng):
         assert [r for r in gone if r() is not None] == []
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("user", [None, "false"])
+def test_recdebug_pools_tensorflows_cpu_memory_unless_the_user_said_otherwise(user):
+    """TensorFlow's pooled CPU allocator is set before TensorFlow makes its CPU device (a trace writes into reused
+    memory, not fresh pages); a value the user set is kept."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+    if user is not None:
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = user
+    code = ("import os, recdebug, tensorflow\n"
+            "print(os.environ.get('TF_CPU_ALLOCATOR_USE_BFC'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == (user or "true")
