@@ -5,7 +5,7 @@ from __future__ import annotations
 from returnn.tensor import batch_dim as returnn_batch_dim
 
 from ..language.dims import batch_dim
-from .analysis import _derivation_ring, moving_out_fails, read_by_inner_loop, reads_inner_loop
+from .analysis import moving_out_fails, read_by_inner_loop, reads_inner_loop
 from .stepnet import readers_of
 
 
@@ -15,21 +15,8 @@ class LoopEmission:
     def emit_loop(self, loop, layers: dict) -> list:
         """Emit the rec layer of ``loop`` into ``layers``; returns the (path, unit layer) pairs to trace."""
         unit: dict = {}
-        perturbed = self.perturbed_states.get(loop, {})
         exported = self.emit_scope(loop, unit)
-        for state, (v, name) in perturbed.items():
-            # the State's new value plus a perturbation fed as zeros, read by everything that reads the value (in
-            # this step and, through the State, in the next): the gradient of a loss with respect to the
-            # perturbation at step t is exactly the gradient with respect to the State's value of step t
-            key = "grad." + loop.state_layers[state]
-            dims = sorted(state.dims, key=lambda d: d.order)
-            self.out.extern_data[key] = {"dim_tags": [self.dim(dims[0]), self.dim(loop.rec_axis)]
-                                         + [self.dim(d) for d in dims[1:]], "dtype": "float32",
-                                         "available_for_inference": True}
-            unit[name + ".delta"] = {"class": "gather", "from": "base:data:" + key,
-                                     "axis": self.dim(loop.rec_axis), "position": ":i"}
-            unit[name] = {"class": "combine", "kind": "add", "from": [v.op.name, name + ".delta"]}
-            self.out.perturb[self.path(loop, loop.state_layers[state])] = (key, state, loop)
+        self.emit_perturbations(loop, unit)
         for (scope_id, name), recs in self.collocate.items():
             if scope_id == id(loop):
                 unit[name]["collocate_with"] = sorted(recs)
@@ -38,50 +25,72 @@ class LoopEmission:
         # the same, and read back once after the loop (``one_of_the_hypotheses``) and in a trace
         searching = self.search and any(op.kind == "choice" for op in loop.ops)
         for state, name in loop.state_layers.items():
-            v = loop.assigned[state]
-            batched = batch_dim in state.dims or searching
-            layer = {"class": "copy", "from": self.ref(v, loop), "is_output_layer": True}
-            # the value plus zeros of the State's dims: RETURNN guesses the dims of a State's previous value from
-            # the value, which may lack some (e.g. no batch dim when only States feed it). A label State gets the
-            # zeros added to plain ints before they are marked as labels, when its value is made of ints or not
-            # computed in the loop's own step (RETURNN would not stack it); a label picked in the step (rd.choice,
-            # a frame of labels) is taken as it is.
-            labels = state.sparse_dim is not None
-            made_labels = labels and v.op.kind == "sparse" and v.scope is loop
-            outside = labels and not made_labels and (v.scope is not loop or v.op.kind == "state_entry")
-            if not labels or made_labels or outside:
-                zeros = self.fresh_name(loop, name + ".zeros")
-                shape = [self.dim(d) for d in sorted(state.dims, key=lambda d: d.order)]
-                if batched and batch_dim not in state.dims:  # (a shared State, searching: per hypothesis)
-                    shape = [returnn_batch_dim] + shape
-                unit[zeros + ".const"] = {"class": "constant", "value": False if state.dtype == "bool" else 0,
-                                          "dtype": state.dtype, "shape": shape, "with_batch_dim": batched}
-                # zeros of this step: RETURNN takes a layer that depends on no step of its loop for the same at
-                # every step and may not stack it (a State assigned a value from outside its loop)
-                unit[zeros] = {"class": "combine", "kind": "logical_or" if state.dtype == "bool" else "add",
-                               "from": [zeros + ".const", self.step_zero(loop, unit, state.dtype)]}
-                source = self.ref(v.op.inputs[0] if made_labels else v, loop)
-                if outside:
-                    ints = self.fresh_name(loop, name + ".ints")
-                    unit[ints] = {"class": "reinterpret_data", "from": [source], "set_sparse": False}
-                    source = ints
-                layer = {"class": "combine", "kind": "logical_or" if state.dtype == "bool" else "add",
-                         "from": [source, zeros], "is_output_layer": True}
-                if labels:
-                    dense = self.fresh_name(loop, name + ".dense")
-                    unit[dense], layer = layer, {
-                        "class": "reinterpret_data", "from": [dense], "set_sparse": True,
-                        "set_sparse_dim": self.dim(state.sparse_dim), "is_output_layer": True}
-            layer["initial_output"] = self.initial(loop, state)
-            if batched and batch_dim not in state.dims:  # (searching) its initial value per hypothesis too
-                layer["initial_output"] = "base:" + self.with_batch(
-                    layers, layer["initial_output"][len("base:"):], state.dtype,
-                    out=self.fresh_name(loop.parent, name + ".initial_per_sequence"), output=False)
-            unit[name] = layer
+            unit[name] = self.state_layer(loop, state, name, unit, layers, searching)
             self.out.lines[self.path(loop, name)] = loop.assign_lines[state]
             self.out.state_layers.setdefault(state, []).append(self.path(loop, name))
         for v in loop.exports:
             unit[self.perturbed.get(id(v), v.op.name)]["is_output_layer"] = True
+        self.end_layers(loop, unit, layers)
+        choices = [op.name for op in loop.ops if op.kind == "choice"]
+        if choices:  # values per new hypothesis (the rest are per hypothesis of the previous step)
+            after = readers_of(unit, set(unit), set(choices))
+            self.out.after_choice |= {self.path(loop, name) for name in after}
+        unit["output"] = self.unit_output(loop, unit, choices)
+        # A search trace reads every layer's values per hypothesis from the loop's step accumulators: it keeps
+        # every layer in the loop (a moved-out layer has no such accumulator).
+        beams = self.search and self.capture is not None and any(op.kind == "choice" for op in loop.ops)
+        layers[loop.name] = self.rec_layer(loop, unit, bool(choices), beams)
+        self.after_loop(loop, layers)
+        captured = self.capture_loop(loop, unit, layers, beams, searching)
+        if choices and self.search:
+            captured = self.give_beam(loop, unit, layers, captured)
+        return captured + exported
+
+    def state_layer(self, loop, state, name: str, unit: dict, layers: dict, searching: bool) -> dict:
+        """The unit layer that carries ``state`` from step to step: its new value, with its initial value."""
+        v = loop.assigned[state]
+        batched = batch_dim in state.dims or searching
+        layer = {"class": "copy", "from": self.ref(v, loop), "is_output_layer": True}
+        # the value plus zeros of the State's dims: RETURNN guesses the dims of a State's previous value from
+        # the value, which may lack some (e.g. no batch dim when only States feed it). A label State gets the
+        # zeros added to plain ints before they are marked as labels, when its value is made of ints or not
+        # computed in the loop's own step (RETURNN would not stack it); a label picked in the step (rd.choice,
+        # a frame of labels) is taken as it is.
+        labels = state.sparse_dim is not None
+        made_labels = labels and v.op.kind == "sparse" and v.scope is loop
+        outside = labels and not made_labels and (v.scope is not loop or v.op.kind == "state_entry")
+        if not labels or made_labels or outside:
+            zeros = self.fresh_name(loop, name + ".zeros")
+            shape = [self.dim(d) for d in sorted(state.dims, key=lambda d: d.order)]
+            if batched and batch_dim not in state.dims:  # (a shared State, searching: per hypothesis)
+                shape = [returnn_batch_dim] + shape
+            unit[zeros + ".const"] = {"class": "constant", "value": False if state.dtype == "bool" else 0,
+                                      "dtype": state.dtype, "shape": shape, "with_batch_dim": batched}
+            # zeros of this step: RETURNN takes a layer that depends on no step of its loop for the same at
+            # every step and may not stack it (a State assigned a value from outside its loop)
+            unit[zeros] = {"class": "combine", "kind": "logical_or" if state.dtype == "bool" else "add",
+                           "from": [zeros + ".const", self.step_zero(loop, unit, state.dtype)]}
+            source = self.ref(v.op.inputs[0] if made_labels else v, loop)
+            if outside:
+                ints = self.fresh_name(loop, name + ".ints")
+                unit[ints] = {"class": "reinterpret_data", "from": [source], "set_sparse": False}
+                source = ints
+            layer = {"class": "combine", "kind": "logical_or" if state.dtype == "bool" else "add",
+                     "from": [source, zeros], "is_output_layer": True}
+            if labels:
+                dense = self.fresh_name(loop, name + ".dense")
+                unit[dense], layer = layer, {
+                    "class": "reinterpret_data", "from": [dense], "set_sparse": True,
+                    "set_sparse_dim": self.dim(state.sparse_dim), "is_output_layer": True}
+        layer["initial_output"] = self.initial(loop, state)
+        if batched and batch_dim not in state.dims:  # (searching) its initial value per hypothesis too
+            layer["initial_output"] = "base:" + self.with_batch(
+                layers, layer["initial_output"][len("base:"):], state.dtype,
+                out=self.fresh_name(loop.parent, name + ".initial_per_sequence"), output=False)
+        return layer
+
+    def end_layers(self, loop, unit: dict, layers: dict) -> None:
+        """The unit's ``end`` flag: the loop's end condition, its bound, or both."""
         if loop.bounded:
             unit["end.bound"] = {"class": "compare", "kind": "greater_equal",
                                  "from": [":i", "base:" + self.bounds(loop, layers)]}
@@ -97,44 +106,42 @@ class LoopEmission:
                                      "shape": [returnn_batch_dim], "with_batch_dim": True}
                 unit["end"] = {"class": "combine", "kind": "logical_or",
                                "from": [self.ref(loop.end_cond, loop), "end.batch"]}
-        choices = [op.name for op in loop.ops if op.kind == "choice"]
-        if choices:  # values per new hypothesis (the rest are per hypothesis of the previous step)
-            after = readers_of(unit, set(unit), set(choices))
-            self.out.after_choice |= {self.path(loop, name) for name in after}
+
+    def unit_output(self, loop, unit: dict, choices: list) -> dict:
+        """The unit's ``output`` layer, where RETURNN starts to work out the unit's shapes."""
         if choices:  # the rec layer's own output: the labels it searches over
-            unit["output"] = {"class": "copy", "from": choices[0]}
-        elif any(reads_inner_loop(loop, loop.assigned[state]) for state in loop.state_layers):
+            return {"class": "copy", "from": choices[0]}
+        if any(reads_inner_loop(loop, loop.assigned[state]) for state in loop.state_layers):
             # RETURNN works out the unit's shapes starting from "output": starting from a State that other States
             # and an inner loop depend on, it fails (a dependency loop); starting from a State made from an inner
             # loop's result, it finds them all; where an inner loop reads a State shared by the batch (no batch dim:
             # its end condition, say), starting from that one works and the first fails
             shared = [name for state, name in loop.state_layers.items()
                       if batch_dim not in state.dims and read_by_inner_loop(loop, state)]
-            unit["output"] = {"class": "copy", "from": (shared + [
+            return {"class": "copy", "from": (shared + [
                 name for state, name in loop.state_layers.items() if reads_inner_loop(loop, loop.assigned[state])])[0]}
-        else:  # a State, or a value without other dynamic dims (RETURNN loses the loop's lengths of an output
-            # with another dynamic dim)
-            plain = [v.op.name for v in loop.exports if not any(d.is_dynamic and not d.is_batch for d in v.dims)]
-            if loop.state_layers or plain or not loop.exports:
-                # (a State shared by the batch first: RETURNN failed to work out a unit starting from a batched
-                # State that reads a shared one)
-                states = sorted(loop.state_layers, key=lambda s: batch_dim in s.dims)
-                unit["output"] = {"class": "copy", "from": ([loop.state_layers[s] for s in states] + plain
-                                                            + [loop.ops[-1].name])[0]}
-            else:  # zeros carried from step to step (a layer RETURNN keeps in the loop)
-                zeros = self.fresh_name(loop, "output.zeros")
-                unit[zeros] = {"class": "constant", "value": 0, "dtype": "int32", "shape": [returnn_batch_dim],
-                               "with_batch_dim": True}
-                unit["output"] = {"class": "combine", "kind": "add", "from": ["prev:output", zeros],
-                                  "initial_output": 0}
+        # a State, or a value without other dynamic dims (RETURNN loses the loop's lengths of an output with another
+        # dynamic dim)
+        plain = [v.op.name for v in loop.exports if not any(d.is_dynamic and not d.is_batch for d in v.dims)]
+        if loop.state_layers or plain or not loop.exports:
+            # (a State shared by the batch first: RETURNN failed to work out a unit starting from a batched State
+            # that reads a shared one)
+            states = sorted(loop.state_layers, key=lambda s: batch_dim in s.dims)
+            return {"class": "copy", "from": ([loop.state_layers[s] for s in states] + plain + [loop.ops[-1].name])[0]}
+        # zeros carried from step to step (a layer RETURNN keeps in the loop)
+        zeros = self.fresh_name(loop, "output.zeros")
+        unit[zeros] = {"class": "constant", "value": 0, "dtype": "int32", "shape": [returnn_batch_dim],
+                       "with_batch_dim": True}
+        return {"class": "combine", "kind": "add", "from": ["prev:output", zeros], "initial_output": 0}
+
+    def rec_layer(self, loop, unit: dict, choices: bool, beams: bool) -> dict:
+        """The rec layer: its unit, what it iterates over (an input's frames, a bound, a step count), and whether
+        RETURNN may move layers out of its loop."""
         # A loop with loops inside stays unoptimized itself (its inner loops are still optimized): when RETURNN
         # moves an outer layer out, it may need to stack an inner loop's sub-layer, which it cannot do reliably.
         # An inner loop over an input stays unoptimized: a frame layer moved out of it reads the outer loop's frame;
         # a traced inner loop too: the outer loop cannot stack a traced value that RETURNN moved out of it.
         # A while loop over an input's frames too: RETURNN moves the frame's gather out but not its position.
-        # A search trace reads every layer's values per hypothesis from the loop's step accumulators: it keeps
-        # every layer in the loop (a moved-out layer has no such accumulator).
-        beams = self.search and self.capture is not None and any(op.kind == "choice" for op in loop.ops)
         # A searching loop keeps every layer in it: RETURNN's search fails on a layer it moved out of the loop
         # that reads one still in it (it accumulates that one without the search's beam context).
         rec = {"class": "rec", "from": [], "axis": self.dim(loop.rec_axis), "unit": unit,
@@ -160,7 +167,10 @@ class LoopEmission:
         else:
             rec["max_seq_len"] = loop.max_seq_len
             rec["include_eos"] = bool(loop.include_eos)
-        layers[loop.name] = rec
+        return rec
+
+    def after_loop(self, loop, layers: dict) -> None:
+        """Beside the rec layer: its lengths, its last step, and each State's final value."""
         self.out.rec_paths[loop] = self.path(loop.parent, loop.name)
         self.out.lines[self.path(loop.parent, loop.name)] = loop.line
         layers[loop.len_name] = {"class": "length", "from": loop.name, "axis": self.dim(loop.rec_axis)}
@@ -177,47 +187,6 @@ class LoopEmission:
             layers[steps] = {"class": "reduce", "mode": "max", "from": loop.len_name, "axis": "B"}
             layers[index] = {"class": "eval", "from": steps, "eval": "tf.maximum(source(0) - 1, 0)"}
             layers[ran] = {"class": "compare", "kind": "greater", "from": steps, "value": 0}
-        loops = tuple(reversed([s for s in loop.ancestors() if s.is_loop]))
-        if beams:  # the scores of every hypothesis at every step, recorded like a layer
-            for y in (op for op in loop.ops if op.kind == "choice"):
-                unit[f"{y.name}.scores"] = {"class": "choice_get_beam_scores", "from": y.name, "is_output_layer": True}
-                self.out.search_layers[self.path(loop, y.name)] = f"{y.name}.scores"
-        own = [(op.name, "layer", op.out.dims) for op in loop.ops]
-        own += [(name, "state", state.dims) for state, name in loop.state_layers.items()]
-        captured = []
-        needed = set()  # a search trace always records what its beams are made of: the labels and the end flags
-        if beams:
-            needed = {op.name for op in loop.ops if op.kind == "choice"}
-            needed |= {loop.end_cond.op.name} if loop.end_cond is not None and loop.end_cond.scope is loop else set()
-        for name, kind, dims in own:
-            path = self.path(loop, name)
-            if self.captures(path) or name in needed:
-                self.out.trace_info[path] = (kind, dims, loops)
-                how = None if beams else self.derived(loop, name)
-                if how is None:
-                    captured.append((path, name))
-                else:
-                    self.out.trace_derived[path] = how
-        # values derived from each other in a ring (States that swap their values): one of them is recorded
-        own_paths = {self.path(loop, name): name for name, _, _ in own}
-        while True:
-            ring = _derivation_ring({p: h for p, h in self.out.trace_derived.items() if p in own_paths})
-            if ring is None:
-                break
-            del self.out.trace_derived[ring]
-            captured.append((ring, own_paths[ring]))
-        for i, (path, name) in enumerate(captured):
-            op = next((o for o in loop.ops if o.name == name), None)
-            if op is None or batch_dim in op.out.dims or searching:  # (searching: its beamed copy has the batch)
-                unit[name]["is_output_layer"] = True
-            else:
-                # RETURNN cannot stack a loop value without the batch dim: record it per sequence, read one back
-                captured[i] = (path, self.with_batch(unit, name, op.out.dtype))
-                # kept in the loop: RETURNN fails to accumulate a value without the batch dim that it moved out
-                layers[loop.name]["optimize_move_layers_out"] = False
-        if choices and self.search:
-            captured = self.give_beam(loop, unit, layers, captured)
-        return captured + exported
 
     def initial(self, loop, state):
         """The layer RETURNN's ``initial_output`` of a carried State reads: its first value (RETURNN also takes the

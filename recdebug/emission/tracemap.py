@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 
+from ..language.dims import batch_dim
 from ..language.graph import Scope
-from .analysis import _EXACT_IN_NUMPY
+from .analysis import _EXACT_IN_NUMPY, _derivation_ring
 
 
 class TraceMap:
@@ -87,6 +88,64 @@ class TraceMap:
             return True
         name = path.rsplit("/", 1)[-1]
         return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(name, p) for p in self.capture)
+
+    def capture_loop(self, loop, unit: dict, layers: dict, beams: bool, searching: bool) -> list:
+        """Mark the unit's layers a trace records (made output layers, so that RETURNN stacks them) and note those
+        it derives; returns the (path, unit layer) pairs recorded. ``beams``: a search trace (every hypothesis)."""
+        loops = tuple(reversed([s for s in loop.ancestors() if s.is_loop]))
+        if beams:  # the scores of every hypothesis at every step, recorded like a layer
+            for y in (op for op in loop.ops if op.kind == "choice"):
+                unit[f"{y.name}.scores"] = {"class": "choice_get_beam_scores", "from": y.name, "is_output_layer": True}
+                self.out.search_layers[self.path(loop, y.name)] = f"{y.name}.scores"
+        own = [(op.name, "layer", op.out.dims) for op in loop.ops]
+        own += [(name, "state", state.dims) for state, name in loop.state_layers.items()]
+        captured = []
+        needed = set()  # a search trace always records what its beams are made of: the labels and the end flags
+        if beams:
+            needed = {op.name for op in loop.ops if op.kind == "choice"}
+            needed |= {loop.end_cond.op.name} if loop.end_cond is not None and loop.end_cond.scope is loop else set()
+        for name, kind, dims in own:
+            path = self.path(loop, name)
+            if self.captures(path) or name in needed:
+                self.out.trace_info[path] = (kind, dims, loops)
+                how = None if beams else self.derived(loop, name)
+                if how is None:
+                    captured.append((path, name))
+                else:
+                    self.out.trace_derived[path] = how
+        # values derived from each other in a ring (States that swap their values): one of them is recorded
+        own_paths = {self.path(loop, name): name for name, _, _ in own}
+        while True:
+            ring = _derivation_ring({p: h for p, h in self.out.trace_derived.items() if p in own_paths})
+            if ring is None:
+                break
+            del self.out.trace_derived[ring]
+            captured.append((ring, own_paths[ring]))
+        for i, (path, name) in enumerate(captured):
+            op = next((o for o in loop.ops if o.name == name), None)
+            if op is None or batch_dim in op.out.dims or searching:  # (searching: its beamed copy has the batch)
+                unit[name]["is_output_layer"] = True
+            else:
+                # RETURNN cannot stack a loop value without the batch dim: record it per sequence, read one back
+                captured[i] = (path, self.with_batch(unit, name, op.out.dtype))
+                # kept in the loop: RETURNN fails to accumulate a value without the batch dim that it moved out
+                layers[loop.name]["optimize_move_layers_out"] = False
+        return captured
+
+    def emit_perturbations(self, loop, unit: dict) -> None:
+        """Each perturbed State's new value plus a perturbation fed as zeros, read by everything that reads the
+        value (in this step and, through the State, in the next): the gradient of a loss with respect to the
+        perturbation at step t is exactly the gradient with respect to the State's value of step t."""
+        for state, (v, name) in self.perturbed_states.get(loop, {}).items():
+            key = "grad." + loop.state_layers[state]
+            dims = sorted(state.dims, key=lambda d: d.order)
+            self.out.extern_data[key] = {"dim_tags": [self.dim(dims[0]), self.dim(loop.rec_axis)]
+                                         + [self.dim(d) for d in dims[1:]], "dtype": "float32",
+                                         "available_for_inference": True}
+            unit[name + ".delta"] = {"class": "gather", "from": "base:data:" + key,
+                                     "axis": self.dim(loop.rec_axis), "position": ":i"}
+            unit[name] = {"class": "combine", "kind": "add", "from": [v.op.name, name + ".delta"]}
+            self.out.perturb[self.path(loop, loop.state_layers[state])] = (key, state, loop)
 
     def perturbations(self, loop) -> dict:
         """State -> (its new value, the layer of that value plus a perturbation): gradients through time are taken
