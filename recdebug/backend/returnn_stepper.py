@@ -19,7 +19,8 @@ from ..emission.confignet import PREFIX, config_step_net
 from ..language.errors import RecDebugError, RunError
 from .build import Build
 from .returnn_model import ModelBuild, behavior_version, extern_sizes, feed_extern_data, returnn_error
-from .stepcore import InnerStepsBase, LoopStepper, ViewKey, StepBuffers, building
+from ..records.protocol import ViewKey
+from .stepcore import InnerStepsBase, LoopStepper, StepBuffers, building
 
 
 class ConfigState:

@@ -515,65 +515,6 @@ class LoopStepper(SteppingControls):
         self.engine, self._feed, self._top = None, {}, None  # the feed is keyed by the build's placeholders
         self._moved()
 
-    # --- what the views read, by key: one answer for both front ends, from each one's ``_keys()`` ---
-    def _keys(self) -> dict:
-        """key (a State's or a layer's path) -> ViewKey, States first (a front end gives them)."""
-        raise NotImplementedError
-
-    def _all_keys(self) -> dict:
-        if getattr(self, "_key_cache", None) is None:
-            self._key_cache = self._keys()
-        return self._key_cache
-
-    def view_key_of(self, x) -> str:
-        """The key (as the views name it) of a State or in-loop value given as the front end's own object."""
-        found = next((k for k, v in self._all_keys().items() if v.obj is x), None)
-        if found is None:
-            raise RecDebugError(f"no State or layer {x!r} in {self._loop_text()}")
-        return found
-
-    def _key(self, key: str) -> "ViewKey":
-        found = self._all_keys().get(key)
-        if found is None:
-            raise RecDebugError(f"no State or layer {key!r} in {self._loop_text()}")
-        return found
-
-    def view_keys(self) -> list:
-        return [k for k, v in self._all_keys().items() if v.state]
-
-    def layer_keys(self) -> list:
-        return [k for k, v in self._all_keys().items() if v.layer]
-
-    def describe_key(self, key: str) -> tuple:
-        v = self._key(key)
-        return list(v.dims), v.ints, v.sparse, self._axis_name
-
-    def key_value(self, key: str, at: int) -> np.ndarray:
-        """After ``at`` steps: a State's value, or a layer's value in iteration at-1 (zeros before any step),
-        [batch(, beam), ...] with its dims in the order ``describe_key`` gives."""
-        v = self._key(key)
-        if not v.state and self.t == 0:
-            shape = (self.batch,) + ((self.beam,) if self.searching else ()) + tuple(n for _, n in v.dims)
-            return np.zeros(shape, np.float32)
-        arr = self.value(v.obj, at=at if v.state else max(1, at))
-        lead = 2 if self.searching else 1
-        if v.shared:  # one value for the batch: the same for each sequence (and hypothesis)
-            arr = np.broadcast_to(arr, (self.batch,) + ((self.beam,) if self.searching else ()) + arr.shape)
-        return arr.transpose(list(range(lead)) + [lead + i for i in v.perm]) if v.perm is not None else arr
-
-    def valid_units(self, key: str, b: int) -> int | None:
-        """How many of the flattened units of ``key`` hold sequence b's valid frames (a value with an axis of its
-        own besides the batch, first in ``describe_key``'s order: the rest is padding); None: all of them."""
-        v = self._key(key)
-        return None if v.frames is None else int(v.frames[b]) * int(np.prod([n for _, n in v.dims[1:]]))
-
-    def key_shared(self, key: str) -> bool:
-        return self._key(key).shared
-
-    def key_before_choice(self, key: str) -> bool:
-        v = self._key(key)
-        return self.searching and not v.state and self.before_choice(v.obj)
-
 
 class InnerStepsBase:
     """The iterations of an inner loop within one outer iteration, already run on the device and fetched: moving
@@ -615,23 +556,6 @@ class InnerStepsBase:
     def run_to(self, t: int):
         self.t = min(self.T, count_steps(t, "run_to", f"give a step in 0..{self.T}"))
         return self
-
-
-class ViewKey:
-    """What the views know of a State or layer of a stepper: the user's object (``value`` takes it), its dims
-    besides batch and beam as [(name, size)] in the order ``value`` gives, whether it holds ints, its sparse dim's
-    name; ``layer``: it is among the layers with a value per step that the hierarchy picks (a config's State is
-    a layer of its unit too). A value with an axis of its own besides the batch (an encoder's) has it first, its
-    size that of the stepper's longest sequence, and ``frames``: each sequence's valid frames along it.
-    ``shared``: it has no batch dim (one value for every sequence: ``value`` gives it without one)."""
-
-    def __init__(self, obj, state: bool, dims, ints: bool, sparse=None, layer: bool | None = None, perm=None,
-                 frames=None, shared: bool = False):
-        self.shared = shared
-        self.obj, self.state, self.dims, self.ints, self.sparse = obj, state, tuple(dims), ints, sparse
-        self.layer = not state if layer is None else layer
-        self.perm = perm  # value's axes after batch (and beam) in the order of ``dims`` (None: as they are)
-        self.frames = frames  # per sequence: the valid frames along the first of ``dims`` (None: all valid)
 
 
 class StepperBeams(Beams):

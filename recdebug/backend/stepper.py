@@ -15,7 +15,8 @@ from .feeding import checked_numbers, reference_labels, value_and_order
 from ..language.errors import DimError, LoopError, RecDebugError, RunError
 from ..language.state import State
 from ..emission.stepnet import build_step_net
-from .stepcore import InnerStepsBase, LoopStepper, ViewKey, StepBuffers, StepperBeams, building  # noqa: F401  (StepperBeams: public)
+from ..records.protocol import ViewKey
+from .stepcore import InnerStepsBase, LoopStepper, StepBuffers, StepperBeams, building  # noqa: F401  (StepperBeams: public)
 from .stepsearch import register_layer_classes, add_beam
 from ..language.tensor import Tensor
 

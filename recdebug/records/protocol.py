@@ -8,7 +8,24 @@ import weakref
 
 import numpy as np
 
-from ..language.errors import RunError
+from ..language.errors import RecDebugError, RunError
+
+
+class ViewKey:
+    """What the views know of a State or layer of a stepper: the user's object (``value`` takes it), its dims
+    besides batch and beam as [(name, size)] in the order ``value`` gives, whether it holds ints, its sparse dim's
+    name; ``layer``: it is among the layers with a value per step that the hierarchy picks (a config's State is
+    a layer of its unit too). A value with an axis of its own besides the batch (an encoder's) has it first, its
+    size that of the stepper's longest sequence, and ``frames``: each sequence's valid frames along it.
+    ``shared``: it has no batch dim (one value for every sequence: ``value`` gives it without one)."""
+
+    def __init__(self, obj, state: bool, dims, ints: bool, sparse=None, layer: bool | None = None, perm=None,
+                 frames=None, shared: bool = False):
+        self.shared = shared
+        self.obj, self.state, self.dims, self.ints, self.sparse = obj, state, tuple(dims), ints, sparse
+        self.layer = not state if layer is None else layer
+        self.perm = perm  # value's axes after batch (and beam) in the order of ``dims`` (None: as they are)
+        self.frames = frames  # per sequence: the valid frames along the first of ``dims`` (None: all valid)
 
 
 class SteppingControls:
@@ -18,42 +35,72 @@ class SteppingControls:
     A stepper gives ``t`` (steps run), ``T`` (steps at most), ``batch``, ``beam`` and ``choice`` (None unless it
     searches), ``ended`` ({sequence: its steps}), ``edits`` (the step of every set_state/reset), ``device``,
     ``breakpoint``, ``closed``, ``step``, ``reset``, ``_live_engine`` (which raises once the stepper is closed), and
-    what the views read by key, below."""
+    the keys the views read values by (``_keys()``: key -> ViewKey, States first), ``value``, ``before_choice``, ``_loop_text()`` and ``_axis_name``."""
 
-    # --- what the views read, by key (a State's or a layer's path) ---
+    # --- what the views read, by key (a State's or a layer's path), from the front end's ``_keys()`` ---
+    def _keys(self) -> dict:
+        """key (a State's or a layer's path) -> ViewKey, States first (a front end gives them)."""
+        raise NotImplementedError
+
+    def _all_keys(self) -> dict:
+        if getattr(self, "_key_cache", None) is None:
+            self._key_cache = self._keys()
+        return self._key_cache
+
+    def view_key_of(self, x) -> str:
+        """The key (as the views name it) of a State or in-loop value given as the front end's own object."""
+        found = next((k for k, v in self._all_keys().items() if v.obj is x), None)
+        if found is None:
+            raise RecDebugError(f"no State or layer {x!r} in {self._loop_text()}")
+        return found
+
+    def _key(self, key: str) -> "ViewKey":
+        found = self._all_keys().get(key)
+        if found is None:
+            raise RecDebugError(f"no State or layer {key!r} in {self._loop_text()}")
+        return found
+
     def view_keys(self) -> list:
         """The keys of the States, one heatmap each."""
-        raise NotImplementedError
+        return [k for k, v in self._all_keys().items() if v.state]
 
     def layer_keys(self) -> list:
         """The keys of every value with a value per step (the hierarchy's layers that can be picked)."""
-        raise NotImplementedError
+        return [k for k, v in self._all_keys().items() if v.layer]
 
     def describe_key(self, key: str) -> tuple:
         """(dims as [(name, size)] besides batch and beam, whether it holds ints, its sparse dim's name or None,
         the loop axis' name)."""
-        raise NotImplementedError
+        v = self._key(key)
+        return list(v.dims), v.ints, v.sparse, self._axis_name
 
-    def key_value(self, key: str, at: int):
-        """Its value after ``at`` steps, numpy [batch(, beam), ...]."""
-        raise NotImplementedError
+    def key_value(self, key: str, at: int) -> np.ndarray:
+        """After ``at`` steps: a State's value, or a layer's value in iteration at-1 (zeros before any step),
+        [batch(, beam), ...] with its dims in the order ``describe_key`` gives."""
+        v = self._key(key)
+        if not v.state and self.t == 0:
+            shape = (self.batch,) + ((self.beam,) if self.searching else ()) + tuple(n for _, n in v.dims)
+            return np.zeros(shape, np.float32)
+        arr = self.value(v.obj, at=at if v.state else max(1, at))
+        lead = 2 if self.searching else 1
+        if v.shared:  # one value for the batch: the same for each sequence (and hypothesis)
+            arr = np.broadcast_to(arr, (self.batch,) + ((self.beam,) if self.searching else ()) + arr.shape)
+        return arr.transpose(list(range(lead)) + [lead + i for i in v.perm]) if v.perm is not None else arr
 
-    def view_key_of(self, x) -> str:
-        """The key of a State or in-loop value given as the front end's own object (a State, an rd.Tensor)."""
-        raise NotImplementedError
-
-    def valid_units(self, key: str, b: int):
-        """How many of its flattened units hold sequence b's valid frames (a value with an axis of its own besides
-        the batch has it first; the rest is padding), or None: all of them."""
-        raise NotImplementedError
+    def valid_units(self, key: str, b: int) -> int | None:
+        """How many of the flattened units of ``key`` hold sequence b's valid frames (a value with an axis of its
+        own besides the batch, first in ``describe_key``'s order: the rest is padding); None: all of them."""
+        v = self._key(key)
+        return None if v.frames is None else int(v.frames[b]) * int(np.prod([n for _, n in v.dims[1:]]))
 
     def key_shared(self, key: str) -> bool:
         """Whether it has no batch dim: one value for every sequence (``key_value`` gives it for each alike)."""
-        return False
+        return self._key(key).shared
 
     def key_before_choice(self, key: str) -> bool:
         """Searching: whether it is computed before the choice (one value per previous hypothesis)."""
-        raise NotImplementedError
+        v = self._key(key)
+        return self.searching and not v.state and self.before_choice(v.obj)
 
     def beams(self):
         """Searching: the hypotheses of the steps run so far (a ``Beams``)."""
