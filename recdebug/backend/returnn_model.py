@@ -15,7 +15,6 @@ layer's own output is ``"<rec>/output"``. Inputs, lengths and teacher-forced tar
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import os
 import pprint
@@ -24,7 +23,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..emission import _tf_env  # noqa: F401  (before TensorFlow is imported)
-from ..emission.confignet import config_lines
+from ..emission.confignet import config_lines, net_to_build
 from ..language.errors import RecDebugError, RunError
 from .build import Build
 
@@ -305,44 +304,8 @@ class ModelBuild(Build):
         from returnn.tf.network import TFNetwork
 
         self.model, self.kind, self.rec, self.device = model, kind, rec, model.device
-        net = copy.deepcopy(model.net)
-        self.searched = {}  # with search: rec layer -> its best hypothesis' layer
-        if kind in ("run", "search", "save"):  # every top-level layer (RETURNN builds the output layers and what they
-            for name, layer in net.items():  # read)
-                if isinstance(layer, dict) and name not in skip:
-                    layer["is_output_layer"] = True
-        if kind == "save":  # every layer of each unit too (RETURNN builds a unit's layers only as its outputs need)
-            for name in model.rec_layers:
-                for sub, layer in net[name]["unit"].items():
-                    if sub != "end" and isinstance(layer, dict):  # (see "trace" below)
-                        layer["is_output_layer"] = True
-        if kind == "search":
-            for name in model.rec_layers:
-                if any(isinstance(x, dict) and x.get("class") == "choice" for x in net[name]["unit"].values()):
-                    best = f"{name}.best"
-                    # the best by the scores the search ends with (a choice layer's length_normalization included)
-                    net[best] = {"class": "decide", "from": name, "is_output_layer": True,
-                                 "length_normalization": False}
-                    self.searched[name] = best
+        net, self.searched, self.choice = net_to_build(model.net, kind, rec, model.rec_layers, skip)
         searching = kind in ("search", "templates_search", "trace_search")
-        if kind == "trace_search":
-            unit = net[rec]["unit"]
-            self.choice = _search_choice(rec, unit)
-            for layer in unit.values():
-                layer["is_output_layer"] = True
-            unit[self.choice + ".scores"] = {"class": "choice_get_beam_scores", "from": self.choice,
-                                             "is_output_layer": True}
-            net[rec]["is_output_layer"] = True
-            net[rec]["optimize_move_layers_out"] = False  # every layer in the loop: one value per hypothesis
-        if kind in ("trace", "trace_grad", "templates", "templates_search"):
-            net[rec]["is_output_layer"] = True
-            unit = net[rec]["unit"]
-            for name, layer in unit.items():
-                # (the end layer of a loop over its targets is not built: RETURNN then misses its prev:end)
-                if name != "end":
-                    layer["is_output_layer"] = True
-            if kind.startswith("templates"):  # every layer in the loop: its in-loop template, its state
-                net[rec]["optimize_move_layers_out"] = False
         net = self.prepare(net)
         with self.scope(), behavior_version(model.behavior_version):
             # the train flag as RETURNN's engine gives it: a tensor fed False (some configs build only so); for a
@@ -582,16 +545,6 @@ def _sequences(inputs: dict, seq_lens: dict) -> int:
     if len(set(counts.values())) != 1 or None in counts.values():
         raise RunError(f"train: the inputs and lengths disagree on the number of sequences: {counts}")
     return next(iter(counts.values()))
-
-
-def _search_choice(rec: str, unit: dict) -> str:
-    """The one choice layer of a unit, searched over."""
-    choices = [n for n, layer in unit.items() if isinstance(layer, dict) and layer.get("class") == "choice"]
-    if len(choices) != 1:
-        raise RecDebugError(f"rec layer {rec!r} has {len(choices) or 'no'} choice layers {choices}: a search "
-                            "trace follows one" if choices else f"rec layer {rec!r} has no choice layer: there is "
-                            "no search to trace", hint="m.trace(...) without search=True")
-    return choices[0]
 
 
 def extern_sizes(network) -> dict:

@@ -1,5 +1,6 @@
 """A RETURNN config's net dict read as data: the layer names its options refer to, the config lines that define
-its layers, and its rec layer's unit as a plain net of one step (for the live stepper, ``returnn_stepper``).
+its layers, the net each kind of build builds (``net_to_build``), and its rec layer's unit as a plain net of one
+step (for the live stepper, ``returnn_stepper``).
 
 In the step net each unit layer keeps its options; its references are rewritten: ``prev:X`` reads X's value of the
 previous step from a ``recdebug_tensor`` (the stepper's buffer), ``data:source`` and ``data:KEY`` gather frame t,
@@ -9,6 +10,7 @@ label of step t (teacher forcing); a layer after the choice reads a value from b
 """
 from __future__ import annotations
 
+import copy
 import re
 
 from ..language.errors import RecDebugError
@@ -81,6 +83,61 @@ def config_lines(text: str | None, net: dict) -> dict:
 
     visit(net, "", start)
     return out
+
+
+def net_to_build(net: dict, kind: str, rec: str | None, rec_layers: list, skip=()) -> tuple:
+    """The config's net as a build of ``kind`` builds it (a copy; the config's own stays as it is): the layers it
+    fetches made output layers, a search's best hypotheses as decide layers. Returns (the net, {searched rec layer:
+    its best hypothesis' layer}, the choice layer a search trace follows or None).
+
+    kind: "run", "search" (RETURNN's own search), "save" (every parameter), "trace" / "trace_grad" (every unit layer
+    at every step), "trace_search" (every unit layer of every hypothesis), "templates" / "templates_search" (every
+    unit layer kept in the loop, for the stepper to read). ``skip``: top-level layers a run leaves out."""
+    net = copy.deepcopy(net)
+    searched, choice = {}, None
+    if kind in ("run", "search", "save"):  # every top-level layer (RETURNN builds the output layers and what they read)
+        for name, layer in net.items():
+            if isinstance(layer, dict) and name not in skip:
+                layer["is_output_layer"] = True
+    if kind == "save":  # every layer of each unit too (RETURNN builds a unit's layers only as its outputs need)
+        for name in rec_layers:
+            for sub, layer in net[name]["unit"].items():
+                if sub != "end" and isinstance(layer, dict):  # (see "trace" below)
+                    layer["is_output_layer"] = True
+    if kind == "search":
+        for name in rec_layers:
+            if any(isinstance(x, dict) and x.get("class") == "choice" for x in net[name]["unit"].values()):
+                # the best by the scores the search ends with (a choice layer's length_normalization included)
+                net[f"{name}.best"] = {"class": "decide", "from": name, "is_output_layer": True,
+                                       "length_normalization": False}
+                searched[name] = f"{name}.best"
+    if kind == "trace_search":
+        unit = net[rec]["unit"]
+        choice = _search_choice(rec, unit)
+        for layer in unit.values():
+            layer["is_output_layer"] = True
+        unit[choice + ".scores"] = {"class": "choice_get_beam_scores", "from": choice, "is_output_layer": True}
+        net[rec]["is_output_layer"] = True
+        net[rec]["optimize_move_layers_out"] = False  # every layer in the loop: one value per hypothesis
+    if kind in ("trace", "trace_grad", "templates", "templates_search"):
+        net[rec]["is_output_layer"] = True
+        for name, layer in net[rec]["unit"].items():
+            # (the end layer of a loop over its targets is not built: RETURNN then misses its prev:end)
+            if name != "end":
+                layer["is_output_layer"] = True
+        if kind.startswith("templates"):  # every layer in the loop: its in-loop template, its state
+            net[rec]["optimize_move_layers_out"] = False
+    return net, searched, choice
+
+
+def _search_choice(rec: str, unit: dict) -> str:
+    """The one choice layer of a unit, searched over."""
+    choices = [n for n, layer in unit.items() if isinstance(layer, dict) and layer.get("class") == "choice"]
+    if len(choices) != 1:
+        raise RecDebugError(f"rec layer {rec!r} has {len(choices) or 'no'} choice layers {choices}: a search "
+                            "trace follows one" if choices else f"rec layer {rec!r} has no choice layer: there is "
+                            "no search to trace", hint="m.trace(...) without search=True")
+    return choices[0]
 
 
 def config_step_net(net: dict, rec: str, states: dict, cells: dict, search_choice, forced: dict, beam: int,
