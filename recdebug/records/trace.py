@@ -58,7 +58,46 @@ class Entry:
         return f"Entry({self.key!r}, dims={self.dims}, kind={self.kind!r})"
 
 
-class Trace:
+class SearchRecords:
+    """Mixed into ``Trace``: what a trace of a search (``search=True``) holds of its beams."""
+
+    def before_choice(self, x) -> bool:
+        """With search: whether an in-loop value is computed before the choice of its step. Its values are then
+        per hypothesis of the previous step: hypothesis k of step t reads slot ``backpointers[t, b, k]``. The
+        values computed from the choice (a State assigned the label, say) are per new hypothesis."""
+        key = self.key(x)
+        return bool(self.entries[key].loop_axes) and key not in self.after_choice
+
+    def beams(self, choice) -> "BeamSteps":
+        """The beam search of an rd.choice (a trace made with ``search=True``), step by step."""
+        key = self.key(choice)
+        if key + ".backpointers" not in self.entries:
+            raise RecDebugError(f"{key!r} has no beams in this trace: trace with search=True")
+        end_key, include_eos, lens_axis, normalized = self._beam_setup(key, choice)
+        lens = None if lens_axis is None else np.asarray(self.lens(lens_axis))
+        beams = BeamSteps(self, key, end_key, include_eos, lens)
+        if normalized and beams.shape[0]:  # the search ran to its end: its final scores as RETURNN gives them
+            beams.normalize_final()
+        return beams
+
+    def _beam_setup(self, key: str, choice=None) -> tuple:
+        """How the hypotheses of a choice end: (key of the loop's end flag or None, include_eos, label of the
+        axis whose lengths end them (a search over unstacked frames) or None, whether the final scores are length
+        normalized (a config's choice layer)). From the choice's loop, else from the file."""
+        if getattr(choice, "scope", None) is None and self.emitted is not None:
+            choice = next((t for t in self.emitted.layer_of if self._lookup.get(id(t)) == key), None)
+        loop = getattr(choice, "scope", None)
+        if loop is None:
+            saved = self._saved.get("beams", {}).get(key)
+            if not saved:
+                return None, True, None, False
+            return saved["end"], saved["include_eos"], saved["lens_axis"], saved.get("length_normalization", False)
+        end_key = self._lookup.get(id(loop.end_cond)) if loop.end_cond is not None else None
+        by_frames = loop.unstacked and not loop.bounded  # the hypotheses of a sequence end with its frames
+        return end_key, bool(loop.include_eos or by_frames), self.label(loop.axis) if by_frames else None, False
+
+
+class Trace(SearchRecords):
     """What one run of the real RecLayer recorded. Values are addressed by Tensor, State or layer path."""
 
     def __init__(self, entries: dict, dims: dict, lens: dict, moved_out=(), in_loop=(), device: str = "cpu",
@@ -131,41 +170,6 @@ class Trace:
     def states(self) -> dict:
         """State name -> key of its per-step values."""
         return {e.key.rsplit("/", 1)[-1]: e.key for e in self.entries.values() if e.kind == "state"}
-
-    def before_choice(self, x) -> bool:
-        """With search: whether an in-loop value is computed before the choice of its step. Its values are then
-        per hypothesis of the previous step: hypothesis k of step t reads slot ``backpointers[t, b, k]``. The
-        values computed from the choice (a State assigned the label, say) are per new hypothesis."""
-        key = self.key(x)
-        return bool(self.entries[key].loop_axes) and key not in self.after_choice
-
-    def beams(self, choice) -> "BeamSteps":
-        """The beam search of an rd.choice (a trace made with ``search=True``), step by step."""
-        key = self.key(choice)
-        if key + ".backpointers" not in self.entries:
-            raise RecDebugError(f"{key!r} has no beams in this trace: trace with search=True")
-        end_key, include_eos, lens_axis, normalized = self._beam_setup(key, choice)
-        lens = None if lens_axis is None else np.asarray(self.lens(lens_axis))
-        beams = BeamSteps(self, key, end_key, include_eos, lens)
-        if normalized and beams.shape[0]:  # the search ran to its end: its final scores as RETURNN gives them
-            beams.normalize_final()
-        return beams
-
-    def _beam_setup(self, key: str, choice=None) -> tuple:
-        """How the hypotheses of a choice end: (key of the loop's end flag or None, include_eos, label of the
-        axis whose lengths end them (a search over unstacked frames) or None, whether the final scores are length
-        normalized (a config's choice layer)). From the choice's loop, else from the file."""
-        if getattr(choice, "scope", None) is None and self.emitted is not None:
-            choice = next((t for t in self.emitted.layer_of if self._lookup.get(id(t)) == key), None)
-        loop = getattr(choice, "scope", None)
-        if loop is None:
-            saved = self._saved.get("beams", {}).get(key)
-            if not saved:
-                return None, True, None, False
-            return saved["end"], saved["include_eos"], saved["lens_axis"], saved.get("length_normalization", False)
-        end_key = self._lookup.get(id(loop.end_cond)) if loop.end_cond is not None else None
-        by_frames = loop.unstacked and not loop.bounded  # the hypotheses of a sequence end with its frames
-        return end_key, bool(loop.include_eos or by_frames), self.label(loop.axis) if by_frames else None, False
 
     @property
     def hierarchy(self) -> list:
