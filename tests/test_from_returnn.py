@@ -900,6 +900,71 @@ def test_a_configs_state_over_the_encoders_axis_steps_as_numpy_computes_it(tmp_p
         np.testing.assert_allclose(got[b, :lens[b], :mem_lens[b]], want[b, :lens[b], :mem_lens[b]], atol=ATOL)
 
 
+COUNTER_NET = {  # a State without the batch axis: a step counter, one value for every sequence
+    "loop": {"class": "rec", "from": "data", "unit": {
+        "half": {"class": "constant", "value": 0.5},
+        "count": {"class": "combine", "kind": "add", "from": ["prev:count", "half"], "initial_output": 0},
+        "h": {"class": "linear", "activation": "tanh", "n_out": 3, "from": ["data:source", "prev:h"]},
+        "scaled": {"class": "combine", "kind": "mul", "from": ["h", "count"]},
+        "output": {"class": "copy", "from": "scaled"}}},
+    "output": {"class": "copy", "from": "loop"},
+}
+
+
+def test_a_configs_state_without_the_batch_axis_steps_as_numpy_computes_it(tmp_path, rng):
+    """A State read with prev: that has no batch axis (a step counter) is one value for every sequence: the
+    stepper keeps it, steps it one call per step and in the graph, edits it, and the views read it for each
+    sequence alike; against numpy, ragged lengths with garbage in the padding frames."""
+    m = rd.from_returnn(COUNTER_NET, extern_data={"data": {"dim": 2}})
+    lens = np.array([5, 2, 4])
+    x = rng.standard_normal((3, 5, 2)).astype(np.float32)
+    pad = np.arange(5)[None, :] >= lens[:, None]
+    x[pad] = rng.uniform(-1e3, 1e3, size=(pad.sum(), 2))
+    w = weights(m.save(tmp_path / "model"))
+    hs = np.zeros((3, 6, 3))  # hs[:, t]: h after t steps (a sequence that ended keeps its last)
+    for t in range(5):
+        new = np.tanh(np.concatenate([x[:, t], hs[:, t]], axis=1) @ w["loop/rec/h/W"] + w["loop/rec/h/b"])
+        hs[:, t + 1] = np.where((t < lens)[:, None], new, hs[:, t])
+    counts = 0.5 * np.arange(6)  # the counter steps while any sequence does
+
+    tr = m.trace({"data": x}, {"data": lens})
+    np.testing.assert_array_equal(tr.numpy("loop/count"), counts[1:])
+    for in_graph in (False, True):
+        st = m.stepper({"data": x}, {"data": lens})
+        assert st.view_keys() == ["loop/count", "loop/h"] and st.key_shared("loop/count")
+        if in_graph:
+            st.run_to(5)
+        else:
+            for _ in range(5):
+                st.step()
+        assert st.finished and st.ended == {0: 5, 1: 2, 2: 4}
+        for t in range(6):
+            np.testing.assert_array_equal(st.value("loop/count", at=t), np.float32(counts[t]))
+            np.testing.assert_array_equal(st.key_value("loop/count", t), np.full(3, counts[t], np.float32))
+            np.testing.assert_allclose(st.value("loop/h", at=t), hs[:, t], atol=ATOL)
+        for t in range(1, 6):  # a layer's value in iteration t-1, for the sequences still running
+            valid = lens >= t
+            np.testing.assert_allclose(st.value("loop/scaled", at=t)[valid], hs[valid, t] * counts[t], atol=ATOL)
+        np.testing.assert_array_equal(st.value("loop/half", at=3), np.float32(0.5))  # a constant of the unit
+        st.close()
+    st = m.stepper({"data": x}, {"data": lens})
+    st.run_to(2)
+    st.set_state("loop/count", np.float32(10))
+    st.step()
+    assert st.value("loop/count") == np.float32(10.5)
+    valid = lens >= 3
+    np.testing.assert_allclose(st.value("loop/scaled")[valid], hs[valid, 3] * 10.5, atol=ATOL * 10)
+    with pytest.raises(rd.RunError, match=r"expected \(\) \(one value for every sequence"):
+        st.set_state("loop/count", np.zeros(3, np.float32))
+    d = rd.debugger(st)
+    d.select_sequence(1)  # (ended after 2 steps: the counter still draws, as it is one value for every sequence)
+    view = d.views["loop/count"]
+    assert "shared by the batch" in view.unit_label
+    drawn = np.frombuffer(view.values, np.float32).reshape(view.shape)[:3, 0]
+    np.testing.assert_array_equal(drawn, np.float32([0.5, 10.0, 10.5]))  # after each iteration; t=1 edited
+    st.close()
+
+
 def test_a_checkpoint_without_a_layers_parameters_is_said_in_the_configs_terms(tmp_path, rng):
     """A layer nothing reads has no parameters in a checkpoint RETURNN trained (it never built it): run and search
     leave it out, as RETURNN's own forward and search do. A layer that is needed and missing is one clear error

@@ -26,8 +26,17 @@ from .stepcore import InnerStepsBase, LoopStepper, StepBuffers, building
 class ConfigState:
     """A layer of the unit read with ``prev:``: the stepper keeps its value of every step."""
 
-    def __init__(self, key: str, name: str, shape: tuple, dtype: str, dims: list, sparse: str | None):
+    def __init__(self, key: str, name: str, shape: tuple, dtype: str, dims: list, sparse: str | None,
+                 shared: bool = False):
+        """``dims``: its dim tags, batch first; ``shared``: it has no batch dim (one value for every sequence; the
+        stepper's buffer keeps it for each alike), and ``dims`` are its own."""
         self.key, self.name, self.shape, self.dtype, self.dims, self.sparse = key, name, shape, dtype, dims, sparse
+        self.shared = shared
+
+    @property
+    def unit_dims(self) -> list:
+        """Its dim tags besides the batch."""
+        return list(self.dims) if self.shared else list(self.dims[1:])
 
     def path(self, graph=None) -> str:
         return self.key
@@ -60,7 +69,8 @@ class ConfigStepEngine(Build):
             shapes.update({(name, i): ((batch,) + shape, dtype) for name, parts in cell_states.items()
                            for i, (shape, dtype, _) in enumerate(parts)})
             self.core = StepBuffers(shapes, batch, max_steps, beam if search_choice is not None else None,
-                                    ends=search_choice is not None, lengths=lengths)
+                                    ends=search_choice is not None, lengths=lengths,
+                                    shared={st for st in states.values() if st.shared})
             self.device_tensors.update(self.core.tensors)
             # (an axis of its own, an extern data's: its dim as the config has it, not the model build's variant)
             reads = {name: (self.core.read_key(st), [t.get_same_base() for t in st.dims], st.dtype, st.sparse_tag,
@@ -88,8 +98,8 @@ class ConfigStepEngine(Build):
             self.outputs = {}  # unit layer -> its value, batch first
             for name in unit:
                 layer = self.network.layers.get(PREFIX + name)
-                if layer is not None:
-                    self.outputs[name] = layer.output.copy_as_batch_major()
+                if layer is not None:  # (one without the batch axis, a constant say, as it is)
+                    self.outputs[name] = _batch_major(layer.output)
             self._finish(states, cell_states, search_choice, batch, bool(net[rec].get("include_eos", False)))
         self.extra_variables, self._source = self.core.variables, source
         self.open()
@@ -105,7 +115,7 @@ class ConfigStepEngine(Build):
             init[st] = tf.constant(st.initial)
             if None in st.shape:  # an axis of its own (an encoder's): sized by its longest sequence in the feed
                 sizes = [tf.reduce_max(self.lengths_of(tag)) if tag.dimension is None else tag.dimension
-                         for tag in st.dims[1:]]
+                         for tag in st.unit_dims]
                 init[st] = tf.fill(tf.stack([batch] + sizes), tf.constant(st.initial, st.dtype))
         init.update({(name, i): tf.constant(0) for name, parts in cell_states.items() for i in range(len(parts))})
         self.core.finish(init=init, **self.step_args(self.network))
@@ -121,8 +131,8 @@ class ConfigStepEngine(Build):
         for name, st in states.items():
             if None in st.shape:
                 valid[st] = self._valid_frames(st)
-            value = net.layers[PREFIX + name].output.copy_as_batch_major().placeholder
-            new[st] = value if None in st.shape else tf.reshape(value, (batch,) + st.shape)
+            value = _batch_major(net.layers[PREFIX + name].output).placeholder
+            new[st] = value if None in st.shape or st.shared else tf.reshape(value, (batch,) + st.shape)
             if PREFIX + name not in self.after_choice:
                 reordered.add(st)
         for name, parts in cell_states.items():
@@ -176,7 +186,7 @@ class ConfigStepEngine(Build):
         import tensorflow as tf
 
         mask = None
-        for i, tag in enumerate(st.dims[1:], start=1):
+        for i, tag in enumerate(st.unit_dims, start=1):
             if tag.dimension is not None:
                 continue
             lens = self.lengths_of(tag)
@@ -233,7 +243,7 @@ def _dims_from(source, net: dict, st) -> list:
     """The top-level layers whose output has a State's dynamic dims (an encoder's computed axis, e.g. after
     pooling), so that the step net's buffer read takes that build's own dim."""
     found = []
-    for tag in st.dims[1:]:
+    for tag in st.unit_dims:
         if tag.dimension is not None:
             continue
         for name, layer in source.network.layers.items():
@@ -278,7 +288,7 @@ class ConfigLoop:
     def __init__(self, model, rec: str, source: ModelBuild, search: bool, beam_size):
         self.model, self.rec = model, rec
         unit, rec_dict = model.net[rec]["unit"], model.net[rec]
-        self._analyze(source, unit)
+        self._analyze(source, unit, search)
         choices = _check_choices(rec, unit, rec_dict, search)
         self.search, self.choice, self.beam = search, choices[0] if search else None, 1
         if search:
@@ -317,7 +327,7 @@ class ConfigLoop:
             steps = int(min(steps, lens.max()))
         return int(batch), steps, lens
 
-    def _analyze(self, source: ModelBuild, unit: dict):
+    def _analyze(self, source: ModelBuild, unit: dict, search: bool):
         rec = self.rec
         self.inner = [n for n, layer in unit.items()  # nested rec layers: run whole in a step (descend)
                       if layer.get("class") == "rec" and isinstance(layer.get("unit"), dict)]
@@ -326,15 +336,18 @@ class ConfigLoop:
         for name in source.prev_needed:
             tmpl = source.templates[name]
             b = tmpl.batch_dim_axis
-            if b is None:
+            if b is None and (search or None in tmpl.batch_shape):
                 raise RecDebugError(
-                    f"stepping: {rec}/{name} (read with prev:) has the shape {tmpl}; the stepper keeps States with "
-                    "the batch axis", hint="m.trace(...) records it")
-            # batch first (read off the template: RETURNN cannot copy a search's template with an encoder's axis)
-            tags = [tmpl.dim_tags[b]] + [t for i, t in enumerate(tmpl.dim_tags) if i != b]
-            shape = tuple(n for i, n in enumerate(tmpl.batch_shape) if i != b)
+                    f"stepping: {rec}/{name} (read with prev:) has the shape {tmpl}; the stepper keeps a State "
+                    "without the batch axis only for a loop without search, and only with static dims",
+                    hint="m.trace(...) records it")
+            if b is None:  # one value for every sequence
+                tags, shape = list(tmpl.dim_tags), tuple(tmpl.batch_shape)
+            else:  # batch first (read off the template: RETURNN cannot copy a search's template with an encoder's axis)
+                tags = [tmpl.dim_tags[b]] + [t for i, t in enumerate(tmpl.dim_tags) if i != b]
+                shape = tuple(n for i, n in enumerate(tmpl.batch_shape) if i != b)
             st = ConfigState(f"{rec}/{name}", name, shape, tmpl.dtype, tags,
-                             tmpl.sparse_dim.description if tmpl.sparse_dim is not None else None)
+                             tmpl.sparse_dim.description if tmpl.sparse_dim is not None else None, shared=b is None)
             st.sparse_tag = tmpl.sparse_dim
             st.initial = _initial_value(unit[name], rec, name)
             self.states[name] = st
@@ -456,17 +469,22 @@ class ReturnnStepper(LoopStepper):
     # --- values ---
     def value(self, x, at: int | None = None) -> np.ndarray:
         """After k steps (default: now): a State's value (``"output/s"`` or its ConfigState), or a unit layer's
-        value in iteration k-1; batch first (with search: [batch, beam, ...]), as RETURNN's batch-major layout."""
+        value in iteration k-1; batch first (with search: [batch, beam, ...]), as RETURNN's batch-major layout; one
+        without the batch axis (a step counter, say) as it is: one value for every sequence."""
         self._live_engine()
         k = self._at(at)
         key = x.key if isinstance(x, ConfigState) else x
         name = key[len(self.rec) + 1:] if isinstance(key, str) and key.startswith(self.rec + "/") else key
         if name in self._states:
             arr = self._buffer(self._states[name], k)
+            if self._states[name].shared:  # one value for every sequence (the buffer keeps it for each)
+                return arr[0]
         elif name in self._outputs:
             if k == 0:
                 raise RecDebugError(f"{key!r}: no iteration has run yet; call step() first")
             arr = self._layer(self._outputs[name].placeholder, k - 1)
+            if self._outputs[name].batch_dim_axis is None:  # one value for every sequence
+                return arr
         else:
             raise RecDebugError(f"no layer {key!r} in the unit of {self.rec!r}; it has "
                                 f"{sorted(f'{self.rec}/{n}' for n in self._outputs)}")
@@ -475,19 +493,22 @@ class ReturnnStepper(LoopStepper):
         return arr
 
     def set_state(self, state, value) -> "ReturnnStepper":
-        """Replace a State's current value (step t; batch first, with search [batch, beam, ...])."""
+        """Replace a State's current value (step t; batch first, with search [batch, beam, ...]; a State without
+        the batch axis: its one value for every sequence)."""
         st = self._state(state)
         self._live_engine()
         value = np.asarray(value)
         shape = self._shape(st)
-        expected = (self.batch,) + ((self.beam,) if self.search else ()) + shape
+        expected = shape if st.shared else (self.batch,) + ((self.beam,) if self.search else ()) + shape
         if value.shape != expected:
             dynamic = "".join(f"; {t.description} has {n} frames here, its longest sequence"
-                              for t, n, s in zip(st.dims[1:], shape, st.shape) if s is None)
-            raise RunError(f"set_state({st.key!r}): shape {value.shape}, expected {expected} (batch first"
-                           f"{dynamic})")
+                              for t, n, s in zip(st.unit_dims, shape, st.shape) if s is None)
+            raise RunError(f"set_state({st.key!r}): shape {value.shape}, expected {expected} "
+                           f"({'one value for every sequence' if st.shared else 'batch first'}{dynamic})")
         if value.dtype.kind not in "biuf" or (value.dtype.kind == "f" and st.dtype.startswith("int")):
             raise RunError(f"set_state({st.key!r}): expected {st.dtype} values, got {value.dtype}")
+        if st.shared:  # kept for each entry alike
+            value = np.broadcast_to(value, (self.batch * self.beam,) + shape)
         return self._set_buffer(st, value.reshape((self.batch * self.beam,) + shape))
 
     def _shape(self, st) -> tuple:
@@ -532,7 +553,9 @@ class ReturnnStepper(LoopStepper):
         keys = {}
         for name in self._order:  # (a State is a layer of the unit too)
             st, data = self._states.get(name), self._outputs.get(name)
-            tags = st.dims[1:] if st is not None else data.dim_tags[1:] if data is not None else None
+            shared = st.shared if st is not None else data is not None and data.batch_dim_axis is None
+            tags = st.unit_dims if st is not None else \
+                (data.dim_tags if shared else data.dim_tags[1:]) if data is not None else None
             own = [t for t in tags or () if t.dimension is None]
             if tags is None or len(own) > 1 or (own and self._frames(own[0]) is None):
                 continue  # (a nested rec layer's value, with its own steps: descend)
@@ -547,7 +570,7 @@ class ReturnnStepper(LoopStepper):
             keys[st.key if st is not None else f"{self.rec}/{name}"] = ViewKey(
                 st.key if st is not None else f"{self.rec}/{name}", st is not None, dims,
                 source.dtype.startswith(("int", "uint", "bool")), sparse, layer=data is not None,
-                perm=order if order != sorted(order) else None, frames=frames)
+                perm=order if order != sorted(order) else None, frames=frames, shared=shared)
         return keys
 
     def before_choice(self, key: str) -> bool:
@@ -589,6 +612,11 @@ class ConfigInnerSteps(InnerStepsBase):
             arr = arr[:, self.t - 1]
         st = self.outer
         return arr.reshape((st.batch, st.beam) + arr.shape[1:]) if st.searching else arr
+
+
+def _batch_major(data):
+    """A layer's output with the batch axis first; one without a batch axis as it is."""
+    return data.copy_as_batch_major() if data.batch_dim_axis is not None else data
 
 
 def _initial_value(layer: dict, rec: str, name: str):
