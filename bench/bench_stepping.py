@@ -98,7 +98,8 @@ def main():
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--device", default=None)
     ap.add_argument("--system-memory", action="store_true",
-                    help="without TensorFlow's pooled CPU allocator, which recdebug turns on (TF_CPU_ALLOCATOR_USE_BFC)")
+                    help="without TensorFlow's pooled CPU allocator, which recdebug turns on "
+                         "(TF_CPU_ALLOCATOR_USE_BFC)")
     args = ap.parse_args()
     if args.system_memory:  # (read when TensorFlow makes its CPU device, at the first run)
         os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "false"

@@ -129,7 +129,8 @@ def test_run_until_a_bound_on_a_state_stops_where_the_python_predicate_stops(lst
         assert ref.run_until(rd.on_state(lstm.c, python, "python")) == hit and in_graph(st)
         assert_same_steps(st, ref, (lstm.h, lstm.c))
         if "below" not in kwargs:
-            assert hit and st.t == first + 1 and st.breakpoint == f"a value > {np.float32(bound):.7g} in lstm/c at t={first}"
+            assert hit and st.t == first + 1
+            assert st.breakpoint == f"a value > {np.float32(bound):.7g} in lstm/c at t={first}"
             assert len(st.breakpoint.split()[3]) <= 9  # (a computed bound reads in float32's digits, not float64's)
     st = new_stepper(lstm_case, x_np)
     assert st.run_until(rd.on_state(lstm.c, above=1e9), max_steps=3) is False and st.t == 3

@@ -16,7 +16,7 @@ from ..language.errors import DimError, LoopError, RecDebugError, RunError
 from ..language.state import State
 from ..emission.stepnet import build_step_net
 from ..records.protocol import ViewKey
-from .stepcore import InnerStepsBase, LoopStepper, StepBuffers, StepperBeams, building  # noqa: F401  (StepperBeams: public)
+from .stepcore import InnerStepsBase, LoopStepper, StepBuffers, StepperBeams, building  # noqa: F401  (public)
 from .stepsearch import register_layer_classes, add_beam
 from ..language.tensor import Tensor
 

@@ -246,10 +246,7 @@ class Graph:
         for stepper in list(self._steppers):
             stepper.close(why="its graph was closed (g.close())")
         for engine in self._engines.values():
-            if keep_builds and hasattr(engine, "release"):
-                engine.release()
-            else:
-                engine.close()
+            engine.release() if keep_builds else engine.close()
         self._engines.clear()
         if not keep_builds and "free_spares" in _BACKEND:
             _BACKEND["free_spares"]()

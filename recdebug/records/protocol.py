@@ -35,7 +35,8 @@ class SteppingControls:
     A stepper gives ``t`` (steps run), ``T`` (steps at most), ``batch``, ``beam`` and ``choice`` (None unless it
     searches), ``ended`` ({sequence: its steps}), ``edits`` (the step of every set_state/reset), ``device``,
     ``breakpoint``, ``closed``, ``step``, ``reset``, ``_live_engine`` (which raises once the stepper is closed), and
-    the keys the views read values by (``_keys()``: key -> ViewKey, States first), ``value``, ``before_choice``, ``_loop_text()`` and ``_axis_name``."""
+    the keys the views read values by (``_keys()``: key -> ViewKey, States first), ``value``, ``before_choice``,
+    ``_loop_text()`` and ``_axis_name``."""
 
     # --- what the views read, by key (a State's or a layer's path), from the front end's ``_keys()`` ---
     def _keys(self) -> dict:
