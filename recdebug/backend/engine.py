@@ -17,7 +17,7 @@ from ..language.dims import Dim, dim_named, sorted_dims
 from ..language.errors import DimError, RunError, running_cell, user_line
 from ..emission.netdict import Emitted, emit
 from .build import Build
-from .recording import layer_outputs
+from .recording import TopLevel, layer_outputs
 from .feeding import Feeding, _batch, _batch_size, check_feeds, checked_numbers
 from .tracing import DEFAULT_TRACE_BYTES, Tracing, check_capture
 
@@ -247,36 +247,36 @@ class Engine(Build, Tracing, Feeding):
         return {path: session.run(var) for path, (param, var) in self.param_vars.items()}
 
     def _fetches(self, layer_names: dict, lens: dict):
-        """Output tensors and rd dims of top-level layers, plus the lengths of dynamic dims not fed."""
+        """Output tensors and rd dims of layers, plus the lengths of dynamic dims not fed."""
         fetch, dims_of, sizes = layer_outputs(self.network, layer_names, self.emitted.rd_dim)
-        return fetch, dims_of, {d: v for d, v in sizes.items() if d is not None and d.is_dynamic and d not in lens}
+        return fetch, dims_of, {d: v for d, v in sizes.items() if self._unfed(d, lens)}
+
+    @staticmethod
+    def _unfed(d, lens: dict) -> bool:
+        """Whether a run fetches the lengths of ``d``: a dynamic dim of the user's not fed."""
+        return d is not None and d.is_dynamic and d not in lens
+
+    def top_level(self, lens: dict, loops: bool = True) -> TopLevel:
+        """What a run fetches: every top-level value (a search: its best hypothesis), the lengths of its dynamic dims
+        not fed (``lens``) and, with ``loops``, those of every top-level loop (also when nothing is stacked) and a
+        searching loop's final scores."""
+        em, g = self.emitted, self.graph
+        layers = {t: em.decided.get(t, name) if self.search else name for t, name in em.fetch.items()}
+        searches = {loop: loop.name for loop in {y.scope for y in g.choices if y.scope.parent is g.top}} \
+            if self.search and loops else {}
+        top = TopLevel(self.network, layers, em.rd_dim, searches, keep=lambda d: self._unfed(d, lens))
+        for loop in g.top.children if loops else ():
+            searched = self.search and any(loop.contains(y.scope) for y in g.choices)
+            if loop.axis not in lens and loop.axis not in top.sizes and not searched:
+                top.sizes[loop.axis] = (self.network.get_layer(loop.len_name).output.placeholder, (_batch(),))
+        return top
 
     def run(self, inputs: dict, seq_lens: dict, targets: dict | None = None) -> "Result":
         fd, lens, arrays = self.feed_dict(inputs, seq_lens)
         self.feed_targets(fd, targets or {}, seq_lens, _batch_size(arrays))
-        layers = {t: self.emitted.decided.get(t, name) if self.search else name
-                  for t, name in self.emitted.fetch.items()}
-        fetch, dims_of, length_fetch = self._fetches(layers, lens)
-        length_fetch.update(self._loop_lengths(lens, length_fetch))
-        values, fetched_lens, score_values = self.run_session(
-            (fetch, {d: p for d, (p, _) in length_fetch.items()}, self._search_scores()), feed_dict=fd)
-        return self._result(values, dims_of, lens, fetched_lens, score_values, arrays)
-
-    def _loop_lengths(self, lens: dict, length_fetch: dict) -> dict:
-        """The lengths of every top-level loop not fed or fetched already (also when nothing is stacked)."""
-        out = {}
-        for loop in self.graph.top.children:
-            searched = self.search and any(loop.contains(y.scope) for y in self.graph.choices)
-            if loop.axis not in lens and loop.axis not in length_fetch and not searched:
-                out[loop.axis] = (self.network.get_layer(loop.len_name).output.placeholder, (_batch(),))
-        return out
-
-    def _search_scores(self) -> dict:
-        """A searching top-level loop -> its final beam's scores (a tensor)."""
-        if not self.search:
-            return {}
-        return {loop: self.network.get_layer(loop.name).get_search_choices().beam_scores
-                for loop in {y.scope for y in self.graph.choices if y.scope.parent is self.graph.top}}
+        top = self.top_level(lens)
+        values, fetched_lens, scores = top.run(self, fd)
+        return self._result(values, top.dims, lens, fetched_lens, scores, arrays)
 
     def _result(self, values: dict, dims_of: dict, lens: dict, fetched_lens: dict, score_values: dict,
                 arrays: dict) -> "Result":

@@ -1,7 +1,8 @@
-"""What a trace reads of a built RETURNN network, the same for both front ends: layer outputs with their dims
-labelled, a search's per-step values of every hypothesis (RETURNN's step accumulators), its backpointers and
-scores, the lengths of each sequence's best hypothesis, and which layers RETURNN moved out of their loop. The
-language's ``Tracing`` and a config's ``returnn_trace`` differ only in how they name keys and dims."""
+"""What a run or a trace reads of a built RETURNN network, the same for both front ends: the top-level layers' outputs
+with their dims labelled, their lengths and a search's final scores (``TopLevel``: the one run of both), a
+search's per-step values of every hypothesis (RETURNN's step accumulators), its backpointers and scores, the lengths
+of each sequence's best hypothesis, and which layers RETURNN moved out of their loop. The language's ``Engine`` and
+``Tracing`` and a config's ``ModelBuild`` and ``returnn_trace`` differ only in how they name keys and dims."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,44 +30,58 @@ def layer_outputs(network, paths: dict, dim_of, skip_missing: bool = False) -> t
     return fetch, dims_of, sizes
 
 
-def beam_steps(cell, name: str, k: int):
-    """A unit layer's value for every hypothesis at every step of a search, as RETURNN accumulated it before it
-    resolved the final best ones: (tensor [steps, *before, batch, beam, *after], the in-loop layer's dim tags, the
-    position of its batch among them), or None when RETURNN accumulated nothing for it."""
-    import tensorflow as tf
+class TopLevel:
+    """What a run fetches of a build, made once per build: each key's layer output and its dims as ``dim_of`` names
+    them, the lengths of their dynamic dims besides the batch (those ``keep(dim)`` keeps), and for each key of
+    ``searches`` the final beam's scores [batch, beam] of that searching rec layer. ``run`` is the run of both
+    front ends: (key -> array, dim -> lengths, key -> scores)."""
 
-    ta = cell.final_acc_tas_dict.get(f"output_{name}")
-    if ta is None:
-        return None
-    # the axes as accumulated: the layer's own output in the loop (its template may order them otherwise, e.g. a
-    # value stacked by another loop, time-major there, batch-major here)
-    out = (cell.net.layers.get(name) or cell.layer_data_templates[name]).output
-    b = out.batch_dim_axis
-    if b is None:
-        return None
-    steps = ta.stack()  # [steps, batch * beam, ...] in the in-loop layer's axis order
-    if out.beam is None:  # one value per sequence (a frame of an input): the same for each hypothesis
-        steps = tf.repeat(tf.expand_dims(steps, 2 + b), k, axis=2 + b)
-    else:
-        shape = tf.shape(steps)
-        steps = tf.reshape(steps, tf.concat([shape[:1 + b], [-1, k], shape[2 + b:]], 0))
-    return steps, out.dim_tags, b
+    def __init__(self, network, paths: dict, dim_of, searches=None, keep=None):
+        self.fetch, self.dims, sizes = layer_outputs(network, paths, dim_of)
+        self.sizes = {d: size for d, size in sizes.items() if keep is None or keep(d)}
+        self.value_sizes = set(self.sizes)  # (the sizes a front end adds later are not its values')
+        self.scores = {key: network.get_layer(path).get_search_choices().beam_scores
+                       for key, path in (searches or {}).items()}
+
+    def run(self, build, feed_dict: dict, more=()) -> tuple:
+        """One session call of ``build`` (``Build.run_session``); ``more``: further fetches, their values after."""
+        lens = {d: tensor for d, (tensor, _) in self.sizes.items()}
+        return build.run_session((self.fetch, lens, self.scores) + tuple(more), feed_dict=feed_dict)
 
 
-def beam_dims(tags, b: int, dim_of, axis, batch, beam) -> tuple:
-    """The dims of ``beam_steps``' tensor: the loop's axis, the layer's dims with the beam after the batch."""
-    rest = [dim_of(t) for i, t in enumerate(tags) if i != b]
-    return (axis,) + tuple(rest[:b]) + (batch, beam) + tuple(rest[b:])
-
-
-def choice_steps(cell, name: str, k: int) -> tuple:
-    """A choice layer's backpointers and its beam's scores at every step, [steps, batch, beam] each (the unit
-    has the choice's scores as the layer ``<choice>.scores``)."""
+def search_steps(cell, names: dict, choices: dict, k: int, dim_of, axis, batch, beam) -> tuple[dict, dict]:
+    """A search of beam ``k`` recorded at every step, as RETURNN accumulated it before it resolved the final best
+    hypotheses: (key -> tensor, key -> its dims as ``dim_of`` names them, with ``axis``, ``batch`` and ``beam``).
+    ``names``: key -> unit layer, its value for every hypothesis [steps, *before, batch, beam, *after] (left out
+    when RETURNN accumulated nothing for it); ``choices``: key -> choice layer, its backpointers and its beam's
+    scores [steps, batch, beam] as ``<key>.backpointers`` and ``<key>.scores`` (the unit has the choice's scores as
+    the layer ``<choice>.scores``)."""
     import tensorflow as tf
 
     acc = cell.final_acc_tas_dict
-    scores = acc[f"output_{name}.scores"].stack()
-    return acc[f"choice_{name}"].stack(), tf.reshape(scores, [tf.shape(scores)[0], -1, k])
+    fetch, dims = {}, {}
+    for key, name in names.items():
+        ta = acc.get(f"output_{name}")
+        # the axes as accumulated: the layer's own output in the loop (its template may order them otherwise, e.g.
+        # a value stacked by another loop, time-major there, batch-major here)
+        out = (cell.net.layers.get(name) or cell.layer_data_templates[name]).output
+        b = out.batch_dim_axis
+        if ta is None or b is None:
+            continue
+        steps = ta.stack()  # [steps, batch * beam, ...] in the in-loop layer's axis order
+        if out.beam is None:  # one value per sequence (a frame of an input): the same for each hypothesis
+            steps = tf.repeat(tf.expand_dims(steps, 2 + b), k, axis=2 + b)
+        else:
+            shape = tf.shape(steps)
+            steps = tf.reshape(steps, tf.concat([shape[:1 + b], [-1, k], shape[2 + b:]], 0))
+        rest = [dim_of(t) for i, t in enumerate(out.dim_tags) if i != b]
+        fetch[key], dims[key] = steps, (axis,) + tuple(rest[:b]) + (batch, beam) + tuple(rest[b:])
+    for key, name in choices.items():
+        scores = acc[f"output_{name}.scores"].stack()
+        fetch[key + ".backpointers"] = acc[f"choice_{name}"].stack()
+        fetch[key + ".scores"] = tf.reshape(scores, [tf.shape(scores)[0], -1, k])
+        dims[key + ".backpointers"] = dims[key + ".scores"] = (axis, batch, beam)
+    return fetch, dims
 
 
 def best_lengths(trace, key: str) -> np.ndarray:

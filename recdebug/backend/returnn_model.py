@@ -26,6 +26,7 @@ from ..emission import _tf_env  # noqa: F401  (before TensorFlow is imported)
 from ..emission.confignet import config_lines, net_to_build
 from ..language.errors import RecDebugError, RunError
 from .build import Build
+from .recording import TopLevel
 
 _LINE_KEYS_SKIPPED = ("class",)
 
@@ -429,36 +430,32 @@ class ModelBuild(Build):
 
     def _lengths(self):
         """Right after the build (the dims are shared by every build of a config, their lengths tensors are the
-        newest build's): what run fetches, the rec layer's lengths, every top-level layer's lengths."""
-        fetch, lens, scores = {}, {}, {}
-        for rec, best in self.searched.items():
-            scores[rec] = self.network.layers[rec].get_search_choices().beam_scores
-        self.layer_lens = {}
+        newest build's): what a run fetches (``recording.TopLevel``: every top-level layer; a search's best
+        hypothesis, by its rec layer's name, and its final scores), each layer's time axis, the rec layer's lengths."""
+        paths = {}
         for name, layer in self.network.layers.items():
-            if "/" in name or ":" in name or layer.output.placeholder is None or name in self.searched:
-                continue
-            out = layer.output.copy_as_batch_major()
-            if name in self.searched.values():  # the best hypothesis of a search, named by its rec layer
-                name = name[:-len(".best")]
-                lens[name + ".all"] = self.network.layers[name].output.get_sequence_lengths()
-            fetch[name] = out.placeholder
-            tag = out.get_time_dim_tag() if out.time_dim_axis is not None and name not in lens else None
-            if tag is not None and tag.dyn_size_ext is not None and tag.dyn_size_ext.raw_tensor is not None:
-                lens[name] = tag.dyn_size_ext.raw_tensor
-                self.layer_lens[name] = lens[name]
-        self._run_fetch = (fetch, lens, scores)
+            if "/" not in name and ":" not in name and layer.output.placeholder is not None \
+                    and name not in self.searched:
+                paths[name[:-len(".best")] if name in self.searched.values() else name] = name
+        self.top = TopLevel(self.network, paths, lambda tag: tag, searches={rec: rec for rec in self.searched})
+        self.time_tags = {}  # top-level layer -> its time axis' dim tag, when the run fetches its lengths
+        for key, path in paths.items():
+            out = self.network.get_layer(path).output
+            if out.time_dim_axis is not None and out.get_time_dim_tag() in self.top.sizes:
+                self.time_tags[key] = out.get_time_dim_tag()
+        self.layer_lens = {key: self.top.sizes[tag][0] for key, tag in self.time_tags.items()}
         self.rec_lens = None
         if self.rec is not None and self.kind not in ("templates_search", "trace_search"):
             self.rec_lens = self.network.layers[self.rec].output.get_sequence_lengths()
 
     def run(self, inputs: dict, seq_lens: dict) -> ModelResult:
-        fd = self.feed_dict(inputs, seq_lens)
-        fetch, lens, scores = self._run_fetch
-        values, lens_v, scores_v = self.run_session((fetch, lens, scores), feed_dict=fd)
-        for rec in self.searched:  # the lengths of the best hypotheses: the decide layer took the best score's
-            all_lens = np.asarray(lens_v.pop(rec + ".all")).reshape(scores_v[rec].shape)
-            lens_v[rec] = all_lens[np.arange(len(all_lens)), np.argmax(scores_v[rec], axis=1)]
-        return ModelResult(values, lens_v, scores_v)
+        """The top-level layers' values, batch-major, and the lengths of their time axes."""
+        values, lens, scores = self.top.run(self, self.feed_dict(inputs, seq_lens))
+        batch_major = {}
+        for key, arr in values.items():
+            b = [i for i, tag in enumerate(self.top.dims[key]) if tag.is_batch_dim()]
+            batch_major[key] = np.moveaxis(arr, b[0], 0) if b else arr
+        return ModelResult(batch_major, {key: lens[tag] for key, tag in self.time_tags.items()}, scores)
 
     def trace(self, inputs: dict, seq_lens: dict):
         from .returnn_trace import config_trace

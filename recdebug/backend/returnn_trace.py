@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..records.trace import DimInfo, Entry, Trace
-from .recording import beam_dims, beam_steps, best_lengths, choice_steps, layer_outputs, moved_out
+from .recording import best_lengths, layer_outputs, moved_out, search_steps
 
 
 class _Labels:
@@ -97,16 +97,10 @@ def config_search_trace(build, inputs: dict, seq_lens: dict) -> Trace:
     cell = build.network.layers[rec].cell
     k = int(unit[choice].get("beam_size") or 1)
     labels = _Labels(rec, beam=k)
-    fetch, dims_of = {}, {}
     key = f"{rec}/{choice}"
     with build.tf_graph.as_default():
-        for name in unit:
-            found = beam_steps(cell, name, k)
-            if found is not None and name in cell.net.layers:
-                fetch[f"{rec}/{name}"], tags, b = found
-                dims_of[f"{rec}/{name}"] = beam_dims(tags, b, labels, labels.axis, "batch", "beam")
-        fetch[key + ".backpointers"], fetch[key + ".scores"] = choice_steps(cell, choice, k)
-    dims_of[key + ".scores"] = dims_of[key + ".backpointers"] = (labels.axis, "batch", "beam")
+        fetch, dims_of = search_steps(cell, {f"{rec}/{n}": n for n in unit if n in cell.net.layers}, {key: choice}, k,
+                                      labels, labels.axis, "batch", "beam")
     values = build.run_session(fetch, feed_dict=fd)
     states = set(cell.prev_layers_needed)
     entries = {path: _entry(build, states, path, arr, dims_of[path], labels.axis) for path, arr in values.items()}

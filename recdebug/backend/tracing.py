@@ -10,7 +10,7 @@ import numpy as np
 from ..emission.netdict import derived_from
 from ..language.errors import RecDebugError, RunError
 from .feeding import _batch, _batch_size
-from .recording import beam_dims, beam_steps, best_lengths, choice_steps, moved_out
+from .recording import best_lengths, moved_out, search_steps
 
 if TYPE_CHECKING:
     from ..records.trace import Trace
@@ -38,26 +38,23 @@ class Tracing:
             length_fetch.update(plain_lens)
         else:
             fetch, dims_of, length_fetch = self._fetches(em.trace_fetch, lens)
-        top_layers = {t: em.decided.get(t, n) if self.search else n for t, n in em.fetch.items()}
-        top, top_dims, top_lens = self._fetches(top_layers, lens)
-        length_fetch.update(top_lens)
-        run_loop_lens = self._loop_lengths(lens, top_lens) if with_result else {}  # as a run fetches them
-        run_fetch = ({d: p for d, (p, _) in run_loop_lens.items()}, self._search_scores() if with_result else {})
+        top = self.top_level(lens, loops=with_result)  # what a run fetches, as a run fetches it
         if self.search:  # RETURNN reads its step accumulators once per run: the raw beams need a run of their own
             values = self.run_session(fetch, feed_dict=fd)
-            top_values, fetched_lens, plain_values, run_values = self.run_session(
-                (top, {d: p for d, (p, _) in length_fetch.items()}, plain, run_fetch), feed_dict=fd)
+            top_values, top_lens, scores, fetched_lens, plain_values = top.run(
+                self, fd, more=({d: p for d, (p, _) in length_fetch.items()}, plain))
             values.update(plain_values)
             dims_of.update(plain_dims)
             extra_values = {}
         else:
             extra = self.extra_trace(fd, lens)
-            values, top_values, fetched_lens, extra_values, run_values = self.run_session(
-                (fetch, top, {d: p for d, (p, _) in length_fetch.items()}, extra, run_fetch), feed_dict=fd)
-        result = None
-        if with_result:  # the lengths a run gives: its values' and its loops'
-            run_lens = {**{d: fetched_lens[d] for d in top_lens}, **run_values[0]}
-            result = self._result(top_values, top_dims, lens, run_lens, run_values[1], arrays)
+            top_values, top_lens, scores, values, fetched_lens, extra_values = top.run(
+                self, fd, more=(fetch, {d: p for d, (p, _) in length_fetch.items()}, extra))
+        own = top.value_sizes  # (the trace labels loops by what its values' dims give, not by a run's loop lengths)
+        length_fetch.update({d: top.sizes[d] for d in own})
+        fetched_lens.update({d: top_lens[d] for d in own})
+        top_dims = top.dims
+        result = self._result(top_values, top_dims, lens, top_lens, scores, arrays) if with_result else None
         alias = self._label_axes()
         if alias:
             dims_of = {k: tuple(alias.get(d, d) for d in dims) for k, dims in dims_of.items()}
@@ -163,18 +160,13 @@ class Tracing:
                     continue
                 cell = self.network.get_layer(path).cell
                 beam = choices[0].attrs["beam"]
-                for key, (_, _, loops) in em.trace_info.items():
-                    if loops[-1:] != (loop,):
-                        continue
-                    # a layer the same for every hypothesis is read from its copy with the beam
-                    found = beam_steps(cell, em.beam_alias.get(key, key.rsplit("/", 1)[-1]), beam.size)
-                    if found is not None:
-                        fetch[key], tags, b = found
-                        dims_of[key] = beam_dims(tags, b, em.rd_dim, loop.axis, _batch(), beam)
-                for y in choices:
-                    key = f"{path}/{y.name}"
-                    fetch[key + ".backpointers"], fetch[key + ".scores"] = choice_steps(cell, y.name, beam.size)
-                    dims_of[key + ".backpointers"] = dims_of[key + ".scores"] = (loop.axis, _batch(), beam)
+                # a layer the same for every hypothesis is read from its copy with the beam
+                names = {key: em.beam_alias.get(key, key.rsplit("/", 1)[-1])
+                         for key, (_, _, loops) in em.trace_info.items() if loops[-1:] == (loop,)}
+                found, dims = search_steps(cell, names, {f"{path}/{y.name}": y.name for y in choices}, beam.size,
+                                           em.rd_dim, loop.axis, _batch(), beam)
+                fetch.update(found)
+                dims_of.update(dims)
         self._beam_cache = (fetch, dims_of, {})
         return self._beam_cache
 
