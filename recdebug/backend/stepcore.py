@@ -295,6 +295,7 @@ class LoopStepper(SteppingControls):
         self.breakpoint: str | None = None  # why the last run_until stopped
         self.edits: list = []  # the step of every set_state/reset: values of later steps were recomputed
         self._top = None  # the values of the step net's layers outside the loop, computed once
+        self._top_step = None  # those the step op reads
         # a stepper dropped without close() frees its build when it is collected (not at exit: TensorFlow may be
         # half torn down by then)
         self._release = weakref.finalize(self, self.engine.close)
@@ -328,9 +329,11 @@ class LoopStepper(SteppingControls):
                                 hint=self._closed_hint)
         return self.engine
 
-    def _fed(self, t: int) -> dict:
+    def _fed(self, t: int, step: bool = False) -> dict:
+        """The feed of a call at step ``t``; ``step``: of the step op (the values outside the loop it reads only: a
+        value not fed is computed again from the inputs, the same)."""
         fd = dict(self._feed)
-        fd.update(self._top or {})
+        fd.update((self._top_step if step else self._top) or {})
         fd[self.engine.core.t] = t
         return fd
 
@@ -346,6 +349,8 @@ class LoopStepper(SteppingControls):
                     and layer.output.batch_dim_axis is not None]
             _, values = e.session.run((e.core.init_ops, tops), feed_dict=self._feed)
             self._top = dict(zip(tops, values))
+            read = read_by((e.core.step_op, e.core.step_fetch), tops)  # (a State's initial value is read by reset)
+            self._top_step = {x: v for x, v in self._top.items() if x in read}
         else:
             e.session.run(e.core.init_ops, feed_dict=self._feed)
         self.t = 0
@@ -367,7 +372,7 @@ class LoopStepper(SteppingControls):
         for _ in range(n):
             if self.finished:
                 break
-            _, out = e.session.run((e.core.step_op, e.core.step_fetch), feed_dict=self._fed(self.t))
+            _, out = e.session.run((e.core.step_op, e.core.step_fetch), feed_dict=self._fed(self.t, step=True))
             self._drop_after(self.t)
             self._record(out)
         self._moved()
@@ -512,7 +517,8 @@ class LoopStepper(SteppingControls):
             self.closed = why or "its close() was called"
             self._closed_hint = hint or self._remake_hint
         self._release()
-        self.engine, self._feed, self._top = None, {}, None  # the feed is keyed by the build's placeholders
+        # the feed is keyed by the build's placeholders
+        self.engine, self._feed, self._top, self._top_step = None, {}, None, None
         self._moved()
 
 
@@ -574,3 +580,33 @@ class StepperBeams(Beams):
     def state(self, state, t: int, b: int, k: int) -> np.ndarray:
         """The value of a State in hypothesis k of sequence b after step t."""
         return self.stepper.value(state, at=t + 1)[b, k]
+
+
+def read_by(fetches, tensors) -> set:
+    """Those of ``tensors`` that running ``fetches`` (ops and tensors, in dicts, lists and tuples) reads, directly or
+    through other ops."""
+    wanted, found, seen, stack = set(tensors), set(), set(), []
+
+    def add(x):
+        if isinstance(x, dict):
+            for v in x.values():
+                add(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                add(v)
+        else:
+            stack.append(getattr(x, "op", x))
+
+    add(fetches)
+    while stack:
+        op = stack.pop()
+        if op in seen:
+            continue
+        seen.add(op)
+        for x in op.inputs:
+            if x in wanted:
+                found.add(x)
+            else:
+                stack.append(x.op)
+        stack.extend(op.control_inputs)
+    return found
