@@ -5,6 +5,8 @@ checkpoint's weights (read with TensorFlow's checkpoint reader, not through a RE
 with garbage in the padding frames; the layer after the loop against RETURNN's own forward task (its command
 line); the live stepper against the trace at every step.
 """
+import copy
+
 import numpy as np
 import pytest
 
@@ -810,6 +812,46 @@ def test_a_configs_nested_rec_layer_is_stepped_and_descended_into_as_numpy_compu
     assert d.picked._array.shape == (5, mem_lens[b] * 3)
     np.testing.assert_allclose(d.picked._array.reshape(5, -1, 3), want_h[b, :, :mem_lens[b]], atol=ATOL)
     d.close()
+    st.close()
+
+
+def test_a_configs_nested_unit_with_a_layer_without_the_batch_axis_is_descended_into(tmp_path, rng):
+    """A constant in the nested unit (no batch axis, the same at every inner step) is read as its one value, and the
+    layers that use it step as numpy computes them; ragged lengths with garbage in the padding frames."""
+    net = copy.deepcopy(NESTED_NET)
+    inner_unit = net["loop"]["unit"]["inner"]["unit"]
+    inner_unit["k"] = {"class": "constant", "value": 0.5}
+    inner_unit["output"] = {"class": "combine", "kind": "add", "from": ["h", "k"]}  # the inner loop's output: h + k
+    m = rd.from_returnn(net, extern_data={"data": {"dim": 2}, "mem": {"dim": 3}})
+    lens, mem_lens = np.array([4, 1, 3]), np.array([2, 3, 3])
+    x = rng.standard_normal((3, 4, 2)).astype(np.float32)
+    mem = rng.standard_normal((3, 3, 3)).astype(np.float32)
+    for arr, n in ((x, lens), (mem, mem_lens)):  # garbage in the padding frames
+        pad = np.arange(arr.shape[1])[None, :] >= n[:, None]
+        arr[pad] = rng.uniform(-1e3, 1e3, size=(pad.sum(), arr.shape[2]))
+    w = weights(m.save(tmp_path / "model"))
+    _, want_h = numpy_nested(w, x, lens, mem, mem_lens)  # (h reads neither k nor s)
+    want_s = np.zeros((3, 4, 4))
+    for b in range(3):
+        s = np.zeros(4)
+        for t in range(lens[b]):
+            pooled = want_h[b, t, :mem_lens[b]].mean(axis=0) + 0.5
+            s = want_s[b, t] = np.tanh(np.concatenate([pooled, s]) @ w["loop/rec/s/W"] + w["loop/rec/s/b"])
+
+    st = m.stepper({"data": x, "mem": mem}, {"data": lens, "mem": mem_lens})
+    for t in range(1, 5):
+        st.step()
+        valid = lens >= t
+        np.testing.assert_allclose(st.value("loop/s")[valid], want_s[valid, t - 1], atol=ATOL)
+        inner = st.descend("loop/inner")
+        with pytest.raises(rd.RecDebugError, match="call step"):
+            inner.value("k")
+        for j in range(1, 4):
+            inner.step()
+            assert np.ndim(inner.value("loop/inner/k")) == 0 and inner.value("loop/inner/k") == np.float32(0.5)
+            ok = valid & (mem_lens >= j)
+            np.testing.assert_allclose(inner.value("h")[ok], want_h[ok, t - 1, j - 1], atol=ATOL)
+            np.testing.assert_allclose(inner.value("output")[ok], want_h[ok, t - 1, j - 1] + 0.5, atol=ATOL)
     st.close()
 
 

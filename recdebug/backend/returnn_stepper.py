@@ -539,12 +539,15 @@ class ReturnnStepper(LoopStepper):
         if self.t == 0:
             raise RecDebugError("no outer iteration has run yet; call step() first")
         unit = self.model.net[self.rec]["unit"][name]["unit"]
-        outs = {n: e.network.get_layer(f"{PREFIX}{name}/{n}").output.copy_as_batch_major() for n in unit}
-        lens = e.lengths_of(e.network.layers[PREFIX + name].output.get_time_dim_tag())
-        values, lens = self._layer(({n: o.placeholder for n, o in outs.items()}, lens), self.t - 1)
+        outs = {n: _batch_major(e.network.get_layer(f"{PREFIX}{name}/{n}").output) for n in unit}
+        time_tag = e.network.layers[PREFIX + name].output.get_time_dim_tag()
+        # each layer's axis of the inner steps: none for a value the same at every inner step (moved out of it)
+        steps_axis = {n: o.dim_tags.index(time_tag) if time_tag in o.dim_tags else None for n, o in outs.items()}
+        shared = {n for n, o in outs.items() if o.batch_dim_axis is None}
+        values, lens = self._layer(({n: o.placeholder for n, o in outs.items()}, e.lengths_of(time_tag)), self.t - 1)
         states = {n: _initial_value(unit[n], f"{self.rec}/{name}", n)
                   for n in e.network.layers[PREFIX + name].cell.prev_layers_needed if n in unit}
-        return ConfigInnerSteps(self, f"{self.rec}/{name}", self.t - 1, values, states, lens)
+        return ConfigInnerSteps(self, f"{self.rec}/{name}", self.t - 1, values, states, lens, steps_axis, shared)
 
     # --- what the debugger asks ---
     _axis_name = "time"
@@ -589,9 +592,11 @@ class ConfigInnerSteps(InnerStepsBase):
     """The iterations of a config's nested rec layer within one iteration of its outer one
     (``ReturnnStepper.descend``): ``value("<rec>/<inner>/<layer>")`` after ``t`` inner steps, batch first."""
 
-    def __init__(self, outer: ReturnnStepper, name: str, outer_step: int, values: dict, states: dict, lens):
+    def __init__(self, outer: ReturnnStepper, name: str, outer_step: int, values: dict, states: dict, lens,
+                 steps_axis: dict, shared: set):
         super().__init__(outer, name, outer_step, np.asarray(lens)[::outer.beam])
-        self._values, self._initial = values, states  # unit layer -> [entries, inner steps, ...]; State -> initial
+        self._values, self._initial = values, states  # unit layer -> its values, batch first; State -> initial
+        self._steps_axis, self._shared = steps_axis, shared  # layer -> its axis of the steps; layers without batch
 
     @property
     def states(self) -> list:
@@ -599,19 +604,22 @@ class ConfigInnerSteps(InnerStepsBase):
         return [f"{self.name}/{n}" for n in self._initial]
 
     def value(self, key: str) -> np.ndarray:
+        """A layer's value after ``t`` inner steps: [entries, ...], one value for every sequence when it has no
+        batch axis (a constant); a State's initial value at t=0."""
         n = str(key)[len(self.name) + 1:] if str(key).startswith(self.name + "/") else str(key)
         if n not in self._values:
             raise RecDebugError(f"no layer {key!r} in the unit of {self.name!r}; it has "
                                 f"{sorted(f'{self.name}/{x}' for x in self._values)}")
-        arr = self._values[n]
+        arr, axis = np.asarray(self._values[n]), self._steps_axis[n]
         if self.t == 0:
             if n not in self._initial:
                 raise RecDebugError(f"{key!r}: no inner iteration has run yet; call step() first")
-            arr = np.full(arr.shape[:1] + arr.shape[2:], self._initial[n], arr.dtype)
-        else:
-            arr = arr[:, self.t - 1]
+            arr = np.full(arr.shape if axis is None else arr.shape[:axis] + arr.shape[axis + 1:], self._initial[n],
+                          arr.dtype)
+        elif axis is not None:
+            arr = np.take(arr, self.t - 1, axis=axis)
         st = self.outer
-        return arr.reshape((st.batch, st.beam) + arr.shape[1:]) if st.searching else arr
+        return arr.reshape((st.batch, st.beam) + arr.shape[1:]) if st.searching and n not in self._shared else arr
 
 
 def _batch_major(data):
