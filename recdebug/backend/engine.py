@@ -104,7 +104,8 @@ class Engine(Build, Tracing, Feeding):
     """One build of a graph: RETURNN TFNetwork in its own tf.Graph and Session."""
 
     def __init__(self, g, optimize: bool, device: str, seed: int, capture=None, search: bool = False,
-                 train: bool = False):
+                 train: bool = False, emitted: Emitted | None = None):
+        """``emitted``: the graph's emission with these options, when the caller made it already."""
         _setup()
         self.search, self.train = search, train
         import tensorflow as tf
@@ -117,7 +118,8 @@ class Engine(Build, Tracing, Feeding):
         self.optimize = optimize
         self.device = device
         self.capture = capture
-        self.emitted: Emitted = emit(g, optimize=optimize, capture=capture, search=search, perturb=self.perturb)
+        self.emitted: Emitted = emitted if emitted is not None else \
+            emit(g, optimize=optimize, capture=capture, search=search, perturb=self.perturb)
         self.returnn_config = config = Config({
             "extern_data": self.emitted.extern_data, "debug_print_layer_output_template": False,
             "optimize_move_layers_out": optimize, **self.config_options()})
@@ -389,7 +391,8 @@ def get_engine(g, optimize: bool, device: str | None, seed: int, capture=None, s
     if key not in g._engines:
         options = dict(optimize=bool(optimize), device=device, capture=capture_key, search=bool(search),
                        train=bool(train))
-        g._engines[key] = _spare_for(g, options) or build_apart(lambda: Engine(g, seed=seed, **options))
+        spare, em = _spare_for(g, options)
+        g._engines[key] = spare or build_apart(lambda: Engine(g, seed=seed, emitted=em, **options))
     return g._engines[key]
 
 
@@ -400,16 +403,17 @@ def free_spares():
 
 
 def _spare_for(g, options: dict):
-    """A spare build (``Engine.release``) of the same net with the same options, taken over for ``g``; or None."""
+    """A spare build (``Engine.release``) of the same net with the same options, taken over for ``g``, or None; and
+    the emission it was compared by (for the new build when none fits), or None when there was no spare to compare."""
     fits = [e for e in _spares if e.build_options == options]
     if not fits:
-        return None
+        return None, None
     em = emit(g, optimize=options["optimize"], capture=options["capture"], search=options["search"])
     for engine in fits:
         if engine.adopt(g, em):
             _spares.remove(engine)
-            return engine
-    return None
+            return engine, em
+    return None, em
 
 
 def build_apart(make):
