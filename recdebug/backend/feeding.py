@@ -1,6 +1,7 @@
-"""Feeding a build of the language's net: every input checked against its Input (numbers its dtype holds, its
-axis order, static sizes, lengths, labels in their vocabulary) with errors that name the input at fault, then
-turned into RETURNN's placeholders; the reference labels of teacher forcing."""
+"""Feeding a build: the user's inputs checked with errors that name the input at fault, then turned into RETURNN's
+placeholders. The language's net: every input checked against its Input (numbers its dtype holds, its axis order,
+static sizes, lengths, labels in their vocabulary), the reference labels of teacher forcing (``Feeding``). A
+config's network: arrays by extern_data name, checked against its extern data (``feed_extern_data``)."""
 from __future__ import annotations
 
 import itertools
@@ -248,3 +249,68 @@ def _batch():
     from ..language.dims import batch_dim
 
     return batch_dim
+
+
+def extern_sizes(network) -> dict:
+    """The length placeholders of a network's extern data: key -> {axis: tensor}, taken right after the build
+    (the dims are shared by every build of a config; each build's own placeholders are kept here)."""
+    out = {}
+    for key, d in network.extern_data.data.items():
+        for i, tag in enumerate(d.dim_tags):
+            if not tag.is_batch_dim() and tag.dimension is None and tag.dyn_size_ext is not None \
+                    and tag.dyn_size_ext.placeholder is not None:
+                out.setdefault(key, {})[i] = tag.dyn_size_ext.placeholder
+    return out
+
+
+def feed_extern_data(network, inputs: dict, seq_lens: dict, need=None, sizes=None) -> dict:
+    """The feed dict for a RETURNN network's extern data: arrays by extern_data name, in the order of RETURNN's
+    placeholder (batch-major: ``(batch, time, feature)``; sparse: ``(batch, time)``), lengths by name."""
+    if not isinstance(inputs, dict):
+        raise RunError("inputs: expected a dict {extern_data name: array}, e.g. {'data': x}")
+    data = network.extern_data.data
+    unknown = [k for k in list(inputs) + list(seq_lens) if k not in data]
+    if unknown:
+        raise RunError(f"no extern_data {unknown[0]!r}; the config has {sorted(data)}")
+    need = [k for k in data if k in inputs] if need is None else need
+    fd = {}
+    for key in need:
+        if key not in inputs:
+            raise RunError(f"missing input {key!r}: pass it as {{{key!r}: array}}")
+        d = data[key]
+        arr = np.asarray(inputs[key])
+        if arr.dtype.kind not in "biuf":
+            raise RunError(f"input {key!r}: expected numbers, got an array of {arr.dtype}")
+        if arr.ndim != d.batch_ndim:
+            order = ", ".join("batch" if t.is_batch_dim() else (t.description or "?") for t in d.dim_tags)
+            raise RunError(f"input {key!r}: expected {d.batch_ndim} axes ({order}), got shape {arr.shape}")
+        for i, tag in enumerate(d.dim_tags):
+            if tag.dimension is not None and arr.shape[i] != tag.dimension:
+                raise RunError(f"input {key!r}: axis {i} ({tag.description}) has size {arr.shape[i]}, expected "
+                               f"{tag.dimension}")
+        if d.sparse or d.dtype.startswith("int"):
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
+                raise RunError(f"input {key!r}: labels must be whole numbers")
+        fd[d.placeholder] = arr.astype(d.dtype)
+        batch = arr.shape[d.batch_dim_axis] if d.batch_dim_axis is not None else None
+        for i, tag in enumerate(d.dim_tags):
+            if tag.is_batch_dim() or tag.dimension is not None:
+                continue
+            lens = seq_lens.get(key)
+            lens = np.full([batch], arr.shape[i], np.int32) if lens is None else np.asarray(lens)
+            if lens.shape != (batch,) or lens.dtype.kind not in "iu" and not np.all(lens == np.round(lens)):
+                raise RunError(f"seq_lens[{key!r}]: expected {batch} whole numbers (one per sequence), got "
+                               f"shape {lens.shape}")
+            if lens.min(initial=1) < 1 or lens.max(initial=0) > arr.shape[i]:
+                raise RunError(f"seq_lens[{key!r}]: lengths must be 1..{arr.shape[i]} (the padded axis), got "
+                               f"{lens.tolist()}")
+            if d.sparse:
+                valid = np.arange(arr.shape[i])[None, :] < lens[:, None]
+                bad = valid & ((arr < 0) | (arr >= d.dim))
+                if bad.any():
+                    b, t = (int(v) for v in np.argwhere(bad)[0])
+                    raise RunError(f"input {key!r}: label {arr[b, t]} at sequence {b}, frame {t} is not in 0.."
+                                   f"{d.dim - 1}")
+            size = (sizes or {}).get(key, {}).get(i)
+            fd[size if size is not None else tag.dyn_size_ext.placeholder] = lens.astype(np.int32)
+    return fd

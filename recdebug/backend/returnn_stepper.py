@@ -18,7 +18,8 @@ import numpy as np
 from ..emission.confignet import PREFIX, config_step_net
 from ..language.errors import RecDebugError, RunError
 from .build import Build
-from .returnn_model import ModelBuild, behavior_version, extern_sizes, feed_extern_data, returnn_error
+from .feeding import extern_sizes, feed_extern_data
+from .returnn_model import ModelBuild, behavior_version, returnn_error
 from ..records.protocol import ViewKey
 from .stepcore import InnerStepsBase, LoopStepper, StepBuffers, building
 
