@@ -31,10 +31,11 @@ def layer_outputs(network, paths: dict, dim_of, skip_missing: bool = False) -> t
 
 
 class TopLevel:
-    """What a run fetches of a build, made once per build: each key's layer output and its dims as ``dim_of`` names
-    them, the lengths of their dynamic dims besides the batch (those ``keep(dim)`` keeps), and for each key of
-    ``searches`` the final beam's scores [batch, beam] of that searching rec layer. ``run`` is the run of both
-    front ends: (key -> array, dim -> lengths, key -> scores)."""
+    """What a run fetches of a build (a config's: made once per build; the language's: per call, as what is fed
+    decides which lengths it fetches): each key's layer output and its dims as ``dim_of`` names them, the lengths
+    of their dynamic dims besides the batch (those ``keep(dim)`` keeps), and for each key of ``searches`` the final
+    beam's scores [batch, beam] of that searching rec layer. ``run`` is the run of both front ends: (key -> array,
+    dim -> lengths, key -> scores)."""
 
     def __init__(self, network, paths: dict, dim_of, searches=None, keep=None):
         self.fetch, self.dims, sizes = layer_outputs(network, paths, dim_of)
@@ -62,11 +63,13 @@ def search_steps(cell, names: dict, choices: dict, k: int, dim_of, axis, batch, 
     fetch, dims = {}, {}
     for key, name in names.items():
         ta = acc.get(f"output_{name}")
+        if ta is None:
+            continue
         # the axes as accumulated: the layer's own output in the loop (its template may order them otherwise, e.g.
         # a value stacked by another loop, time-major there, batch-major here)
         out = (cell.net.layers.get(name) or cell.layer_data_templates[name]).output
         b = out.batch_dim_axis
-        if ta is None or b is None:
+        if b is None:
             continue
         steps = ta.stack()  # [steps, batch * beam, ...] in the in-loop layer's axis order
         if out.beam is None:  # one value per sequence (a frame of an input): the same for each hypothesis
