@@ -245,27 +245,12 @@ class ReturnnModel:
 
     # --- what the debugger shows ---
     def hierarchy(self, rec: str, moved_out=(), in_loop=(), states=()) -> list:
-        """Tree nodes (the fields of hierarchy.NODE_FIELDS): the config's own layer names and classes, and the
-        config line of each layer."""
-        nodes = []
+        """Tree nodes (``records.hierarchy.net_nodes``): the config's own layer names and classes, the config line of
+        each layer, its States (``states``: layer paths read with prev:)."""
+        from ..records.hierarchy import net_nodes
 
-        def visit(layers: dict, prefix: str, parent: str):
-            for name, layer in layers.items():
-                if not isinstance(layer, dict):
-                    continue
-                path = prefix + name
-                src = layer.get("from", "data" if not prefix else "data:source")
-                src = [src] if isinstance(src, str) else [s for s in src if isinstance(s, str)]
-                nodes.append({"path": path, "name": name, "cls": str(layer.get("class", "")), "parent": parent,
-                              "from": ", ".join(src), "dims": "State (read with prev:)" if path in states else "",
-                              "params": "", "moved_out": path in moved_out, "in_loop": path in in_loop,
-                              "line": self.line(path), "children": isinstance(layer.get("unit"), dict),
-                              "helper": False})
-                if isinstance(layer.get("unit"), dict):
-                    visit(layer["unit"], path + "/", path)
-
-        visit(self.net, "", "")
-        return nodes
+        return net_nodes(self.net, moved_out, in_loop, default_from=True, more=lambda path, layer, src: {
+            "dims": "State (read with prev:)" if path in states else "", "line": self.line(path)})
 
     def net_text(self) -> str:
         if self.text:

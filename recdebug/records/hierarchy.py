@@ -15,8 +15,38 @@ NODE_FIELDS = {"path": str, "name": str, "cls": str, "parent": str, "from": str,
 OPTIONAL_NODE_FIELDS = ("helper",)
 
 
+def net_nodes(net: dict, moved_out=(), in_loop=(), skip=None, default_from: bool = False, more=None) -> list:
+    """Tree nodes for a net dict of either front end, a rec layer's unit below it: each layer's path, class and
+    sources, whether RETURNN moved it out of its loop or kept it inside (paths in ``moved_out``, ``in_loop``).
+    ``skip(name)``: layers left out; ``default_from``: a layer without "from" reads RETURNN's default (``data``, in a
+    unit ``data:source``); ``more(path, layer, sources)``: the node's other fields (dims, params, line, helper)."""
+    nodes = []
+
+    def visit(layers: dict, prefix: str, parent: str):
+        for name, layer in layers.items():
+            if not isinstance(layer, dict) or (skip is not None and skip(name)):
+                continue
+            path = prefix + name
+            src = layer.get("from", ("data:source" if prefix else "data") if default_from else [])
+            src = [src] if isinstance(src, str) else [s[0] if isinstance(s, tuple) else s for s in src]
+            src = [s for s in src if isinstance(s, str)]
+            node = {"path": path, "name": name, "cls": str(layer.get("class", "")), "parent": parent,
+                    "from": ", ".join(src), "dims": "", "params": "", "moved_out": path in moved_out,
+                    "in_loop": path in in_loop, "line": "", "children": isinstance(layer.get("unit"), dict),
+                    "helper": False}
+            if more is not None:
+                node.update(more(path, layer, src))
+            nodes.append(node)
+            if node["children"]:
+                visit(layer["unit"], path + "/", path)
+
+    visit(net, "", "")
+    return nodes
+
+
 def hierarchy_nodes(em, moved_out=(), in_loop=()) -> list:
-    """Tree nodes for the net dict: rec layers with their units, each layer's class, from, dims, params, line."""
+    """The language's emitted net as tree nodes (``net_nodes``): each layer's dims in the user's terms, the
+    parameters it reads, the user's line; the layers recdebug adds to the user's are marked helpers."""
     from ..language.dims import dims_str
 
     dims_of = {path: t.dims for t, path in em.layer_of.items()}
@@ -28,31 +58,16 @@ def hierarchy_nodes(em, moved_out=(), in_loop=()) -> list:
     for name, layer in em.net.items():
         if layer.get("class") == "variable":
             params[name] = "(" + ", ".join(f"{d.dimension}" for d in layer["shape"]) + ")"
-    nodes = []
 
-    def refs(layer):
-        src = layer.get("from", [])
-        src = [src] if isinstance(src, str) else [s[0] if isinstance(s, tuple) else s for s in src]
-        return [s for s in src if isinstance(s, str)]
+    def more(path: str, layer: dict, src: list) -> dict:
+        used = [r.split(":")[-1] for r in src if r.split(":")[-1] in params]
+        return {"dims": dims_str(dims_of[path]) if path in dims_of else "",
+                "params": ", ".join(f"{p} {params[p]}" for p in used) or params.get(path.rsplit("/", 1)[-1], ""),
+                "line": str(em.lines[path]) if path in em.lines else "",
+                "helper": path not in users and layer.get("class") not in ("rec", "variable")}
 
-    def visit(layers: dict, prefix: str, parent: str):
-        for name, layer in layers.items():
-            if name.startswith("trace.") or name in ("output",):
-                continue
-            path = prefix + name
-            used = [r.split(":")[-1] for r in refs(layer) if r.split(":")[-1] in params]
-            node = {"path": path, "name": name, "cls": layer.get("class", ""), "parent": parent,
-                    "from": ", ".join(refs(layer)), "dims": dims_str(dims_of[path]) if path in dims_of else "",
-                    "params": ", ".join(f"{p} {params[p]}" for p in used) or (params.get(name, "")),
-                    "moved_out": path in moved_out, "in_loop": path in in_loop,
-                    "line": str(em.lines[path]) if path in em.lines else "", "children": "unit" in layer,
-                    "helper": path not in users and layer.get("class") not in ("rec", "variable")}
-            nodes.append(node)
-            if "unit" in layer:
-                visit(layer["unit"], path + "/", path)
-
-    visit(em.net, "", "")
-    return nodes
+    return net_nodes(em.net, moved_out, in_loop, skip=lambda name: name.startswith("trace.") or name == "output",
+                     more=more)
 
 
 def net_text(em) -> str:
