@@ -31,14 +31,12 @@ class GradEngine(Engine):
         return tf.compat.v1.placeholder_with_default(False, shape=(), name="train_flag")
 
     def finish(self) -> None:
-        import tensorflow as tf
-
         self.objective = mean_over_frames(self.network.get_layer(self.emitted.layer_of[self.loss_tensor]).output)
-        self.grads = {}
-        for path, (key, state, loop) in self.emitted.perturb.items():
-            ph = self.network.extern_data.data[key].placeholder
-            (grad,) = tf.gradients(self.objective, [ph])
-            self.grads[path] = (grad if grad is not None else tf.zeros_like(ph), ph, key, state, loop)
+        data = self.network.extern_data.data
+        grads = perturbation_grads(self.objective, {path: data[key].placeholder
+                                                    for path, (key, _, _) in self.emitted.perturb.items()})
+        self.grads = {path: (grads[path], data[key].placeholder, key, state, loop)
+                      for path, (key, state, loop) in self.emitted.perturb.items()}
 
     def extra_trace(self, fd: dict, lens: dict) -> dict:
         fetch = {"loss": self.objective}
@@ -66,6 +64,16 @@ class GradEngine(Engine):
             out[path + ".grad"] = Entry(path + ".grad", values[path], tuple(label(d) for d in order), "grad",
                                         (label(loop.axis),), None)
         return out
+
+
+def perturbation_grads(objective, perturbations: dict) -> dict:
+    """key -> the gradient of ``objective`` with respect to the perturbation placeholder ``perturbations[key]``
+    (zeros where the objective does not depend on it): a State's gradient at every step, for both front ends."""
+    import tensorflow as tf
+
+    keys = list(perturbations)
+    grads = tf.gradients(objective, [perturbations[k] for k in keys])
+    return {k: g if g is not None else tf.zeros_like(perturbations[k]) for k, g in zip(keys, grads)}
 
 
 def mean_over_frames(out):

@@ -155,7 +155,7 @@ def config_grad_trace(model, rec: str, inputs: dict, seq_lens: dict, loss) -> Tr
 
 
 def _grad_build(model, rec: str, states: dict, loss):
-    from .grads import mean_over_frames
+    from .grads import mean_over_frames, perturbation_grads
     from .returnn_model import ModelBuild
 
     class GradBuild(ModelBuild):
@@ -193,10 +193,8 @@ def _grad_build(model, rec: str, states: dict, loss):
             else:
                 objective = mean_over_frames(self.network.get_layer(loss).output)
             self.objective = objective
-            self.grads = {}
-            for name in states:
-                ph = self.network.extern_data.data[PERTURB + name].placeholder
-                (grad,) = tf.gradients(objective, [ph])
-                self.grads[f"{rec}/{name}"] = grad if grad is not None else tf.zeros_like(ph)
+            data = self.network.extern_data.data
+            self.grads = perturbation_grads(objective, {f"{rec}/{name}": data[PERTURB + name].placeholder
+                                                        for name in states})
 
     return GradBuild(model, "trace_grad", rec)
