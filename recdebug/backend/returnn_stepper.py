@@ -21,7 +21,7 @@ from .build import Build
 from .feeding import extern_sizes, feed_extern_data
 from .returnn_model import ModelBuild, behavior_version, returnn_error
 from ..records.protocol import ViewKey
-from .stepcore import InnerStepsBase, LoopStepper, StepBuffers, building
+from .stepcore import InnerStepsBase, LoopStepper, StepBuffers, building, valid_frames
 
 
 class ConfigState:
@@ -186,15 +186,8 @@ class ConfigStepEngine(Build):
         dims, broadcast against one step's value."""
         import tensorflow as tf
 
-        mask = None
-        for i, tag in enumerate(st.unit_dims, start=1):
-            if tag.dimension is not None:
-                continue
-            lens = self.lengths_of(tag)
-            frames = tf.sequence_mask(lens, tf.reduce_max(lens))
-            frames = tf.reshape(frames, [-1] + [1] * (i - 1) + [tf.reduce_max(lens)] + [1] * (len(st.dims) - i - 1))
-            mask = frames if mask is None else tf.logical_and(mask, frames)
-        return mask
+        lens = {i: self.lengths_of(tag) for i, tag in enumerate(st.unit_dims, start=1) if tag.dimension is None}
+        return valid_frames([(i, n, tf.reduce_max(n)) for i, n in lens.items()], len(st.dims))
 
     def restore(self):
         """Every parameter of the step net gets its value from the model's build (the checkpoint's values), all in

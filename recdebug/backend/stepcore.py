@@ -610,3 +610,16 @@ def read_by(fetches, tensors) -> set:
                 stack.append(x.op)
         stack.extend(op.control_inputs)
     return found
+
+
+def valid_frames(axes, ndim: int, batch=-1):
+    """Where a value of ``ndim`` axes, the batch first, has valid frames along its dynamic axes: for each (axis,
+    its lengths [batch], its frames) the sequence mask, broadcast against the value (size 1 along its other axes);
+    None without a dynamic axis. Both front ends' steppers keep a State's padding frames as they were with it."""
+    import tensorflow as tf
+
+    mask = None
+    for i, lens, frames in axes:
+        frames_i = tf.reshape(tf.sequence_mask(lens, frames), [batch] + [1] * (i - 1) + [frames] + [1] * (ndim - i - 1))
+        mask = frames_i if mask is None else tf.logical_and(mask, frames_i)
+    return mask

@@ -16,7 +16,8 @@ from ..language.errors import DimError, LoopError, RecDebugError, RunError
 from ..language.state import State
 from ..emission.stepnet import build_step_net
 from ..records.protocol import ViewKey
-from .stepcore import InnerStepsBase, LoopStepper, StepBuffers, StepperBeams, building  # noqa: F401  (public)
+from .stepcore import InnerStepsBase, LoopStepper, StepBuffers, building, valid_frames
+from .stepcore import StepperBeams  # noqa: F401  (public)
 from .stepsearch import register_layer_classes, add_beam
 from ..language.tensor import Tensor
 
@@ -137,19 +138,13 @@ class StepEngine(Engine):
 
         valid = {}
         for state, (dims, name) in self.buffers.items():
-            mask = None
+            axes = []
             for i, d in enumerate(dims):
-                if d.is_batch or not d.is_dynamic:
-                    continue
-                size = self.emitted.dims[d].dyn_size_ext
-                if size is None or size.placeholder is None or size.batch_ndim != 1:
-                    continue
-                lens = size.placeholder
-                frames = tf.sequence_mask(lens, tf.shape(new[state])[i])  # [batch, frames]
-                frames = tf.reshape(frames, [self.batch] + [1] * (i - 1) + [-1] + [1] * (len(dims) - i - 1))
-                mask = frames if mask is None else tf.logical_and(mask, frames)
-            if mask is not None:
-                valid[state] = mask
+                size = self.emitted.dims[d].dyn_size_ext if d.is_dynamic and not d.is_batch else None
+                if size is not None and size.placeholder is not None and size.batch_ndim == 1:
+                    axes.append((i, size.placeholder, tf.shape(new[state])[i]))
+            if axes:
+                valid[state] = valid_frames(axes, len(dims), self.batch)
         return valid
 
     def _end_flags(self, net):
