@@ -765,14 +765,21 @@ def numpy_nested(w, x, lens, mem, mem_lens):
     return s_all, h_all
 
 
+def nested_inputs(rng, lens, mem_lens) -> tuple:
+    """NESTED_NET's "data" [batch, max(lens), 2] and "mem" [batch, max(mem_lens), 3], with garbage up to 1e3 in their
+    padding frames."""
+    x = rng.standard_normal((len(lens), max(lens), 2)).astype(np.float32)
+    mem = rng.standard_normal((len(lens), max(mem_lens), 3)).astype(np.float32)
+    for arr, n in ((x, lens), (mem, mem_lens)):
+        pad = np.arange(arr.shape[1])[None, :] >= n[:, None]
+        arr[pad] = rng.uniform(-1e3, 1e3, size=(pad.sum(), arr.shape[2]))
+    return x, mem
+
+
 def test_a_configs_nested_rec_layer_is_stepped_and_descended_into_as_numpy_computes_it(tmp_path, rng):
     m = rd.from_returnn(NESTED_NET, extern_data={"data": {"dim": 2}, "mem": {"dim": 3}})
     lens, mem_lens = np.array([5, 2, 4]), np.array([3, 4, 1])
-    x = rng.standard_normal((3, 5, 2)).astype(np.float32)
-    mem = rng.standard_normal((3, 4, 3)).astype(np.float32)
-    for arr, n in ((x, lens), (mem, mem_lens)):  # garbage in the padding frames
-        pad = np.arange(arr.shape[1])[None, :] >= n[:, None]
-        arr[pad] = rng.uniform(-1e3, 1e3, size=(pad.sum(), arr.shape[2]))
+    x, mem = nested_inputs(rng, lens, mem_lens)
     feed, feed_lens = {"data": x, "mem": mem}, {"data": lens, "mem": mem_lens}
     want_s, want_h = numpy_nested(weights(m.save(tmp_path / "model")), x, lens, mem, mem_lens)
 
@@ -824,11 +831,7 @@ def test_a_configs_nested_unit_with_a_layer_without_the_batch_axis_is_descended_
     inner_unit["output"] = {"class": "combine", "kind": "add", "from": ["h", "k"]}  # the inner loop's output: h + k
     m = rd.from_returnn(net, extern_data={"data": {"dim": 2}, "mem": {"dim": 3}})
     lens, mem_lens = np.array([4, 1, 3]), np.array([2, 3, 3])
-    x = rng.standard_normal((3, 4, 2)).astype(np.float32)
-    mem = rng.standard_normal((3, 3, 3)).astype(np.float32)
-    for arr, n in ((x, lens), (mem, mem_lens)):  # garbage in the padding frames
-        pad = np.arange(arr.shape[1])[None, :] >= n[:, None]
-        arr[pad] = rng.uniform(-1e3, 1e3, size=(pad.sum(), arr.shape[2]))
+    x, mem = nested_inputs(rng, lens, mem_lens)
     w = weights(m.save(tmp_path / "model"))
     _, want_h = numpy_nested(w, x, lens, mem, mem_lens)  # (h reads neither k nor s)
     want_s = np.zeros((3, 4, 4))
