@@ -688,7 +688,8 @@ def test_search_without_end_layer_is_refused_clearly(rng):
 def test_live_greedy_search_equals_numpy(rng):
     """Beam 1 against numpy of the decoder (from the model's own parameters): at each step the most probable label,
     fed back through its embedding, until the end label 5 (included) or max_len_from(encoder) * 2 steps; ragged
-    input lengths with garbage in the padding frames."""
+    input lengths with garbage in the padding frames. The live stepper's best hypothesis, and m.run(search=True)'s
+    labels, lengths and final score (RETURNN's own search, read by the run both front ends share)."""
     import tensorflow as tf
 
     net = {k: dict(v) for k, v in SEARCH_NET.items()}
@@ -700,6 +701,7 @@ def test_live_greedy_search_equals_numpy(rng):
     x[np.arange(4)[None, :] >= lens[:, None]] = 1e3
     st = m.stepper({"data": x}, seq_lens={"data": lens}, search=True)
     st.run_until(lambda s: False)
+    res = m.run({"data": x}, seq_lens={"data": lens}, search=True)
     b_ = m._build("templates_search", "output")
     with b_.tf_graph.as_default():
         w = {v.name.split(":")[0]: b_.session.run(v).astype(np.float64) for v in tf.compat.v1.global_variables()}
@@ -728,6 +730,9 @@ def test_live_greedy_search_equals_numpy(rng):
         hyp = beams.hypotheses(b)[0]
         assert hyp["labels"] == labels, (b, hyp["labels"], labels)
         assert hyp["score"] == pytest.approx(score, abs=1e-4), b
+        assert res.lens("output")[b] == len(labels), b
+        assert res.numpy("output")[b, :len(labels)].tolist() == labels, b
+        assert res.scores("output")[b, 0] == pytest.approx(score, abs=1e-4), b
     st.close()
 
 
