@@ -270,7 +270,7 @@ class Engine(Build, Tracing, Feeding):
         for loop in g.top.children if loops else ():
             searched = self.search and any(loop.contains(y.scope) for y in g.choices)
             if loop.axis not in lens and loop.axis not in top.sizes and not searched:
-                top.sizes[loop.axis] = (self.network.get_layer(loop.len_name).output.placeholder, (_batch(),))
+                top.more_sizes[loop.axis] = (self.network.get_layer(loop.len_name).output.placeholder, (_batch(),))
         return top
 
     def run(self, inputs: dict, seq_lens: dict, targets: dict | None = None) -> "Result":

@@ -40,13 +40,13 @@ class TopLevel:
     def __init__(self, network, paths: dict, dim_of, searches=None, keep=None):
         self.fetch, self.dims, sizes = layer_outputs(network, paths, dim_of)
         self.sizes = {d: size for d, size in sizes.items() if keep is None or keep(d)}
-        self.value_sizes = set(self.sizes)  # (the sizes a front end adds later are not its values')
+        self.more_sizes: dict = {}  # lengths a front end fetches besides its values' (a loop's that stacked nothing)
         self.scores = {key: network.get_layer(path).get_search_choices().beam_scores
                        for key, path in (searches or {}).items()}
 
     def run(self, build, feed_dict: dict, more=()) -> tuple:
         """One session call of ``build`` (``Build.run_session``); ``more``: further fetches, their values after."""
-        lens = {d: tensor for d, (tensor, _) in self.sizes.items()}
+        lens = {d: tensor for d, (tensor, _) in {**self.sizes, **self.more_sizes}.items()}
         return build.run_session((self.fetch, lens, self.scores) + tuple(more), feed_dict=feed_dict)
 
 

@@ -50,9 +50,9 @@ class Tracing:
             extra = self.extra_trace(fd, lens)
             top_values, top_lens, scores, values, fetched_lens, extra_values = top.run(
                 self, fd, more=(fetch, {d: p for d, (p, _) in length_fetch.items()}, extra))
-        own = top.value_sizes  # (the trace labels loops by what its values' dims give, not by a run's loop lengths)
-        length_fetch.update({d: top.sizes[d] for d in own})
-        fetched_lens.update({d: top_lens[d] for d in own})
+        # (the trace labels loops by what its values' dims give, not by a run's loop lengths)
+        length_fetch.update(top.sizes)
+        fetched_lens.update({d: top_lens[d] for d in top.sizes})
         top_dims = top.dims
         result = self._result(top_values, top_dims, lens, top_lens, scores, arrays) if with_result else None
         alias = self._label_axes()
